@@ -1,0 +1,54 @@
+//! The wasm components of tensor-blob, built by this crate's build script.
+//!
+//! `build.rs` compiles guest/components (the chunker and the hostile test
+//! chunker) and examples/plugin for `wasm32-wasip2` in release mode, with
+//! nested cargo builds into `target/wasm`, and embeds the results here. A
+//! change to wit/, guest/ or examples/plugin/ rebuilds them. See
+//! guest/README.md.
+//!
+//! Each `*_PATH` names the copy in this build's `OUT_DIR` from which the
+//! bytes were embedded, for tools that want a file.
+
+/// The chunker component (world `chunker`): serves `tensor:blob/blobs` on top
+/// of the host's `tensor:blob/chunk-store`. The production chunker.
+pub const CHUNKER_WASM: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/tensor_blob_chunker.wasm"));
+
+/// Path of the file [`CHUNKER_WASM`] was embedded from.
+pub const CHUNKER_WASM_PATH: &str = concat!(env!("OUT_DIR"), "/tensor_blob_chunker.wasm");
+
+/// A deliberately hostile chunker (world `chunker`) for host tests: `put`
+/// performs the attack named by its custom option `attack` (for example
+/// `bad-chunk-digest`, `commit-twice`) and returns the host's answer. Never
+/// use it as a real chunker.
+pub const ROGUE_CHUNKER_WASM: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/tensor_blob_rogue_chunker.wasm"));
+
+/// Path of the file [`ROGUE_CHUNKER_WASM`] was embedded from.
+pub const ROGUE_CHUNKER_WASM_PATH: &str =
+    concat!(env!("OUT_DIR"), "/tensor_blob_rogue_chunker.wasm");
+
+/// The example plugin (world `plugin`, a WASI command exporting
+/// `wasi:cli/run`): stores and verifies the files named in its arguments, or
+/// runs a dedup demonstration without arguments. Source: examples/plugin.
+pub const EXAMPLE_PLUGIN_WASM: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/tensor-blob-example-plugin.wasm"));
+
+/// Path of the file [`EXAMPLE_PLUGIN_WASM`] was embedded from.
+pub const EXAMPLE_PLUGIN_WASM_PATH: &str =
+    concat!(env!("OUT_DIR"), "/tensor-blob-example-plugin.wasm");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Component binaries start with the wasm magic and the component layer.
+    #[test]
+    fn embedded_bytes_are_components() {
+        for wasm in [CHUNKER_WASM, ROGUE_CHUNKER_WASM, EXAMPLE_PLUGIN_WASM] {
+            assert_eq!(&wasm[..4], b"\0asm");
+            assert_eq!(&wasm[6..8], &[0x01, 0x00], "component layer");
+        }
+        assert_eq!(std::fs::read(CHUNKER_WASM_PATH).unwrap(), CHUNKER_WASM);
+    }
+}

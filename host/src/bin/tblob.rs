@@ -1,0 +1,430 @@
+//! `tblob`: the tensor-blob command-line tool.
+//!
+//! Every put and get goes through the chunker component, exactly as a
+//! plugin's would. Output contract (tests and scripts rely on it): `put`
+//! prints only the id; `get` writes exactly the stored bytes; errors are one
+//! line on stderr. Exit codes: 0 success, 1 a negative answer (`exists`:
+//! absent; `verify`: damage found), 2 an error.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use tensor_blob_host::runtime::plugin::{Plugin, PluginOptions};
+use tensor_blob_host::runtime::{self, Chunking, KeyValue, PutOptions, Runtime, RuntimeOptions};
+use tensor_blob_host::store::{ArtifactId, Durability, StoreOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "tblob",
+    version,
+    about = "A content-addressable blob store for WebAssembly components"
+)]
+struct Cli {
+    /// Store directory (default: $TBLOB_STORE, else ./.tblob).
+    #[arg(long, global = true, env = "TBLOB_STORE", default_value = ".tblob")]
+    store: PathBuf,
+    /// Tenant whose blobs to act on.
+    #[arg(long, global = true, default_value = "default")]
+    tenant: String,
+    /// Skip fsync (only for throwaway stores: an acknowledged write may be lost).
+    #[arg(long, global = true, hide = true)]
+    no_fsync: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ChunkingMode {
+    Fixed,
+    Cdc,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Store a file (or stdin with `-`); prints the new artifact id.
+    Put {
+        file: PathBuf,
+        /// Filename to record (default: the file's name).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        content_type: Option<String>,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Id of an artifact this one links to.
+        #[arg(long = "link")]
+        links: Vec<String>,
+        #[arg(long, value_enum, default_value = "cdc")]
+        chunking: ChunkingMode,
+        /// Fixed chunk size, or average CDC chunk size, in bytes.
+        #[arg(long)]
+        chunk_size: Option<u32>,
+    },
+    /// Write an artifact's bytes to OUT (default: stdout).
+    Get {
+        id: String,
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
+    /// Delete an artifact.
+    Rm { id: String },
+    /// Exit 0 if the artifact exists, 1 if not.
+    Exists { id: String },
+    /// An artifact's metadata, or the store's totals.
+    Stat {
+        id: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List artifacts.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every chunk of one or all artifacts; exit 1 and print damaged ids.
+    Verify { id: Option<String> },
+    /// Reclaim space held by chunks no artifact references.
+    Gc,
+    /// Run a plugin component against the store.
+    Run {
+        plugin: PathBuf,
+        /// Grant read access to a host directory: PATH, or HOST::GUEST.
+        #[arg(long = "dir")]
+        dirs: Vec<String>,
+        /// Arguments passed to the plugin.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the built-in example plugin: stores FILES (read from the current
+    /// directory) and reads them back, or with none a dedup demonstration.
+    Demo { files: Vec<String> },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("tblob: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<u8> {
+    let runtime = open_runtime(&cli)?;
+    let tenant = cli.tenant.as_str();
+    match cli.command {
+        Command::Put {
+            file,
+            name,
+            content_type,
+            tags,
+            links,
+            chunking,
+            chunk_size,
+        } => {
+            let chunking = match (chunking, chunk_size) {
+                (ChunkingMode::Fixed, size) => Some(Chunking::Fixed(size.unwrap_or(1 << 16))),
+                (ChunkingMode::Cdc, None) => None,
+                (ChunkingMode::Cdc, Some(avg)) => Some(Chunking::ContentDefined(
+                    runtime::bindings::chunker::tensor::blob::types::CdcParams {
+                        min: (avg / 4).max(64),
+                        avg,
+                        max: avg.saturating_mul(4),
+                    },
+                )),
+            };
+            let filename = name.or_else(|| {
+                (file != Path::new("-"))
+                    .then(|| file.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .flatten()
+            });
+            let options = PutOptions {
+                filename,
+                content_type,
+                creator: Some(format!("tblob {}", env!("CARGO_PKG_VERSION"))),
+                tags,
+                links,
+                custom: Vec::<KeyValue>::new(),
+                chunking,
+            };
+            let (mut source, size): (Box<dyn Read>, Option<u64>) = if file == Path::new("-") {
+                (Box::new(std::io::stdin().lock()), None)
+            } else {
+                let f = std::fs::File::open(&file)
+                    .with_context(|| format!("opening {}", file.display()))?;
+                let size = f.metadata().ok().map(|m| m.len());
+                (Box::new(f), size)
+            };
+            let mut chunker = runtime.chunker(tenant)?;
+            let bar = progress(size, "put");
+            let id = chunker.put_from(&mut source, &options, &mut |n| bar.set_position(n))?;
+            bar.finish_and_clear();
+            println!("{id}");
+            Ok(0)
+        }
+        Command::Get { id, output } => {
+            let mut chunker = runtime.chunker(tenant)?;
+            let size = chunker.stat(&id)?.size;
+            let bar = progress(Some(size), "get");
+            match output {
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut sink = std::io::BufWriter::new(stdout.lock());
+                    chunker.get_into(&id, &mut sink, &mut |n| bar.set_position(n))?;
+                    sink.flush()?;
+                }
+                Some(path) => {
+                    // Written beside the target and renamed into place, so a
+                    // failed get never leaves a half file under OUT's name.
+                    let partial = partial_path(&path);
+                    let result = (|| -> Result<()> {
+                        let file = std::fs::File::create(&partial)
+                            .with_context(|| format!("creating {}", partial.display()))?;
+                        let mut sink = std::io::BufWriter::new(file);
+                        chunker.get_into(&id, &mut sink, &mut |n| bar.set_position(n))?;
+                        sink.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                        std::fs::rename(&partial, &path)
+                            .with_context(|| format!("renaming to {}", path.display()))?;
+                        Ok(())
+                    })();
+                    if result.is_err() {
+                        let _ = std::fs::remove_file(&partial);
+                    }
+                    result?;
+                }
+            }
+            bar.finish_and_clear();
+            Ok(0)
+        }
+        Command::Rm { id } => {
+            runtime.chunker(tenant)?.delete(&id)?;
+            Ok(0)
+        }
+        Command::Exists { id } => {
+            let exists = runtime.chunker(tenant)?.exists(&id)?;
+            Ok(if exists { 0 } else { 1 })
+        }
+        Command::Stat { id: Some(id), json } => {
+            let id: ArtifactId = id.parse()?;
+            let meta = runtime.tenant_store(tenant)?.metadata(&id)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&meta)?);
+            } else {
+                println!("id:           {}", meta.id);
+                println!("filename:     {}", meta.filename.as_deref().unwrap_or("-"));
+                println!(
+                    "content-type: {}",
+                    meta.content_type.as_deref().unwrap_or("-")
+                );
+                println!("creator:      {}", meta.creator.as_deref().unwrap_or("-"));
+                println!("size:         {}", meta.size);
+                println!("digest:       {}", meta.digest);
+                println!("chunks:       {}", meta.chunk_count);
+                println!("created-ms:   {}", meta.created_ms);
+                println!("modified-ms:  {}", meta.modified_ms);
+                println!("tags:         {}", meta.tags.join(", "));
+                let links: Vec<String> = meta.links.iter().map(|l| l.to_string()).collect();
+                println!("links:        {}", links.join(", "));
+                for (key, value) in &meta.custom {
+                    println!("custom:       {key}={value}");
+                }
+            }
+            Ok(0)
+        }
+        Command::Stat { id: None, json } => {
+            let stats = runtime.tenant_store(tenant)?.stats();
+            let dedup_ratio = if stats.physical_bytes == 0 {
+                1.0
+            } else {
+                stats.logical_bytes as f64 / stats.physical_bytes as f64
+            };
+            if json {
+                let mut value = serde_json::to_value(stats)?;
+                value["dedup_ratio"] = serde_json::json!(dedup_ratio);
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!("artifacts:      {}", stats.artifacts);
+                println!("chunks:         {}", stats.chunks);
+                println!("logical bytes:  {}", stats.logical_bytes);
+                println!("physical bytes: {}", stats.physical_bytes);
+                println!("disk bytes:     {}", stats.disk_bytes);
+                println!("dedup ratio:    {dedup_ratio:.3}");
+            }
+            Ok(0)
+        }
+        Command::Ls { json } => {
+            let store = runtime.tenant_store(tenant)?;
+            let mut metas = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store.list(after.as_ref(), 4096);
+                let Some(last) = page.last().copied() else {
+                    break;
+                };
+                for id in &page {
+                    metas.push(store.metadata(id)?);
+                }
+                after = Some(last);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&metas)?);
+            } else {
+                for meta in metas {
+                    println!(
+                        "{}  {:>12}  {}",
+                        meta.id,
+                        meta.size,
+                        meta.filename.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Verify { id } => {
+            let store = runtime.tenant_store(tenant)?;
+            match id {
+                Some(id) => {
+                    let id: ArtifactId = id.parse()?;
+                    match store.verify(&id) {
+                        Ok(()) => Ok(0),
+                        Err(e) => {
+                            println!("{id}");
+                            eprintln!("tblob: {id}: {e}");
+                            Ok(1)
+                        }
+                    }
+                }
+                None => {
+                    let report = store.verify_all();
+                    for (id, why) in &report.damaged {
+                        println!("{id}");
+                        eprintln!("tblob: {id}: {why}");
+                    }
+                    eprintln!(
+                        "tblob: verified {} artifacts, {} damaged",
+                        report.artifacts_checked,
+                        report.damaged.len()
+                    );
+                    Ok(if report.damaged.is_empty() { 0 } else { 1 })
+                }
+            }
+        }
+        Command::Gc => {
+            let report = runtime.tenant_store(tenant)?.gc()?;
+            println!("{report:?}");
+            Ok(0)
+        }
+        Command::Run { plugin, dirs, args } => {
+            let wasm =
+                std::fs::read(&plugin).with_context(|| format!("reading {}", plugin.display()))?;
+            let mut argv = vec![plugin.display().to_string()];
+            argv.extend(args);
+            run_plugin(&runtime, tenant, &wasm, argv, &dirs)
+        }
+        Command::Demo { files } => {
+            let mut argv = vec!["example-plugin".to_string()];
+            argv.extend(files);
+            run_plugin(
+                &runtime,
+                tenant,
+                tensor_blob_artifacts::EXAMPLE_PLUGIN_WASM,
+                argv,
+                &[".".to_string()],
+            )
+        }
+    }
+}
+
+fn open_runtime(cli: &Cli) -> Result<Runtime> {
+    std::fs::create_dir_all(&cli.store)
+        .with_context(|| format!("creating store directory {}", cli.store.display()))?;
+    // The CLI is the one place that turns a path into a capability.
+    let root = cap_std::fs::Dir::open_ambient_dir(&cli.store, cap_std::ambient_authority())
+        .with_context(|| format!("opening store directory {}", cli.store.display()))?;
+    let mut config = runtime::default_config();
+    let mut cache = wasmtime::CacheConfig::new();
+    cache.with_directory(cli.store.join("cache"));
+    if let Ok(cache) = wasmtime::Cache::new(cache) {
+        config.cache(Some(cache));
+    }
+    let engine = wasmtime::Engine::new(&config)?;
+    let store = StoreOptions {
+        durability: if cli.no_fsync {
+            Durability::None
+        } else {
+            Durability::Sync
+        },
+        ..StoreOptions::default()
+    };
+    let options = RuntimeOptions {
+        store,
+        chunker_wasm: None,
+    };
+    Ok(Runtime::new(&engine, root, options)?)
+}
+
+fn run_plugin(
+    runtime: &Runtime,
+    tenant: &str,
+    wasm: &[u8],
+    args: Vec<String>,
+    dirs: &[String],
+) -> Result<u8> {
+    let read_dirs = dirs
+        .iter()
+        .map(|d| match d.split_once("::") {
+            Some((host, guest)) => (PathBuf::from(host), guest.to_string()),
+            None => (PathBuf::from(d), d.clone()),
+        })
+        .collect();
+    let options = PluginOptions {
+        args,
+        read_dirs,
+        memory_bytes_max: None,
+    };
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let plugin = Plugin::new(runtime, wasm)?;
+    let code = tokio.block_on(plugin.run(tenant, &options))?;
+    if !(0..=255).contains(&code) {
+        bail!("plugin exited with code {code}");
+    }
+    Ok(code as u8)
+}
+
+fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".tblob-partial");
+    path.with_file_name(name)
+}
+
+/// A progress bar on stderr for transfers over 8 MiB, only on a terminal.
+fn progress(size: Option<u64>, verb: &'static str) -> indicatif::ProgressBar {
+    let large = size.is_none_or(|s| s > 8 << 20);
+    if !large || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = match size {
+        Some(size) => indicatif::ProgressBar::new(size),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(verb);
+    bar
+}

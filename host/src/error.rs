@@ -1,0 +1,52 @@
+//! The store's error type: every failure of [`crate::store`] is a
+//! [`StoreError`]. Guest mistakes (bad lengths, unknown ids, hash
+//! mismatches) and operating errors (disk damage, I/O) are values here,
+//! never panics. Each message names the artifact, chunk, segment or offset
+//! it is about, so a log line alone says where to look.
+//!
+//! `runtime/` maps each case onto the WIT `error` variant of the same name.
+
+/// A failure of the chunk store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No artifact or chunk with that id or digest.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request is larger than this call accepts.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// Storing this would exceed the tenant's byte quota.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
+    /// A malformed argument or a length over its documented maximum.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Bytes handed to the store do not hash to the digest claimed for them.
+    #[error("hash mismatch: {0}")]
+    HashMismatch(String),
+    /// Stored bytes failed verification; nothing corrupted is ever returned.
+    #[error("corrupted: {0}")]
+    Corrupted(String),
+    /// The upload was already committed.
+    #[error("closed: the upload was already committed")]
+    Closed,
+    /// The disk could not be read or written.
+    #[error("i/o error {context}: {source}")]
+    Io {
+        /// What the store was doing, naming the file and offset.
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// An [`StoreError::Io`] with `context` saying what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

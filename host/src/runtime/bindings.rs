@@ -1,0 +1,47 @@
+//! The only `bindgen!` invocations of the host: one per world.
+//!
+//! - [`chunker`]: the host side of the `chunker` world. Its imports
+//!   (`chunk-store`) are implemented synchronously by
+//!   [`super::host::chunk_store`]; its exports (`blobs`) are what the host
+//!   calls to put and get through the sandboxed chunker component.
+//! - [`plugin`]: the host side of the `plugin` world. Its `blobs` imports are
+//!   implemented asynchronously by [`super::host::blobs`], which forwards each
+//!   call to a chunker instance. Types are shared with [`chunker`] through
+//!   `with`, so values pass between the two worlds without conversion.
+
+pub mod chunker {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "chunker",
+        imports: { default: trappable },
+        trappable_error_type: {
+            "tensor:blob/types.error" => crate::runtime::error::BlobError,
+        },
+        with: {
+            "tensor:blob/chunk-store.upload": crate::runtime::host::chunk_store::UploadHandle,
+        },
+        require_store_data_send: true,
+    });
+}
+
+pub mod plugin {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "plugin",
+        imports: { default: async | trappable },
+        trappable_error_type: {
+            "tensor:blob/types.error" => crate::runtime::error::BlobError,
+        },
+        with: {
+            "tensor:blob/types": super::chunker::tensor::blob::types,
+            "tensor:blob/blobs.writer": crate::runtime::host::blobs::WriterHandle,
+            "tensor:blob/blobs.reader": crate::runtime::host::blobs::ReaderHandle,
+        },
+        require_store_data_send: true,
+    });
+}
+
+pub use chunker::tensor::blob::types::{
+    ChunkRef, Chunking, Error as WitError, KeyValue, Metadata, MetadataUpdate, PutOptions,
+    StoreStats,
+};

@@ -1,0 +1,94 @@
+//! Conversions between WIT records and the store's Rust types. Everything a
+//! guest sends is parsed here into validated store types (ids, digests);
+//! the store itself enforces the documented length limits.
+
+use super::bindings::{ChunkRef, KeyValue, Metadata, MetadataUpdate, PutOptions, StoreStats};
+use crate::error::StoreError;
+use crate::store;
+
+pub fn hash(bytes: &[u8]) -> Result<store::Hash, StoreError> {
+    store::Hash::from_slice(bytes)
+}
+
+pub fn artifact_id(text: &str) -> Result<store::ArtifactId, StoreError> {
+    text.parse()
+}
+
+fn key_values(pairs: Vec<KeyValue>) -> Vec<(String, String)> {
+    pairs.into_iter().map(|kv| (kv.key, kv.value)).collect()
+}
+
+fn ids(texts: Vec<String>) -> Result<Vec<store::ArtifactId>, StoreError> {
+    texts.iter().map(|t| artifact_id(t)).collect()
+}
+
+pub fn new_metadata(options: PutOptions) -> Result<store::NewMetadata, StoreError> {
+    Ok(store::NewMetadata {
+        filename: options.filename,
+        content_type: options.content_type,
+        creator: options.creator,
+        tags: options.tags,
+        links: ids(options.links)?,
+        custom: key_values(options.custom),
+    })
+}
+
+pub fn metadata_update(change: MetadataUpdate) -> Result<store::MetadataUpdate, StoreError> {
+    Ok(store::MetadataUpdate {
+        filename: change.filename,
+        content_type: change.content_type,
+        tags: change.tags,
+        links: change.links.map(ids).transpose()?,
+        custom: change.custom.map(key_values),
+    })
+}
+
+pub fn chunk_refs(chunks: Vec<ChunkRef>) -> Result<Vec<store::ChunkRef>, StoreError> {
+    chunks
+        .into_iter()
+        .map(|c| {
+            Ok(store::ChunkRef {
+                digest: hash(&c.digest)?,
+                len: c.len,
+            })
+        })
+        .collect()
+}
+
+pub fn wit_chunk_ref(chunk: &store::ChunkRef) -> ChunkRef {
+    ChunkRef {
+        digest: chunk.digest.as_bytes().to_vec(),
+        len: chunk.len,
+    }
+}
+
+pub fn wit_metadata(meta: store::Metadata) -> Metadata {
+    Metadata {
+        id: meta.id.to_string(),
+        filename: meta.filename,
+        content_type: meta.content_type,
+        creator: meta.creator,
+        size: meta.size,
+        digest: meta.digest.as_bytes().to_vec(),
+        chunk_count: meta.chunk_count,
+        created_ms: meta.created_ms,
+        modified_ms: meta.modified_ms,
+        tags: meta.tags,
+        links: meta.links.iter().map(|id| id.to_string()).collect(),
+        custom: meta
+            .custom
+            .into_iter()
+            .map(|(key, value)| KeyValue { key, value })
+            .collect(),
+    }
+}
+
+pub fn wit_stats(stats: store::Stats) -> StoreStats {
+    StoreStats {
+        artifacts: stats.artifacts,
+        chunks: stats.chunks,
+        logical_bytes: stats.logical_bytes,
+        physical_bytes: stats.physical_bytes,
+        disk_bytes: stats.disk_bytes,
+    }
+}

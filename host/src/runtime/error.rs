@@ -1,0 +1,86 @@
+//! The error every host function of ours returns.
+//!
+//! A guest mistake or an operating error becomes [`BlobError::Blob`], which
+//! the guest sees as the WIT `error` variant. A host fault (a bad resource
+//! handle, a trap in the chunker) is [`BlobError::Trap`] and traps the caller.
+//! `?` converts store errors into the right WIT case.
+
+use super::bindings::WitError;
+use crate::error::StoreError;
+
+#[derive(Debug)]
+pub enum BlobError {
+    /// A failure the guest is told about as a WIT `error`.
+    Blob(WitError),
+    /// A fault that traps the calling guest.
+    Trap(wasmtime::Error),
+}
+
+impl BlobError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        BlobError::Blob(WitError::InvalidArgument(message.into()))
+    }
+}
+
+impl std::fmt::Display for BlobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BlobError::Blob(error) => write!(f, "{}", describe(error)),
+            BlobError::Trap(error) => write!(f, "trap: {error:#}"),
+        }
+    }
+}
+
+impl std::error::Error for BlobError {}
+
+/// One human-readable line for a WIT error.
+pub fn describe(error: &WitError) -> String {
+    match error {
+        WitError::NotFound(m) => format!("not found: {m}"),
+        WitError::TooLarge(m) => format!("too large: {m}"),
+        WitError::QuotaExceeded(m) => format!("quota exceeded: {m}"),
+        WitError::InvalidArgument(m) => format!("invalid argument: {m}"),
+        WitError::HashMismatch(m) => format!("hash mismatch: {m}"),
+        WitError::Corrupted(m) => format!("corrupted: {m}"),
+        WitError::Closed => "closed: the resource was already finished or aborted".to_string(),
+        WitError::Io(m) => format!("i/o error: {m}"),
+    }
+}
+
+impl From<WitError> for BlobError {
+    fn from(error: WitError) -> Self {
+        BlobError::Blob(error)
+    }
+}
+
+impl From<StoreError> for BlobError {
+    fn from(error: StoreError) -> Self {
+        BlobError::Blob(to_wit(error))
+    }
+}
+
+impl From<wasmtime::Error> for BlobError {
+    fn from(error: wasmtime::Error) -> Self {
+        BlobError::Trap(error)
+    }
+}
+
+impl From<wasmtime::component::ResourceTableError> for BlobError {
+    fn from(error: wasmtime::component::ResourceTableError) -> Self {
+        BlobError::Trap(wasmtime::Error::new(error))
+    }
+}
+
+/// The WIT case for a store error.
+pub fn to_wit(error: StoreError) -> WitError {
+    match error {
+        StoreError::NotFound(m) => WitError::NotFound(m),
+        StoreError::TooLarge(m) => WitError::TooLarge(m),
+        StoreError::QuotaExceeded(m) => WitError::QuotaExceeded(m),
+        StoreError::InvalidArgument(m) => WitError::InvalidArgument(m),
+        StoreError::HashMismatch(m) => WitError::HashMismatch(m),
+        StoreError::Corrupted(m) => WitError::Corrupted(m),
+        StoreError::Closed => WitError::Closed,
+        other => WitError::Io(other.to_string()),
+    }
+}

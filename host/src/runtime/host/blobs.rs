@@ -1,0 +1,219 @@
+//! `tensor:blob/blobs` as a plugin imports it: every call is forwarded to
+//! the tenant's chunker instance held in [`BlobCtx`].
+//!
+//! The plugin's `writer` and `reader` handles live in the context's own
+//! resource table and wrap the chunker's resources. Their number is capped
+//! ([`HANDLES_OPEN_MAX`]) and so is the size of each read and write.
+
+use wasmtime::component::{Resource, ResourceTable};
+
+use crate::runtime::bindings::plugin::tensor::blob::blobs;
+use crate::runtime::bindings::{
+    chunker::tensor::blob::types, Metadata, MetadataUpdate, PutOptions, StoreStats,
+};
+use crate::runtime::chunker::{Chunker, ChunkerResource};
+use crate::runtime::error::BlobError;
+use crate::runtime::limits::{HANDLES_OPEN_MAX, IO_BYTES_MAX};
+
+/// A plugin's `writer`.
+pub struct WriterHandle(ChunkerResource);
+/// A plugin's `reader`.
+pub struct ReaderHandle(ChunkerResource);
+
+/// What a plugin's `tensor:blob/blobs` imports act on: one tenant's chunker
+/// instance and the plugin's open handles. Make one with
+/// [`Runtime::context`](crate::runtime::Runtime::context) and reach it from
+/// your store data through [`BlobView`](crate::runtime::BlobView).
+pub struct BlobCtx {
+    chunker: Chunker,
+    table: ResourceTable,
+    handles_open: usize,
+}
+
+impl BlobCtx {
+    pub(crate) fn new(chunker: Chunker) -> Self {
+        BlobCtx {
+            chunker,
+            table: ResourceTable::new(),
+            handles_open: 0,
+        }
+    }
+
+    /// The chunker behind this context, for native calls.
+    pub fn chunker(&mut self) -> &mut Chunker {
+        &mut self.chunker
+    }
+
+    fn reserve_handle(&mut self) -> Result<(), BlobError> {
+        if self.handles_open >= HANDLES_OPEN_MAX {
+            return Err(BlobError::invalid(format!(
+                "at most {HANDLES_OPEN_MAX} writers and readers may be open at once"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn check_io_len(len: usize) -> Result<(), BlobError> {
+    if len > IO_BYTES_MAX as usize {
+        return Err(BlobError::invalid(format!(
+            "{len} bytes in one call, at most {IO_BYTES_MAX}"
+        )));
+    }
+    Ok(())
+}
+
+impl types::Host for BlobCtx {
+    fn convert_error(&mut self, error: BlobError) -> wasmtime::Result<types::Error> {
+        match error {
+            BlobError::Blob(error) => Ok(error),
+            BlobError::Trap(error) => Err(error),
+        }
+    }
+}
+
+impl blobs::Host for BlobCtx {
+    async fn inline_bytes_max(&mut self) -> wasmtime::Result<u64> {
+        self.chunker.inline_bytes_max().map_err(into_trap)
+    }
+
+    async fn put(&mut self, data: Vec<u8>, options: PutOptions) -> Result<String, BlobError> {
+        self.chunker.put(&data, &options)
+    }
+
+    async fn get(&mut self, id: String) -> Result<Vec<u8>, BlobError> {
+        self.chunker.get(&id)
+    }
+
+    async fn delete(&mut self, id: String) -> Result<(), BlobError> {
+        self.chunker.delete(&id)
+    }
+
+    async fn exists(&mut self, id: String) -> Result<bool, BlobError> {
+        self.chunker.exists(&id)
+    }
+
+    async fn stat(&mut self, id: String) -> Result<Metadata, BlobError> {
+        self.chunker.stat(&id)
+    }
+
+    async fn update(&mut self, id: String, change: MetadataUpdate) -> Result<Metadata, BlobError> {
+        self.chunker.update(&id, &change)
+    }
+
+    async fn list(&mut self, after: Option<String>, limit: u32) -> Result<Vec<String>, BlobError> {
+        self.chunker.list(after.as_deref(), limit)
+    }
+
+    async fn find_by_tag(&mut self, tag: String) -> Result<Vec<String>, BlobError> {
+        self.chunker.find_by_tag(&tag)
+    }
+
+    async fn stats(&mut self) -> Result<StoreStats, BlobError> {
+        self.chunker.stats()
+    }
+
+    async fn create_writer(
+        &mut self,
+        options: PutOptions,
+    ) -> Result<Resource<WriterHandle>, BlobError> {
+        self.reserve_handle()?;
+        let inner = self.chunker.create_writer(&options)?;
+        match self.table.push(WriterHandle(inner)) {
+            Ok(handle) => {
+                self.handles_open += 1;
+                Ok(handle)
+            }
+            Err(e) => {
+                self.chunker.release(inner)?;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn open_reader(
+        &mut self,
+        id: String,
+        offset: u64,
+    ) -> Result<Resource<ReaderHandle>, BlobError> {
+        self.reserve_handle()?;
+        let inner = self.chunker.open_reader(&id, offset)?;
+        match self.table.push(ReaderHandle(inner)) {
+            Ok(handle) => {
+                self.handles_open += 1;
+                Ok(handle)
+            }
+            Err(e) => {
+                self.chunker.release(inner)?;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl blobs::HostWriter for BlobCtx {
+    async fn write(
+        &mut self,
+        handle: Resource<WriterHandle>,
+        data: Vec<u8>,
+    ) -> Result<(), BlobError> {
+        check_io_len(data.len())?;
+        let inner = self.table.get(&handle)?.0;
+        self.chunker.writer_write(&inner, &data)
+    }
+
+    async fn finish(&mut self, handle: Resource<WriterHandle>) -> Result<String, BlobError> {
+        let inner = self.table.get(&handle)?.0;
+        self.chunker.writer_finish(&inner)
+    }
+
+    async fn abort(&mut self, handle: Resource<WriterHandle>) -> wasmtime::Result<()> {
+        let inner = self.table.get(&handle)?.0;
+        match self.chunker.writer_abort(&inner) {
+            Ok(()) | Err(BlobError::Blob(_)) => Ok(()),
+            Err(BlobError::Trap(trap)) => Err(trap),
+        }
+    }
+
+    async fn drop(&mut self, handle: Resource<WriterHandle>) -> wasmtime::Result<()> {
+        let WriterHandle(inner) = self.table.delete(handle)?;
+        self.handles_open = self.handles_open.saturating_sub(1);
+        self.chunker.release(inner).map_err(into_trap)
+    }
+}
+
+impl blobs::HostReader for BlobCtx {
+    async fn read(
+        &mut self,
+        handle: Resource<ReaderHandle>,
+        len: u32,
+    ) -> Result<Vec<u8>, BlobError> {
+        check_io_len(len as usize)?;
+        let inner = self.table.get(&handle)?.0;
+        self.chunker.reader_read(&inner, len)
+    }
+
+    async fn seek(&mut self, handle: Resource<ReaderHandle>, offset: u64) -> Result<(), BlobError> {
+        let inner = self.table.get(&handle)?.0;
+        self.chunker.reader_seek(&inner, offset)
+    }
+
+    async fn size(&mut self, handle: Resource<ReaderHandle>) -> wasmtime::Result<u64> {
+        let inner = self.table.get(&handle)?.0;
+        self.chunker.reader_size(&inner).map_err(into_trap)
+    }
+
+    async fn drop(&mut self, handle: Resource<ReaderHandle>) -> wasmtime::Result<()> {
+        let ReaderHandle(inner) = self.table.delete(handle)?;
+        self.handles_open = self.handles_open.saturating_sub(1);
+        self.chunker.release(inner).map_err(into_trap)
+    }
+}
+
+/// For WIT functions without an error case: any failure traps.
+fn into_trap(error: BlobError) -> wasmtime::Error {
+    match error {
+        BlobError::Trap(trap) => trap,
+        BlobError::Blob(error) => wasmtime::Error::msg(crate::runtime::error::describe(&error)),
+    }
+}

@@ -1,0 +1,3 @@
+//! Host implementations, one file per WIT interface.
+pub mod blobs;
+pub mod chunk_store;

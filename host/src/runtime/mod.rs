@@ -1,0 +1,162 @@
+//! The wasmtime runtime: compiles the chunker once, gives each tenant
+//! context its own chunker instance, and exposes `tensor:blob/blobs` to
+//! plugins.
+//!
+//! # How plugin and chunker are wired
+//! Host-side linking, not static composition. A plugin's `blobs` imports are
+//! host functions ([`host::blobs`]) that call the exports of a chunker
+//! instance living in its own `wasmtime::Store`, whose `chunk-store` imports
+//! are in turn host functions over the tenant's [`Store`](crate::store::Store).
+//! Why: the host stays in the middle of every call, so it picks the tenant
+//! (a plugin cannot name one), bounds every length in both directions,
+//! applies separate memory limits to plugin and chunker, and a trap in the
+//! chunker cannot take the plugin's store down with it. It also needs no
+//! composition tool at build time, and any `plugin`-world component (from
+//! any language) runs unmodified. The cost is one extra copy of each
+//! argument across the host (tens of GB/s, see TOOLCHAIN.md).
+//!
+//! # Embedding
+//! ```no_run
+//! use tensor_blob_host::runtime::{self, BlobCtx, BlobView, Runtime, RuntimeOptions};
+//! use wasmtime::component::Linker;
+//!
+//! struct MyState { blobs: BlobCtx }
+//! impl BlobView for MyState {
+//!     fn blobs(&mut self) -> &mut BlobCtx { &mut self.blobs }
+//! }
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let engine = wasmtime::Engine::new(&runtime::default_config())?;
+//! let root = cap_std::fs::Dir::open_ambient_dir(".tblob", cap_std::ambient_authority())?;
+//! let rt = Runtime::new(&engine, root, RuntimeOptions::default())?;
+//! let mut linker: Linker<MyState> = Linker::new(&engine);
+//! runtime::add_to_linker(&mut linker)?;
+//! let state = MyState { blobs: rt.context("my-tenant")? };
+//! # let _ = state; Ok(())
+//! # }
+//! ```
+
+pub mod bindings;
+pub mod chunker;
+mod convert;
+pub mod error;
+pub mod host;
+pub mod limits;
+pub mod plugin;
+
+use wasmtime::component::{HasData, Linker};
+use wasmtime::{Config, Engine};
+
+pub use self::bindings::{
+    Chunking, KeyValue, Metadata, MetadataUpdate, PutOptions, StoreStats, WitError,
+};
+pub use self::chunker::{Chunker, ChunkerComponent};
+pub use self::error::BlobError;
+pub use self::host::blobs::BlobCtx;
+use crate::store::{Store, StoreOptions};
+use crate::tenant::Tenants;
+
+/// A wasmtime configuration suited to tensor-blob: stack sizes that leave
+/// room for a chunker call nested in a plugin's async host call.
+pub fn default_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.max_wasm_stack(limits::WASM_STACK_BYTES_MAX);
+    config.async_stack_size(limits::ASYNC_STACK_BYTES);
+    config
+}
+
+/// Options of a [`Runtime`].
+#[derive(Clone, Default)]
+pub struct RuntimeOptions {
+    /// How each tenant's store is opened.
+    pub store: StoreOptions,
+    /// A chunker component to use instead of the built-in one (tests use
+    /// this to load a hostile chunker).
+    pub chunker_wasm: Option<Vec<u8>>,
+}
+
+/// The blob store runtime for one store root.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    chunker: ChunkerComponent,
+    tenants: Tenants,
+}
+
+impl Runtime {
+    /// Compiles the chunker and opens the store root `root` (tenants are
+    /// opened lazily, on first use).
+    pub fn new(
+        engine: &Engine,
+        root: cap_std::fs::Dir,
+        options: RuntimeOptions,
+    ) -> wasmtime::Result<Self> {
+        let wasm = options
+            .chunker_wasm
+            .as_deref()
+            .unwrap_or(tensor_blob_artifacts::CHUNKER_WASM);
+        let chunker = ChunkerComponent::new(engine, wasm)?;
+        Ok(Runtime {
+            engine: engine.clone(),
+            chunker,
+            tenants: Tenants::new(root, options.store),
+        })
+    }
+
+    /// Like [`Runtime::new`] with an already compiled chunker (compile once,
+    /// open many store roots).
+    pub fn with_chunker(
+        chunker: ChunkerComponent,
+        root: cap_std::fs::Dir,
+        store: StoreOptions,
+    ) -> Self {
+        Runtime {
+            engine: chunker.engine().clone(),
+            chunker,
+            tenants: Tenants::new(root, store),
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The store of `tenant`, for native maintenance (verify, gc, stats).
+    pub fn tenant_store(&self, tenant: &str) -> Result<Store, crate::error::StoreError> {
+        self.tenants.store(tenant)
+    }
+
+    /// Tenants present on disk.
+    pub fn tenants(&self) -> Result<Vec<String>, crate::error::StoreError> {
+        self.tenants.names()
+    }
+
+    /// A chunker instance serving `tenant`, for native puts and gets.
+    pub fn chunker(&self, tenant: &str) -> wasmtime::Result<Chunker> {
+        let store = self.tenants.store(tenant)?;
+        self.chunker.instantiate(store)
+    }
+
+    /// A context for one plugin instance acting as `tenant`.
+    pub fn context(&self, tenant: &str) -> wasmtime::Result<BlobCtx> {
+        Ok(BlobCtx::new(self.chunker(tenant)?))
+    }
+}
+
+/// Reaches the [`BlobCtx`] inside a store's data, like `wasmtime_wasi::WasiView`.
+pub trait BlobView: Send {
+    fn blobs(&mut self) -> &mut BlobCtx;
+}
+
+struct HasBlobs;
+impl HasData for HasBlobs {
+    type Data<'a> = &'a mut BlobCtx;
+}
+
+/// Adds `tensor:blob/blobs` to `linker`; calls act on `T`'s [`BlobCtx`].
+/// The functions are async: instantiate and call with the `_async` APIs.
+pub fn add_to_linker<T: BlobView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    bindings::plugin::tensor::blob::types::add_to_linker::<T, HasBlobs>(linker, |t| t.blobs())?;
+    bindings::plugin::tensor::blob::blobs::add_to_linker::<T, HasBlobs>(linker, |t| t.blobs())
+}

@@ -1,0 +1,761 @@
+//! Bytes on disk: magics, versions, record layouts, their encoding and
+//! decoding, and every named limit. Nothing else: no I/O, no state.
+//!
+//! `ARCHITECTURE.md`, section "On-disk format", is the prose version of this
+//! file; change both together. All integers on disk are little-endian `u32`
+//! or `u64`, never `usize`. Decoding validates every length against its
+//! limit and against the bytes actually present before using it, so bytes
+//! from disk become errors, never panics, and a damaged length can never
+//! size an allocation.
+
+// ---------------------------------------------------------------------------
+// Limits
+// ---------------------------------------------------------------------------
+
+/// Largest chunk, in bytes (16 MiB). Bounds the buffer one `put-chunk` or
+/// `read-chunk` needs and what the host re-hashes per call; content-defined
+/// chunking tops out at 16 MiB too (see `cdc-params` in the WIT).
+pub const CHUNK_BYTES_MAX: u32 = 16 << 20;
+
+/// Most digests one `missing` call may ask about: bounds the reply and the
+/// time the store lock is held for one call.
+pub const MISSING_BATCH_MAX: usize = 4096;
+
+/// Most manifest entries one `manifest` call returns (36 B each, so about
+/// 2.3 MiB): bounds the reply copied into a guest.
+pub const MANIFEST_PAGE_MAX: u32 = 65536;
+
+/// Most chunks in one artifact (2^24). Manifests are held in memory (44 B a
+/// chunk) and written as one metadata record, so this bounds both; with
+/// 64 KiB average chunks it still allows 1 TiB artifacts.
+pub const MANIFEST_CHUNKS_MAX: u64 = 1 << 24;
+
+/// Longest filename, content type, creator or custom value, in bytes.
+pub const STRING_BYTES_MAX: usize = 4096;
+/// Longest tag, in bytes (tags must also be non-empty).
+pub const TAG_BYTES_MAX: usize = 256;
+/// Most tags on one artifact.
+pub const TAGS_MAX: usize = 256;
+/// Most links from one artifact.
+pub const LINKS_MAX: usize = 256;
+/// Most custom key/value pairs on one artifact.
+pub const CUSTOM_PAIRS_MAX: usize = 256;
+/// Longest custom key, in bytes (keys must also be non-empty).
+pub const CUSTOM_KEY_BYTES_MAX: usize = 256;
+/// Longest custom value, in bytes.
+pub const CUSTOM_VALUE_BYTES_MAX: usize = STRING_BYTES_MAX;
+
+/// Default size at which the active segment is sealed and a new one begun.
+/// Big enough that a store has few files, small enough that compacting one
+/// segment is a short job.
+pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 256 << 20;
+
+/// Most chunks one upload may pin: one full manifest. Bounds an upload's
+/// memory however many `missing` calls a guest makes.
+pub const UPLOAD_PINS_MAX: u64 = MANIFEST_CHUNKS_MAX;
+
+const _: () = assert!(MISSING_BATCH_MAX as u64 <= UPLOAD_PINS_MAX);
+const _: () = assert!(MANIFEST_PAGE_MAX as u64 <= MANIFEST_CHUNKS_MAX);
+const _: () = assert!(CHUNK_BYTES_MAX > 0);
+// A segment always fits at least one largest record.
+const _: () = assert!(
+    SEGMENT_BYTES_MAX_DEFAULT >= SEGMENT_HEADER_BYTES + CHUNK_HEADER_BYTES + CHUNK_BYTES_MAX as u64
+);
+// Content sizes are sums of u32 chunk lengths: MANIFEST_CHUNKS_MAX of them
+// cannot overflow u64.
+const _: () = assert!(MANIFEST_CHUNKS_MAX
+    .checked_mul(CHUNK_BYTES_MAX as u64)
+    .is_some());
+
+// ---------------------------------------------------------------------------
+// Segment files: `segments/NNNNNNNNNNNNNNNN.seg`
+// ---------------------------------------------------------------------------
+
+/// First four bytes of every segment file ("TBSG").
+pub const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"TBSG");
+/// Segment format version. History: 1 = first release.
+pub const SEGMENT_VERSION: u8 = 1;
+/// Segment file header: magic u32, version u8, 3 reserved zero bytes.
+pub const SEGMENT_HEADER_BYTES: u64 = 8;
+
+/// First four bytes of every chunk record. Bytes 0xFE and 0xFF never occur
+/// in UTF-8, so the same value is used for metadata records (see
+/// [`META_RECORD_MAGIC`]).
+pub const CHUNK_RECORD_MAGIC: u32 = u32::from_le_bytes([0xFE, 0xC4, 0xFF, 0x01]);
+/// Chunk record version. History: 1 = first release.
+pub const CHUNK_RECORD_VERSION: u8 = 1;
+
+// Chunk record header layout, each offset derived from the previous field.
+const CHUNK_MAGIC_AT: usize = 0;
+const CHUNK_VERSION_AT: usize = CHUNK_MAGIC_AT + 4;
+const CHUNK_FLAGS_AT: usize = CHUNK_VERSION_AT + 1;
+const CHUNK_RESERVED_AT: usize = CHUNK_FLAGS_AT + 1;
+const CHUNK_LEN_AT: usize = CHUNK_RESERVED_AT + 2;
+const CHUNK_DIGEST_AT: usize = CHUNK_LEN_AT + 4;
+const CHUNK_CRC_AT: usize = CHUNK_DIGEST_AT + 32;
+const CHUNK_HEADER_END: usize = CHUNK_CRC_AT + 4;
+/// Bytes of a chunk record header; the payload follows it.
+pub const CHUNK_HEADER_BYTES: u64 = CHUNK_HEADER_END as u64;
+const _: () = assert!(CHUNK_HEADER_BYTES == 48);
+
+/// Encodes a segment file header.
+pub fn encode_segment_header() -> [u8; SEGMENT_HEADER_BYTES as usize] {
+    let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
+    header[0..4].copy_from_slice(&SEGMENT_MAGIC.to_le_bytes());
+    header[4] = SEGMENT_VERSION;
+    header
+}
+
+/// Checks a segment file header.
+pub fn decode_segment_header(bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() < SEGMENT_HEADER_BYTES as usize {
+        return Err(format!(
+            "segment header is {} bytes, expected {SEGMENT_HEADER_BYTES}",
+            bytes.len()
+        ));
+    }
+    let magic = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+    if magic != SEGMENT_MAGIC {
+        return Err(format!("bad segment magic {magic:#010x}"));
+    }
+    if bytes[4] != SEGMENT_VERSION {
+        return Err(format!("unsupported segment version {}", bytes[4]));
+    }
+    Ok(())
+}
+
+/// A decoded, crc-checked chunk record header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkHeader {
+    pub payload_len: u32,
+    pub digest: [u8; 32],
+}
+
+/// Encodes a chunk record header for a payload of `payload_len` bytes.
+pub fn encode_chunk_header(digest: &[u8; 32], payload_len: u32) -> [u8; CHUNK_HEADER_END] {
+    assert!((1..=CHUNK_BYTES_MAX).contains(&payload_len));
+    let mut header = [0u8; CHUNK_HEADER_END];
+    header[CHUNK_MAGIC_AT..CHUNK_VERSION_AT].copy_from_slice(&CHUNK_RECORD_MAGIC.to_le_bytes());
+    header[CHUNK_VERSION_AT] = CHUNK_RECORD_VERSION;
+    header[CHUNK_FLAGS_AT] = 0;
+    header[CHUNK_LEN_AT..CHUNK_DIGEST_AT].copy_from_slice(&payload_len.to_le_bytes());
+    header[CHUNK_DIGEST_AT..CHUNK_CRC_AT].copy_from_slice(digest);
+    let crc = crc32fast::hash(&header[..CHUNK_CRC_AT]);
+    header[CHUNK_CRC_AT..CHUNK_HEADER_END].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// Decodes and checks a chunk record header: magic, version, crc, length.
+pub fn decode_chunk_header(bytes: &[u8]) -> Result<ChunkHeader, String> {
+    if bytes.len() < CHUNK_HEADER_END {
+        return Err(format!("short chunk header ({} bytes)", bytes.len()));
+    }
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    if u32_at(CHUNK_MAGIC_AT) != CHUNK_RECORD_MAGIC {
+        return Err("bad chunk record magic".to_string());
+    }
+    let crc = crc32fast::hash(&bytes[..CHUNK_CRC_AT]);
+    if u32_at(CHUNK_CRC_AT) != crc {
+        return Err("chunk header crc mismatch".to_string());
+    }
+    if bytes[CHUNK_VERSION_AT] != CHUNK_RECORD_VERSION {
+        return Err(format!(
+            "unsupported chunk record version {}",
+            bytes[CHUNK_VERSION_AT]
+        ));
+    }
+    let payload_len = u32_at(CHUNK_LEN_AT);
+    if payload_len == 0 || payload_len > CHUNK_BYTES_MAX {
+        return Err(format!(
+            "chunk length {payload_len} outside 1..={CHUNK_BYTES_MAX}"
+        ));
+    }
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(&bytes[CHUNK_DIGEST_AT..CHUNK_CRC_AT]);
+    Ok(ChunkHeader {
+        payload_len,
+        digest,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Metadata log: `meta.log`
+// ---------------------------------------------------------------------------
+
+/// First four bytes of `meta.log` ("TBML").
+pub const META_MAGIC: u32 = u32::from_le_bytes(*b"TBML");
+/// Metadata log format version. History: 1 = first release.
+pub const META_VERSION: u8 = 1;
+/// `meta.log` header: magic u32, version u8, 3 reserved zero bytes.
+pub const META_HEADER_BYTES: u64 = 8;
+
+/// First four bytes of every metadata record. It contains 0xFE and 0xFF,
+/// which never occur in UTF-8, so no user string can contain a fake record
+/// start that resynchronisation after damage might pick up.
+pub const META_RECORD_MAGIC: u32 = u32::from_le_bytes([0xFF, 0xB1, 0xFE, 0x4D]);
+
+const META_MAGIC_AT: usize = 0;
+const META_LEN_AT: usize = META_MAGIC_AT + 4;
+const META_CRC_AT: usize = META_LEN_AT + 4;
+const META_KIND_AT: usize = META_CRC_AT + 4;
+const META_HEADER_END: usize = META_KIND_AT + 1;
+/// Bytes of a metadata record header (magic, payload length, crc, kind).
+pub const META_RECORD_HEADER_BYTES: u64 = META_HEADER_END as u64;
+
+/// Record kinds.
+pub const META_KIND_COMMIT: u8 = 1;
+pub const META_KIND_DELETE: u8 = 2;
+pub const META_KIND_UPDATE: u8 = 3;
+
+const OPTION_STRING_BYTES_MAX: u64 = 1 + 4 + STRING_BYTES_MAX as u64;
+const MUTABLE_METADATA_BYTES_MAX: u64 = 2 * OPTION_STRING_BYTES_MAX
+    + 4
+    + TAGS_MAX as u64 * (4 + TAG_BYTES_MAX as u64)
+    + 4
+    + LINKS_MAX as u64 * 16
+    + 4
+    + CUSTOM_PAIRS_MAX as u64 * (8 + CUSTOM_KEY_BYTES_MAX as u64 + CUSTOM_VALUE_BYTES_MAX as u64);
+/// Bytes of one manifest entry on disk: digest 32 + length u32.
+pub const MANIFEST_ENTRY_BYTES: u64 = 36;
+/// Largest metadata record payload: a commit of the largest manifest with
+/// the largest metadata (about 577 MiB). Lengths above it are damage.
+pub const META_RECORD_BYTES_MAX: u64 = 16
+    + 8
+    + 32
+    + 8
+    + 4
+    + MANIFEST_CHUNKS_MAX * MANIFEST_ENTRY_BYTES
+    + OPTION_STRING_BYTES_MAX
+    + MUTABLE_METADATA_BYTES_MAX;
+const _: () = assert!(META_RECORD_BYTES_MAX <= u32::MAX as u64);
+
+/// The mutable metadata of an artifact, as stored in commit and update
+/// records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MutableFields {
+    pub filename: Option<String>,
+    pub content_type: Option<String>,
+    pub tags: Vec<String>,
+    pub links: Vec<[u8; 16]>,
+    pub custom: Vec<(String, String)>,
+}
+
+/// One metadata log record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaRecord {
+    /// A new artifact, durable once this record is.
+    Commit {
+        id: [u8; 16],
+        size: u64,
+        digest: [u8; 32],
+        created_ms: u64,
+        chunks: Vec<([u8; 32], u32)>,
+        creator: Option<String>,
+        fields: MutableFields,
+    },
+    /// An artifact deleted.
+    Delete { id: [u8; 16] },
+    /// New mutable metadata of an artifact, replacing all of the old.
+    Update {
+        id: [u8; 16],
+        modified_ms: u64,
+        fields: MutableFields,
+    },
+}
+
+/// Checks the metadata limits; the message names the offending field.
+pub fn check_metadata_limits(creator: Option<&str>, fields: &MutableFields) -> Result<(), String> {
+    let strings = [
+        ("filename", fields.filename.as_deref()),
+        ("content type", fields.content_type.as_deref()),
+        ("creator", creator),
+    ];
+    for (name, value) in strings {
+        if let Some(value) = value {
+            if value.len() > STRING_BYTES_MAX {
+                return Err(format!(
+                    "{name} is {} bytes, at most {STRING_BYTES_MAX}",
+                    value.len()
+                ));
+            }
+        }
+    }
+    if fields.tags.len() > TAGS_MAX {
+        return Err(format!("{} tags, at most {TAGS_MAX}", fields.tags.len()));
+    }
+    for tag in &fields.tags {
+        if tag.is_empty() || tag.len() > TAG_BYTES_MAX {
+            return Err(format!(
+                "tag of {} bytes, must be 1..={TAG_BYTES_MAX}",
+                tag.len()
+            ));
+        }
+    }
+    if fields.links.len() > LINKS_MAX {
+        return Err(format!("{} links, at most {LINKS_MAX}", fields.links.len()));
+    }
+    if fields.custom.len() > CUSTOM_PAIRS_MAX {
+        return Err(format!(
+            "{} custom pairs, at most {CUSTOM_PAIRS_MAX}",
+            fields.custom.len()
+        ));
+    }
+    for (key, value) in &fields.custom {
+        if key.is_empty() || key.len() > CUSTOM_KEY_BYTES_MAX {
+            return Err(format!(
+                "custom key of {} bytes, must be 1..={CUSTOM_KEY_BYTES_MAX}",
+                key.len()
+            ));
+        }
+        if value.len() > CUSTOM_VALUE_BYTES_MAX {
+            return Err(format!(
+                "custom value for {key:?} is {} bytes, at most {CUSTOM_VALUE_BYTES_MAX}",
+                value.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Encodes the `meta.log` file header.
+pub fn encode_meta_header() -> [u8; META_HEADER_BYTES as usize] {
+    let mut header = [0u8; META_HEADER_BYTES as usize];
+    header[0..4].copy_from_slice(&META_MAGIC.to_le_bytes());
+    header[4] = META_VERSION;
+    header
+}
+
+/// Checks the `meta.log` file header.
+pub fn decode_meta_header(bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() < META_HEADER_BYTES as usize {
+        return Err(format!(
+            "meta.log header is {} bytes, expected {META_HEADER_BYTES}",
+            bytes.len()
+        ));
+    }
+    let magic = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+    if magic != META_MAGIC {
+        return Err(format!("bad meta.log magic {magic:#010x}"));
+    }
+    if bytes[4] != META_VERSION {
+        return Err(format!("unsupported meta.log version {}", bytes[4]));
+    }
+    Ok(())
+}
+
+/// Encodes a whole metadata record: header then payload.
+pub fn encode_meta_record(record: &MetaRecord) -> Vec<u8> {
+    let mut out = Encoder(Vec::new());
+    out.0.extend_from_slice(&[0u8; META_HEADER_END]);
+    let kind = match record {
+        MetaRecord::Commit {
+            id,
+            size,
+            digest,
+            created_ms,
+            chunks,
+            creator,
+            fields,
+        } => {
+            out.bytes(id);
+            out.u64(*size);
+            out.bytes(digest);
+            out.u64(*created_ms);
+            out.u32(u32::try_from(chunks.len()).expect("manifest length checked at commit"));
+            for (digest, len) in chunks {
+                out.bytes(digest);
+                out.u32(*len);
+            }
+            out.option_string(creator.as_deref());
+            out.fields(fields);
+            META_KIND_COMMIT
+        }
+        MetaRecord::Delete { id } => {
+            out.bytes(id);
+            META_KIND_DELETE
+        }
+        MetaRecord::Update {
+            id,
+            modified_ms,
+            fields,
+        } => {
+            out.bytes(id);
+            out.u64(*modified_ms);
+            out.fields(fields);
+            META_KIND_UPDATE
+        }
+    };
+    let mut bytes = out.0;
+    let payload_len = (bytes.len() - META_HEADER_END) as u64;
+    assert!(
+        payload_len <= META_RECORD_BYTES_MAX,
+        "record within its limit"
+    );
+    bytes[META_MAGIC_AT..META_LEN_AT].copy_from_slice(&META_RECORD_MAGIC.to_le_bytes());
+    bytes[META_LEN_AT..META_CRC_AT].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    bytes[META_KIND_AT] = kind;
+    let crc = meta_crc(
+        &bytes[META_LEN_AT..META_CRC_AT],
+        kind,
+        &bytes[META_HEADER_END..],
+    );
+    bytes[META_CRC_AT..META_KIND_AT].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+/// The crc of a metadata record covers its length, kind and payload.
+fn meta_crc(len: &[u8], kind: u8, payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(len);
+    hasher.update(&[kind]);
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+/// A metadata record header, checked for magic and a plausible length.
+#[derive(Clone, Copy, Debug)]
+pub struct MetaHeader {
+    pub payload_len: u32,
+    pub crc: u32,
+    pub kind: u8,
+}
+
+/// Decodes a metadata record header. The caller must still check that
+/// `payload_len` bytes are present before reading them.
+pub fn decode_meta_header_record(bytes: &[u8]) -> Result<MetaHeader, String> {
+    if bytes.len() < META_HEADER_END {
+        return Err(format!(
+            "short metadata record header ({} bytes)",
+            bytes.len()
+        ));
+    }
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    if u32_at(META_MAGIC_AT) != META_RECORD_MAGIC {
+        return Err("bad metadata record magic".to_string());
+    }
+    let payload_len = u32_at(META_LEN_AT);
+    if u64::from(payload_len) > META_RECORD_BYTES_MAX {
+        return Err(format!(
+            "metadata record length {payload_len} over {META_RECORD_BYTES_MAX}"
+        ));
+    }
+    Ok(MetaHeader {
+        payload_len,
+        crc: u32_at(META_CRC_AT),
+        kind: bytes[META_KIND_AT],
+    })
+}
+
+/// Checks a record's crc against its payload.
+pub fn check_meta_crc(header: &MetaHeader, payload: &[u8]) -> Result<(), String> {
+    if meta_crc(&header.payload_len.to_le_bytes(), header.kind, payload) != header.crc {
+        return Err("metadata record crc mismatch".to_string());
+    }
+    Ok(())
+}
+
+/// Decodes a crc-checked record payload of the given kind.
+pub fn decode_meta_payload(kind: u8, payload: &[u8]) -> Result<MetaRecord, String> {
+    let mut input = Decoder {
+        bytes: payload,
+        at: 0,
+    };
+    let record = match kind {
+        META_KIND_COMMIT => {
+            let id = input.array::<16>()?;
+            let size = input.u64()?;
+            let digest = input.array::<32>()?;
+            let created_ms = input.u64()?;
+            let count = u64::from(input.u32()?);
+            if count > MANIFEST_CHUNKS_MAX {
+                return Err(format!(
+                    "manifest of {count} chunks, at most {MANIFEST_CHUNKS_MAX}"
+                ));
+            }
+            // Checked against the bytes present before allocating.
+            input.need(count * MANIFEST_ENTRY_BYTES)?;
+            let mut chunks = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                let digest = input.array::<32>()?;
+                let len = input.u32()?;
+                if len == 0 || len > CHUNK_BYTES_MAX {
+                    return Err(format!(
+                        "manifest chunk length {len} outside 1..={CHUNK_BYTES_MAX}"
+                    ));
+                }
+                chunks.push((digest, len));
+            }
+            let creator = input.option_string(STRING_BYTES_MAX)?;
+            let fields = input.fields()?;
+            check_metadata_limits(creator.as_deref(), &fields)?;
+            MetaRecord::Commit {
+                id,
+                size,
+                digest,
+                created_ms,
+                chunks,
+                creator,
+                fields,
+            }
+        }
+        META_KIND_DELETE => MetaRecord::Delete {
+            id: input.array::<16>()?,
+        },
+        META_KIND_UPDATE => {
+            let id = input.array::<16>()?;
+            let modified_ms = input.u64()?;
+            let fields = input.fields()?;
+            check_metadata_limits(None, &fields)?;
+            MetaRecord::Update {
+                id,
+                modified_ms,
+                fields,
+            }
+        }
+        other => return Err(format!("unknown metadata record kind {other}")),
+    };
+    if input.at != payload.len() {
+        return Err(format!(
+            "{} trailing bytes in metadata record",
+            payload.len() - input.at
+        ));
+    }
+    Ok(record)
+}
+
+struct Encoder(Vec<u8>);
+
+impl Encoder {
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
+    fn u32(&mut self, value: u32) {
+        self.0.extend_from_slice(&value.to_le_bytes());
+    }
+    fn u64(&mut self, value: u64) {
+        self.0.extend_from_slice(&value.to_le_bytes());
+    }
+    fn string(&mut self, value: &str) {
+        // Every string was checked against a limit far below u32::MAX.
+        self.u32(u32::try_from(value.len()).expect("string length checked"));
+        self.bytes(value.as_bytes());
+    }
+    fn option_string(&mut self, value: Option<&str>) {
+        match value {
+            None => self.0.push(0),
+            Some(value) => {
+                self.0.push(1);
+                self.string(value);
+            }
+        }
+    }
+    fn count(&mut self, count: usize) {
+        self.u32(u32::try_from(count).expect("list length checked"));
+    }
+    fn fields(&mut self, fields: &MutableFields) {
+        self.option_string(fields.filename.as_deref());
+        self.option_string(fields.content_type.as_deref());
+        self.count(fields.tags.len());
+        for tag in &fields.tags {
+            self.string(tag);
+        }
+        self.count(fields.links.len());
+        for link in &fields.links {
+            self.bytes(link);
+        }
+        self.count(fields.custom.len());
+        for (key, value) in &fields.custom {
+            self.string(key);
+            self.string(value);
+        }
+    }
+}
+
+struct Decoder<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Decoder<'_> {
+    fn need(&self, count: u64) -> Result<(), String> {
+        let remaining = (self.bytes.len() - self.at) as u64;
+        if count > remaining {
+            return Err(format!(
+                "metadata record needs {count} more bytes at offset {}, has {remaining}",
+                self.at
+            ));
+        }
+        Ok(())
+    }
+    fn take(&mut self, count: usize) -> Result<&[u8], String> {
+        self.need(count as u64)?;
+        let slice = &self.bytes[self.at..self.at + count];
+        self.at += count;
+        Ok(slice)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        Ok(self.take(N)?.try_into().expect("N bytes"))
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.array::<4>()?))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.array::<8>()?))
+    }
+    fn string(&mut self, max: usize) -> Result<String, String> {
+        let len = self.u32()? as usize;
+        if len > max {
+            return Err(format!("string of {len} bytes, at most {max}"));
+        }
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| "string is not UTF-8".to_string())
+    }
+    fn option_string(&mut self, max: usize) -> Result<Option<String>, String> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.string(max)?)),
+            other => Err(format!("bad option tag {other}")),
+        }
+    }
+    fn count(&mut self, max: usize, entry_bytes_min: u64) -> Result<usize, String> {
+        let count = self.u32()? as usize;
+        if count > max {
+            return Err(format!("list of {count} entries, at most {max}"));
+        }
+        self.need(count as u64 * entry_bytes_min)?;
+        Ok(count)
+    }
+    fn fields(&mut self) -> Result<MutableFields, String> {
+        let filename = self.option_string(STRING_BYTES_MAX)?;
+        let content_type = self.option_string(STRING_BYTES_MAX)?;
+        let count = self.count(TAGS_MAX, 4)?;
+        let mut tags = Vec::with_capacity(count);
+        for _ in 0..count {
+            tags.push(self.string(TAG_BYTES_MAX)?);
+        }
+        let count = self.count(LINKS_MAX, 16)?;
+        let mut links = Vec::with_capacity(count);
+        for _ in 0..count {
+            links.push(self.array::<16>()?);
+        }
+        let count = self.count(CUSTOM_PAIRS_MAX, 8)?;
+        let mut custom = Vec::with_capacity(count);
+        for _ in 0..count {
+            let key = self.string(CUSTOM_KEY_BYTES_MAX)?;
+            let value = self.string(CUSTOM_VALUE_BYTES_MAX)?;
+            custom.push((key, value));
+        }
+        Ok(MutableFields {
+            filename,
+            content_type,
+            tags,
+            links,
+            custom,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode_whole(bytes: &[u8]) -> Result<MetaRecord, String> {
+        let header = decode_meta_header_record(bytes)?;
+        let payload = &bytes[META_HEADER_END..];
+        if payload.len() != header.payload_len as usize {
+            return Err("length".into());
+        }
+        check_meta_crc(&header, payload)?;
+        decode_meta_payload(header.kind, payload)
+    }
+
+    #[test]
+    fn chunk_header_round_trips_and_detects_damage() {
+        let header = encode_chunk_header(&[7; 32], 1234);
+        assert_eq!(
+            decode_chunk_header(&header).unwrap(),
+            ChunkHeader {
+                payload_len: 1234,
+                digest: [7; 32]
+            }
+        );
+        for at in 0..header.len() {
+            let mut damaged = header;
+            damaged[at] ^= 0x10;
+            assert!(
+                decode_chunk_header(&damaged).is_err(),
+                "flip at {at} detected"
+            );
+        }
+    }
+
+    #[test]
+    fn metadata_record_rejects_every_truncation() {
+        let record = MetaRecord::Commit {
+            id: [1; 16],
+            size: 10,
+            digest: [2; 32],
+            created_ms: 5,
+            chunks: vec![([3; 32], 10)],
+            creator: Some("me".into()),
+            fields: MutableFields {
+                filename: Some("f".into()),
+                content_type: None,
+                tags: vec!["t".into()],
+                links: vec![[4; 16]],
+                custom: vec![("k".into(), "v".into())],
+            },
+        };
+        let bytes = encode_meta_record(&record);
+        assert_eq!(decode_whole(&bytes).unwrap(), record);
+        for len in 0..bytes.len() {
+            assert!(decode_whole(&bytes[..len]).is_err());
+        }
+    }
+
+    #[test]
+    fn huge_counts_are_errors_not_allocations() {
+        // A crc-valid payload claiming 2^24 chunks but holding none.
+        let mut payload = vec![0u8; 16 + 8 + 32 + 8];
+        payload.extend_from_slice(&(1u32 << 24).to_le_bytes());
+        let error = decode_meta_payload(META_KIND_COMMIT, &payload).unwrap_err();
+        assert!(error.contains("more bytes"), "{error}");
+    }
+
+    fn fields_strategy() -> impl Strategy<Value = MutableFields> {
+        (
+            proptest::option::of(".{0,20}"),
+            proptest::option::of(".{0,20}"),
+            proptest::collection::vec(".{1,10}", 0..4),
+            proptest::collection::vec(any::<[u8; 16]>(), 0..4),
+            proptest::collection::vec((".{1,8}", ".{0,8}"), 0..4),
+        )
+            .prop_map(
+                |(filename, content_type, tags, links, custom)| MutableFields {
+                    filename,
+                    content_type,
+                    tags,
+                    links,
+                    custom,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn update_records_round_trip(id in any::<[u8; 16]>(), modified_ms in any::<u64>(), fields in fields_strategy()) {
+            let record = MetaRecord::Update { id, modified_ms, fields };
+            prop_assert_eq!(decode_whole(&encode_meta_record(&record)).unwrap(), record);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), kind in 0u8..5) {
+            let _ = decode_meta_payload(kind, &bytes);
+            let _ = decode_chunk_header(&bytes);
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Garbage collection: drop chunks nothing references or pins, then compact
+//! segments that are mostly garbage.
+//!
+//! Marking is implicit: reference counts are derived from live manifests
+//! and pins from open uploads, so a chunk with neither is garbage. Sweeping
+//! only forgets index entries; bytes are reclaimed by compaction, which
+//! copies a sealed segment's live records into the active segment, fsyncs
+//! the copies, and only then unlinks the old file. A crash at any point
+//! leaves every live chunk in at least one segment (perhaps two, which the
+//! next open and GC tidy up). Never removes a pinned chunk, never removes
+//! the active segment, never holds the store lock while reading or hashing
+//! chunk bytes.
+
+use std::collections::BTreeSet;
+
+use super::format::{CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use super::index::Location;
+use super::{lock, segment, GcReport, Store, StoreError};
+
+/// Whether a segment with `record_bytes` of records, `live_bytes` of them
+/// live, is worth rewriting: all garbage, or more garbage than live.
+fn worth_compacting(record_bytes: u64, live_bytes: u64) -> bool {
+    let garbage_bytes = record_bytes.saturating_sub(live_bytes);
+    garbage_bytes > 0 && (live_bytes == 0 || garbage_bytes > live_bytes)
+}
+
+pub(super) fn run(store: &Store) -> Result<GcReport, StoreError> {
+    let inner = &store.inner;
+    let _one_at_a_time = lock(&inner.gc);
+    let mut report = GcReport::default();
+    // Disk bytes GC itself adds: copies and the headers of new segments.
+    let mut written_bytes = 0u64;
+    let mut removed_bytes = 0u64;
+    let candidates: Vec<u64> = {
+        let mut state = lock(&inner.state);
+        report.chunks_removed = state.index.sweep();
+        let live = state.index.live_bytes_by_segment();
+        let worth = |id: u64, len: u64| {
+            worth_compacting(
+                len - SEGMENT_HEADER_BYTES,
+                live.get(&id).copied().unwrap_or(0),
+            )
+        };
+        let active = state.segments.active;
+        let active_len = state.segments.segments[&active].len;
+        if worth(active, active_len) {
+            // Seal it so its garbage can go too; uploads move on to the next.
+            state.segments.rotate()?;
+            written_bytes += SEGMENT_HEADER_BYTES;
+        }
+        let active = state.segments.active;
+        state
+            .segments
+            .segments
+            .iter()
+            .filter(|(&id, segment)| id != active && worth(id, segment.len))
+            .map(|(&id, _)| id)
+            .collect()
+    };
+    let outcome = candidates.into_iter().try_for_each(|id| {
+        compact(
+            store,
+            id,
+            &mut report,
+            &mut written_bytes,
+            &mut removed_bytes,
+        )
+    });
+    report.bytes_reclaimed = removed_bytes.saturating_sub(written_bytes);
+    outcome.map(|()| report)
+}
+
+/// Moves the live records of sealed segment `id` into the active segment
+/// and removes it. A chunk that fails its hash check stays where it is,
+/// with its segment, for `verify` to report.
+fn compact(
+    store: &Store,
+    id: u64,
+    report: &mut GcReport,
+    written_bytes: &mut u64,
+    removed_bytes: &mut u64,
+) -> Result<(), StoreError> {
+    let inner = &store.inner;
+    let (chunks, file) = {
+        let state = lock(&inner.state);
+        let file = state
+            .segments
+            .handle(id)
+            .expect("candidate segments are open");
+        (state.index.chunks_in(id), file)
+    };
+    let mut written = BTreeSet::new();
+    for (digest, from, len) in chunks {
+        let bytes = match segment::read_payload(&file, id, from.offset, &digest, len) {
+            Ok(bytes) => bytes,
+            Err(StoreError::Corrupted(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut state = lock(&inner.state);
+        let active_before = state.segments.active;
+        let (segment, offset) = state.segments.append(&digest, &bytes)?;
+        if segment != active_before {
+            *written_bytes += SEGMENT_HEADER_BYTES;
+        }
+        let moved = state
+            .index
+            .relocate(&digest, from, Location { segment, offset });
+        assert!(moved, "only GC moves or drops chunks, and GC runs alone");
+        written.insert(segment);
+        *written_bytes += CHUNK_HEADER_BYTES + u64::from(len);
+    }
+    // The copies must be durable before the originals go.
+    for segment in written {
+        let plan = lock(&inner.state).segments.sync_plan(segment);
+        if let Some((segment, file, len)) = plan {
+            file.sync_data().map_err(|e| {
+                StoreError::io(
+                    format!("syncing segment {}", segment::segment_name(segment)),
+                    e,
+                )
+            })?;
+            lock(&inner.state).segments.mark_synced(segment, len);
+        }
+    }
+    let mut state = lock(&inner.state);
+    assert!(
+        state.index.chunks_in(id).is_empty(),
+        "nothing is added to a sealed segment"
+    );
+    *removed_bytes += state.segments.remove(id)?;
+    report.segments_removed += 1;
+    Ok(())
+}

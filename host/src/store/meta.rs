@@ -1,0 +1,407 @@
+//! The metadata log (`meta.log`) and the catalog rebuilt from it.
+//!
+//! [`MetaLog`] appends records and fsyncs them; at open it replays every
+//! record, truncating a torn tail and stepping over damage in the middle.
+//! [`Catalog`] is the in-memory result: live artifacts with their manifests,
+//! commit order and a tag index. Reference counts live in the chunk index
+//! and are derived from the catalog's manifests, never stored.
+//! The log is the only place metadata is made durable; nothing here touches
+//! segment files.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use cap_std::fs::{Dir, OpenOptions};
+
+use super::format::{self, MetaRecord, MutableFields, META_HEADER_BYTES, META_RECORD_HEADER_BYTES};
+use super::types::{ArtifactId, ChunkRef, Durability, Metadata};
+use crate::error::StoreError;
+
+/// File name of the metadata log in the tenant directory.
+pub const META_LOG_NAME: &str = "meta.log";
+
+/// The append end of `meta.log`.
+pub struct MetaLog {
+    file: File,
+    /// Append position; everything before it has been replayed or written.
+    len: u64,
+    durability: Durability,
+}
+
+/// What replaying the log found.
+#[derive(Default)]
+pub struct ReplayOutcome {
+    pub truncated_bytes: u64,
+    pub problems: Vec<String>,
+}
+
+fn io(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |source| StoreError::Io { context, source }
+}
+
+impl MetaLog {
+    /// Opens (or creates) `meta.log` in `dir` and hands every valid record,
+    /// in order, to `apply` with its offset.
+    pub fn open(
+        dir: &Dir,
+        durability: Durability,
+        mut apply: impl FnMut(u64, MetaRecord),
+    ) -> Result<(MetaLog, ReplayOutcome), StoreError> {
+        let mut outcome = ReplayOutcome::default();
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true);
+        let file = dir
+            .open_with(META_LOG_NAME, &options)
+            .map_err(io(format!("opening {META_LOG_NAME}")))?
+            .into_std();
+        let len = file
+            .metadata()
+            .map_err(io(format!("reading size of {META_LOG_NAME}")))?
+            .len();
+        if len < META_HEADER_BYTES {
+            // New, or torn while being created: nothing in it was acknowledged.
+            if len > 0 {
+                outcome
+                    .problems
+                    .push(format!("{META_LOG_NAME}: {len}-byte torn header rewritten"));
+            }
+            file.set_len(0)
+                .and_then(|()| file.write_all_at(&format::encode_meta_header(), 0))
+                .map_err(io(format!("writing header of {META_LOG_NAME}")))?;
+            if durability == Durability::Sync {
+                file.sync_all()
+                    .map_err(io(format!("syncing {META_LOG_NAME}")))?;
+                super::segment::directory_file(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io("syncing the store directory".into()))?;
+            }
+            let log = MetaLog {
+                file,
+                len: META_HEADER_BYTES,
+                durability,
+            };
+            return Ok((log, outcome));
+        }
+        let mut header = [0u8; META_HEADER_BYTES as usize];
+        file.read_exact_at(&mut header, 0)
+            .map_err(io(format!("reading header of {META_LOG_NAME}")))?;
+        format::decode_meta_header(&header)
+            .map_err(|reason| StoreError::Corrupted(format!("{META_LOG_NAME}: {reason}")))?;
+
+        let mut at = META_HEADER_BYTES;
+        while at < len {
+            match record_at(&file, at, len)? {
+                Ok((header, payload)) => {
+                    let next = at + META_RECORD_HEADER_BYTES + u64::from(header.payload_len);
+                    match format::decode_meta_payload(header.kind, &payload) {
+                        Ok(record) => apply(at, record),
+                        Err(reason) => outcome.problems.push(format!(
+                            "{META_LOG_NAME}: record at offset {at} undecodable ({reason}); skipped"
+                        )),
+                    }
+                    at = next;
+                }
+                Err(reason) => match next_record(&file, at + 1, len)? {
+                    Some(next) => {
+                        outcome.problems.push(format!(
+                            "{META_LOG_NAME}: bytes {at}..{next} unreadable ({reason}); skipped"
+                        ));
+                        at = next;
+                    }
+                    None => {
+                        file.set_len(at)
+                            .map_err(io(format!("truncating {META_LOG_NAME} at {at}")))?;
+                        if durability == Durability::Sync {
+                            file.sync_all()
+                                .map_err(io(format!("syncing {META_LOG_NAME}")))?;
+                        }
+                        outcome.truncated_bytes += len - at;
+                        outcome.problems.push(format!(
+                            "{META_LOG_NAME}: torn tail at offset {at} ({reason}); {} bytes truncated",
+                            len - at
+                        ));
+                        break;
+                    }
+                },
+            }
+        }
+        let len = at.min(len);
+        if durability == Durability::Sync {
+            // What a crashed process wrote without fsync is made durable
+            // before anything new depends on it.
+            file.sync_data()
+                .map_err(io(format!("syncing {META_LOG_NAME}")))?;
+        }
+        Ok((
+            MetaLog {
+                file,
+                len,
+                durability,
+            },
+            outcome,
+        ))
+    }
+
+    /// Appends one record and, with [`Durability::Sync`], fsyncs it. When
+    /// this returns Ok the record survives a crash.
+    pub fn append(&mut self, record: &MetaRecord) -> Result<(), StoreError> {
+        let bytes = format::encode_meta_record(record);
+        let at = self.len;
+        if let Err(source) = self.file.write_all_at(&bytes, at) {
+            // Roll back a partial record so the log stays a clean sequence.
+            let _ = self.file.set_len(at);
+            return Err(StoreError::Io {
+                context: format!("appending to {META_LOG_NAME} at {at}"),
+                source,
+            });
+        }
+        if self.durability == Durability::Sync {
+            if let Err(source) = self.file.sync_data() {
+                let _ = self.file.set_len(at);
+                return Err(StoreError::Io {
+                    context: format!("syncing {META_LOG_NAME}"),
+                    source,
+                });
+            }
+        }
+        self.len = at + bytes.len() as u64;
+        Ok(())
+    }
+}
+
+/// The record at `at`: Ok((header, payload)) if whole and crc-valid.
+fn record_at(
+    file: &File,
+    at: u64,
+    len: u64,
+) -> Result<Result<(format::MetaHeader, Vec<u8>), String>, StoreError> {
+    if len - at < META_RECORD_HEADER_BYTES {
+        return Ok(Err(format!("{} bytes, short of a record header", len - at)));
+    }
+    let mut bytes = [0u8; META_RECORD_HEADER_BYTES as usize];
+    file.read_exact_at(&mut bytes, at)
+        .map_err(io(format!("reading {META_LOG_NAME} at {at}")))?;
+    let header = match format::decode_meta_header_record(&bytes) {
+        Ok(header) => header,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    // Checked against the bytes present before allocating.
+    let available = len - at - META_RECORD_HEADER_BYTES;
+    if u64::from(header.payload_len) > available {
+        return Ok(Err(format!(
+            "record of {} bytes runs past the end",
+            header.payload_len
+        )));
+    }
+    let mut payload = vec![0u8; header.payload_len as usize];
+    file.read_exact_at(&mut payload, at + META_RECORD_HEADER_BYTES)
+        .map_err(io(format!("reading {META_LOG_NAME} at {at}")))?;
+    if let Err(reason) = format::check_meta_crc(&header, &payload) {
+        return Ok(Err(reason));
+    }
+    Ok(Ok((header, payload)))
+}
+
+/// The offset of the first valid record at or after `from`, if any.
+fn next_record(file: &File, from: u64, len: u64) -> Result<Option<u64>, StoreError> {
+    const WINDOW_BYTES: u64 = 1 << 20;
+    let magic = format::META_RECORD_MAGIC.to_le_bytes();
+    let mut window = Vec::new();
+    let mut start = from;
+    while start + META_RECORD_HEADER_BYTES <= len {
+        let end = (start + WINDOW_BYTES).min(len);
+        window.resize((end - start) as usize, 0);
+        file.read_exact_at(&mut window, start)
+            .map_err(io(format!("scanning {META_LOG_NAME} at {start}")))?;
+        for (i, candidate) in window.windows(magic.len()).enumerate() {
+            if candidate == magic {
+                let at = start + i as u64;
+                if record_at(file, at, len)?.is_ok() {
+                    return Ok(Some(at));
+                }
+            }
+        }
+        if end == len {
+            break;
+        }
+        start = end - (magic.len() as u64 - 1);
+    }
+    Ok(None)
+}
+
+/// An artifact's chunk list with prefix sums for seeking.
+pub struct Manifest {
+    pub chunks: Vec<ChunkRef>,
+    /// `ends[i]` is the content offset just past chunk `i`.
+    pub ends: Vec<u64>,
+}
+
+impl Manifest {
+    pub fn new(chunks: Vec<ChunkRef>) -> Manifest {
+        let mut end = 0u64;
+        let ends = chunks
+            .iter()
+            .map(|chunk| {
+                // Cannot overflow: at most MANIFEST_CHUNKS_MAX chunks of at
+                // most CHUNK_BYTES_MAX bytes (asserted in format.rs).
+                end += u64::from(chunk.len);
+                end
+            })
+            .collect();
+        Manifest { chunks, ends }
+    }
+
+    /// (chunk index, chunk start) of the chunk holding `offset`, which must
+    /// be below the content size.
+    pub fn locate(&self, offset: u64) -> (u64, u64) {
+        let index = self.ends.partition_point(|&end| end <= offset);
+        assert!(index < self.ends.len(), "offset below size");
+        let start = if index == 0 { 0 } else { self.ends[index - 1] };
+        (index as u64, start)
+    }
+}
+
+/// One live artifact.
+pub struct Artifact {
+    /// Position in commit order.
+    pub seq: u64,
+    pub meta: Metadata,
+    pub manifest: Arc<Manifest>,
+}
+
+/// Live artifacts, rebuilt from the log at open and kept in step with it.
+#[derive(Default)]
+pub struct Catalog {
+    pub artifacts: HashMap<ArtifactId, Artifact>,
+    /// Commit order of live artifacts.
+    pub order: BTreeMap<u64, ArtifactId>,
+    /// Commit position of every id ever committed, deleted ones included,
+    /// so paging can continue after a deleted id and ids are never reused.
+    pub seq_of: HashMap<ArtifactId, u64>,
+    /// Tag -> commit positions of live artifacts carrying it.
+    pub tags: HashMap<String, BTreeSet<u64>>,
+    pub logical_bytes: u64,
+    next_seq: u64,
+}
+
+impl Catalog {
+    /// Adds a committed artifact. The caller adds the chunk references.
+    /// Returns false (and changes nothing) if the id was ever used before.
+    pub fn insert(&mut self, meta: Metadata, manifest: Arc<Manifest>) -> bool {
+        let id = meta.id;
+        if self.seq_of.contains_key(&id) {
+            return false;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.seq_of.insert(id, seq);
+        self.order.insert(seq, id);
+        for tag in &meta.tags {
+            self.tags.entry(tag.clone()).or_default().insert(seq);
+        }
+        self.logical_bytes += meta.size;
+        self.artifacts.insert(
+            id,
+            Artifact {
+                seq,
+                meta,
+                manifest,
+            },
+        );
+        true
+    }
+
+    /// Removes a live artifact; the caller drops its chunk references.
+    pub fn remove(&mut self, id: &ArtifactId) -> Option<Artifact> {
+        let artifact = self.artifacts.remove(id)?;
+        self.order.remove(&artifact.seq);
+        self.untag(artifact.seq, &artifact.meta.tags);
+        self.logical_bytes -= artifact.meta.size;
+        Some(artifact)
+    }
+
+    fn untag(&mut self, seq: u64, tags: &[String]) {
+        for tag in tags {
+            if let Some(seqs) = self.tags.get_mut(tag) {
+                seqs.remove(&seq);
+                if seqs.is_empty() {
+                    self.tags.remove(tag);
+                }
+            }
+        }
+    }
+
+    /// Replaces the mutable metadata of a live artifact.
+    pub fn update(
+        &mut self,
+        id: &ArtifactId,
+        modified_ms: u64,
+        fields: MutableFields,
+    ) -> Option<Metadata> {
+        let artifact = self.artifacts.get(id)?;
+        let seq = artifact.seq;
+        let old_tags = artifact.meta.tags.clone();
+        self.untag(seq, &old_tags);
+        for tag in &fields.tags {
+            self.tags.entry(tag.clone()).or_default().insert(seq);
+        }
+        let artifact = self.artifacts.get_mut(id).expect("checked above");
+        let meta = &mut artifact.meta;
+        meta.filename = fields.filename;
+        meta.content_type = fields.content_type;
+        meta.tags = fields.tags;
+        meta.links = fields
+            .links
+            .into_iter()
+            .map(ArtifactId::from_bytes)
+            .collect();
+        meta.custom = fields.custom;
+        meta.modified_ms = modified_ms;
+        Some(meta.clone())
+    }
+
+    /// The mutable fields of a metadata record, in on-disk form.
+    pub fn fields_of(meta: &Metadata) -> MutableFields {
+        MutableFields {
+            filename: meta.filename.clone(),
+            content_type: meta.content_type.clone(),
+            tags: meta.tags.clone(),
+            links: meta.links.iter().map(|id| *id.as_bytes()).collect(),
+            custom: meta.custom.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::types::Hash;
+
+    #[test]
+    fn locate_finds_the_chunk_holding_each_offset() {
+        let chunks = [3u32, 1, 5]
+            .iter()
+            .map(|&len| ChunkRef {
+                digest: Hash::of(&[len as u8]),
+                len,
+            })
+            .collect();
+        let manifest = Manifest::new(chunks);
+        let expected = [
+            (0, 0),
+            (0, 0),
+            (0, 0),
+            (1, 3),
+            (2, 4),
+            (2, 4),
+            (2, 4),
+            (2, 4),
+            (2, 4),
+        ];
+        for (offset, want) in expected.iter().enumerate() {
+            assert_eq!(manifest.locate(offset as u64), *want, "offset {offset}");
+        }
+    }
+}

@@ -1,0 +1,866 @@
+//! The durable, crash-safe, content-addressed chunk store of one tenant.
+//!
+//! A [`Store`] lives in one capability directory (`cap_std::fs::Dir`) and
+//! never reaches outside it. Inside:
+//!
+//! - `segments/NNNNNNNNNNNNNNNN.seg`: append-only chunk records
+//!   ([`segment`]), each a crc-checked header with the chunk's BLAKE3 digest,
+//!   then the bytes.
+//! - `meta.log`: append-only metadata records ([`meta`]): commits (with the
+//!   whole manifest), deletes and metadata updates.
+//!
+//! At open, segments are scanned to rebuild the chunk [`index`] and the log
+//! is replayed to rebuild the catalog; reference counts are derived from the
+//! live manifests, so they cannot drift. Writes go: chunks appended by an
+//! [`Upload`] (no fsync), then at commit the whole content is re-hashed from
+//! the store, the segments holding the chunks are fsynced, the commit
+//! record is appended and fsynced, and only then is the artifact visible.
+//! Chunks an upload put or was told are present are pinned until it
+//! finishes, so [`Store::gc`] never removes them. Every read re-hashes.
+//!
+//! Concurrency: one mutex guards the index, catalog and segment appends;
+//! hashing and reading chunk bytes happen outside it. A second mutex orders
+//! metadata log appends (taken before the first, never after).
+//!
+//! The on-disk format is documented in ARCHITECTURE.md, "On-disk format".
+//!
+//! ```no_run
+//! use tensor_blob_host::store::{Hash, NewMetadata, Store, StoreOptions};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir: cap_std::fs::Dir = todo!();
+//! let store = Store::open(dir, StoreOptions::default())?;
+//! let bytes = b"hello";
+//! let digest = Hash::of(bytes);
+//! let mut upload = store.begin_upload();
+//! upload.put_chunk(&digest, bytes)?;
+//! let chunk = tensor_blob_host::store::ChunkRef { digest, len: 5 };
+//! let id = upload.commit(&[chunk], 5, &digest, NewMetadata::default())?;
+//! assert_eq!(store.read_chunk(&store.manifest(&id, 0, 1)?[0].digest)?, bytes);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod format;
+mod gc;
+mod index;
+mod meta;
+mod segment;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashSet};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cap_std::fs::Dir;
+
+pub use self::format::{
+    CHUNK_BYTES_MAX, CUSTOM_KEY_BYTES_MAX, CUSTOM_PAIRS_MAX, CUSTOM_VALUE_BYTES_MAX, LINKS_MAX,
+    MANIFEST_CHUNKS_MAX, MANIFEST_PAGE_MAX, MISSING_BATCH_MAX, STRING_BYTES_MAX, TAGS_MAX,
+    TAG_BYTES_MAX, UPLOAD_PINS_MAX,
+};
+pub use self::types::{
+    ArtifactId, ChunkRef, Durability, GcReport, Hash, Metadata, MetadataUpdate, NewMetadata,
+    RecoveryReport, Stats, StoreOptions, VerifyReport,
+};
+pub use crate::error::StoreError;
+
+use self::format::{MetaRecord, MutableFields};
+use self::index::{Index, Location};
+use self::meta::{Catalog, Manifest, MetaLog};
+use self::segment::Segments;
+
+/// Name of the segments directory inside the store directory.
+const SEGMENTS_DIR: &str = "segments";
+
+/// A tenant's chunk store. Cheap to clone; all clones share one store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    options: StoreOptions,
+    state: Mutex<State>,
+    /// Serialises metadata log appends with the checks they depend on.
+    /// Lock order: `meta_log` before `state`.
+    meta_log: Mutex<MetaLog>,
+    /// One garbage collection at a time.
+    gc: Mutex<()>,
+    recovery: RecoveryReport,
+}
+
+struct State {
+    index: Index,
+    segments: Segments,
+    catalog: Catalog,
+}
+
+/// Locks a mutex. A panic while holding one is a bug in this module; the
+/// state is still the best there is, so later calls carry on with it.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn invalid(message: String) -> StoreError {
+    StoreError::InvalidArgument(message)
+}
+
+impl Store {
+    /// Opens the store in `dir`, creating its layout if `dir` is empty, and
+    /// recovers from whatever a crash left: a torn tail of the active
+    /// segment or of the metadata log is cut off, damage elsewhere is
+    /// stepped over and reported in [`Store::recovery_report`].
+    ///
+    /// Reaches only files under `dir`.
+    pub fn open(dir: Dir, options: StoreOptions) -> Result<Store, StoreError> {
+        match dir.create_dir(SEGMENTS_DIR) {
+            Ok(()) => {
+                if options.durability == Durability::Sync {
+                    segment::directory_file(&dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|e| StoreError::io("syncing the store directory", e))?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(StoreError::io(format!("creating {SEGMENTS_DIR}/"), e)),
+        }
+        let segments_dir = dir
+            .open_dir(SEGMENTS_DIR)
+            .map_err(|e| StoreError::io(format!("opening {SEGMENTS_DIR}/"), e))?;
+        let segment_bytes_max = options.segment_bytes_max.max(1);
+        let (mut segments, scanned) =
+            Segments::open(segments_dir, segment_bytes_max, options.durability)?;
+        let mut recovery = RecoveryReport {
+            truncated_bytes: scanned.truncated_bytes,
+            problems: scanned.problems,
+        };
+        let mut index = Index::default();
+        for found in scanned.records {
+            let location = Location {
+                segment: found.segment,
+                offset: found.offset,
+            };
+            index.insert_found(
+                Hash::from_bytes(found.header.digest),
+                location,
+                found.header.payload_len,
+            );
+        }
+        if options.durability == Durability::Sync {
+            // What a crashed process appended without fsync becomes durable
+            // before any new commit can depend on it.
+            if let Some((id, file, len)) = segments.sync_plan(segments.active) {
+                file.sync_data().map_err(|e| {
+                    StoreError::io(format!("syncing segment {}", segment::segment_name(id)), e)
+                })?;
+                segments.mark_synced(id, len);
+            }
+        }
+
+        let mut catalog = Catalog::default();
+        let mut replay_problems = Vec::new();
+        let (meta_log, replayed) = MetaLog::open(&dir, options.durability, |offset, record| {
+            if let Err(problem) = apply(&mut catalog, &mut index, record) {
+                replay_problems.push(format!(
+                    "{}: record at offset {offset}: {problem}",
+                    meta::META_LOG_NAME
+                ));
+            }
+        })?;
+        recovery.truncated_bytes += replayed.truncated_bytes;
+        recovery.problems.extend(replayed.problems);
+        recovery.problems.extend(replay_problems);
+        for (seq, id) in &catalog.order {
+            let artifact = &catalog.artifacts[id];
+            let lost = artifact
+                .manifest
+                .chunks
+                .iter()
+                .enumerate()
+                .find(|(_, chunk)| {
+                    index
+                        .get(&chunk.digest)
+                        .is_none_or(|e| e.location.is_none())
+                });
+            if let Some((i, chunk)) = lost {
+                recovery.problems.push(format!(
+                    "artifact {id} (commit #{seq}): chunk {i} ({}) is in no segment; the artifact reads as corrupted",
+                    chunk.digest
+                ));
+            }
+        }
+
+        Ok(Store {
+            inner: Arc::new(Inner {
+                options,
+                state: Mutex::new(State {
+                    index,
+                    segments,
+                    catalog,
+                }),
+                meta_log: Mutex::new(meta_log),
+                gc: Mutex::new(()),
+                recovery,
+            }),
+        })
+    }
+
+    /// What [`Store::open`] found and repaired or contained.
+    pub fn recovery_report(&self) -> RecoveryReport {
+        self.inner.recovery.clone()
+    }
+
+    /// Starts an upload. Nothing it does is visible until it commits.
+    pub fn begin_upload(&self) -> Upload {
+        Upload {
+            store: self.clone(),
+            pinned: HashSet::new(),
+            closed: false,
+        }
+    }
+
+    /// A chunk's bytes, re-hashed: `NotFound` if the store has no such
+    /// chunk, `Corrupted` if its stored bytes do not hash to `digest`.
+    pub fn read_chunk(&self, digest: &Hash) -> Result<Vec<u8>, StoreError> {
+        let (file, location, len) = {
+            let state = lock(&self.inner.state);
+            let entry = state
+                .index
+                .get(digest)
+                .ok_or_else(|| StoreError::NotFound(format!("chunk {digest}")))?;
+            let location = entry.location.ok_or_else(|| {
+                StoreError::Corrupted(format!(
+                    "chunk {digest}: its bytes were lost from every segment"
+                ))
+            })?;
+            let file = state
+                .segments
+                .handle(location.segment)
+                .expect("indexed chunks are in open segments");
+            (file, location, entry.len)
+        };
+        segment::read_payload(&file, location.segment, location.offset, digest, len)
+    }
+
+    /// Up to `limit` (clamped to [`MANIFEST_PAGE_MAX`]) manifest entries of
+    /// artifact `id` from chunk index `start`; empty past the end.
+    pub fn manifest(
+        &self,
+        id: &ArtifactId,
+        start: u64,
+        limit: u32,
+    ) -> Result<Vec<ChunkRef>, StoreError> {
+        let limit = limit.min(MANIFEST_PAGE_MAX) as usize;
+        let state = lock(&self.inner.state);
+        let artifact = state
+            .catalog
+            .artifacts
+            .get(id)
+            .ok_or_else(|| not_found(id))?;
+        let chunks = &artifact.manifest.chunks;
+        let start = usize::try_from(start)
+            .unwrap_or(usize::MAX)
+            .min(chunks.len());
+        let end = start.saturating_add(limit).min(chunks.len());
+        Ok(chunks[start..end].to_vec())
+    }
+
+    /// The chunk holding byte `offset` of artifact `id`, as (chunk index,
+    /// content offset where that chunk starts). `offset` must be below the
+    /// artifact's size.
+    pub fn locate(&self, id: &ArtifactId, offset: u64) -> Result<(u64, u64), StoreError> {
+        let state = lock(&self.inner.state);
+        let artifact = state
+            .catalog
+            .artifacts
+            .get(id)
+            .ok_or_else(|| not_found(id))?;
+        if offset >= artifact.meta.size {
+            return Err(invalid(format!(
+                "artifact {id}: offset {offset} is not below its size {}",
+                artifact.meta.size
+            )));
+        }
+        Ok(artifact.manifest.locate(offset))
+    }
+
+    /// An artifact's metadata.
+    pub fn metadata(&self, id: &ArtifactId) -> Result<Metadata, StoreError> {
+        let state = lock(&self.inner.state);
+        let artifact = state
+            .catalog
+            .artifacts
+            .get(id)
+            .ok_or_else(|| not_found(id))?;
+        Ok(artifact.meta.clone())
+    }
+
+    /// Whether artifact `id` exists.
+    pub fn exists(&self, id: &ArtifactId) -> bool {
+        lock(&self.inner.state).catalog.artifacts.contains_key(id)
+    }
+
+    /// Deletes artifact `id`, durably. Chunks it shares with other
+    /// artifacts stay; chunks only it used become garbage for [`Store::gc`].
+    pub fn delete(&self, id: &ArtifactId) -> Result<(), StoreError> {
+        let mut meta_log = lock(&self.inner.meta_log);
+        if !self.exists(id) {
+            return Err(not_found(id));
+        }
+        let record = MetaRecord::Delete { id: *id.as_bytes() };
+        meta_log.append(&record)?;
+        let mut state = lock(&self.inner.state);
+        let state = &mut *state;
+        apply(&mut state.catalog, &mut state.index, record).expect("checked under the log lock");
+        Ok(())
+    }
+
+    /// Replaces parts of an artifact's mutable metadata, durably, and
+    /// returns the result.
+    pub fn update(&self, id: &ArtifactId, change: MetadataUpdate) -> Result<Metadata, StoreError> {
+        let mut meta_log = lock(&self.inner.meta_log);
+        let (fields, created_ms) = {
+            let state = lock(&self.inner.state);
+            let artifact = state
+                .catalog
+                .artifacts
+                .get(id)
+                .ok_or_else(|| not_found(id))?;
+            let mut fields = Catalog::fields_of(&artifact.meta);
+            if let Some(filename) = change.filename {
+                fields.filename = filename;
+            }
+            if let Some(content_type) = change.content_type {
+                fields.content_type = content_type;
+            }
+            if let Some(tags) = change.tags {
+                fields.tags = tags;
+            }
+            if let Some(links) = change.links {
+                check_links(&state.catalog, &links)?;
+                fields.links = links.iter().map(|id| *id.as_bytes()).collect();
+            }
+            if let Some(custom) = change.custom {
+                fields.custom = custom;
+            }
+            format::check_metadata_limits(None, &fields)
+                .map_err(|e| invalid(format!("artifact {id}: {e}")))?;
+            (fields, artifact.meta.created_ms)
+        };
+        let record = MetaRecord::Update {
+            id: *id.as_bytes(),
+            modified_ms: now_ms().max(created_ms),
+            fields,
+        };
+        meta_log.append(&record)?;
+        let mut state = lock(&self.inner.state);
+        let state = &mut *state;
+        apply(&mut state.catalog, &mut state.index, record).expect("checked under the log lock");
+        Ok(state.catalog.artifacts[id].meta.clone())
+    }
+
+    /// Up to `limit` artifact ids in commit order, oldest first, starting
+    /// after `after` (which may since have been deleted).
+    pub fn list(&self, after: Option<&ArtifactId>, limit: usize) -> Vec<ArtifactId> {
+        let state = lock(&self.inner.state);
+        let catalog = &state.catalog;
+        let from = match after {
+            None => Bound::Unbounded,
+            Some(after) => match catalog.seq_of.get(after) {
+                Some(&seq) => Bound::Excluded(seq),
+                None => return Vec::new(),
+            },
+        };
+        catalog
+            .order
+            .range((from, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
+    /// Ids of the artifacts tagged `tag`, in commit order.
+    pub fn find_by_tag(&self, tag: &str) -> Vec<ArtifactId> {
+        let state = lock(&self.inner.state);
+        let catalog = &state.catalog;
+        catalog
+            .tags
+            .get(tag)
+            .map(|seqs| seqs.iter().map(|seq| catalog.order[seq]).collect())
+            .unwrap_or_default()
+    }
+
+    /// Totals for this store.
+    pub fn stats(&self) -> Stats {
+        let state = lock(&self.inner.state);
+        Stats {
+            artifacts: state.catalog.artifacts.len() as u64,
+            chunks: state.index.referenced_chunks(),
+            logical_bytes: state.catalog.logical_bytes,
+            physical_bytes: state.index.referenced_bytes(),
+            disk_bytes: state.segments.disk_bytes(),
+        }
+    }
+
+    /// Reads and re-hashes every chunk of artifact `id` and the whole
+    /// content: `Corrupted`, naming the artifact and chunk, on any damage.
+    pub fn verify(&self, id: &ArtifactId) -> Result<(), StoreError> {
+        let (manifest, digest, size) = {
+            let state = lock(&self.inner.state);
+            let artifact = state
+                .catalog
+                .artifacts
+                .get(id)
+                .ok_or_else(|| not_found(id))?;
+            (
+                Arc::clone(&artifact.manifest),
+                artifact.meta.digest,
+                artifact.meta.size,
+            )
+        };
+        let mut hasher = blake3::Hasher::new();
+        for (i, chunk) in manifest.chunks.iter().enumerate() {
+            let bytes = self.read_chunk(&chunk.digest).map_err(|e| match e {
+                StoreError::Corrupted(why) => {
+                    StoreError::Corrupted(format!("artifact {id}: chunk {i}: {why}"))
+                }
+                StoreError::NotFound(why) => {
+                    StoreError::Corrupted(format!("artifact {id}: chunk {i}: {why} is missing"))
+                }
+                other => other,
+            })?;
+            hasher.update(&bytes);
+        }
+        let end = manifest.ends.last().copied().unwrap_or(0);
+        let actual = Hash::from_bytes(*hasher.finalize().as_bytes());
+        if actual != digest || end != size {
+            return Err(StoreError::Corrupted(format!(
+                "artifact {id}: content hashes to {actual} ({end} bytes), recorded {digest} ({size} bytes)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// [`Store::verify`] of every artifact.
+    pub fn verify_all(&self) -> VerifyReport {
+        let mut report = VerifyReport::default();
+        let mut after = None;
+        loop {
+            let page = self.list(after.as_ref(), 1024);
+            let Some(last) = page.last().copied() else {
+                break;
+            };
+            for id in page {
+                match self.verify(&id) {
+                    Ok(()) => report.artifacts_checked += 1,
+                    // Deleted while we were verifying.
+                    Err(StoreError::NotFound(_)) => {}
+                    Err(e) => {
+                        report.artifacts_checked += 1;
+                        report.damaged.push((id, e.to_string()));
+                    }
+                }
+            }
+            after = Some(last);
+        }
+        report
+    }
+
+    /// Drops unreferenced, unpinned chunks from the index and compacts
+    /// segments that are mostly garbage. Never touches a chunk an upload in
+    /// progress has put or pinned.
+    pub fn gc(&self) -> Result<GcReport, StoreError> {
+        gc::run(self)
+    }
+
+    /// Makes the records of `digests` durable: fsyncs each segment holding
+    /// one that is not yet known to be on stable storage.
+    fn sync_chunks<'a>(&self, digests: impl Iterator<Item = &'a Hash>) -> Result<(), StoreError> {
+        if self.inner.options.durability == Durability::None {
+            return Ok(());
+        }
+        let plans: Vec<_> = {
+            let state = lock(&self.inner.state);
+            let mut pending = BTreeSet::new();
+            for digest in digests {
+                let entry = state.index.get(digest).expect("pinned chunks stay indexed");
+                let location = entry.location.expect("pinned chunks are stored");
+                if !state
+                    .segments
+                    .is_durable(location.segment, location.offset, entry.len)
+                {
+                    pending.insert(location.segment);
+                }
+            }
+            pending
+                .into_iter()
+                .filter_map(|segment| state.segments.sync_plan(segment))
+                .collect()
+        };
+        for (segment, file, len) in plans {
+            file.sync_data().map_err(|e| {
+                StoreError::io(
+                    format!("syncing segment {}", segment::segment_name(segment)),
+                    e,
+                )
+            })?;
+            lock(&self.inner.state).segments.mark_synced(segment, len);
+        }
+        Ok(())
+    }
+}
+
+fn not_found(id: &ArtifactId) -> StoreError {
+    StoreError::NotFound(format!("artifact {id}"))
+}
+
+fn check_links(catalog: &Catalog, links: &[ArtifactId]) -> Result<(), StoreError> {
+    if links.len() > LINKS_MAX {
+        return Err(invalid(format!(
+            "{} links, at most {LINKS_MAX}",
+            links.len()
+        )));
+    }
+    for link in links {
+        if !catalog.artifacts.contains_key(link) {
+            return Err(invalid(format!(
+                "link to artifact {link}, which does not exist"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Applies one metadata record to the catalog and the reference counts.
+/// Used for replay at open and, after the record is durable, for live
+/// changes, so both paths build the same state.
+fn apply(catalog: &mut Catalog, index: &mut Index, record: MetaRecord) -> Result<(), String> {
+    match record {
+        MetaRecord::Commit {
+            id,
+            size,
+            digest,
+            created_ms,
+            chunks,
+            creator,
+            fields,
+        } => {
+            let id = ArtifactId::from_bytes(id);
+            let chunks: Vec<ChunkRef> = chunks
+                .into_iter()
+                .map(|(digest, len)| ChunkRef {
+                    digest: Hash::from_bytes(digest),
+                    len,
+                })
+                .collect();
+            let manifest = Manifest::new(chunks);
+            if manifest.ends.last().copied().unwrap_or(0) != size {
+                return Err(format!(
+                    "commit of artifact {id}: chunk lengths do not add up to size {size}"
+                ));
+            }
+            let meta = Metadata {
+                id,
+                filename: fields.filename,
+                content_type: fields.content_type,
+                creator,
+                size,
+                digest: Hash::from_bytes(digest),
+                chunk_count: manifest.chunks.len() as u64,
+                created_ms,
+                modified_ms: created_ms,
+                tags: fields.tags,
+                links: fields
+                    .links
+                    .into_iter()
+                    .map(ArtifactId::from_bytes)
+                    .collect(),
+                custom: fields.custom,
+            };
+            let manifest = Arc::new(manifest);
+            if !catalog.insert(meta, Arc::clone(&manifest)) {
+                return Err(format!("second commit of artifact id {id}; ignored"));
+            }
+            for chunk in &manifest.chunks {
+                index.add_ref(&chunk.digest, chunk.len);
+            }
+            Ok(())
+        }
+        MetaRecord::Delete { id } => {
+            let id = ArtifactId::from_bytes(id);
+            let artifact = catalog
+                .remove(&id)
+                .ok_or_else(|| format!("delete of artifact {id}, which is not live; ignored"))?;
+            for chunk in &artifact.manifest.chunks {
+                index.drop_ref(&chunk.digest);
+            }
+            Ok(())
+        }
+        MetaRecord::Update {
+            id,
+            modified_ms,
+            fields,
+        } => {
+            let id = ArtifactId::from_bytes(id);
+            catalog
+                .update(&id, modified_ms, fields)
+                .map(|_| ())
+                .ok_or_else(|| format!("update of artifact {id}, which is not live; ignored"))
+        }
+    }
+}
+
+/// An upload in progress: puts chunks, pins chunks already stored, then
+/// commits an artifact made of them. Chunks it put or pinned are safe from
+/// GC until it commits or is dropped. Dropping it without committing
+/// discards it (its chunks become garbage unless something else uses them).
+pub struct Upload {
+    store: Store,
+    /// Chunks this upload holds a pin on (each pinned once).
+    pinned: HashSet<Hash>,
+    closed: bool,
+}
+
+impl Upload {
+    /// For each digest (at most [`MISSING_BATCH_MAX`]), whether the store
+    /// needs its bytes. Chunks reported present are pinned by this upload.
+    pub fn missing(&mut self, digests: &[Hash]) -> Result<Vec<bool>, StoreError> {
+        if self.closed {
+            return Err(StoreError::Closed);
+        }
+        if digests.len() > MISSING_BATCH_MAX {
+            return Err(invalid(format!(
+                "missing: {} digests in one call, at most {MISSING_BATCH_MAX}",
+                digests.len()
+            )));
+        }
+        let mut state = lock(&self.store.inner.state);
+        let mut answers = Vec::with_capacity(digests.len());
+        for digest in digests {
+            if self.pinned.contains(digest) {
+                answers.push(false);
+                continue;
+            }
+            self.check_pin_room()?;
+            let present = state.index.pin(digest);
+            if present {
+                self.pinned.insert(*digest);
+            }
+            answers.push(!present);
+        }
+        Ok(answers)
+    }
+
+    fn check_pin_room(&self) -> Result<(), StoreError> {
+        if self.pinned.len() as u64 >= UPLOAD_PINS_MAX {
+            return Err(invalid(format!(
+                "an upload may hold at most {UPLOAD_PINS_MAX} distinct chunks"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stores one chunk (1..=[`CHUNK_BYTES_MAX`] bytes) after checking it
+    /// hashes to `digest`. A chunk already stored is only pinned, not
+    /// written again. Not yet durable: [`Upload::commit`] makes it so.
+    pub fn put_chunk(&mut self, digest: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
+        if self.closed {
+            return Err(StoreError::Closed);
+        }
+        if bytes.is_empty() || bytes.len() > CHUNK_BYTES_MAX as usize {
+            return Err(invalid(format!(
+                "chunk {digest}: {} bytes, must be 1..={CHUNK_BYTES_MAX}",
+                bytes.len()
+            )));
+        }
+        // Hash before taking the lock: it is the expensive part.
+        let actual = Hash::of(bytes);
+        if actual != *digest {
+            return Err(StoreError::HashMismatch(format!(
+                "chunk claimed to be {digest} hashes to {actual}"
+            )));
+        }
+        if self.pinned.contains(digest) {
+            return Ok(());
+        }
+        self.check_pin_room()?;
+        let mut state = lock(&self.store.inner.state);
+        if state.index.pin(digest) {
+            self.pinned.insert(*digest);
+            return Ok(());
+        }
+        let len = bytes.len() as u32;
+        if let Some(quota) = self.store.inner.options.quota_bytes_max {
+            let used = state.index.referenced_bytes() + state.index.pinned_only_bytes();
+            if used.saturating_add(u64::from(len)) > quota {
+                return Err(StoreError::QuotaExceeded(format!(
+                    "chunk {digest} of {len} bytes: {used} of {quota} bytes in use"
+                )));
+            }
+        }
+        let (segment, offset) = state.segments.append(digest, bytes)?;
+        state
+            .index
+            .insert_put(*digest, Location { segment, offset }, len);
+        self.pinned.insert(*digest);
+        Ok(())
+    }
+
+    /// Publishes an artifact made of `chunks` in order, once it is durable,
+    /// and returns its id. Every chunk must have been put or pinned by this
+    /// upload with the length given; `size` must be their total and
+    /// `digest` the BLAKE3 of their concatenation, which is recomputed from
+    /// the stored bytes. The upload is closed afterwards, whatever the
+    /// outcome.
+    pub fn commit(
+        &mut self,
+        chunks: &[ChunkRef],
+        size: u64,
+        digest: &Hash,
+        meta: NewMetadata,
+    ) -> Result<ArtifactId, StoreError> {
+        if self.closed {
+            return Err(StoreError::Closed);
+        }
+        self.closed = true;
+        let result = self.commit_inner(chunks, size, digest, meta);
+        self.release_pins();
+        result
+    }
+
+    fn commit_inner(
+        &mut self,
+        chunks: &[ChunkRef],
+        size: u64,
+        digest: &Hash,
+        meta: NewMetadata,
+    ) -> Result<ArtifactId, StoreError> {
+        if chunks.len() as u64 > MANIFEST_CHUNKS_MAX {
+            return Err(invalid(format!(
+                "manifest of {} chunks, at most {MANIFEST_CHUNKS_MAX}",
+                chunks.len()
+            )));
+        }
+        if meta.links.len() > LINKS_MAX {
+            return Err(invalid(format!(
+                "{} links, at most {LINKS_MAX}",
+                meta.links.len()
+            )));
+        }
+        let fields = MutableFields {
+            filename: meta.filename,
+            content_type: meta.content_type,
+            tags: meta.tags,
+            links: meta.links.iter().map(|id| *id.as_bytes()).collect(),
+            custom: meta.custom,
+        };
+        format::check_metadata_limits(meta.creator.as_deref(), &fields).map_err(invalid)?;
+        for (i, chunk) in chunks.iter().enumerate() {
+            if !self.pinned.contains(&chunk.digest) {
+                return Err(invalid(format!(
+                    "chunk {i} ({}) was neither put nor pinned by this upload",
+                    chunk.digest
+                )));
+            }
+        }
+        let mut total = 0u64;
+        {
+            let state = lock(&self.store.inner.state);
+            for (i, chunk) in chunks.iter().enumerate() {
+                let entry = state
+                    .index
+                    .get(&chunk.digest)
+                    .expect("pinned chunks stay indexed");
+                if entry.len != chunk.len {
+                    return Err(invalid(format!(
+                        "chunk {i} ({}) is {} bytes, the manifest says {}",
+                        chunk.digest, entry.len, chunk.len
+                    )));
+                }
+                total = total
+                    .checked_add(u64::from(chunk.len))
+                    .ok_or_else(|| invalid("chunk lengths overflow u64".to_string()))?;
+            }
+            if total != size {
+                return Err(invalid(format!(
+                    "chunks add up to {total} bytes, size says {size}"
+                )));
+            }
+            check_links(&state.catalog, &meta.links)?;
+        }
+
+        // The whole-content digest, from the stored bytes, one chunk at a time.
+        let mut hasher = blake3::Hasher::new();
+        for chunk in chunks {
+            hasher.update(&self.store.read_chunk(&chunk.digest)?);
+        }
+        let actual = Hash::from_bytes(*hasher.finalize().as_bytes());
+        if actual != *digest {
+            return Err(StoreError::HashMismatch(format!(
+                "content claimed to be {digest} hashes to {actual}"
+            )));
+        }
+
+        // Chunks first, then the record that refers to them.
+        self.store
+            .sync_chunks(chunks.iter().map(|chunk| &chunk.digest))?;
+        let inner = &self.store.inner;
+        let mut meta_log = lock(&inner.meta_log);
+        let id = {
+            let state = lock(&inner.state);
+            // Checked again under the log lock: a link may have gone meanwhile.
+            check_links(&state.catalog, &meta.links)?;
+            loop {
+                let id = ArtifactId::generate();
+                if !state.catalog.seq_of.contains_key(&id) {
+                    break id;
+                }
+            }
+        };
+        let record = MetaRecord::Commit {
+            id: *id.as_bytes(),
+            size,
+            digest: *digest.as_bytes(),
+            created_ms: now_ms(),
+            chunks: chunks
+                .iter()
+                .map(|c| (*c.digest.as_bytes(), c.len))
+                .collect(),
+            creator: meta.creator,
+            fields,
+        };
+        meta_log.append(&record)?;
+        let mut state = lock(&inner.state);
+        let state = &mut *state;
+        apply(&mut state.catalog, &mut state.index, record).expect("a fresh id commits");
+        Ok(id)
+    }
+
+    fn release_pins(&mut self) {
+        if self.pinned.is_empty() {
+            return;
+        }
+        let mut state = lock(&self.store.inner.state);
+        for digest in self.pinned.drain() {
+            state.index.unpin(&digest);
+        }
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        self.release_pins();
+    }
+}

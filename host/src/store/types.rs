@@ -1,0 +1,317 @@
+//! The store's public value types: digests, artifact ids, manifests,
+//! metadata, options and reports. Plain data; no I/O.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Serialize, Serializer};
+
+use crate::error::StoreError;
+
+/// A BLAKE3-256 digest.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Hash([u8; 32]);
+
+impl Hash {
+    /// Wraps 32 digest bytes.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Hash {
+        Hash(bytes)
+    }
+
+    /// A digest from a slice, which must be exactly 32 bytes.
+    pub fn from_slice(bytes: &[u8]) -> Result<Hash, StoreError> {
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| {
+            StoreError::InvalidArgument(format!("a digest is 32 bytes, got {}", bytes.len()))
+        })?;
+        Ok(Hash(bytes))
+    }
+
+    /// The BLAKE3 digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Hash {
+        Hash(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// The digest's bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Display for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+
+impl fmt::Debug for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+
+impl Serialize for Hash {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Identifies one artifact: 16 bytes, written as 32 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ArtifactId([u8; 16]);
+
+/// Distinguishes ids generated within one process in the same nanosecond.
+static ID_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl ArtifactId {
+    /// Wraps 16 id bytes.
+    pub const fn from_bytes(bytes: [u8; 16]) -> ArtifactId {
+        ArtifactId(bytes)
+    }
+
+    /// The id's bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// A fresh id: BLAKE3 of the time, the process id and a process-wide
+    /// counter, truncated to 16 bytes. Unique in practice, not secret; the
+    /// store also checks a new id against every id it has ever seen.
+    pub fn generate() -> ArtifactId {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"tensor-blob artifact id");
+        hasher.update(&nanos.to_le_bytes());
+        hasher.update(&std::process::id().to_le_bytes());
+        hasher.update(&ID_COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+        ArtifactId(id)
+    }
+}
+
+impl fmt::Display for ArtifactId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+
+impl fmt::Debug for ArtifactId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+
+impl FromStr for ArtifactId {
+    type Err = StoreError;
+
+    /// Parses 32 hex digits (either case).
+    fn from_str(text: &str) -> Result<ArtifactId, StoreError> {
+        let invalid =
+            || StoreError::InvalidArgument(format!("artifact id {text:?}: expected 32 hex digits"));
+        let digits = text.as_bytes();
+        if digits.len() != 32 {
+            return Err(invalid());
+        }
+        let mut id = [0u8; 16];
+        for (byte, pair) in id.iter_mut().zip(digits.chunks_exact(2)) {
+            let high = hex_value(pair[0]).ok_or_else(invalid)?;
+            let low = hex_value(pair[1]).ok_or_else(invalid)?;
+            *byte = high << 4 | low;
+        }
+        Ok(ArtifactId(id))
+    }
+}
+
+impl Serialize for ArtifactId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    for byte in bytes {
+        write!(f, "{byte:02x}")?;
+    }
+    Ok(())
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        b'A'..=b'F' => Some(digit - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// One manifest entry: a chunk's digest and length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct ChunkRef {
+    pub digest: Hash,
+    pub len: u32,
+}
+
+/// Metadata given when an artifact is committed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewMetadata {
+    pub filename: Option<String>,
+    pub content_type: Option<String>,
+    pub creator: Option<String>,
+    pub tags: Vec<String>,
+    pub links: Vec<ArtifactId>,
+    pub custom: Vec<(String, String)>,
+}
+
+/// Everything the store knows about one artifact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Metadata {
+    pub id: ArtifactId,
+    pub filename: Option<String>,
+    pub content_type: Option<String>,
+    pub creator: Option<String>,
+    pub size: u64,
+    pub digest: Hash,
+    pub chunk_count: u64,
+    pub created_ms: u64,
+    pub modified_ms: u64,
+    pub tags: Vec<String>,
+    pub links: Vec<ArtifactId>,
+    pub custom: Vec<(String, String)>,
+}
+
+/// A change to an artifact's mutable metadata: `None` keeps a field,
+/// `Some` replaces it whole.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetadataUpdate {
+    pub filename: Option<Option<String>>,
+    pub content_type: Option<Option<String>>,
+    pub tags: Option<Vec<String>>,
+    pub links: Option<Vec<ArtifactId>>,
+    pub custom: Option<Vec<(String, String)>>,
+}
+
+/// Totals for one store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Live artifacts.
+    pub artifacts: u64,
+    /// Distinct chunks referenced by at least one artifact.
+    pub chunks: u64,
+    /// Sum of artifact sizes.
+    pub logical_bytes: u64,
+    /// Sum of the lengths of distinct referenced chunks.
+    pub physical_bytes: u64,
+    /// Bytes the segment files occupy, garbage and headers included.
+    pub disk_bytes: u64,
+}
+
+/// When the store forces data to stable storage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync chunk data, then the metadata log, before a commit, delete or
+    /// update returns.
+    #[default]
+    Sync,
+    /// Never fsync: a crash may lose acknowledged writes. For tests.
+    None,
+}
+
+/// How a store is opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    pub durability: Durability,
+    /// Size at which the active segment is sealed and a new one begun. A
+    /// segment always takes at least one record, whatever this says.
+    pub segment_bytes_max: u64,
+    /// Most physical bytes (see [`Stats::physical_bytes`]) plus bytes
+    /// pinned by uploads in progress; `None` is unlimited.
+    pub quota_bytes_max: Option<u64>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            durability: Durability::Sync,
+            segment_bytes_max: super::format::SEGMENT_BYTES_MAX_DEFAULT,
+            quota_bytes_max: None,
+        }
+    }
+}
+
+/// What [`Store::open`](super::Store::open) found and repaired or contained.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Bytes cut from torn tails of the active segment and the metadata log.
+    pub truncated_bytes: u64,
+    /// Damage found and contained, one line each, naming file and offset.
+    pub problems: Vec<String>,
+}
+
+/// The result of [`Store::verify_all`](super::Store::verify_all).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub artifacts_checked: u64,
+    /// Each damaged artifact with what is wrong with it.
+    pub damaged: Vec<(ArtifactId, String)>,
+}
+
+/// The result of [`Store::gc`](super::Store::gc).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GcReport {
+    /// Unreferenced, unpinned chunks dropped from the index.
+    pub chunks_removed: u64,
+    /// Net disk bytes freed: removed segment files minus what GC wrote
+    /// (copied live records and headers of segments it began).
+    pub bytes_reclaimed: u64,
+    /// Segment files removed.
+    pub segments_removed: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_through_text() {
+        let id = ArtifactId::generate();
+        let text = id.to_string();
+        assert_eq!(text.len(), 32);
+        assert_eq!(text.parse::<ArtifactId>().unwrap(), id);
+        assert_eq!(text.to_uppercase().parse::<ArtifactId>().unwrap(), id);
+        assert_ne!(ArtifactId::generate(), id);
+        for bad in [
+            "",
+            "abc",
+            &text[..31],
+            &format!("{}g", &text[..31]),
+            &format!("{text}0"),
+        ] {
+            assert!(matches!(
+                bad.parse::<ArtifactId>(),
+                Err(StoreError::InvalidArgument(_))
+            ));
+        }
+        // Multi-byte characters must not be split mid-character.
+        assert!("é".repeat(16).parse::<ArtifactId>().is_err());
+    }
+
+    #[test]
+    fn hashes_print_as_hex_and_check_length() {
+        let hash = Hash::of(b"");
+        assert_eq!(
+            hash.to_string(),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
+        assert_eq!(format!("{hash:?}"), hash.to_string());
+        assert_eq!(Hash::from_slice(hash.as_bytes()).unwrap(), hash);
+        assert!(matches!(
+            Hash::from_slice(&[0; 31]),
+            Err(StoreError::InvalidArgument(_))
+        ));
+        assert_eq!(serde_json::to_string(&hash).unwrap(), format!("\"{hash}\""));
+    }
+}

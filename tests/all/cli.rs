@@ -1,0 +1,237 @@
+//! Goal: the `tblob` command-line contract, in real processes: every
+//! invocation is a fresh process, so each test also proves that data and
+//! metadata survive a reopen.
+//! Method: run the built binary against a temporary store directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::common::data;
+
+fn tblob(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tblob"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env_remove("TBLOB_STORE")
+        .output()
+        .expect("tblob runs")
+}
+
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "tblob failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn put(store: &Path, file: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["put", file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let stdout = ok(&tblob(store, &args));
+    let id = stdout.trim_end().to_string();
+    assert_eq!(stdout, format!("{id}\n"), "put prints only the id");
+    assert_eq!(id.len(), 32);
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+    id
+}
+
+fn segment_files(store: &Path) -> Vec<PathBuf> {
+    let dir = store.join("tenants/default/segments");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn put_get_stat_ls_rm_across_processes() {
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("checkpoint.bin");
+    let bytes = data(5 << 20, 31);
+    std::fs::write(&file, &bytes).unwrap();
+    let id = put(
+        store.path(),
+        &file,
+        &["--tag", "ckpt", "--content-type", "application/x-test"],
+    );
+
+    let out = work.path().join("out.bin");
+    ok(&tblob(
+        store.path(),
+        &["get", &id, "-o", out.to_str().unwrap()],
+    ));
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    let stdout = tblob(store.path(), &["get", &id]);
+    assert!(stdout.status.success());
+    assert_eq!(
+        stdout.stdout, bytes,
+        "get to stdout writes exactly the bytes"
+    );
+
+    let meta: serde_json::Value =
+        serde_json::from_str(&ok(&tblob(store.path(), &["stat", &id, "--json"]))).unwrap();
+    assert_eq!(meta["filename"], "checkpoint.bin");
+    assert_eq!(meta["size"], bytes.len() as u64);
+    assert_eq!(meta["digest"], blake3::hash(&bytes).to_hex().as_str());
+    assert_eq!(meta["tags"][0], "ckpt");
+
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&tblob(store.path(), &["ls", "--json"]))).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok(&tblob(store.path(), &["stat", "--json"]))).unwrap();
+    assert_eq!(stats["artifacts"], 1);
+    assert_eq!(stats["logical_bytes"], bytes.len() as u64);
+
+    assert_eq!(tblob(store.path(), &["exists", &id]).status.code(), Some(0));
+    ok(&tblob(store.path(), &["rm", &id]));
+    assert_eq!(tblob(store.path(), &["exists", &id]).status.code(), Some(1));
+}
+
+#[test]
+fn empty_file_and_fixed_chunking() {
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let empty = work.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let id = put(store.path(), &empty, &[]);
+    let got = tblob(store.path(), &["get", &id]);
+    assert!(got.status.success());
+    assert!(got.stdout.is_empty());
+
+    let file = work.path().join("f");
+    let bytes = data(100_000, 32);
+    std::fs::write(&file, &bytes).unwrap();
+    let id = put(
+        store.path(),
+        &file,
+        &["--chunking", "fixed", "--chunk-size", "4096"],
+    );
+    let meta: serde_json::Value =
+        serde_json::from_str(&ok(&tblob(store.path(), &["stat", &id, "--json"]))).unwrap();
+    assert_eq!(meta["chunk_count"], 25);
+    assert_eq!(tblob(store.path(), &["get", &id]).stdout, bytes);
+}
+
+#[test]
+fn errors_are_one_line_and_never_a_panic() {
+    let store = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["get", "not-an-id"],
+        vec!["get", "00000000000000000000000000000000"],
+        vec!["rm", "00000000000000000000000000000000"],
+        vec!["put", "/definitely/not/here"],
+        vec!["--tenant", "../escape", "ls"],
+    ] {
+        let output = tblob(store.path(), &args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("tblob: "), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"));
+        assert!(output.stdout.is_empty());
+    }
+}
+
+#[test]
+fn verify_catches_a_flipped_byte_and_get_refuses_the_damaged_artifact() {
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let damaged_bytes = data(400_000, 41);
+    let intact_bytes = data(400_000, 42);
+    std::fs::write(work.path().join("a"), &damaged_bytes).unwrap();
+    std::fs::write(work.path().join("b"), &intact_bytes).unwrap();
+    let damaged = put(store.path(), &work.path().join("a"), &[]);
+    let intact = put(store.path(), &work.path().join("b"), &[]);
+    assert_eq!(tblob(store.path(), &["verify"]).status.code(), Some(0));
+
+    // Find a stretch of the first artifact in the segment file, flip a byte.
+    let needle = &damaged_bytes[200_000..200_064];
+    let mut flipped = false;
+    for segment in segment_files(store.path()) {
+        let mut bytes = std::fs::read(&segment).unwrap();
+        if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+            bytes[at + 10] ^= 0x01;
+            std::fs::write(&segment, &bytes).unwrap();
+            flipped = true;
+            break;
+        }
+    }
+    assert!(flipped, "artifact bytes found in a segment");
+
+    let verify = tblob(store.path(), &["verify"]);
+    assert_eq!(verify.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(verify.stdout).unwrap(),
+        format!("{damaged}\n")
+    );
+    assert_eq!(
+        tblob(store.path(), &["verify", &intact]).status.code(),
+        Some(0)
+    );
+
+    let out = work.path().join("out");
+    let get = tblob(
+        store.path(),
+        &["get", &damaged, "-o", out.to_str().unwrap()],
+    );
+    assert_eq!(get.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&get.stderr).contains("corrupt"));
+    assert!(!out.exists(), "no partial output under the target name");
+    assert!(std::fs::read_dir(work.path()).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains("partial")));
+    assert_eq!(tblob(store.path(), &["get", &intact]).stdout, intact_bytes);
+}
+
+#[test]
+fn demo_and_run_execute_the_example_plugin() {
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("notes.txt"), data(70_000, 51)).unwrap();
+    let demo = Command::new(env!("CARGO_BIN_EXE_tblob"))
+        .current_dir(work.path())
+        .args([
+            "--store",
+            store.path().to_str().unwrap(),
+            "demo",
+            "notes.txt",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        demo.status.success(),
+        "{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
+
+    let run = tblob(
+        store.path(),
+        &[
+            "run",
+            tensor_blob_artifacts::EXAMPLE_PLUGIN_WASM_PATH,
+            "--dir",
+            &format!("{}::/in", work.path().display()),
+            "/in/notes.txt",
+        ],
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok(&tblob(store.path(), &["stat", "--json"]))).unwrap();
+    assert_eq!(stats["artifacts"], 2);
+    // Same file twice: the second put added no physical bytes.
+    assert_eq!(stats["physical_bytes"], 70_000);
+}

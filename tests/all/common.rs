@@ -1,0 +1,143 @@
+//! Shared helpers: one engine and one compiled chunker per test process,
+//! a fresh temporary store root per test, deterministic test data.
+
+use std::io::Read;
+use std::sync::OnceLock;
+
+use tensor_blob_host::runtime::{self, ChunkerComponent, PutOptions, Runtime};
+use tensor_blob_host::store::{Durability, StoreOptions};
+
+pub fn engine() -> &'static wasmtime::Engine {
+    static ENGINE: OnceLock<wasmtime::Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| wasmtime::Engine::new(&runtime::default_config()).expect("engine"))
+}
+
+pub fn chunker_component() -> &'static ChunkerComponent {
+    static COMPONENT: OnceLock<ChunkerComponent> = OnceLock::new();
+    COMPONENT.get_or_init(|| {
+        ChunkerComponent::new(engine(), tensor_blob_artifacts::CHUNKER_WASM)
+            .expect("chunker compiles")
+    })
+}
+
+pub fn rogue_component() -> &'static ChunkerComponent {
+    static COMPONENT: OnceLock<ChunkerComponent> = OnceLock::new();
+    COMPONENT.get_or_init(|| {
+        ChunkerComponent::new(engine(), tensor_blob_artifacts::ROGUE_CHUNKER_WASM)
+            .expect("rogue chunker compiles")
+    })
+}
+
+/// A temporary store root and a runtime over it.
+pub struct TestStore {
+    pub dir: tempfile::TempDir,
+    pub runtime: Runtime,
+}
+
+impl TestStore {
+    /// Sync durability: tests exercise the real fsync path.
+    pub fn new() -> Self {
+        Self::with_options(StoreOptions::default())
+    }
+
+    pub fn with_options(options: StoreOptions) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = open_runtime(dir.path(), options);
+        TestStore { dir, runtime }
+    }
+
+    /// Fast store for bulk tests where durability is not the point.
+    pub fn unsynced() -> Self {
+        Self::with_options(StoreOptions {
+            durability: Durability::None,
+            ..StoreOptions::default()
+        })
+    }
+
+    pub fn reopen(&mut self) {
+        // Drop the old runtime first: it holds the tenant lock.
+        self.runtime = open_runtime(self.dir.path(), StoreOptions::default());
+    }
+}
+
+pub fn open_runtime(path: &std::path::Path, options: StoreOptions) -> Runtime {
+    let root =
+        cap_std::fs::Dir::open_ambient_dir(path, cap_std::ambient_authority()).expect("root");
+    Runtime::with_chunker(chunker_component().clone(), root, options)
+}
+
+pub fn options() -> PutOptions {
+    PutOptions {
+        filename: None,
+        content_type: None,
+        creator: None,
+        tags: vec![],
+        links: vec![],
+        custom: vec![],
+        chunking: None,
+    }
+}
+
+pub fn fixed(size: u32) -> PutOptions {
+    PutOptions {
+        chunking: Some(runtime::Chunking::Fixed(size)),
+        ..options()
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), different per seed.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    PseudoRandom::new(seed, len as u64)
+        .read_exact(&mut out)
+        .unwrap();
+    out
+}
+
+/// A `Read` of `len` deterministic pseudo-random bytes, never held in memory.
+pub struct PseudoRandom {
+    state: u64,
+    remaining: u64,
+}
+
+impl PseudoRandom {
+    pub fn new(seed: u64, len: u64) -> Self {
+        PseudoRandom {
+            state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            remaining: len,
+        }
+    }
+}
+
+impl Read for PseudoRandom {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.remaining) as usize;
+        for word in buf[..n].chunks_mut(8) {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            let bytes = self.state.to_le_bytes();
+            word.copy_from_slice(&bytes[..word.len()]);
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// A `Write` that only hashes and counts.
+#[derive(Default)]
+pub struct HashSink {
+    pub hasher: blake3::Hasher,
+    pub len: u64,
+}
+
+impl std::io::Write for HashSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.hasher.update(buf);
+        self.len += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

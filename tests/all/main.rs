@@ -1,0 +1,10 @@
+//! tensor-blob integration tests: one binary, a module per topic, real
+//! wasm components (built by guest/artifacts), real store directories.
+
+mod common;
+
+mod cli;
+mod hostile_guest;
+mod plugin;
+mod roundtrip;
+mod sharing;

@@ -1,0 +1,74 @@
+//! Goal: a real plugin component (examples/plugin) stores and fetches
+//! through its WIT imports, nested chunker calls and all, and is granted
+//! nothing but what its options say.
+//! Method: run the example plugin on a real file and in its no-argument
+//! dedup demonstration; check its exit code and what it left in the store.
+
+use tensor_blob_host::runtime::plugin::{Plugin, PluginOptions};
+
+use crate::common::{data, TestStore};
+
+fn run(store: &TestStore, options: PluginOptions) -> i32 {
+    let plugin = Plugin::new(&store.runtime, tensor_blob_artifacts::EXAMPLE_PLUGIN_WASM).unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio.block_on(plugin.run("default", &options)).unwrap()
+}
+
+#[test]
+fn example_plugin_stores_and_fetches_a_real_file() {
+    let store = TestStore::new();
+    let files = tempfile::tempdir().unwrap();
+    let bytes = data(3 << 20, 21);
+    std::fs::write(files.path().join("weights.bin"), &bytes).unwrap();
+    let options = PluginOptions {
+        args: vec!["example".into(), "/data/weights.bin".into()],
+        read_dirs: vec![(files.path().to_path_buf(), "/data".into())],
+        memory_bytes_max: None,
+    };
+    assert_eq!(run(&store, options), 0);
+    let tenant = store.runtime.tenant_store("default").unwrap();
+    let ids = tenant.list(None, 10);
+    assert_eq!(ids.len(), 1);
+    let meta = tenant.metadata(&ids[0]).unwrap();
+    assert_eq!(meta.size, bytes.len() as u64);
+    assert_eq!(meta.digest.as_bytes(), blake3::hash(&bytes).as_bytes());
+}
+
+#[test]
+fn example_plugin_dedup_demo_succeeds() {
+    let store = TestStore::unsynced();
+    let options = PluginOptions {
+        args: vec!["example".into()],
+        ..PluginOptions::default()
+    };
+    assert_eq!(run(&store, options), 0);
+    let stats = store.runtime.tenant_store("default").unwrap().stats();
+    assert!(stats.artifacts >= 1);
+    assert!(stats.logical_bytes > 0);
+}
+
+#[test]
+fn plugin_without_a_grant_cannot_read_host_files() {
+    let store = TestStore::unsynced();
+    let options = PluginOptions {
+        args: vec!["example".into(), "/etc/hostname".into()],
+        ..PluginOptions::default()
+    };
+    assert_ne!(
+        run(&store, options),
+        0,
+        "no preopen: the file must be unreadable"
+    );
+    assert_eq!(
+        store
+            .runtime
+            .tenant_store("default")
+            .unwrap()
+            .stats()
+            .artifacts,
+        0
+    );
+}
