@@ -115,6 +115,7 @@ fn main() -> Result<()> {
         println!("cargo:rerun-if-env-changed={variable}");
     }
 
+    ensure_wasm_target()?;
     for build in BUILDS {
         let dir = root.join(build.dir);
         cargo_build(&cargo, &dir, &target_dir)?;
@@ -124,6 +125,29 @@ fn main() -> Result<()> {
             std::fs::copy(&built, &copy)
                 .with_context(|| format!("copying {} to {}", built.display(), copy.display()))?;
         }
+    }
+    Ok(())
+}
+
+/// Installs the wasm32-wasip2 standard library with rustup when it is
+/// missing, so a fresh machine needs no manual step (rust-toolchain.toml
+/// lists the target, but rustup only adds it when it installs the toolchain).
+fn ensure_wasm_target() -> Result<()> {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| OsString::from("rustc"));
+    let libdir = Command::new(&rustc)
+        .args(["--print", "target-libdir", "--target", WASM_TARGET])
+        .output()
+        .with_context(|| format!("running {rustc:?} --print target-libdir"))?;
+    let libdir = String::from_utf8_lossy(&libdir.stdout).trim().to_string();
+    if !libdir.is_empty() && Path::new(&libdir).is_dir() {
+        return Ok(());
+    }
+    let status = Command::new("rustup")
+        .args(["target", "add", WASM_TARGET])
+        .status()
+        .context("running rustup target add (is rustup installed?)")?;
+    if !status.success() {
+        bail!("`rustup target add {WASM_TARGET}` failed: install the target by hand");
     }
     Ok(())
 }
