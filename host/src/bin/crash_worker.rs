@@ -1,0 +1,282 @@
+//! `tblob-crash-worker`: the child process of the crash harness
+//! (`tests/all/crash.rs`). Not a user tool.
+//!
+//! It opens the runtime on a store root exactly as `tblob` does (sync
+//! durability), then runs a seeded random mix of puts (0 B to 2 MiB, drawn
+//! from a few base contents with random mutations so chunks dedup), deletes
+//! of artifacts it knows to exist, streaming puts and the odd GC on several
+//! threads, each with its own chunker instance, until it is killed or has
+//! done `--ops` operations.
+//!
+//! The ack log is the contract with the parent. A line is appended, and the
+//! log fsynced, only after the store acknowledged the operation and before
+//! the thread starts its next one:
+//!
+//! ```text
+//! put <id> <len> <blake3 hex>    the put returned <id>
+//! begin-delete <id>              a delete of <id> is about to be issued
+//! delete <id>                    that delete returned Ok
+//! gc                             a GC pass returned Ok
+//! ```
+//!
+//! Each line is also printed to stdout after the fsync, so the parent can
+//! block on the pipe to pick its kill moment instead of polling the file.
+//! Artifacts already in the store at start are delete candidates too (the
+//! parent knows them from earlier iterations).
+//!
+//! It must never log an operation before the store acknowledged it: the
+//! parent treats every logged `put` as a promise the store has to keep.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Cursor, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tensor_blob_host::runtime::{self, Chunking, PutOptions, Runtime, RuntimeOptions};
+use tensor_blob_host::store::{Durability, StoreOptions};
+
+/// The tenant every operation acts on.
+const TENANT: &str = "default";
+/// Largest artifact a put writes.
+const ARTIFACT_BYTES_MAX: usize = 2 << 20;
+/// Distinct base contents; every put is a prefix of one, perhaps mutated,
+/// so most puts share chunks with earlier ones.
+const BASE_CONTENT_COUNT: u64 = 6;
+/// Above this many live artifacts deletes become likelier than puts, which
+/// keeps the store (and the parent's check of it) bounded across iterations.
+const LIVE_ARTIFACTS_TARGET: usize = 24;
+
+#[derive(Parser)]
+#[command(
+    name = "tblob-crash-worker",
+    about = "Crash-harness child: random store operations with an ack log"
+)]
+struct Args {
+    /// Store root (as `tblob --store`).
+    #[arg(long)]
+    store: PathBuf,
+    /// Seed of every random choice (the timing between threads is not seeded).
+    #[arg(long)]
+    seed: u64,
+    /// File to append acknowledged operations to (fsynced per line).
+    #[arg(long)]
+    ack_log: PathBuf,
+    /// Stop after this many operations in total (default: run until killed).
+    #[arg(long)]
+    ops: Option<u64>,
+    /// Worker threads, each with its own chunker.
+    #[arg(long, default_value_t = 3)]
+    threads: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tblob-crash-worker (seed {}): {error:#}", args.seed);
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// What the threads share.
+struct Shared {
+    runtime: Runtime,
+    ack_log: Mutex<File>,
+    /// Artifacts known to exist and not being deleted by any thread.
+    live: Mutex<Vec<String>>,
+    ops_started: AtomicU64,
+    ops_max: u64,
+}
+
+impl Shared {
+    /// Appends `line` to the ack log and makes it durable before returning.
+    /// The lock spans the fsync so lines are never interleaved.
+    fn ack(&self, line: &str) -> Result<()> {
+        let mut log = self.ack_log.lock().unwrap_or_else(|p| p.into_inner());
+        log.write_all(format!("{line}\n").as_bytes())
+            .context("appending to the ack log")?;
+        log.sync_data().context("syncing the ack log")?;
+        let mut stdout = std::io::stdout().lock();
+        // The parent may stop reading (it is about to kill us): ignore errors.
+        let _ = writeln!(stdout, "{line}");
+        let _ = stdout.flush();
+        Ok(())
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let runtime = open_runtime(&args.store)?;
+    let store = runtime.tenant_store(TENANT)?;
+    let mut live = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list(after.as_ref(), 1024);
+        let Some(last) = page.last().copied() else {
+            break;
+        };
+        live.extend(page.iter().map(|id| id.to_string()));
+        after = Some(last);
+    }
+    drop(store);
+    let ack_log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.ack_log)
+        .with_context(|| format!("opening {}", args.ack_log.display()))?;
+    let shared = Shared {
+        runtime,
+        ack_log: Mutex::new(ack_log),
+        live: Mutex::new(live),
+        ops_started: AtomicU64::new(0),
+        ops_max: args.ops.unwrap_or(u64::MAX),
+    };
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..args.threads.max(1))
+            .map(|thread| {
+                let shared = &shared;
+                let seed = args.seed ^ thread.wrapping_mul(0xA076_1D64_78BD_642F);
+                scope.spawn(move || worker(shared, seed))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker thread panicked"))
+            .collect::<Result<Vec<()>>>()
+    })?;
+    Ok(())
+}
+
+/// Like `tblob`'s `open_runtime`: default store options (sync durability)
+/// and the compiled chunker cached under the store root, so each new worker
+/// process does not compile it again.
+fn open_runtime(store: &std::path::Path) -> Result<Runtime> {
+    std::fs::create_dir_all(store)
+        .with_context(|| format!("creating store directory {}", store.display()))?;
+    let root = cap_std::fs::Dir::open_ambient_dir(store, cap_std::ambient_authority())
+        .with_context(|| format!("opening store directory {}", store.display()))?;
+    let mut config = runtime::default_config();
+    let mut cache = wasmtime::CacheConfig::new();
+    cache.with_directory(store.join("cache"));
+    if let Ok(cache) = wasmtime::Cache::new(cache) {
+        config.cache(Some(cache));
+    }
+    let engine = wasmtime::Engine::new(&config)?;
+    let options = RuntimeOptions {
+        store: StoreOptions {
+            durability: Durability::Sync,
+            ..StoreOptions::default()
+        },
+        chunker_wasm: None,
+    };
+    Ok(Runtime::new(&engine, root, options)?)
+}
+
+fn worker(shared: &Shared, seed: u64) -> Result<()> {
+    let mut rng = Rng::new(seed);
+    let mut chunker = shared.runtime.chunker(TENANT)?;
+    while shared.ops_started.fetch_add(1, Ordering::Relaxed) < shared.ops_max {
+        let live_count = shared.live.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let delete_percent = match live_count {
+            0 => 0,
+            n if n > LIVE_ARTIFACTS_TARGET => 60,
+            _ => 20,
+        };
+        let roll = rng.below(100);
+        if roll < 2 {
+            shared.runtime.tenant_store(TENANT)?.gc()?;
+            shared.ack("gc")?;
+        } else if roll < 2 + delete_percent {
+            let victim = {
+                let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+                if live.is_empty() {
+                    continue;
+                }
+                let index = rng.below(live.len() as u64) as usize;
+                live.swap_remove(index)
+            };
+            shared.ack(&format!("begin-delete {victim}"))?;
+            chunker
+                .delete(&victim)
+                .map_err(|e| anyhow::anyhow!("delete {victim}: {e}"))?;
+            shared.ack(&format!("delete {victim}"))?;
+        } else {
+            let content = random_content(&mut rng);
+            let options = PutOptions {
+                filename: None,
+                content_type: None,
+                creator: Some("tblob-crash-worker".into()),
+                tags: vec![],
+                links: vec![],
+                custom: vec![],
+                chunking: (rng.below(5) == 0).then_some(Chunking::Fixed(16 << 10)),
+            };
+            let streaming = rng.below(4) == 0;
+            let id = if streaming {
+                chunker.put_from(&mut Cursor::new(&content), &options, &mut |_| {})
+            } else {
+                chunker.put(&content, &options)
+            }
+            .map_err(|e| anyhow::anyhow!("put of {} bytes: {e}", content.len()))?;
+            let digest = blake3::hash(&content);
+            shared.ack(&format!("put {id} {} {}", content.len(), digest.to_hex()))?;
+            shared
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(id);
+        }
+    }
+    Ok(())
+}
+
+/// A prefix of one of the base contents, of a random size (skewed small so
+/// an iteration does many operations), with up to three bytes changed.
+fn random_content(rng: &mut Rng) -> Vec<u8> {
+    let len = match rng.below(10) {
+        0..=2 => rng.below(4 << 10),
+        3..=6 => (4 << 10) + rng.below(252 << 10),
+        _ => (256 << 10) + rng.below((ARTIFACT_BYTES_MAX as u64) - (256 << 10) + 1),
+    } as usize;
+    let mut base = Rng::new(rng.below(BASE_CONTENT_COUNT) + 1);
+    let mut content = vec![0u8; len];
+    for word in content.chunks_mut(8) {
+        let bytes = base.next().to_le_bytes();
+        word.copy_from_slice(&bytes[..word.len()]);
+    }
+    if len > 0 {
+        for _ in 0..rng.below(4) {
+            let at = rng.below(len as u64) as usize;
+            content[at] = content[at].wrapping_add(1 + rng.below(255) as u8);
+        }
+    }
+    content
+}
+
+/// splitmix64: small, seedable, good enough to pick operations.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform enough in `0..bound`; `bound` must be positive.
+    fn below(&mut self, bound: u64) -> u64 {
+        assert!(bound > 0);
+        self.next() % bound
+    }
+}
