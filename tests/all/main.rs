@@ -4,6 +4,7 @@
 mod common;
 
 mod cli;
+mod crash;
 mod hostile_guest;
 mod plugin;
 mod roundtrip;
