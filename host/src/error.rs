@@ -49,4 +49,23 @@ impl StoreError {
             source,
         }
     }
+
+    /// An equal error for another caller: one failed group-commit fsync
+    /// fails every commit of the batch. I/O errors keep their kind and
+    /// message (`std::io::Error` is not `Clone`).
+    pub(crate) fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::NotFound(m) => StoreError::NotFound(m.clone()),
+            StoreError::TooLarge(m) => StoreError::TooLarge(m.clone()),
+            StoreError::QuotaExceeded(m) => StoreError::QuotaExceeded(m.clone()),
+            StoreError::InvalidArgument(m) => StoreError::InvalidArgument(m.clone()),
+            StoreError::HashMismatch(m) => StoreError::HashMismatch(m.clone()),
+            StoreError::Corrupted(m) => StoreError::Corrupted(m.clone()),
+            StoreError::Closed => StoreError::Closed,
+            StoreError::Io { context, source } => StoreError::Io {
+                context: context.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+        }
+    }
 }

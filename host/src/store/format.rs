@@ -179,6 +179,171 @@ pub fn decode_chunk_header(bytes: &[u8]) -> Result<ChunkHeader, String> {
 }
 
 // ---------------------------------------------------------------------------
+// Hint files: `segments/NNNNNNNNNNNNNNNN.hint`
+// ---------------------------------------------------------------------------
+
+/// First four bytes of a hint file ("TBHT").
+pub const HINT_MAGIC: u32 = u32::from_le_bytes(*b"TBHT");
+/// Hint file version. History: 1 = first release.
+pub const HINT_VERSION: u8 = 1;
+/// Hint flag: the segment was fsynced before the hint was written.
+pub const HINT_FLAG_SEGMENT_SYNCED: u8 = 1;
+
+// Hint header layout, each offset derived from the previous field.
+const HINT_MAGIC_AT: usize = 0;
+const HINT_VERSION_AT: usize = HINT_MAGIC_AT + 4;
+const HINT_FLAGS_AT: usize = HINT_VERSION_AT + 1;
+const HINT_RESERVED_AT: usize = HINT_FLAGS_AT + 1;
+const HINT_SEGMENT_AT: usize = HINT_RESERVED_AT + 2;
+const HINT_SEGMENT_LEN_AT: usize = HINT_SEGMENT_AT + 8;
+const HINT_COUNT_AT: usize = HINT_SEGMENT_LEN_AT + 8;
+const HINT_HEADER_END: usize = HINT_COUNT_AT + 8;
+/// Bytes of a hint file header.
+pub const HINT_HEADER_BYTES: u64 = HINT_HEADER_END as u64;
+const _: () = assert!(HINT_HEADER_BYTES == 32);
+/// Bytes of one hint entry: record offset u64, payload length u32, digest.
+pub const HINT_ENTRY_BYTES: u64 = 8 + 4 + 32;
+/// Bytes of the trailer: CRC-32 of everything before it.
+pub const HINT_TRAILER_BYTES: u64 = 4;
+
+/// The largest hint a segment of `segment_len` bytes can have: one entry
+/// per smallest record. A longer hint file is damage and is not read.
+pub fn hint_bytes_max(segment_len: u64) -> u64 {
+    let records_max = segment_len.saturating_sub(SEGMENT_HEADER_BYTES) / (CHUNK_HEADER_BYTES + 1);
+    HINT_HEADER_BYTES + records_max * HINT_ENTRY_BYTES + HINT_TRAILER_BYTES
+}
+
+/// One record of a sealed segment, as a hint lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HintEntry {
+    pub offset: u64,
+    pub payload_len: u32,
+    pub digest: [u8; 32],
+}
+
+/// Encodes the hint of segment `segment` (`segment_len` bytes long) whose
+/// records are `entries`, in file order.
+pub fn encode_hint(segment: u64, segment_len: u64, synced: bool, entries: &[HintEntry]) -> Vec<u8> {
+    let count = entries.len() as u64;
+    let mut bytes = Vec::with_capacity(
+        (HINT_HEADER_BYTES + count * HINT_ENTRY_BYTES + HINT_TRAILER_BYTES) as usize,
+    );
+    bytes.extend_from_slice(&HINT_MAGIC.to_le_bytes());
+    bytes.push(HINT_VERSION);
+    bytes.push(if synced { HINT_FLAG_SEGMENT_SYNCED } else { 0 });
+    bytes.extend_from_slice(&[0, 0]);
+    bytes.extend_from_slice(&segment.to_le_bytes());
+    bytes.extend_from_slice(&segment_len.to_le_bytes());
+    bytes.extend_from_slice(&count.to_le_bytes());
+    debug_assert_eq!(bytes.len(), HINT_HEADER_END);
+    for entry in entries {
+        bytes.extend_from_slice(&entry.offset.to_le_bytes());
+        bytes.extend_from_slice(&entry.payload_len.to_le_bytes());
+        bytes.extend_from_slice(&entry.digest);
+    }
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+/// A hint file checked whole: crc, header, and every entry in bounds.
+pub struct Hint<'a> {
+    /// Whether the segment was fsynced before the hint was written.
+    pub segment_synced: bool,
+    entries: &'a [u8],
+}
+
+impl Hint<'_> {
+    /// The entries, in file order.
+    pub fn entries(&self) -> impl Iterator<Item = HintEntry> + '_ {
+        self.entries
+            .chunks_exact(HINT_ENTRY_BYTES as usize)
+            .map(|entry| HintEntry {
+                offset: u64::from_le_bytes(entry[0..8].try_into().expect("8 bytes")),
+                payload_len: u32::from_le_bytes(entry[8..12].try_into().expect("4 bytes")),
+                digest: entry[12..44].try_into().expect("32 bytes"),
+            })
+    }
+}
+
+/// Checks a hint file for segment `segment`, which is now `segment_len`
+/// bytes long. Torn (crc), foreign (magic, version, segment id) and stale
+/// (the segment's length differs) hints are errors, as is any entry that
+/// overlaps another or runs past the segment; the caller then scans the
+/// segment instead.
+pub fn decode_hint(bytes: &[u8], segment: u64, segment_len: u64) -> Result<Hint<'_>, String> {
+    let framing = (HINT_HEADER_BYTES + HINT_TRAILER_BYTES) as usize;
+    if bytes.len() < framing {
+        return Err(format!(
+            "hint is {} bytes, shorter than its framing",
+            bytes.len()
+        ));
+    }
+    let (body, trailer) = bytes.split_at(bytes.len() - HINT_TRAILER_BYTES as usize);
+    let crc = u32::from_le_bytes(trailer.try_into().expect("4 bytes"));
+    if crc32fast::hash(body) != crc {
+        return Err("hint crc mismatch (torn or damaged)".to_string());
+    }
+    let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
+    let magic = u32::from_le_bytes(
+        body[HINT_MAGIC_AT..HINT_VERSION_AT]
+            .try_into()
+            .expect("4 bytes"),
+    );
+    if magic != HINT_MAGIC {
+        return Err(format!("bad hint magic {magic:#010x}"));
+    }
+    if body[HINT_VERSION_AT] != HINT_VERSION {
+        return Err(format!(
+            "unsupported hint version {}",
+            body[HINT_VERSION_AT]
+        ));
+    }
+    if u64_at(HINT_SEGMENT_AT) != segment {
+        return Err(format!("hint is for segment {}", u64_at(HINT_SEGMENT_AT)));
+    }
+    let hinted_len = u64_at(HINT_SEGMENT_LEN_AT);
+    if hinted_len != segment_len {
+        return Err(format!(
+            "stale hint: it describes {hinted_len} bytes, the segment has {segment_len}"
+        ));
+    }
+    let entries = &body[HINT_HEADER_END..];
+    let count = u64_at(HINT_COUNT_AT);
+    if count.checked_mul(HINT_ENTRY_BYTES) != Some(entries.len() as u64) {
+        return Err(format!(
+            "hint claims {count} entries in {} bytes",
+            entries.len()
+        ));
+    }
+    let hint = Hint {
+        segment_synced: body[HINT_FLAGS_AT] & HINT_FLAG_SEGMENT_SYNCED != 0,
+        entries,
+    };
+    let mut end = SEGMENT_HEADER_BYTES;
+    for entry in hint.entries() {
+        if entry.offset < end {
+            return Err(format!(
+                "hint entry at {} overlaps the one before",
+                entry.offset
+            ));
+        }
+        if entry.payload_len == 0 || entry.payload_len > CHUNK_BYTES_MAX {
+            return Err(format!(
+                "hint entry length {} outside 1..={CHUNK_BYTES_MAX}",
+                entry.payload_len
+            ));
+        }
+        end = entry
+            .offset
+            .checked_add(CHUNK_HEADER_BYTES + u64::from(entry.payload_len))
+            .filter(|&end| end <= segment_len)
+            .ok_or_else(|| format!("hint entry at {} runs past the segment", entry.offset))?;
+    }
+    Ok(hint)
+}
+
+// ---------------------------------------------------------------------------
 // Metadata log: `meta.log`
 // ---------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ pub(super) fn run(store: &Store) -> Result<GcReport, StoreError> {
     // Disk bytes GC itself adds: copies and the headers of new segments.
     let mut written_bytes = 0u64;
     let mut removed_bytes = 0u64;
+    let mut sealed = Vec::new();
     let candidates: Vec<u64> = {
         let mut state = lock(&inner.state);
         report.chunks_removed = state.index.sweep();
@@ -45,7 +46,7 @@ pub(super) fn run(store: &Store) -> Result<GcReport, StoreError> {
         let active_len = state.segments.segments[&active].len;
         if worth(active, active_len) {
             // Seal it so its garbage can go too; uploads move on to the next.
-            state.segments.rotate()?;
+            sealed.push(state.segments.rotate()?);
             written_bytes += SEGMENT_HEADER_BYTES;
         }
         let active = state.segments.active;
@@ -64,8 +65,12 @@ pub(super) fn run(store: &Store) -> Result<GcReport, StoreError> {
             &mut report,
             &mut written_bytes,
             &mut removed_bytes,
+            &mut sealed,
         )
     });
+    // Segments sealed above get their hints (unless compacted meanwhile).
+    let outcome =
+        outcome.and_then(|()| sealed.into_iter().try_for_each(|id| store.finish_seal(id)));
     report.bytes_reclaimed = removed_bytes.saturating_sub(written_bytes);
     outcome.map(|()| report)
 }
@@ -79,6 +84,7 @@ fn compact(
     report: &mut GcReport,
     written_bytes: &mut u64,
     removed_bytes: &mut u64,
+    sealed: &mut Vec<u64>,
 ) -> Result<(), StoreError> {
     let inner = &store.inner;
     let (chunks, file) = {
@@ -98,10 +104,11 @@ fn compact(
         };
         let mut state = lock(&inner.state);
         let active_before = state.segments.active;
-        let (segment, offset) = state.segments.append(&digest, &bytes)?;
+        let (segment, offset, rotated) = state.segments.append(&digest, &bytes)?;
         if segment != active_before {
             *written_bytes += SEGMENT_HEADER_BYTES;
         }
+        sealed.extend(rotated);
         let moved = state
             .index
             .relocate(&digest, from, Location { segment, offset });
@@ -110,24 +117,23 @@ fn compact(
         *written_bytes += CHUNK_HEADER_BYTES + u64::from(len);
     }
     // The copies must be durable before the originals go.
-    for segment in written {
-        let plan = lock(&inner.state).segments.sync_plan(segment);
-        if let Some((segment, file, len)) = plan {
-            file.sync_data().map_err(|e| {
-                StoreError::io(
-                    format!("syncing segment {}", segment::segment_name(segment)),
-                    e,
-                )
-            })?;
-            lock(&inner.state).segments.mark_synced(segment, len);
-        }
-    }
+    let plans: Vec<_> = {
+        let state = lock(&inner.state);
+        written
+            .into_iter()
+            .filter_map(|segment| state.segments.sync_plan(segment))
+            .collect()
+    };
+    store.run_sync_plans(plans)?;
     let mut state = lock(&inner.state);
     assert!(
         state.index.chunks_in(id).is_empty(),
         "nothing is added to a sealed segment"
     );
     *removed_bytes += state.segments.remove(id)?;
+    let writer = state.segments.hint_writer();
+    drop(state);
+    writer.sync_dir()?;
     report.segments_removed += 1;
     Ok(())
 }

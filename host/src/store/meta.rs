@@ -16,6 +16,8 @@ use std::sync::Arc;
 use cap_std::fs::{Dir, OpenOptions};
 
 use super::format::{self, MetaRecord, MutableFields, META_HEADER_BYTES, META_RECORD_HEADER_BYTES};
+use super::fsync::Fsyncs;
+use super::read::Reader;
 use super::types::{ArtifactId, ChunkRef, Durability, Metadata};
 use crate::error::StoreError;
 
@@ -28,12 +30,14 @@ pub struct MetaLog {
     /// Append position; everything before it has been replayed or written.
     len: u64,
     durability: Durability,
+    fsyncs: Fsyncs,
 }
 
 /// What replaying the log found.
 #[derive(Default)]
 pub struct ReplayOutcome {
     pub truncated_bytes: u64,
+    pub records: u64,
     pub problems: Vec<String>,
 }
 
@@ -47,6 +51,7 @@ impl MetaLog {
     pub fn open(
         dir: &Dir,
         durability: Durability,
+        fsyncs: Fsyncs,
         mut apply: impl FnMut(u64, MetaRecord),
     ) -> Result<(MetaLog, ReplayOutcome), StoreError> {
         let mut outcome = ReplayOutcome::default();
@@ -70,17 +75,19 @@ impl MetaLog {
             file.set_len(0)
                 .and_then(|()| file.write_all_at(&format::encode_meta_header(), 0))
                 .map_err(io(format!("writing header of {META_LOG_NAME}")))?;
-            if durability == Durability::Sync {
-                file.sync_all()
+            if durability.fsyncs() {
+                fsyncs
+                    .all(&file)
                     .map_err(io(format!("syncing {META_LOG_NAME}")))?;
                 super::segment::directory_file(dir)
-                    .and_then(|d| d.sync_all())
+                    .and_then(|d| fsyncs.all(&d))
                     .map_err(io("syncing the store directory".into()))?;
             }
             let log = MetaLog {
                 file,
                 len: META_HEADER_BYTES,
                 durability,
+                fsyncs,
             };
             return Ok((log, outcome));
         }
@@ -91,19 +98,26 @@ impl MetaLog {
             .map_err(|reason| StoreError::Corrupted(format!("{META_LOG_NAME}: {reason}")))?;
 
         let mut at = META_HEADER_BYTES;
+        // One buffer for every payload: replay allocates per record only
+        // what the decoded record keeps.
+        let mut payload = Vec::new();
+        let mut reader = Reader::new(&file, len);
         while at < len {
-            match record_at(&file, at, len)? {
-                Ok((header, payload)) => {
+            match record_at(&mut reader, at, len, &mut payload)? {
+                Ok(header) => {
                     let next = at + META_RECORD_HEADER_BYTES + u64::from(header.payload_len);
                     match format::decode_meta_payload(header.kind, &payload) {
-                        Ok(record) => apply(at, record),
+                        Ok(record) => {
+                            outcome.records += 1;
+                            apply(at, record)
+                        }
                         Err(reason) => outcome.problems.push(format!(
                             "{META_LOG_NAME}: record at offset {at} undecodable ({reason}); skipped"
                         )),
                     }
                     at = next;
                 }
-                Err(reason) => match next_record(&file, at + 1, len)? {
+                Err(reason) => match next_record(&mut reader, at + 1, len, &mut payload)? {
                     Some(next) => {
                         outcome.problems.push(format!(
                             "{META_LOG_NAME}: bytes {at}..{next} unreadable ({reason}); skipped"
@@ -113,10 +127,6 @@ impl MetaLog {
                     None => {
                         file.set_len(at)
                             .map_err(io(format!("truncating {META_LOG_NAME} at {at}")))?;
-                        if durability == Durability::Sync {
-                            file.sync_all()
-                                .map_err(io(format!("syncing {META_LOG_NAME}")))?;
-                        }
                         outcome.truncated_bytes += len - at;
                         outcome.problems.push(format!(
                             "{META_LOG_NAME}: torn tail at offset {at} ({reason}); {} bytes truncated",
@@ -128,10 +138,11 @@ impl MetaLog {
             }
         }
         let len = at.min(len);
-        if durability == Durability::Sync {
-            // What a crashed process wrote without fsync is made durable
-            // before anything new depends on it.
-            file.sync_data()
+        if durability.fsyncs() {
+            // What a crashed process wrote without fsync (and a truncation)
+            // is made durable before anything new depends on it.
+            fsyncs
+                .data(&file)
                 .map_err(io(format!("syncing {META_LOG_NAME}")))?;
         }
         Ok((
@@ -139,15 +150,26 @@ impl MetaLog {
                 file,
                 len,
                 durability,
+                fsyncs,
             },
             outcome,
         ))
     }
 
-    /// Appends one record and, with [`Durability::Sync`], fsyncs it. When
-    /// this returns Ok the record survives a crash.
+    /// Appends one record and, in the durable modes, fsyncs it. When this
+    /// returns Ok the record survives a crash.
     pub fn append(&mut self, record: &MetaRecord) -> Result<(), StoreError> {
-        let bytes = format::encode_meta_record(record);
+        self.append_all(std::slice::from_ref(record))
+    }
+
+    /// Appends `records` in order with one write and, in the durable
+    /// modes, one fsync (group commit). All or none: on an error the log
+    /// is cut back to where it was, so none of them is replayed later.
+    pub fn append_all(&mut self, records: &[MetaRecord]) -> Result<(), StoreError> {
+        let mut bytes = Vec::new();
+        for record in records {
+            bytes.extend_from_slice(&format::encode_meta_record(record));
+        }
         let at = self.len;
         if let Err(source) = self.file.write_all_at(&bytes, at) {
             // Roll back a partial record so the log stays a clean sequence.
@@ -157,8 +179,8 @@ impl MetaLog {
                 source,
             });
         }
-        if self.durability == Durability::Sync {
-            if let Err(source) = self.file.sync_data() {
+        if self.durability.fsyncs() {
+            if let Err(source) = self.fsyncs.data(&self.file) {
                 let _ = self.file.set_len(at);
                 return Err(StoreError::Io {
                     context: format!("syncing {META_LOG_NAME}"),
@@ -171,17 +193,20 @@ impl MetaLog {
     }
 }
 
-/// The record at `at`: Ok((header, payload)) if whole and crc-valid.
+/// The record at `at`: Ok(header) if whole and crc-valid, its payload
+/// then in `payload`.
 fn record_at(
-    file: &File,
+    reader: &mut Reader<'_>,
     at: u64,
     len: u64,
-) -> Result<Result<(format::MetaHeader, Vec<u8>), String>, StoreError> {
+    payload: &mut Vec<u8>,
+) -> Result<Result<format::MetaHeader, String>, StoreError> {
     if len - at < META_RECORD_HEADER_BYTES {
         return Ok(Err(format!("{} bytes, short of a record header", len - at)));
     }
     let mut bytes = [0u8; META_RECORD_HEADER_BYTES as usize];
-    file.read_exact_at(&mut bytes, at)
+    reader
+        .read_exact_at(&mut bytes, at)
         .map_err(io(format!("reading {META_LOG_NAME} at {at}")))?;
     let header = match format::decode_meta_header_record(&bytes) {
         Ok(header) => header,
@@ -195,17 +220,23 @@ fn record_at(
             header.payload_len
         )));
     }
-    let mut payload = vec![0u8; header.payload_len as usize];
-    file.read_exact_at(&mut payload, at + META_RECORD_HEADER_BYTES)
+    payload.resize(header.payload_len as usize, 0);
+    reader
+        .read_exact_at(payload, at + META_RECORD_HEADER_BYTES)
         .map_err(io(format!("reading {META_LOG_NAME} at {at}")))?;
-    if let Err(reason) = format::check_meta_crc(&header, &payload) {
+    if let Err(reason) = format::check_meta_crc(&header, payload) {
         return Ok(Err(reason));
     }
-    Ok(Ok((header, payload)))
+    Ok(Ok(header))
 }
 
 /// The offset of the first valid record at or after `from`, if any.
-fn next_record(file: &File, from: u64, len: u64) -> Result<Option<u64>, StoreError> {
+fn next_record(
+    reader: &mut Reader<'_>,
+    from: u64,
+    len: u64,
+    payload: &mut Vec<u8>,
+) -> Result<Option<u64>, StoreError> {
     const WINDOW_BYTES: u64 = 1 << 20;
     let magic = format::META_RECORD_MAGIC.to_le_bytes();
     let mut window = Vec::new();
@@ -213,12 +244,14 @@ fn next_record(file: &File, from: u64, len: u64) -> Result<Option<u64>, StoreErr
     while start + META_RECORD_HEADER_BYTES <= len {
         let end = (start + WINDOW_BYTES).min(len);
         window.resize((end - start) as usize, 0);
-        file.read_exact_at(&mut window, start)
+        reader
+            .file
+            .read_exact_at(&mut window, start)
             .map_err(io(format!("scanning {META_LOG_NAME} at {start}")))?;
         for (i, candidate) in window.windows(magic.len()).enumerate() {
             if candidate == magic {
                 let at = start + i as u64;
-                if record_at(file, at, len)?.is_ok() {
+                if record_at(reader, at, len, payload)?.is_ok() {
                     return Ok(Some(at));
                 }
             }

@@ -9,8 +9,12 @@
 //! - `meta.log`: append-only metadata records ([`meta`]): commits (with the
 //!   whole manifest), deletes and metadata updates.
 //!
-//! At open, segments are scanned to rebuild the chunk [`index`] and the log
-//! is replayed to rebuild the catalog; reference counts are derived from the
+//! - `segments/NNNNNNNNNNNNNNNN.hint`: a checkpoint of a sealed segment's
+//!   records, so open indexes it without reading it.
+//!
+//! At open, sealed segments are indexed from their hints (or scanned when a
+//! hint is missing, torn or stale), the active segment is scanned, and the
+//! log is replayed to rebuild the catalog; reference counts are derived from the
 //! live manifests, so they cannot drift. Writes go: chunks appended by an
 //! [`Upload`] (no fsync), then at commit the whole content is re-hashed from
 //! the store, the segments holding the chunks are fsynced, the commit
@@ -18,9 +22,16 @@
 //! Chunks an upload put or was told are present are pinned until it
 //! finishes, so [`Store::gc`] never removes them. Every read re-hashes.
 //!
+//! Durability is chosen per store ([`Durability`]): fsync per commit
+//! (`Sync`), group commit (`Batch`, see [`group`]) or none.
+//! [`Store::fsync_count`] counts fsyncs; [`Store::open_stats`] says how
+//! the open went.
+//!
 //! Concurrency: one mutex guards the index, catalog and segment appends;
-//! hashing and reading chunk bytes happen outside it. A second mutex orders
-//! metadata log appends (taken before the first, never after).
+//! hashing, reading chunk bytes and every fsync happen outside it. A second
+//! mutex orders metadata log appends (taken before the first, never
+//! after). The group-commit queue has its own mutex, never held while
+//! another lock is taken.
 //!
 //! The on-disk format is documented in ARCHITECTURE.md, "On-disk format".
 //!
@@ -41,9 +52,12 @@
 //! ```
 
 pub mod format;
+mod fsync;
 mod gc;
+mod group;
 mod index;
 mod meta;
+mod read;
 mod segment;
 mod types;
 
@@ -63,11 +77,13 @@ pub use self::format::{
 };
 pub use self::types::{
     ArtifactId, ChunkRef, Durability, GcReport, Hash, Metadata, MetadataUpdate, NewMetadata,
-    RecoveryReport, Stats, StoreOptions, VerifyReport,
+    OpenStats, RecoveryReport, Stats, StoreOptions, VerifyReport,
 };
 pub use crate::error::StoreError;
 
 use self::format::{MetaRecord, MutableFields};
+use self::fsync::Fsyncs;
+use self::group::Group;
 use self::index::{Index, Location};
 use self::meta::{Catalog, Manifest, MetaLog};
 use self::segment::Segments;
@@ -89,7 +105,11 @@ struct Inner {
     meta_log: Mutex<MetaLog>,
     /// One garbage collection at a time.
     gc: Mutex<()>,
+    /// Commits waiting for a shared fsync (`Durability::Batch`).
+    group: Group,
+    fsyncs: Fsyncs,
     recovery: RecoveryReport,
+    open_stats: OpenStats,
 }
 
 struct State {
@@ -125,11 +145,12 @@ impl Store {
     ///
     /// Reaches only files under `dir`.
     pub fn open(dir: Dir, options: StoreOptions) -> Result<Store, StoreError> {
+        let fsyncs = Fsyncs::default();
         match dir.create_dir(SEGMENTS_DIR) {
             Ok(()) => {
-                if options.durability == Durability::Sync {
+                if options.durability.fsyncs() {
                     segment::directory_file(&dir)
-                        .and_then(|d| d.sync_all())
+                        .and_then(|d| fsyncs.all(&d))
                         .map_err(|e| StoreError::io("syncing the store directory", e))?;
                 }
             }
@@ -140,45 +161,36 @@ impl Store {
             .open_dir(SEGMENTS_DIR)
             .map_err(|e| StoreError::io(format!("opening {SEGMENTS_DIR}/"), e))?;
         let segment_bytes_max = options.segment_bytes_max.max(1);
-        let (mut segments, scanned) =
-            Segments::open(segments_dir, segment_bytes_max, options.durability)?;
+        let mut index = Index::default();
+        let (segments, scanned) = Segments::open(
+            segments_dir,
+            segment_bytes_max,
+            options.durability,
+            fsyncs.clone(),
+            &mut index,
+        )?;
         let mut recovery = RecoveryReport {
             truncated_bytes: scanned.truncated_bytes,
             problems: scanned.problems,
         };
-        let mut index = Index::default();
-        for found in scanned.records {
-            let location = Location {
-                segment: found.segment,
-                offset: found.offset,
-            };
-            index.insert_found(
-                Hash::from_bytes(found.header.digest),
-                location,
-                found.header.payload_len,
-            );
-        }
-        if options.durability == Durability::Sync {
-            // What a crashed process appended without fsync becomes durable
-            // before any new commit can depend on it.
-            if let Some((id, file, len)) = segments.sync_plan(segments.active) {
-                file.sync_data().map_err(|e| {
-                    StoreError::io(format!("syncing segment {}", segment::segment_name(id)), e)
-                })?;
-                segments.mark_synced(id, len);
-            }
-        }
+        let mut open_stats = scanned.stats;
 
         let mut catalog = Catalog::default();
         let mut replay_problems = Vec::new();
-        let (meta_log, replayed) = MetaLog::open(&dir, options.durability, |offset, record| {
-            if let Err(problem) = apply(&mut catalog, &mut index, record) {
-                replay_problems.push(format!(
-                    "{}: record at offset {offset}: {problem}",
-                    meta::META_LOG_NAME
-                ));
-            }
-        })?;
+        let (meta_log, replayed) = MetaLog::open(
+            &dir,
+            options.durability,
+            fsyncs.clone(),
+            |offset, record| {
+                if let Err(problem) = apply(&mut catalog, &mut index, record) {
+                    replay_problems.push(format!(
+                        "{}: record at offset {offset}: {problem}",
+                        meta::META_LOG_NAME
+                    ));
+                }
+            },
+        )?;
+        open_stats.meta_records = replayed.records;
         recovery.truncated_bytes += replayed.truncated_bytes;
         recovery.problems.extend(replayed.problems);
         recovery.problems.extend(replay_problems);
@@ -212,9 +224,24 @@ impl Store {
                 }),
                 meta_log: Mutex::new(meta_log),
                 gc: Mutex::new(()),
+                group: Group::default(),
+                fsyncs,
                 recovery,
+                open_stats,
             }),
         })
+    }
+
+    /// How [`Store::open`] built the index: segments read from hint files
+    /// versus scanned, records indexed and replayed.
+    pub fn open_stats(&self) -> OpenStats {
+        self.inner.open_stats
+    }
+
+    /// fsync and fdatasync calls this store has made since it was opened,
+    /// those made by the open itself included.
+    pub fn fsync_count(&self) -> u64 {
+        self.inner.fsyncs.count()
     }
 
     /// What [`Store::open`] found and repaired or contained.
@@ -486,9 +513,10 @@ impl Store {
     }
 
     /// Makes the records of `digests` durable: fsyncs each segment holding
-    /// one that is not yet known to be on stable storage.
+    /// one that is not yet known to be on stable storage. Runs without the
+    /// store lock held across any fsync.
     fn sync_chunks<'a>(&self, digests: impl Iterator<Item = &'a Hash>) -> Result<(), StoreError> {
-        if self.inner.options.durability == Durability::None {
+        if !self.inner.options.durability.fsyncs() {
             return Ok(());
         }
         let plans: Vec<_> = {
@@ -509,15 +537,37 @@ impl Store {
                 .filter_map(|segment| state.segments.sync_plan(segment))
                 .collect()
         };
-        for (segment, file, len) in plans {
-            file.sync_data().map_err(|e| {
-                StoreError::io(
-                    format!("syncing segment {}", segment::segment_name(segment)),
-                    e,
-                )
-            })?;
-            lock(&self.inner.state).segments.mark_synced(segment, len);
+        self.run_sync_plans(plans)
+    }
+
+    /// Carries out sync plans (without the store lock) and records them.
+    fn run_sync_plans(&self, plans: Vec<segment::SyncPlan>) -> Result<(), StoreError> {
+        for plan in plans {
+            plan.run(&self.inner.fsyncs)?;
+            lock(&self.inner.state).segments.mark_plan_done(&plan);
         }
+        Ok(())
+    }
+
+    /// After segment `id` was sealed: syncs it and writes its hint file,
+    /// without the store lock. A crash before the hint is written only
+    /// means the next open scans the segment (and writes the hint then).
+    fn finish_seal(&self, id: u64) -> Result<(), StoreError> {
+        let (plan, file, len, writer) = {
+            let state = lock(&self.inner.state);
+            let Some(segment) = state.segments.segments.get(&id) else {
+                // Compacted away meanwhile.
+                return Ok(());
+            };
+            (
+                state.segments.sync_plan(id),
+                Arc::clone(&segment.file),
+                segment.len,
+                state.segments.hint_writer(),
+            )
+        };
+        self.run_sync_plans(plan.into_iter().collect())?;
+        writer.scan_and_write(&file, id, len)?;
         Ok(())
     }
 }
@@ -710,11 +760,15 @@ impl Upload {
                 )));
             }
         }
-        let (segment, offset) = state.segments.append(digest, bytes)?;
+        let (segment, offset, sealed) = state.segments.append(digest, bytes)?;
         state
             .index
             .insert_put(*digest, Location { segment, offset }, len);
         self.pinned.insert(*digest);
+        drop(state);
+        if let Some(sealed) = sealed {
+            self.store.finish_seal(sealed)?;
+        }
         Ok(())
     }
 
@@ -813,6 +867,23 @@ impl Upload {
             )));
         }
 
+        let record = MetaRecord::Commit {
+            // Assigned under the log lock, where uniqueness is checked.
+            id: [0; 16],
+            size,
+            digest: *digest.as_bytes(),
+            created_ms: now_ms(),
+            chunks: chunks
+                .iter()
+                .map(|c| (*c.digest.as_bytes(), c.len))
+                .collect(),
+            creator: meta.creator,
+            fields,
+        };
+        if self.store.inner.options.durability == Durability::Batch {
+            return group::commit(&self.store, record, meta.links);
+        }
+
         // Chunks first, then the record that refers to them.
         self.store
             .sync_chunks(chunks.iter().map(|chunk| &chunk.digest))?;
@@ -829,18 +900,10 @@ impl Upload {
                 }
             }
         };
-        let record = MetaRecord::Commit {
-            id: *id.as_bytes(),
-            size,
-            digest: *digest.as_bytes(),
-            created_ms: now_ms(),
-            chunks: chunks
-                .iter()
-                .map(|c| (*c.digest.as_bytes(), c.len))
-                .collect(),
-            creator: meta.creator,
-            fields,
-        };
+        let mut record = record;
+        if let MetaRecord::Commit { id: slot, .. } = &mut record {
+            *slot = *id.as_bytes();
+        }
         meta_log.append(&record)?;
         let mut state = lock(&inner.state);
         let state = &mut *state;

@@ -1,20 +1,28 @@
-//! Segment files: append-only chunk records under `segments/`.
+//! Segment files: append-only chunk records under `segments/`, and the
+//! hint files that checkpoint sealed segments' records.
 //!
 //! Owns appending (with rotation), positional reads that re-hash, fsync
-//! bookkeeping (how much of each segment is known durable) and the recovery
-//! scan run at open. Never decides what is live: that is the index's and
-//! the metadata log's job. Never rewrites a byte once written; only the torn
-//! tail of the active segment is ever cut, and only at open.
+//! bookkeeping (how much of each segment, and whether its directory entry,
+//! is known durable), hint files and the recovery scan run at open. Never
+//! decides what is live: that is the index's and the metadata log's job.
+//! Never rewrites a byte of a segment once written; only the torn tail of
+//! the active segment is ever cut, and only at open. Never fsyncs while the
+//! caller holds the store lock: rotation only creates the next file, and
+//! what must be synced is handed out as a [`SyncPlan`] to run unlocked.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use cap_std::fs::{Dir, OpenOptions};
 
-use super::format::{self, ChunkHeader, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES};
-use super::types::{Durability, Hash};
+use super::format::{self, ChunkHeader, HintEntry, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use super::fsync::Fsyncs;
+use super::index::{Index, Location};
+use super::read::Reader;
+use super::types::{Durability, Hash, OpenStats};
 use crate::error::StoreError;
 
 /// One segment file.
@@ -26,33 +34,63 @@ pub struct Segment {
     pub len: u64,
     /// Bytes known to be on stable storage; `synced_len <= len`.
     pub synced_len: u64,
-}
-
-/// Where a record was found by the recovery scan.
-pub struct FoundRecord {
-    pub segment: u64,
-    pub offset: u64,
-    pub header: ChunkHeader,
+    /// Whether the file's directory entry is known to be on stable storage.
+    pub dir_synced: bool,
 }
 
 /// What the recovery scan found, for the store to report.
 #[derive(Default)]
 pub struct ScanOutcome {
-    pub records: Vec<FoundRecord>,
     pub truncated_bytes: u64,
     pub problems: Vec<String>,
+    pub stats: OpenStats,
 }
 
 /// All segment files of one store.
 pub struct Segments {
-    dir: Dir,
+    dir: Arc<Dir>,
     /// The segments directory as a file, for fsyncing its entries.
-    dir_file: File,
+    dir_file: Arc<File>,
     pub segments: BTreeMap<u64, Segment>,
     /// The segment appended to; always a key of `segments`.
     pub active: u64,
     segment_bytes_max: u64,
     durability: Durability,
+    fsyncs: Fsyncs,
+}
+
+/// What to fsync to make one segment durable up to `len`; run it without
+/// the store lock, then report it with [`Segments::mark_synced`].
+pub struct SyncPlan {
+    pub segment: u64,
+    file: Arc<File>,
+    pub len: u64,
+    /// The segments directory, if the file's entry is not yet durable.
+    dir: Option<Arc<File>>,
+}
+
+impl SyncPlan {
+    pub fn run(&self, fsyncs: &Fsyncs) -> Result<(), StoreError> {
+        fsyncs.data(&self.file).map_err(io(format!(
+            "syncing segment {}",
+            segment_name(self.segment)
+        )))?;
+        if let Some(dir) = &self.dir {
+            fsyncs
+                .all(dir)
+                .map_err(io("syncing segments directory".into()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes hint files; holds its own handles so it runs without the store
+/// lock.
+pub struct HintWriter {
+    dir: Arc<Dir>,
+    dir_file: Arc<File>,
+    durability: Durability,
+    fsyncs: Fsyncs,
 }
 
 /// A directory opened for fsync. cap-std's `Dir` handles are `O_PATH`,
@@ -67,8 +105,17 @@ pub fn segment_name(id: u64) -> String {
     format!("{id:016}.seg")
 }
 
-fn parse_segment_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(".seg")?;
+/// The name of segment `id`'s hint file.
+pub fn hint_name(id: u64) -> String {
+    format!("{id:016}.hint")
+}
+
+fn hint_temp_name(id: u64) -> String {
+    format!("{id:016}.hint.tmp")
+}
+
+fn parse_name(name: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_suffix(suffix)?;
     if digits.len() != 16 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -79,29 +126,73 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
     move |source| StoreError::Io { context, source }
 }
 
+/// Reads segment `id`'s hint, if it has one no longer than a segment of
+/// `segment_len` bytes could need. `Ok(None)`: no hint (or an unreadable
+/// one, described in the `Err` of the inner result).
+fn read_hint(dir: &Dir, id: u64, segment_len: u64) -> Result<Option<Vec<u8>>, String> {
+    let name = hint_name(id);
+    let mut file = match dir.open(&name) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("opening {name}: {e}")),
+    };
+    let len = file
+        .metadata()
+        .map_err(|e| format!("reading size of {name}: {e}"))?
+        .len();
+    // Checked before allocating: a damaged size never sizes a buffer.
+    if len > format::hint_bytes_max(segment_len) {
+        return Err(format!("{len} bytes, too long for its segment"));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.read_to_end(&mut bytes)
+        .map_err(|e| format!("reading {name}: {e}"))?;
+    Ok(Some(bytes))
+}
+
 impl Segments {
-    /// Opens every segment under `dir` (the `segments/` directory), scans
-    /// them and repairs a torn tail of the active (newest) one. Creates the
-    /// first segment if there is none.
+    /// Opens every segment under `dir` (the `segments/` directory) and
+    /// indexes its records: a sealed segment with a valid hint from the
+    /// hint, any other by scanning it (and a sealed one then gets a new
+    /// hint). Repairs a torn tail of the active (newest) segment. Creates
+    /// the first segment if there is none. In the durable modes, everything
+    /// a crashed process may have left unsynced is synced before this
+    /// returns, so no new commit depends on bytes that are not durable.
     pub fn open(
         dir: Dir,
         segment_bytes_max: u64,
         durability: Durability,
+        fsyncs: Fsyncs,
+        index: &mut Index,
     ) -> Result<(Segments, ScanOutcome), StoreError> {
-        let dir_file = directory_file(&dir).map_err(io("opening segments directory".into()))?;
+        let dir_file =
+            Arc::new(directory_file(&dir).map_err(io("opening segments directory".into()))?);
         let mut ids = Vec::new();
+        let mut hinted = BTreeSet::new();
+        let mut temporaries = Vec::new();
         let entries = dir.entries().map_err(io("listing segments".into()))?;
         for entry in entries {
             let entry = entry.map_err(io("listing segments".into()))?;
-            if let Some(id) = entry.file_name().to_str().and_then(parse_segment_name) {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(id) = parse_name(name, ".seg") {
                 ids.push(id);
+            } else if let Some(id) = parse_name(name, ".hint") {
+                hinted.insert(id);
+            } else if parse_name(name, ".hint.tmp").is_some() {
+                temporaries.push(name.to_string());
             }
+        }
+        // A hint write a crash interrupted; the segment is scanned instead.
+        for name in temporaries {
+            let _ = dir.remove_file(&name);
         }
         ids.sort_unstable();
         let mut outcome = ScanOutcome::default();
         let mut segments = BTreeMap::new();
+        let mut hints_to_write = Vec::new();
         let newest = ids.last().copied();
-        for id in ids {
+        for &id in &ids {
             let name = segment_name(id);
             let active = Some(id) == newest;
             let mut options = OpenOptions::new();
@@ -114,6 +205,49 @@ impl Segments {
                 .metadata()
                 .map_err(io(format!("reading size of segment {name}")))?
                 .len();
+            if !active && hinted.contains(&id) {
+                let hint = read_hint(&dir, id, len).and_then(|bytes| match bytes {
+                    Some(bytes) => format::decode_hint(&bytes, id, len).map(|hint| {
+                        for entry in hint.entries() {
+                            index.insert_found(
+                                Hash::from_bytes(entry.digest),
+                                Location {
+                                    segment: id,
+                                    offset: entry.offset,
+                                },
+                                entry.payload_len,
+                            );
+                            outcome.stats.chunk_records += 1;
+                        }
+                        Some(hint.segment_synced)
+                    }),
+                    None => Ok(None),
+                });
+                match hint {
+                    Ok(Some(synced)) => {
+                        outcome.stats.segments_from_hints += 1;
+                        // A hint written under Durability::None vouches for
+                        // nothing being on disk: such a segment is synced
+                        // below like a scanned one.
+                        let synced_len = if synced { len } else { 0 };
+                        segments.insert(
+                            id,
+                            Segment {
+                                file: Arc::new(file),
+                                len,
+                                synced_len,
+                                dir_synced: true,
+                            },
+                        );
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(reason) => outcome.problems.push(format!(
+                        "segment {name}: hint {} not used ({reason}); segment scanned",
+                        hint_name(id)
+                    )),
+                }
+            }
             let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
             let header_read = if len >= SEGMENT_HEADER_BYTES {
                 file.read_exact_at(&mut header, 0)
@@ -130,10 +264,6 @@ impl Segments {
                     file.set_len(0)
                         .and_then(|()| file.write_all_at(&format::encode_segment_header(), 0))
                         .map_err(io(format!("rewriting header of segment {name}")))?;
-                    if durability == Durability::Sync {
-                        file.sync_all()
-                            .map_err(io(format!("syncing segment {name}")))?;
-                    }
                     outcome
                         .problems
                         .push(format!("segment {name}: {reason}; header rewritten"));
@@ -147,16 +277,14 @@ impl Segments {
                     continue;
                 }
             };
+            outcome.stats.segments_scanned += 1;
             let scanned = scan(&file, id, len, active)?;
             let mut len = len;
+            let clean = scanned.torn_at.is_none() && scanned.problems.is_empty();
             if let Some((at, reason)) = scanned.torn_at {
                 if active {
                     file.set_len(at)
                         .map_err(io(format!("truncating segment {name} at {at}")))?;
-                    if durability == Durability::Sync {
-                        file.sync_all()
-                            .map_err(io(format!("syncing segment {name}")))?;
-                    }
                     outcome.truncated_bytes += len - at;
                     outcome.problems.push(format!(
                         "segment {name}: torn tail at offset {at} ({reason}); {} bytes truncated",
@@ -170,23 +298,41 @@ impl Segments {
                 }
             }
             outcome.problems.extend(scanned.problems);
-            outcome.records.extend(scanned.records);
+            for record in &scanned.records {
+                index.insert_found(
+                    Hash::from_bytes(record.digest),
+                    Location {
+                        segment: id,
+                        offset: record.offset,
+                    },
+                    record.payload_len,
+                );
+            }
+            outcome.stats.chunk_records += scanned.records.len() as u64;
+            // A damaged sealed segment gets no hint, so every open scans
+            // and reports the damage again.
+            if !active && clean {
+                hints_to_write.push((id, len, scanned.records));
+            }
             segments.insert(
                 id,
                 Segment {
                     file: Arc::new(file),
                     len,
-                    synced_len: len,
+                    // Unknown: a crashed process may not have synced it.
+                    synced_len: 0,
+                    dir_synced: true,
                 },
             );
         }
         let mut store = Segments {
-            dir,
+            dir: Arc::new(dir),
             dir_file,
             segments,
             active: 0,
             segment_bytes_max,
             durability,
+            fsyncs,
         };
         match newest {
             Some(id) if store.segments.contains_key(&id) => store.active = id,
@@ -196,11 +342,36 @@ impl Segments {
                 store.create(id)?;
             }
         }
+        if durability.fsyncs() {
+            // What a crashed process appended without fsync becomes durable
+            // before any new commit can depend on it; one directory fsync
+            // covers every entry.
+            let ids: Vec<u64> = store.segments.keys().copied().collect();
+            for id in ids {
+                if let Some(plan) = store.sync_plan(id) {
+                    store
+                        .fsyncs
+                        .data(&plan.file)
+                        .map_err(io(format!("syncing segment {}", segment_name(id))))?;
+                    store.mark_synced(id, plan.len);
+                }
+            }
+            store.sync_dir()?;
+            for segment in store.segments.values_mut() {
+                segment.dir_synced = true;
+            }
+        }
+        let writer = store.hint_writer();
+        for (id, len, records) in hints_to_write {
+            writer.write(id, len, &records)?;
+            outcome.stats.hints_written += 1;
+        }
         Ok((store, outcome))
     }
 
-    /// Creates segment `id` as the new active segment and makes its
-    /// directory entry durable.
+    /// Creates segment `id` as the new active segment. Neither its header
+    /// nor its directory entry is synced here (the store lock is held):
+    /// [`Segments::sync_plan`] covers both before any commit depends on it.
     fn create(&mut self, id: u64) -> Result<(), StoreError> {
         let name = segment_name(id);
         let mut options = OpenOptions::new();
@@ -212,17 +383,13 @@ impl Segments {
             .into_std();
         file.write_all_at(&format::encode_segment_header(), 0)
             .map_err(io(format!("writing header of segment {name}")))?;
-        if self.durability == Durability::Sync {
-            file.sync_all()
-                .map_err(io(format!("syncing segment {name}")))?;
-            self.sync_dir()?;
-        }
         self.segments.insert(
             id,
             Segment {
                 file: Arc::new(file),
                 len: SEGMENT_HEADER_BYTES,
-                synced_len: SEGMENT_HEADER_BYTES,
+                synced_len: 0,
+                dir_synced: false,
             },
         );
         self.active = id;
@@ -230,39 +397,35 @@ impl Segments {
     }
 
     fn sync_dir(&self) -> Result<(), StoreError> {
-        self.dir_file
-            .sync_all()
+        self.fsyncs
+            .all(&self.dir_file)
             .map_err(io("syncing segments directory".into()))
     }
 
-    /// Seals the active segment (fsynced, so a sealed segment never has a
-    /// torn tail) and begins a new one.
-    pub fn rotate(&mut self) -> Result<(), StoreError> {
-        let active = self.active;
-        if self.durability == Durability::Sync {
-            let segment = &self.segments[&active];
-            segment
-                .file
-                .sync_data()
-                .map_err(io(format!("syncing segment {}", segment_name(active))))?;
-        }
-        let segment = self
-            .segments
-            .get_mut(&active)
-            .expect("active segment exists");
-        segment.synced_len = segment.len;
-        self.create(active + 1)
+    /// Seals the active segment and begins a new one; returns the sealed
+    /// id. No fsync (the caller holds the store lock): the caller then runs
+    /// [`super::Store::finish_seal`], which syncs it and writes its hint.
+    pub fn rotate(&mut self) -> Result<u64, StoreError> {
+        let sealed = self.active;
+        self.create(sealed + 1)?;
+        Ok(sealed)
     }
 
     /// Appends one chunk record to the active segment, rotating first if it
-    /// would overflow. Returns (segment, record offset). No fsync.
-    pub fn append(&mut self, digest: &Hash, payload: &[u8]) -> Result<(u64, u64), StoreError> {
+    /// would overflow. Returns (segment, record offset, the segment sealed
+    /// by rotating, if any). No fsync.
+    pub fn append(
+        &mut self,
+        digest: &Hash,
+        payload: &[u8],
+    ) -> Result<(u64, u64, Option<u64>), StoreError> {
         let payload_len = u32::try_from(payload.len()).expect("chunk length checked by caller");
         let header = format::encode_chunk_header(digest.as_bytes(), payload_len);
         let record_bytes = CHUNK_HEADER_BYTES + u64::from(payload_len);
         let active = &self.segments[&self.active];
+        let mut sealed = None;
         if active.len > SEGMENT_HEADER_BYTES && active.len + record_bytes > self.segment_bytes_max {
-            self.rotate()?;
+            sealed = Some(self.rotate()?);
         }
         let id = self.active;
         let segment = self.segments.get_mut(&id).expect("active segment exists");
@@ -284,7 +447,7 @@ impl Segments {
             });
         }
         segment.len = offset + record_bytes;
-        Ok((id, offset))
+        Ok((id, offset, sealed))
     }
 
     /// The handle of segment `id`, for reading outside the store lock.
@@ -295,51 +458,142 @@ impl Segments {
     /// Whether the record at (`id`, `offset`) of `len` payload bytes is on
     /// stable storage.
     pub fn is_durable(&self, id: u64, offset: u64, len: u32) -> bool {
-        self.durability == Durability::None
-            || self
-                .segments
-                .get(&id)
-                .is_some_and(|s| offset + CHUNK_HEADER_BYTES + u64::from(len) <= s.synced_len)
+        !self.durability.fsyncs()
+            || self.segments.get(&id).is_some_and(|s| {
+                s.dir_synced && offset + CHUNK_HEADER_BYTES + u64::from(len) <= s.synced_len
+            })
     }
 
     /// What to fsync to make segment `id` durable up to its current length.
-    pub fn sync_plan(&self, id: u64) -> Option<(u64, Arc<File>, u64)> {
-        if self.durability == Durability::None {
+    pub fn sync_plan(&self, id: u64) -> Option<SyncPlan> {
+        if !self.durability.fsyncs() {
             return None;
         }
         let segment = self.segments.get(&id)?;
-        (segment.synced_len < segment.len).then(|| (id, Arc::clone(&segment.file), segment.len))
+        (segment.synced_len < segment.len || !segment.dir_synced).then(|| SyncPlan {
+            segment: id,
+            file: Arc::clone(&segment.file),
+            len: segment.len,
+            dir: (!segment.dir_synced).then(|| Arc::clone(&self.dir_file)),
+        })
     }
 
-    /// Records that segment `id` is durable up to `len` (after a sync_plan
-    /// was carried out).
+    /// Plans for every segment with bytes or an entry not yet durable.
+    pub fn sync_plans_all(&self) -> Vec<SyncPlan> {
+        self.segments
+            .keys()
+            .filter_map(|&id| self.sync_plan(id))
+            .collect()
+    }
+
+    /// Records that `plan` was carried out.
     pub fn mark_synced(&mut self, id: u64, len: u64) {
         if let Some(segment) = self.segments.get_mut(&id) {
             assert!(len <= segment.len, "synced past the end");
             segment.synced_len = segment.synced_len.max(len);
+            segment.dir_synced = true;
         }
     }
 
-    /// Removes sealed segment `id`: forgets it, unlinks the file and makes
-    /// the unlink durable. Open read handles stay valid until dropped.
+    /// Records that `plan` was carried out.
+    pub fn mark_plan_done(&mut self, plan: &SyncPlan) {
+        self.mark_synced(plan.segment, plan.len);
+    }
+
+    /// Removes sealed segment `id` and its hint: forgets it and unlinks the
+    /// files. Open read handles stay valid until dropped. The unlinks are
+    /// made durable by the caller, without the store lock, with
+    /// [`HintWriter::sync_dir`]; until then a crash may bring the segment
+    /// back, which only duplicates records that were copied elsewhere.
     pub fn remove(&mut self, id: u64) -> Result<u64, StoreError> {
         assert!(id != self.active, "the active segment is never removed");
         let Some(segment) = self.segments.remove(&id) else {
             return Ok(0);
         };
+        // The hint goes first: a hint without its segment is ignored at
+        // open, a segment without its hint is merely scanned.
+        match self.dir.remove_file(hint_name(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io(format!("removing {}", hint_name(id)), e)),
+        }
         let name = segment_name(id);
         self.dir
             .remove_file(&name)
             .map_err(io(format!("removing segment {name}")))?;
-        if self.durability == Durability::Sync {
-            self.sync_dir()?;
-        }
         Ok(segment.len)
     }
 
     /// Sum of segment file sizes.
     pub fn disk_bytes(&self) -> u64 {
         self.segments.values().map(|s| s.len).sum()
+    }
+
+    /// A writer of hint files that needs no lock.
+    pub fn hint_writer(&self) -> HintWriter {
+        HintWriter {
+            dir: Arc::clone(&self.dir),
+            dir_file: Arc::clone(&self.dir_file),
+            durability: self.durability,
+            fsyncs: self.fsyncs.clone(),
+        }
+    }
+}
+
+impl HintWriter {
+    /// Makes the entries of the segments directory durable (durable modes).
+    pub fn sync_dir(&self) -> Result<(), StoreError> {
+        if self.durability.fsyncs() {
+            self.fsyncs
+                .all(&self.dir_file)
+                .map_err(io("syncing segments directory".into()))?;
+        }
+        Ok(())
+    }
+
+    /// Scans sealed segment `id` (`len` bytes, already synced in the
+    /// durable modes) and writes its hint. A segment whose scan finds
+    /// damage gets no hint.
+    pub fn scan_and_write(&self, file: &File, id: u64, len: u64) -> Result<bool, StoreError> {
+        let scanned = scan(file, id, len, false)?;
+        if scanned.torn_at.is_some() || !scanned.problems.is_empty() {
+            return Ok(false);
+        }
+        self.write(id, len, &scanned.records)?;
+        Ok(true)
+    }
+
+    /// Writes segment `id`'s hint: to a temporary name, fsynced, renamed
+    /// over the old name, directory fsynced. A crash at any point leaves
+    /// either no hint, the temporary (removed at open) or a whole hint; a
+    /// torn one fails its crc and the segment is scanned instead.
+    pub fn write(&self, id: u64, len: u64, records: &[HintEntry]) -> Result<(), StoreError> {
+        let synced = self.durability.fsyncs();
+        let bytes = format::encode_hint(id, len, synced, records);
+        let temp = hint_temp_name(id);
+        let mut options = OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        let mut file = self
+            .dir
+            .open_with(&temp, &options)
+            .map_err(io(format!("creating {temp}")))?;
+        file.write_all(&bytes)
+            .map_err(io(format!("writing {temp}")))?;
+        let file = file.into_std();
+        if synced {
+            self.fsyncs
+                .all(&file)
+                .map_err(io(format!("syncing {temp}")))?;
+        }
+        self.dir
+            .rename(&temp, &self.dir, hint_name(id))
+            .map_err(io(format!("renaming {temp}")))?;
+        if synced {
+            self.fsyncs
+                .all(&self.dir_file)
+                .map_err(io("syncing segments directory".into()))?;
+        }
+        Ok(())
     }
 }
 
@@ -380,7 +634,7 @@ pub fn read_payload(
 }
 
 struct Scan {
-    records: Vec<FoundRecord>,
+    records: Vec<HintEntry>,
     problems: Vec<String>,
     /// From here to the end nothing valid was found.
     torn_at: Option<(u64, String)>,
@@ -399,14 +653,16 @@ fn scan(file: &File, segment: u64, len: u64, verify_payloads: bool) -> Result<Sc
         torn_at: None,
     };
     let mut payload = Vec::new();
+    let mut reader = Reader::new(file, len);
+    let file = &mut reader;
     let mut at = SEGMENT_HEADER_BYTES;
     while at < len {
         match record_at(file, segment, at, len, verify_payloads, &mut payload)? {
             Ok(header) => {
-                out.records.push(FoundRecord {
-                    segment,
+                out.records.push(HintEntry {
                     offset: at,
-                    header,
+                    payload_len: header.payload_len,
+                    digest: header.digest,
                 });
                 at += CHUNK_HEADER_BYTES + u64::from(header.payload_len);
             }
@@ -431,7 +687,7 @@ fn scan(file: &File, segment: u64, len: u64, verify_payloads: bool) -> Result<Sc
 
 /// Checks the record at `at`: Ok(header) if valid, Err(reason) if not.
 fn record_at(
-    file: &File,
+    file: &mut Reader<'_>,
     segment: u64,
     at: u64,
     len: u64,
@@ -473,7 +729,7 @@ fn record_at(
 
 /// The offset of the first valid record at or after `from`, if any.
 fn next_record(
-    file: &File,
+    file: &mut Reader<'_>,
     segment: u64,
     from: u64,
     len: u64,
@@ -487,10 +743,12 @@ fn next_record(
     while start + CHUNK_HEADER_BYTES <= len {
         let end = (start + WINDOW_BYTES).min(len);
         window.resize((end - start) as usize, 0);
-        file.read_exact_at(&mut window, start).map_err(io(format!(
-            "scanning segment {} at {start}",
-            segment_name(segment)
-        )))?;
+        file.file
+            .read_exact_at(&mut window, start)
+            .map_err(io(format!(
+                "scanning segment {} at {start}",
+                segment_name(segment)
+            )))?;
         for (i, candidate) in window.windows(magic.len()).enumerate() {
             if candidate == magic {
                 let at = start + i as u64;

@@ -210,14 +210,39 @@ pub struct Stats {
 }
 
 /// When the store forces data to stable storage.
+///
+/// Whatever the mode, a commit, delete or update is applied in memory (made
+/// visible) only after its record is written, and in the two durable modes
+/// only after it is on stable storage. The store lock is never held across
+/// an fsync, so other uploads keep appending chunks meanwhile.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Durability {
-    /// fsync chunk data, then the metadata log, before a commit, delete or
-    /// update returns.
+    /// fsync per commit: the segments holding the commit's chunks are
+    /// fdatasynced, then its record is appended to `meta.log` and that is
+    /// fdatasynced, before the commit returns. Deletes and updates fsync
+    /// their record likewise. About two fsyncs per commit, whatever its
+    /// chunk count.
     #[default]
     Sync,
-    /// Never fsync: a crash may lose acknowledged writes. For tests.
+    /// Group commit: concurrent commits queue their records; one of them
+    /// (the leader) fdatasyncs every segment with unsynced bytes, writes
+    /// all queued records to `meta.log` in one append, fdatasyncs it, and
+    /// publishes them, in queue order. Each commit returns only after the
+    /// fsync covering its record completed, so acknowledged still means
+    /// durable; N concurrent commits cost about two fsyncs, not 2N.
+    /// Deletes and updates behave as under [`Durability::Sync`].
+    Batch,
+    /// Never fsync: a crash may lose acknowledged writes (and, since the
+    /// kernel may write a manifest back before its chunks, leave artifacts
+    /// that read as corrupted). For tests and benchmarks only.
     None,
+}
+
+impl Durability {
+    /// Whether this mode issues fsyncs at all.
+    pub fn fsyncs(self) -> bool {
+        self != Durability::None
+    }
 }
 
 /// How a store is opened.
@@ -249,6 +274,24 @@ pub struct RecoveryReport {
     pub truncated_bytes: u64,
     /// Damage found and contained, one line each, naming file and offset.
     pub problems: Vec<String>,
+}
+
+/// How [`Store::open`](super::Store::open) built its index, for
+/// benchmarks and tests of the hint files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OpenStats {
+    /// Sealed segments indexed from a valid hint file, without reading
+    /// their records.
+    pub segments_from_hints: u64,
+    /// Segments whose records were read: the active one and sealed ones
+    /// with a missing, torn or stale hint.
+    pub segments_scanned: u64,
+    /// Hint files (re)written at open for scanned sealed segments.
+    pub hints_written: u64,
+    /// Chunk records indexed (duplicates included).
+    pub chunk_records: u64,
+    /// Metadata log records replayed.
+    pub meta_records: u64,
 }
 
 /// The result of [`Store::verify_all`](super::Store::verify_all).

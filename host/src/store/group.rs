@@ -1,0 +1,194 @@
+//! Group commit (`Durability::Batch`): concurrent commits share fsyncs.
+//!
+//! A committer queues its commit record and waits. Whichever waiter finds
+//! no leader at work becomes the leader: it takes the whole queue, fsyncs
+//! every segment with unsynced bytes (which covers the chunks of every
+//! queued commit, since they were written before their commit queued),
+//! then, under the log lock, checks each record's links, gives it a fresh
+//! id, writes all of them to `meta.log` in one append, fdatasyncs it once,
+//! publishes them in queue order, and wakes everyone. Commits that queued
+//! meanwhile form the next batch. A committer returns only once its own
+//! record's fsync completed (or failed), so acknowledged means durable.
+//!
+//! Records are queued rather than written to `meta.log` before the segment
+//! fsync: if a manifest reached the log first, the kernel could write it
+//! back before the chunks it names and a crash would leave a manifest
+//! pointing at missing chunks.
+//!
+//! Mutex and condition variable only: no sleeps, no timers. The group lock
+//! is never held while another lock is taken or an fsync runs. Never used
+//! for deletes and updates, which run as under `Durability::Sync`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Condvar, Mutex};
+
+use super::format::MetaRecord;
+use super::{apply, check_links, lock, ArtifactId, Store, StoreError};
+
+/// The queue of commits waiting for a shared fsync.
+#[derive(Default)]
+pub struct Group {
+    state: Mutex<GroupState>,
+    /// Signalled when a batch's results are in.
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct GroupState {
+    queue: Vec<Queued>,
+    next_ticket: u64,
+    /// Results of finished batches not yet collected by their committer.
+    results: HashMap<u64, Result<ArtifactId, StoreError>>,
+    /// Whether a leader is running a batch.
+    leading: bool,
+}
+
+struct Queued {
+    ticket: u64,
+    /// A commit record whose id is assigned by the leader.
+    record: MetaRecord,
+    links: Vec<ArtifactId>,
+}
+
+/// Commits `record` (a [`MetaRecord::Commit`] with a placeholder id)
+/// together with whatever else is queued; returns its id once durable.
+pub fn commit(
+    store: &Store,
+    record: MetaRecord,
+    links: Vec<ArtifactId>,
+) -> Result<ArtifactId, StoreError> {
+    let group = &store.inner.group;
+    let mut state = lock(&group.state);
+    let ticket = state.next_ticket;
+    state.next_ticket += 1;
+    state.queue.push(Queued {
+        ticket,
+        record,
+        links,
+    });
+    loop {
+        if let Some(result) = state.results.remove(&ticket) {
+            return result;
+        }
+        if !state.leading {
+            state.leading = true;
+            let batch = std::mem::take(&mut state.queue);
+            assert!(
+                batch.iter().any(|queued| queued.ticket == ticket),
+                "an unanswered ticket is still queued"
+            );
+            drop(state);
+            let mut leader = Leader {
+                store,
+                tickets: batch.iter().map(|queued| queued.ticket).collect(),
+                results: Vec::new(),
+            };
+            leader.results = run(store, batch);
+            drop(leader);
+            state = lock(&group.state);
+            continue;
+        }
+        state = group
+            .done
+            .wait(state)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    }
+}
+
+/// Hands a batch's results over when the leader is done, even if it
+/// panicked (then every commit of the batch fails), so no waiter waits
+/// forever.
+struct Leader<'a> {
+    store: &'a Store,
+    tickets: Vec<u64>,
+    results: Vec<(u64, Result<ArtifactId, StoreError>)>,
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        let group = &self.store.inner.group;
+        let mut state = lock(&group.state);
+        let mut answered = HashSet::new();
+        for (ticket, result) in self.results.drain(..) {
+            answered.insert(ticket);
+            state.results.insert(ticket, result);
+        }
+        for &ticket in &self.tickets {
+            if !answered.contains(&ticket) {
+                state.results.insert(
+                    ticket,
+                    Err(StoreError::io(
+                        "group commit",
+                        std::io::Error::other("the commit leader panicked"),
+                    )),
+                );
+            }
+        }
+        state.leading = false;
+        group.done.notify_all();
+    }
+}
+
+/// Runs one batch; returns each ticket's result.
+fn run(store: &Store, batch: Vec<Queued>) -> Vec<(u64, Result<ArtifactId, StoreError>)> {
+    let inner = &store.inner;
+    let fail_all = |batch: Vec<Queued>, error: &StoreError| {
+        batch
+            .into_iter()
+            .map(|queued| (queued.ticket, Err(error.duplicate())))
+            .collect()
+    };
+    // Chunks first: every segment with unsynced bytes.
+    let plans = lock(&inner.state).segments.sync_plans_all();
+    if let Err(error) = store.run_sync_plans(plans) {
+        return fail_all(batch, &error);
+    }
+    let mut meta_log = lock(&inner.meta_log);
+    let mut results = Vec::with_capacity(batch.len());
+    let mut records = Vec::with_capacity(batch.len());
+    let mut accepted = Vec::with_capacity(batch.len());
+    {
+        let state = lock(&inner.state);
+        let mut assigned = HashSet::new();
+        for mut queued in batch {
+            // Checked again under the log lock: a link may have gone since
+            // the committer checked it.
+            if let Err(error) = check_links(&state.catalog, &queued.links) {
+                results.push((queued.ticket, Err(error)));
+                continue;
+            }
+            let id = loop {
+                let id = ArtifactId::generate();
+                if !state.catalog.seq_of.contains_key(&id) && assigned.insert(id) {
+                    break id;
+                }
+            };
+            if let MetaRecord::Commit { id: slot, .. } = &mut queued.record {
+                *slot = *id.as_bytes();
+            } else {
+                unreachable!("only commits are queued");
+            }
+            records.push(queued.record);
+            accepted.push((queued.ticket, id));
+        }
+    }
+    if records.is_empty() {
+        return results;
+    }
+    if let Err(error) = meta_log.append_all(&records) {
+        results.extend(
+            accepted
+                .into_iter()
+                .map(|(ticket, _)| (ticket, Err(error.duplicate()))),
+        );
+        return results;
+    }
+    let mut state = lock(&inner.state);
+    let state = &mut *state;
+    for (record, (ticket, id)) in records.into_iter().zip(accepted) {
+        apply(&mut state.catalog, &mut state.index, record).expect("a fresh id commits");
+        results.push((ticket, Ok(id)));
+    }
+    drop(meta_log);
+    results
+}
