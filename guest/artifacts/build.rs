@@ -31,7 +31,11 @@ struct WasmBuild {
 const BUILDS: &[WasmBuild] = &[
     WasmBuild {
         dir: "guest/components",
-        outputs: &["tensor_blob_chunker.wasm", "tensor_blob_rogue_chunker.wasm"],
+        outputs: &[
+            "tensor_blob_chunker.wasm",
+            "tensor_blob_rogue_chunker.wasm",
+            "tensor-blob-bench-plugin.wasm",
+        ],
     },
     WasmBuild {
         dir: "examples/plugin",
@@ -53,6 +57,8 @@ const RERUN_IF_CHANGED: &[&str] = &[
     "guest/components/chunker/Cargo.toml",
     "guest/components/rogue/src",
     "guest/components/rogue/Cargo.toml",
+    "guest/components/bench-plugin/src",
+    "guest/components/bench-plugin/Cargo.toml",
     "examples/plugin/src",
     "examples/plugin/Cargo.toml",
     "examples/plugin/Cargo.lock",

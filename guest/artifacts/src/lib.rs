@@ -38,6 +38,11 @@ pub const EXAMPLE_PLUGIN_WASM: &[u8] =
 pub const EXAMPLE_PLUGIN_WASM_PATH: &str =
     concat!(env!("OUT_DIR"), "/tensor-blob-example-plugin.wasm");
 
+/// Path of the benchmark plugin (world `plugin`, a WASI command):
+/// `bench-plugin BYTES` times a streaming put and get. Only a path: the
+/// benchmark runs it through `tblob run`. Source: guest/components/bench-plugin.
+pub const BENCH_PLUGIN_WASM_PATH: &str = concat!(env!("OUT_DIR"), "/tensor-blob-bench-plugin.wasm");
+
 #[cfg(test)]
 mod tests {
     use super::*;
