@@ -7,17 +7,132 @@
 
 use wasmtime::component::{Resource, ResourceTable};
 
+use crate::error::StoreError;
 use crate::runtime::bindings::chunker::tensor::blob::{chunk_store, types};
 use crate::runtime::bindings::{ChunkRef, Metadata, MetadataUpdate, PutOptions, StoreStats};
 use crate::runtime::convert;
-use crate::runtime::error::BlobError;
+use crate::runtime::error::{self, BlobError};
 use crate::runtime::limits::{LIST_IDS_MAX, UPLOADS_OPEN_MAX};
 use crate::store::{self, MANIFEST_PAGE_MAX, MISSING_BATCH_MAX};
 
 /// An upload in progress, owned by the chunker's resource table. Dropping it
 /// releases the chunks it pinned.
+///
+/// The first chunk is stored inline. From the second on, the upload moves to
+/// a worker thread and `put-chunk` only queues the bytes (at most
+/// [`PIPELINE_CHUNKS_MAX`] waiting), so the host's re-hash and append of one
+/// chunk overlap the guest's chunking and hashing of the next, on the other
+/// core. A failure of a queued chunk is reported by the next call on the
+/// upload (`put-chunk`, `missing` or `commit`), and the upload stays failed.
 pub struct UploadHandle {
-    upload: Option<store::Upload>,
+    state: UploadState,
+    chunks_put: u64,
+}
+
+enum UploadState {
+    Inline(store::Upload),
+    Piped(Pipeline),
+    Closed,
+}
+
+/// Chunks queued to an upload's worker at most; with [`CHUNK_BYTES_MAX`]
+/// this bounds the bytes one upload holds in flight.
+pub const PIPELINE_CHUNKS_MAX: usize = 4;
+
+struct Pipeline {
+    requests: std::sync::mpsc::SyncSender<Request>,
+    failure: std::sync::Arc<std::sync::Mutex<Option<types::Error>>>,
+}
+
+type Reply<T> = std::sync::mpsc::SyncSender<Result<T, types::Error>>;
+
+enum Request {
+    Put(store::Hash, Vec<u8>),
+    Missing(Vec<store::Hash>, Reply<Vec<bool>>),
+    Commit(Box<CommitRequest>, Reply<String>),
+}
+
+struct CommitRequest {
+    chunks: Vec<store::ChunkRef>,
+    size: u64,
+    digest: store::Hash,
+    meta: store::NewMetadata,
+}
+
+impl Pipeline {
+    fn start(mut upload: store::Upload) -> Pipeline {
+        let (requests, inbox) = std::sync::mpsc::sync_channel::<Request>(PIPELINE_CHUNKS_MAX);
+        let failure = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let failed = failure.clone();
+        std::thread::spawn(move || {
+            let fail = |error: StoreError| {
+                let mut slot = failed.lock().unwrap_or_else(|p| p.into_inner());
+                slot.get_or_insert(error::to_wit(error)).clone()
+            };
+            let failed_already = || failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            // Ends when the handle drops its sender; dropping `upload` then
+            // releases its pins.
+            for request in inbox {
+                match request {
+                    Request::Put(digest, bytes) => {
+                        if failed_already().is_none() {
+                            if let Err(e) = upload.put_chunk(&digest, &bytes) {
+                                fail(e);
+                            }
+                        }
+                    }
+                    Request::Missing(digests, reply) => {
+                        let result = match failed_already() {
+                            Some(error) => Err(error),
+                            None => upload.missing(&digests).map_err(|e| fail(e)),
+                        };
+                        let _ = reply.send(result);
+                    }
+                    Request::Commit(commit, reply) => {
+                        let result = match failed_already() {
+                            Some(error) => Err(error),
+                            None => upload
+                                .commit(&commit.chunks, commit.size, &commit.digest, commit.meta)
+                                .map(|id| id.to_string())
+                                .map_err(error::to_wit),
+                        };
+                        let _ = reply.send(result);
+                        return;
+                    }
+                }
+            }
+        });
+        Pipeline { requests, failure }
+    }
+
+    fn check(&self) -> Result<(), BlobError> {
+        match self
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            Some(error) => Err(BlobError::Blob(error)),
+            None => Ok(()),
+        }
+    }
+
+    fn send(&self, request: Request) -> Result<(), BlobError> {
+        self.requests
+            .send(request)
+            .map_err(|_| BlobError::Trap(wasmtime::Error::msg("upload worker stopped")))
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, BlobError> {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.send(make(reply))?;
+        match answer.recv() {
+            Ok(result) => result.map_err(BlobError::Blob),
+            Err(_) => Err(BlobError::Trap(wasmtime::Error::msg(
+                "upload worker stopped",
+            ))),
+        }
+    }
 }
 
 /// Per-instance state of a chunker component: one tenant's store and the
@@ -36,13 +151,6 @@ impl ChunkerState {
             table: ResourceTable::new(),
             limits,
             uploads_open: 0,
-        }
-    }
-
-    fn upload(&mut self, handle: &Resource<UploadHandle>) -> Result<&mut store::Upload, BlobError> {
-        match self.table.get_mut(handle)?.upload.as_mut() {
-            Some(upload) => Ok(upload),
-            None => Err(BlobError::Blob(types::Error::Closed)),
         }
     }
 }
@@ -72,7 +180,14 @@ impl chunk_store::HostUpload for ChunkerState {
             .iter()
             .map(|d| convert::hash(d))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(self.upload(&handle)?.missing(&digests)?)
+        match &mut self.table.get_mut(&handle)?.state {
+            UploadState::Inline(upload) => Ok(upload.missing(&digests)?),
+            UploadState::Piped(pipeline) => {
+                pipeline.check()?;
+                pipeline.ask(|reply| Request::Missing(digests, reply))
+            }
+            UploadState::Closed => Err(BlobError::Blob(types::Error::Closed)),
+        }
     }
 
     fn put_chunk(
@@ -82,7 +197,30 @@ impl chunk_store::HostUpload for ChunkerState {
         bytes: Vec<u8>,
     ) -> Result<(), BlobError> {
         let digest = convert::hash(&digest)?;
-        Ok(self.upload(&handle)?.put_chunk(&digest, &bytes)?)
+        let entry = self.table.get_mut(&handle)?;
+        entry.chunks_put += 1;
+        match std::mem::replace(&mut entry.state, UploadState::Closed) {
+            UploadState::Inline(mut upload) if entry.chunks_put == 1 => {
+                // The first chunk inline: a small put needs no thread.
+                let result = upload.put_chunk(&digest, &bytes);
+                entry.state = UploadState::Inline(upload);
+                Ok(result?)
+            }
+            UploadState::Inline(upload) => {
+                let pipeline = Pipeline::start(upload);
+                let result = pipeline.send(Request::Put(digest, bytes));
+                entry.state = UploadState::Piped(pipeline);
+                result
+            }
+            UploadState::Piped(pipeline) => {
+                let result = pipeline
+                    .check()
+                    .and_then(|()| pipeline.send(Request::Put(digest, bytes)));
+                entry.state = UploadState::Piped(pipeline);
+                result
+            }
+            UploadState::Closed => Err(BlobError::Blob(types::Error::Closed)),
+        }
     }
 
     fn commit(
@@ -94,15 +232,26 @@ impl chunk_store::HostUpload for ChunkerState {
         options: PutOptions,
     ) -> Result<String, BlobError> {
         // Closed whatever the outcome: take the upload out first.
-        let mut upload = match self.table.get_mut(&handle)?.upload.take() {
-            Some(upload) => upload,
-            None => return Err(BlobError::Blob(types::Error::Closed)),
-        };
+        let state = std::mem::replace(&mut self.table.get_mut(&handle)?.state, UploadState::Closed);
         let chunks = convert::chunk_refs(chunks)?;
         let digest = convert::hash(&digest)?;
         let meta = convert::new_metadata(options)?;
-        let id = upload.commit(&chunks, size, &digest, meta)?;
-        Ok(id.to_string())
+        match state {
+            UploadState::Inline(mut upload) => {
+                Ok(upload.commit(&chunks, size, &digest, meta)?.to_string())
+            }
+            UploadState::Piped(pipeline) => {
+                pipeline.check()?;
+                let commit = Box::new(CommitRequest {
+                    chunks,
+                    size,
+                    digest,
+                    meta,
+                });
+                pipeline.ask(|reply| Request::Commit(commit, reply))
+            }
+            UploadState::Closed => Err(BlobError::Blob(types::Error::Closed)),
+        }
     }
 
     fn drop(&mut self, handle: Resource<UploadHandle>) -> wasmtime::Result<()> {
@@ -125,7 +274,8 @@ impl chunk_store::Host for ChunkerState {
         }
         let upload = self.store.begin_upload();
         let handle = self.table.push(UploadHandle {
-            upload: Some(upload),
+            state: UploadState::Inline(upload),
+            chunks_put: 0,
         })?;
         self.uploads_open += 1;
         Ok(handle)
