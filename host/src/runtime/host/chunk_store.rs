@@ -84,7 +84,7 @@ impl Pipeline {
                     Request::Missing(digests, reply) => {
                         let result = match failed_already() {
                             Some(error) => Err(error),
-                            None => upload.missing(&digests).map_err(|e| fail(e)),
+                            None => upload.missing(&digests).map_err(&fail),
                         };
                         let _ = reply.send(result);
                     }
