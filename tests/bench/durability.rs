@@ -1,0 +1,173 @@
+//! Durability benchmark (issue 3): prints, in one run on this machine,
+//! - 64 KiB puts per second: 16 concurrent writers with group commit
+//!   (`Durability::Batch`) against one writer with `Durability::Sync`, and
+//!   against tensor_blob 0.4.0's DurableBlobStore with fsync
+//!   (`TBLOB_SEED_BENCH` names a built ../shared/seed-bench binary);
+//! - fsyncs per put in each mode (the store counts them);
+//! - the time to open a store holding 1,000,000 chunks.
+//!
+//! `cargo bench -p tensor-blob-host --bench durability`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tensor_blob_host::runtime::{self, PutOptions, Runtime};
+use tensor_blob_host::store::{ChunkRef, Durability, Hash, NewMetadata, Store, StoreOptions};
+
+const SMALL_BYTES: usize = 64 << 10;
+
+fn main() {
+    let engine = wasmtime::Engine::new(&runtime::default_config()).unwrap();
+    let component =
+        runtime::ChunkerComponent::new(&engine, tensor_blob_artifacts::CHUNKER_WASM).unwrap();
+
+    let (sync_rate, sync_fsyncs) = small_puts(&component, Durability::Sync, 1, 200);
+    println!("64 KiB puts, 1 writer, sync:      {sync_rate:8.0} puts/s  {sync_fsyncs:.2} fsyncs/put");
+    let (batch1_rate, batch1_fsyncs) = small_puts(&component, Durability::Batch, 1, 200);
+    println!("64 KiB puts, 1 writer, batch:     {batch1_rate:8.0} puts/s  {batch1_fsyncs:.2} fsyncs/put");
+    let (batch_rate, batch_fsyncs) = small_puts(&component, Durability::Batch, 16, 100);
+    println!(
+        "64 KiB puts, 16 writers, batch:   {batch_rate:8.0} puts/s  {batch_fsyncs:.2} fsyncs/put  ({:.1}x one sync writer)",
+        batch_rate / sync_rate
+    );
+    let (sync16_rate, sync16_fsyncs) = small_puts(&component, Durability::Sync, 16, 100);
+    println!("64 KiB puts, 16 writers, sync:    {sync16_rate:8.0} puts/s  {sync16_fsyncs:.2} fsyncs/put");
+    if let Some(seed) = std::env::var_os("TBLOB_SEED_BENCH") {
+        match seed_small_puts(Path::new(&seed)) {
+            Some(seed_rate) => println!(
+                "seed 0.4.0 64 KiB durable puts:   {seed_rate:8.0} puts/s  ours (16 writers, batch) / seed {:.1}x",
+                batch_rate / seed_rate
+            ),
+            None => println!("seed 0.4.0: could not run {seed:?}"),
+        }
+    }
+
+    let (open, stats) = open_with_chunks(1_000_000);
+    println!(
+        "open with 1,000,000 chunks:       {:8.3} s  ({} segments from hints, {} scanned, {} meta records)",
+        open.as_secs_f64(),
+        stats.segments_from_hints,
+        stats.segments_scanned,
+        stats.meta_records
+    );
+}
+
+fn options() -> PutOptions {
+    PutOptions {
+        filename: None,
+        content_type: None,
+        creator: None,
+        tags: vec![],
+        links: vec![],
+        custom: vec![],
+        chunking: None,
+    }
+}
+
+/// `writers` threads, each with its own chunker, each putting `per_writer`
+/// distinct 64 KiB artifacts. Returns puts/s and fsyncs per put.
+fn small_puts(
+    component: &runtime::ChunkerComponent,
+    durability: Durability,
+    writers: usize,
+    per_writer: usize,
+) -> (f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = cap_std::fs::Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap();
+    let store_options = StoreOptions {
+        durability,
+        ..StoreOptions::default()
+    };
+    let rt = Runtime::with_chunker(component.clone(), root, store_options);
+    let store = rt.tenant_store("default").unwrap();
+    let mut chunkers: Vec<_> = (0..writers).map(|_| rt.chunker("default").unwrap()).collect();
+    let fsyncs_before = store.fsync_count();
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for (w, chunker) in chunkers.iter_mut().enumerate() {
+            scope.spawn(move || {
+                let mut data = vec![0u8; SMALL_BYTES];
+                for i in 0..per_writer {
+                    fill(&mut data, (w * 1_000_000 + i) as u64 + 1);
+                    chunker.put(&data, &options()).unwrap();
+                }
+            });
+        }
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let puts = (writers * per_writer) as f64;
+    let fsyncs = (store.fsync_count() - fsyncs_before) as f64;
+    (puts / elapsed, fsyncs / puts)
+}
+
+/// tensor_blob 0.4.0 durable 64 KiB puts per second (its MB/s / 64 KiB).
+fn seed_small_puts(seedbench: &Path) -> Option<f64> {
+    let work = tempfile::tempdir().ok()?;
+    let output = Command::new(seedbench)
+        .args(["throughput", "durable-fsync", &SMALL_BYTES.to_string(), "3", "50"])
+        .arg(work.path())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mbps: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("MEDIAN"))
+        .find_map(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix("put_MBps=")))?
+        .parse()
+        .ok()?;
+    Some(mbps * 1e6 / SMALL_BYTES as f64)
+}
+
+/// Builds a store of `chunks` distinct 64-byte chunks (1000 per artifact,
+/// 8 MiB segments so most are sealed with hint files), closes it, and
+/// times a fresh open.
+fn open_with_chunks(chunks: usize) -> (Duration, tensor_blob_host::store::OpenStats) {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        durability: Durability::None,
+        segment_bytes_max: 8 << 20,
+        ..StoreOptions::default()
+    };
+    {
+        let store = Store::open(open_dir(dir.path()), options.clone()).unwrap();
+        let mut bytes = [0u8; 64];
+        let per_artifact = 1000;
+        for a in 0..chunks / per_artifact {
+            let mut upload = store.begin_upload();
+            let mut refs = Vec::with_capacity(per_artifact);
+            let mut whole = blake3::Hasher::new();
+            for c in 0..per_artifact {
+                let n = (a * per_artifact + c) as u64;
+                bytes[..8].copy_from_slice(&n.to_le_bytes());
+                let digest = Hash::of(&bytes);
+                upload.put_chunk(&digest, &bytes).unwrap();
+                whole.update(&bytes);
+                refs.push(ChunkRef { digest, len: 64 });
+            }
+            let digest = Hash::from_slice(whole.finalize().as_bytes()).unwrap();
+            upload
+                .commit(&refs, (per_artifact * 64) as u64, &digest, NewMetadata::default())
+                .unwrap();
+        }
+    }
+    let started = Instant::now();
+    let store = Store::open(open_dir(dir.path()), options).unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(store.stats().chunks, chunks as u64);
+    (elapsed, store.open_stats())
+}
+
+fn open_dir(path: &Path) -> cap_std::fs::Dir {
+    cap_std::fs::Dir::open_ambient_dir(path, cap_std::ambient_authority()).unwrap()
+}
+
+fn fill(data: &mut [u8], seed: u64) {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for word in data.chunks_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
+    }
+}
