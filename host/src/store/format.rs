@@ -254,6 +254,16 @@ pub struct Hint<'a> {
 }
 
 impl Hint<'_> {
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len() / HINT_ENTRY_BYTES as usize
+    }
+
+    /// Whether the segment has no records.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// The entries, in file order.
     pub fn entries(&self) -> impl Iterator<Item = HintEntry> + '_ {
         self.entries

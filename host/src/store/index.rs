@@ -7,9 +7,72 @@
 //! quota are kept up to date on every change. Never touches the disk.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 
 use super::format::CHUNK_HEADER_BYTES;
 use super::types::Hash;
+
+/// Hashes digests for the index map. A digest is already uniformly random,
+/// so SipHash over all 32 bytes (std's default) is wasted work on the
+/// open path, where a million-chunk store does millions of lookups. But a
+/// guest chooses chunk contents and could grind digests whose leading
+/// bytes collide, so the bytes are not used raw: 16 of them are mixed
+/// with two per-map random keys by a folded 64x64->128 multiply, whose
+/// low bits depend on every input bit. Without the keys, colliding digests
+/// cannot be ground offline.
+#[derive(Clone)]
+pub struct DigestHashState {
+    keys: [u64; 2],
+}
+
+impl Default for DigestHashState {
+    fn default() -> Self {
+        let random = std::collections::hash_map::RandomState::new();
+        DigestHashState {
+            keys: [random.hash_one(0u8), random.hash_one(1u8) | 1],
+        }
+    }
+}
+
+impl BuildHasher for DigestHashState {
+    type Hasher = DigestHasher;
+    fn build_hasher(&self) -> DigestHasher {
+        DigestHasher {
+            keys: self.keys,
+            value: 0,
+        }
+    }
+}
+
+/// See [`DigestHashState`].
+pub struct DigestHasher {
+    keys: [u64; 2],
+    value: u64,
+}
+
+impl Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // `Hash` (a `[u8; 32]` newtype) hashes as one 32-byte write; any
+        // other shape still hashes every byte, just slower.
+        for chunk in bytes.chunks(16) {
+            let mut block = [0u8; 16];
+            block[..chunk.len()].copy_from_slice(chunk);
+            let low = u64::from_le_bytes(block[..8].try_into().expect("8 bytes"));
+            let high = u64::from_le_bytes(block[8..].try_into().expect("8 bytes"));
+            let product =
+                u128::from(low ^ self.keys[0] ^ self.value) * u128::from(high ^ self.keys[1]);
+            self.value = (product as u64) ^ ((product >> 64) as u64);
+        }
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.write(&(value as u64).to_le_bytes());
+    }
+
+    fn finish(&self) -> u64 {
+        self.value
+    }
+}
 
 /// Where a chunk's record starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +115,7 @@ impl ChunkEntry {
 /// The chunk index with its running totals.
 #[derive(Default)]
 pub struct Index {
-    entries: HashMap<Hash, ChunkEntry>,
+    entries: HashMap<Hash, ChunkEntry, DigestHashState>,
     referenced_chunks: u64,
     referenced_bytes: u64,
     pinned_only_bytes: u64,
@@ -100,23 +163,28 @@ impl Index {
         self.pinned_only_bytes += pinned;
     }
 
+    /// Makes room for `additional` more chunks (open knows counts ahead).
+    pub fn reserve(&mut self, additional: usize) {
+        self.entries.reserve(additional);
+    }
+
     /// Records a chunk found by the recovery scan. A second copy of a digest
     /// already indexed is ignored (it is garbage for compaction); returns
-    /// whether this copy was taken.
+    /// whether this copy was taken. Found chunks have no references or pins
+    /// yet, so the totals do not change.
     pub fn insert_found(&mut self, digest: Hash, location: Location, len: u32) -> bool {
-        if self.entries.contains_key(&digest) {
-            return false;
+        match self.entries.entry(digest) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(ChunkEntry {
+                    location: Some(location),
+                    len,
+                    refs: 0,
+                    pins: 0,
+                });
+                true
+            }
         }
-        self.insert(
-            digest,
-            ChunkEntry {
-                location: Some(location),
-                len,
-                refs: 0,
-                pins: 0,
-            },
-        );
-        true
     }
 
     /// Records a chunk just appended by an upload, pinned once by it. If the

@@ -41,8 +41,13 @@ pub struct ReplayOutcome {
     pub problems: Vec<String>,
 }
 
-fn io(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
-    move |source| StoreError::Io { context, source }
+/// Wraps an I/O error with its context, built only if there is an error
+/// (the scans call this per record).
+fn io(context: impl FnOnce() -> String) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |source| StoreError::Io {
+        context: context(),
+        source,
+    }
 }
 
 impl MetaLog {
@@ -59,11 +64,11 @@ impl MetaLog {
         options.read(true).write(true).create(true);
         let file = dir
             .open_with(META_LOG_NAME, &options)
-            .map_err(io(format!("opening {META_LOG_NAME}")))?
+            .map_err(io(|| format!("opening {META_LOG_NAME}")))?
             .into_std();
         let len = file
             .metadata()
-            .map_err(io(format!("reading size of {META_LOG_NAME}")))?
+            .map_err(io(|| format!("reading size of {META_LOG_NAME}")))?
             .len();
         if len < META_HEADER_BYTES {
             // New, or torn while being created: nothing in it was acknowledged.
@@ -74,14 +79,14 @@ impl MetaLog {
             }
             file.set_len(0)
                 .and_then(|()| file.write_all_at(&format::encode_meta_header(), 0))
-                .map_err(io(format!("writing header of {META_LOG_NAME}")))?;
+                .map_err(io(|| format!("writing header of {META_LOG_NAME}")))?;
             if durability.fsyncs() {
                 fsyncs
                     .all(&file)
-                    .map_err(io(format!("syncing {META_LOG_NAME}")))?;
+                    .map_err(io(|| format!("syncing {META_LOG_NAME}")))?;
                 super::segment::directory_file(dir)
                     .and_then(|d| fsyncs.all(&d))
-                    .map_err(io("syncing the store directory".into()))?;
+                    .map_err(io(|| "syncing the store directory".into()))?;
             }
             let log = MetaLog {
                 file,
@@ -93,7 +98,7 @@ impl MetaLog {
         }
         let mut header = [0u8; META_HEADER_BYTES as usize];
         file.read_exact_at(&mut header, 0)
-            .map_err(io(format!("reading header of {META_LOG_NAME}")))?;
+            .map_err(io(|| format!("reading header of {META_LOG_NAME}")))?;
         format::decode_meta_header(&header)
             .map_err(|reason| StoreError::Corrupted(format!("{META_LOG_NAME}: {reason}")))?;
 
@@ -126,7 +131,7 @@ impl MetaLog {
                     }
                     None => {
                         file.set_len(at)
-                            .map_err(io(format!("truncating {META_LOG_NAME} at {at}")))?;
+                            .map_err(io(|| format!("truncating {META_LOG_NAME} at {at}")))?;
                         outcome.truncated_bytes += len - at;
                         outcome.problems.push(format!(
                             "{META_LOG_NAME}: torn tail at offset {at} ({reason}); {} bytes truncated",
@@ -143,7 +148,7 @@ impl MetaLog {
             // is made durable before anything new depends on it.
             fsyncs
                 .data(&file)
-                .map_err(io(format!("syncing {META_LOG_NAME}")))?;
+                .map_err(io(|| format!("syncing {META_LOG_NAME}")))?;
         }
         Ok((
             MetaLog {
@@ -207,7 +212,7 @@ fn record_at(
     let mut bytes = [0u8; META_RECORD_HEADER_BYTES as usize];
     reader
         .read_exact_at(&mut bytes, at)
-        .map_err(io(format!("reading {META_LOG_NAME} at {at}")))?;
+        .map_err(io(|| format!("reading {META_LOG_NAME} at {at}")))?;
     let header = match format::decode_meta_header_record(&bytes) {
         Ok(header) => header,
         Err(reason) => return Ok(Err(reason)),
@@ -223,7 +228,7 @@ fn record_at(
     payload.resize(header.payload_len as usize, 0);
     reader
         .read_exact_at(payload, at + META_RECORD_HEADER_BYTES)
-        .map_err(io(format!("reading {META_LOG_NAME} at {at}")))?;
+        .map_err(io(|| format!("reading {META_LOG_NAME} at {at}")))?;
     if let Err(reason) = format::check_meta_crc(&header, payload) {
         return Ok(Err(reason));
     }
@@ -247,7 +252,7 @@ fn next_record(
         reader
             .file
             .read_exact_at(&mut window, start)
-            .map_err(io(format!("scanning {META_LOG_NAME} at {start}")))?;
+            .map_err(io(|| format!("scanning {META_LOG_NAME} at {start}")))?;
         for (i, candidate) in window.windows(magic.len()).enumerate() {
             if candidate == magic {
                 let at = start + i as u64;

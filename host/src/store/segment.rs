@@ -71,14 +71,13 @@ pub struct SyncPlan {
 
 impl SyncPlan {
     pub fn run(&self, fsyncs: &Fsyncs) -> Result<(), StoreError> {
-        fsyncs.data(&self.file).map_err(io(format!(
-            "syncing segment {}",
-            segment_name(self.segment)
-        )))?;
+        fsyncs.data(&self.file).map_err(io(|| {
+            format!("syncing segment {}", segment_name(self.segment))
+        }))?;
         if let Some(dir) = &self.dir {
             fsyncs
                 .all(dir)
-                .map_err(io("syncing segments directory".into()))?;
+                .map_err(io(|| "syncing segments directory".into()))?;
         }
         Ok(())
     }
@@ -122,8 +121,13 @@ fn parse_name(name: &str, suffix: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-fn io(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
-    move |source| StoreError::Io { context, source }
+/// Wraps an I/O error with its context, built only if there is an error
+/// (the scans call this per record).
+fn io(context: impl FnOnce() -> String) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |source| StoreError::Io {
+        context: context(),
+        source,
+    }
 }
 
 /// Reads segment `id`'s hint, if it has one no longer than a segment of
@@ -166,13 +170,13 @@ impl Segments {
         index: &mut Index,
     ) -> Result<(Segments, ScanOutcome), StoreError> {
         let dir_file =
-            Arc::new(directory_file(&dir).map_err(io("opening segments directory".into()))?);
+            Arc::new(directory_file(&dir).map_err(io(|| "opening segments directory".into()))?);
         let mut ids = Vec::new();
         let mut hinted = BTreeSet::new();
         let mut temporaries = Vec::new();
-        let entries = dir.entries().map_err(io("listing segments".into()))?;
+        let entries = dir.entries().map_err(io(|| "listing segments".into()))?;
         for entry in entries {
-            let entry = entry.map_err(io("listing segments".into()))?;
+            let entry = entry.map_err(io(|| "listing segments".into()))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if let Some(id) = parse_name(name, ".seg") {
@@ -199,15 +203,16 @@ impl Segments {
             options.read(true).write(active);
             let file = dir
                 .open_with(&name, &options)
-                .map_err(io(format!("opening segment {name}")))?
+                .map_err(io(|| format!("opening segment {name}")))?
                 .into_std();
             let len = file
                 .metadata()
-                .map_err(io(format!("reading size of segment {name}")))?
+                .map_err(io(|| format!("reading size of segment {name}")))?
                 .len();
             if !active && hinted.contains(&id) {
                 let hint = read_hint(&dir, id, len).and_then(|bytes| match bytes {
                     Some(bytes) => format::decode_hint(&bytes, id, len).map(|hint| {
+                        index.reserve(hint.len());
                         for entry in hint.entries() {
                             index.insert_found(
                                 Hash::from_bytes(entry.digest),
@@ -251,7 +256,7 @@ impl Segments {
             let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
             let header_read = if len >= SEGMENT_HEADER_BYTES {
                 file.read_exact_at(&mut header, 0)
-                    .map_err(io(format!("reading header of segment {name}")))?;
+                    .map_err(io(|| format!("reading header of segment {name}")))?;
                 format::decode_segment_header(&header)
             } else {
                 Err(format!("segment is {len} bytes, shorter than its header"))
@@ -263,7 +268,7 @@ impl Segments {
                     // acknowledged. Start it again.
                     file.set_len(0)
                         .and_then(|()| file.write_all_at(&format::encode_segment_header(), 0))
-                        .map_err(io(format!("rewriting header of segment {name}")))?;
+                        .map_err(io(|| format!("rewriting header of segment {name}")))?;
                     outcome
                         .problems
                         .push(format!("segment {name}: {reason}; header rewritten"));
@@ -284,7 +289,7 @@ impl Segments {
             if let Some((at, reason)) = scanned.torn_at {
                 if active {
                     file.set_len(at)
-                        .map_err(io(format!("truncating segment {name} at {at}")))?;
+                        .map_err(io(|| format!("truncating segment {name} at {at}")))?;
                     outcome.truncated_bytes += len - at;
                     outcome.problems.push(format!(
                         "segment {name}: torn tail at offset {at} ({reason}); {} bytes truncated",
@@ -298,6 +303,7 @@ impl Segments {
                 }
             }
             outcome.problems.extend(scanned.problems);
+            index.reserve(scanned.records.len());
             for record in &scanned.records {
                 index.insert_found(
                     Hash::from_bytes(record.digest),
@@ -352,7 +358,7 @@ impl Segments {
                     store
                         .fsyncs
                         .data(&plan.file)
-                        .map_err(io(format!("syncing segment {}", segment_name(id))))?;
+                        .map_err(io(|| format!("syncing segment {}", segment_name(id))))?;
                     store.mark_synced(id, plan.len);
                 }
             }
@@ -379,10 +385,10 @@ impl Segments {
         let file = self
             .dir
             .open_with(&name, &options)
-            .map_err(io(format!("creating segment {name}")))?
+            .map_err(io(|| format!("creating segment {name}")))?
             .into_std();
         file.write_all_at(&format::encode_segment_header(), 0)
-            .map_err(io(format!("writing header of segment {name}")))?;
+            .map_err(io(|| format!("writing header of segment {name}")))?;
         self.segments.insert(
             id,
             Segment {
@@ -399,7 +405,7 @@ impl Segments {
     fn sync_dir(&self) -> Result<(), StoreError> {
         self.fsyncs
             .all(&self.dir_file)
-            .map_err(io("syncing segments directory".into()))
+            .map_err(io(|| "syncing segments directory".into()))
     }
 
     /// Seals the active segment and begins a new one; returns the sealed
@@ -520,7 +526,7 @@ impl Segments {
         let name = segment_name(id);
         self.dir
             .remove_file(&name)
-            .map_err(io(format!("removing segment {name}")))?;
+            .map_err(io(|| format!("removing segment {name}")))?;
         Ok(segment.len)
     }
 
@@ -546,7 +552,7 @@ impl HintWriter {
         if self.durability.fsyncs() {
             self.fsyncs
                 .all(&self.dir_file)
-                .map_err(io("syncing segments directory".into()))?;
+                .map_err(io(|| "syncing segments directory".into()))?;
         }
         Ok(())
     }
@@ -576,22 +582,22 @@ impl HintWriter {
         let mut file = self
             .dir
             .open_with(&temp, &options)
-            .map_err(io(format!("creating {temp}")))?;
+            .map_err(io(|| format!("creating {temp}")))?;
         file.write_all(&bytes)
-            .map_err(io(format!("writing {temp}")))?;
+            .map_err(io(|| format!("writing {temp}")))?;
         let file = file.into_std();
         if synced {
             self.fsyncs
                 .all(&file)
-                .map_err(io(format!("syncing {temp}")))?;
+                .map_err(io(|| format!("syncing {temp}")))?;
         }
         self.dir
             .rename(&temp, &self.dir, hint_name(id))
-            .map_err(io(format!("renaming {temp}")))?;
+            .map_err(io(|| format!("renaming {temp}")))?;
         if synced {
             self.fsyncs
                 .all(&self.dir_file)
-                .map_err(io("syncing segments directory".into()))?;
+                .map_err(io(|| "syncing segments directory".into()))?;
         }
         Ok(())
     }
@@ -698,10 +704,9 @@ fn record_at(
         return Ok(Err(format!("{} bytes, short of a record header", len - at)));
     }
     let mut bytes = [0u8; CHUNK_HEADER_BYTES as usize];
-    file.read_exact_at(&mut bytes, at).map_err(io(format!(
-        "reading segment {} at {at}",
-        segment_name(segment)
-    )))?;
+    file.read_exact_at(&mut bytes, at).map_err(io(|| {
+        format!("reading segment {} at {at}", segment_name(segment))
+    }))?;
     let header = match format::decode_chunk_header(&bytes) {
         Ok(header) => header,
         Err(reason) => return Ok(Err(reason)),
@@ -716,10 +721,9 @@ fn record_at(
     if verify_payload {
         payload.resize(header.payload_len as usize, 0);
         file.read_exact_at(payload, at + CHUNK_HEADER_BYTES)
-            .map_err(io(format!(
-                "reading segment {} at {at}",
-                segment_name(segment)
-            )))?;
+            .map_err(io(|| {
+                format!("reading segment {} at {at}", segment_name(segment))
+            }))?;
         if *Hash::of(payload).as_bytes() != header.digest {
             return Ok(Err("payload does not hash to its digest".to_string()));
         }
@@ -743,12 +747,9 @@ fn next_record(
     while start + CHUNK_HEADER_BYTES <= len {
         let end = (start + WINDOW_BYTES).min(len);
         window.resize((end - start) as usize, 0);
-        file.file
-            .read_exact_at(&mut window, start)
-            .map_err(io(format!(
-                "scanning segment {} at {start}",
-                segment_name(segment)
-            )))?;
+        file.file.read_exact_at(&mut window, start).map_err(io(|| {
+            format!("scanning segment {} at {start}", segment_name(segment))
+        }))?;
         for (i, candidate) in window.windows(magic.len()).enumerate() {
             if candidate == magic {
                 let at = start + i as u64;

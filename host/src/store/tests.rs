@@ -1341,3 +1341,57 @@ fn hints_stay_consistent_across_compaction() {
     assert!(!store.exists(&dropped));
     assert_eq!(store.stats().chunks, 80);
 }
+
+/// Open time with a million chunks (run with `--release --ignored`): one
+/// store with small segments (mostly sealed, hinted) and one with the
+/// default segment size (all million records in the active segment, which
+/// is scanned and re-hashed). Prints the times; asserts the 1 s goal only
+/// for release builds.
+#[test]
+#[ignore = "slow: builds a million-chunk store; run with --release"]
+fn open_a_million_chunk_store() {
+    const CHUNKS: u64 = 1_000_000;
+    const PER_ARTIFACT: u64 = 10_000;
+    for segment_bytes_max in [16 << 20, format::SEGMENT_BYTES_MAX_DEFAULT] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            durability: Durability::None,
+            segment_bytes_max,
+            ..StoreOptions::default()
+        };
+        let store = open(&dir, options.clone());
+        let started = std::time::Instant::now();
+        for artifact in 0..CHUNKS / PER_ARTIFACT {
+            let mut upload = store.begin_upload();
+            let mut hasher = blake3::Hasher::new();
+            let mut chunks = Vec::new();
+            for i in 0..PER_ARTIFACT {
+                let bytes = (artifact * PER_ARTIFACT + i).to_le_bytes();
+                let digest = Hash::of(&bytes);
+                upload.put_chunk(&digest, &bytes).unwrap();
+                hasher.update(&bytes);
+                chunks.push(ChunkRef { digest, len: 8 });
+            }
+            let digest = Hash::from_bytes(*hasher.finalize().as_bytes());
+            upload
+                .commit(&chunks, PER_ARTIFACT * 8, &digest, NewMetadata::default())
+                .unwrap();
+        }
+        let built = started.elapsed();
+        drop(store);
+        // The first open may write hints for segments sealed by nobody
+        // (none here: every seal wrote one).
+        let started = std::time::Instant::now();
+        let store = open(&dir, options);
+        let opened = started.elapsed();
+        let stats = store.open_stats();
+        println!(
+            "segment_bytes_max {segment_bytes_max}: built in {built:?}, opened in {opened:?}: {stats:?}"
+        );
+        assert_eq!(stats.chunk_records, CHUNKS);
+        assert_eq!(store.stats().chunks, CHUNKS);
+        if !cfg!(debug_assertions) {
+            assert!(opened.as_secs_f64() <= 1.0, "open took {opened:?}");
+        }
+    }
+}
