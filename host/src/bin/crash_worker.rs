@@ -1,8 +1,8 @@
 //! `tblob-crash-worker`: the child process of the crash harness
 //! (`tests/all/crash.rs`). Not a user tool.
 //!
-//! It opens the runtime on a store root exactly as `tblob` does (sync
-//! durability), then runs a seeded random mix of puts (0 B to 2 MiB, drawn
+//! It opens the runtime on a store root as `tblob` does (sync durability,
+//! or group commit with `--durability batch`), then runs a seeded random mix of puts (0 B to 2 MiB, drawn
 //! from a few base contents with random mutations so chunks dedup), deletes
 //! of artifacts it knows to exist, streaming puts and the odd GC on several
 //! threads, each with its own chunker instance, until it is killed or has
@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use tensor_blob_host::runtime::{self, Chunking, PutOptions, Runtime, RuntimeOptions};
 use tensor_blob_host::store::{Durability, StoreOptions};
 
@@ -71,6 +71,16 @@ struct Args {
     /// Worker threads, each with its own chunker.
     #[arg(long, default_value_t = 3)]
     threads: u64,
+    /// How commits reach the disk: `sync` (as `tblob`) or `batch` (group
+    /// commit, where concurrent puts share fsyncs).
+    #[arg(long, value_enum, default_value = "sync")]
+    durability: DurabilityArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    Sync,
+    Batch,
 }
 
 fn main() -> ExitCode {
@@ -111,7 +121,11 @@ impl Shared {
 }
 
 fn run(args: &Args) -> Result<()> {
-    let runtime = open_runtime(&args.store)?;
+    let durability = match args.durability {
+        DurabilityArg::Sync => Durability::Sync,
+        DurabilityArg::Batch => Durability::Batch,
+    };
+    let runtime = open_runtime(&args.store, durability)?;
     let store = runtime.tenant_store(TENANT)?;
     let mut live = Vec::new();
     let mut after = None;
@@ -152,10 +166,10 @@ fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Like `tblob`'s `open_runtime`: default store options (sync durability)
+/// Like `tblob`'s `open_runtime`: default store options but `durability`,
 /// and the compiled chunker cached under the store root, so each new worker
 /// process does not compile it again.
-fn open_runtime(store: &std::path::Path) -> Result<Runtime> {
+fn open_runtime(store: &std::path::Path, durability: Durability) -> Result<Runtime> {
     std::fs::create_dir_all(store)
         .with_context(|| format!("creating store directory {}", store.display()))?;
     let root = cap_std::fs::Dir::open_ambient_dir(store, cap_std::ambient_authority())
@@ -169,7 +183,7 @@ fn open_runtime(store: &std::path::Path) -> Result<Runtime> {
     let engine = wasmtime::Engine::new(&config)?;
     let options = RuntimeOptions {
         store: StoreOptions {
-            durability: Durability::Sync,
+            durability,
             ..StoreOptions::default()
         },
         chunker_wasm: None,
