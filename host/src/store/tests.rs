@@ -1395,3 +1395,195 @@ fn open_a_million_chunk_store() {
         }
     }
 }
+
+/// Seed defect 7: tensor_blob 0.4.0 incremented its stats on put and never
+/// decremented them on delete, so `stats` reported every artifact ever
+/// stored and its bytes forever. Stats are now derived from the live
+/// catalog and index, so every field falls on delete (`disk_bytes` after
+/// GC reclaims the segments) and agrees after a reopen.
+/// Method: two artifacts sharing chunks; check every field after each
+/// delete, after GC and after reopening.
+#[test]
+fn every_stats_field_falls_on_delete_and_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = small_segments(Durability::None);
+    let store = open(&dir, options.clone());
+    // The first artifact's own chunks come first, filling a segment that
+    // its delete turns into garbage for GC to reclaim.
+    let shared = data(4000 * 10, 110);
+    let mut first = data(4000 * 20, 111);
+    first.extend_from_slice(&shared);
+    let mut second = shared.clone();
+    second.extend_from_slice(&data(4000 * 3, 112));
+    let first_id = put(&store, &first, 4000);
+    let second_id = put(&store, &second, 4000);
+    let full = store.stats();
+    assert_eq!(full.artifacts, 2);
+    assert_eq!(full.chunks, 20 + 10 + 3);
+    assert_eq!(full.logical_bytes, (first.len() + second.len()) as u64);
+    assert_eq!(full.physical_bytes, 4000 * 33);
+    assert!(full.disk_bytes > full.physical_bytes);
+
+    store.delete(&first_id).unwrap();
+    let after_first = store.stats();
+    assert_eq!(after_first.artifacts, 1);
+    assert_eq!(after_first.chunks, 10 + 3, "shared chunks still count");
+    assert_eq!(after_first.logical_bytes, second.len() as u64);
+    assert_eq!(after_first.physical_bytes, 4000 * 13);
+    assert_eq!(
+        after_first.disk_bytes, full.disk_bytes,
+        "disk bytes go only when GC reclaims them"
+    );
+    store.gc().unwrap();
+    let collected = store.stats();
+    assert_eq!(
+        Stats {
+            disk_bytes: 0,
+            ..collected
+        },
+        Stats {
+            disk_bytes: 0,
+            ..after_first
+        }
+    );
+    assert!(collected.disk_bytes < full.disk_bytes, "{collected:?}");
+    assert_eq!(get(&store, &second_id).unwrap(), second);
+    drop(store);
+    let store = open(&dir, options.clone());
+    assert_eq!(store.stats(), collected, "the same after a reopen");
+
+    store.delete(&second_id).unwrap();
+    let empty = store.stats();
+    assert_eq!(
+        (
+            empty.artifacts,
+            empty.chunks,
+            empty.logical_bytes,
+            empty.physical_bytes
+        ),
+        (0, 0, 0, 0)
+    );
+    store.gc().unwrap();
+    assert_eq!(
+        store.stats().disk_bytes,
+        format::SEGMENT_HEADER_BYTES,
+        "only the empty active segment's header is left"
+    );
+    drop(store);
+    let store = open(&dir, options);
+    assert_eq!(store.stats().disk_bytes, format::SEGMENT_HEADER_BYTES);
+    assert_eq!(store.stats().artifacts, 0);
+}
+
+/// Seed defect 8: tensor_blob 0.4.0 kept chunk lengths and offsets in
+/// `u32` and `usize` casts, so a chunk of 4 GiB or more, or an artifact
+/// past 4 GiB, overflowed and panicked. Chunk lengths are now checked
+/// against `CHUNK_BYTES_MAX` into typed errors, and content sizes and
+/// offsets are `u64` throughout. Method: a manifest entry claiming
+/// `u32::MAX` bytes and a chunk one byte over the limit are typed errors;
+/// an artifact of 300 references to one 16 MiB chunk (4.7 GiB of content,
+/// 16 MiB of disk) commits, reports its size, and seeks past 4 GiB, also
+/// after a reopen.
+#[test]
+fn chunks_over_the_limit_are_errors_and_artifacts_past_4_gib_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, unsynced());
+
+    let bytes = data(1000, 120);
+    let digest = Hash::of(&bytes);
+    let mut upload = store.begin_upload();
+    upload.put_chunk(&digest, &bytes).unwrap();
+    let huge = ChunkRef {
+        digest,
+        len: u32::MAX,
+    };
+    let error = upload
+        .commit(
+            &[huge],
+            u64::from(u32::MAX),
+            &digest,
+            NewMetadata::default(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            StoreError::InvalidArgument(_) | StoreError::TooLarge(_)
+        ),
+        "{error}"
+    );
+    let over = vec![7u8; CHUNK_BYTES_MAX as usize + 1];
+    let error = store
+        .begin_upload()
+        .put_chunk(&Hash::of(&over), &over)
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            StoreError::InvalidArgument(_) | StoreError::TooLarge(_)
+        ),
+        "{error}"
+    );
+    drop(over);
+
+    const REFERENCES: u64 = 300;
+    let chunk = data(CHUNK_BYTES_MAX as usize, 121);
+    let chunk_digest = Hash::of(&chunk);
+    let mut whole = blake3::Hasher::new();
+    for _ in 0..REFERENCES {
+        whole.update(&chunk);
+    }
+    let whole = Hash::from_bytes(*whole.finalize().as_bytes());
+    let size = REFERENCES * u64::from(CHUNK_BYTES_MAX);
+    assert!(size > 4 << 30);
+    let mut upload = store.begin_upload();
+    upload.put_chunk(&chunk_digest, &chunk).unwrap();
+    let refs = vec![
+        ChunkRef {
+            digest: chunk_digest,
+            len: CHUNK_BYTES_MAX,
+        };
+        REFERENCES as usize
+    ];
+    // A size that does not add up is refused, not wrapped.
+    assert!(matches!(
+        upload.commit(&refs, size % (1 << 32), &whole, NewMetadata::default()),
+        Err(StoreError::InvalidArgument(_))
+    ));
+    let mut upload = store.begin_upload();
+    upload.put_chunk(&chunk_digest, &chunk).unwrap();
+    let id = upload
+        .commit(&refs, size, &whole, NewMetadata::default())
+        .unwrap();
+    drop(chunk);
+
+    for store in [store.clone(), {
+        drop(store);
+        open(&dir, unsynced())
+    }] {
+        let meta = store.metadata(&id).unwrap();
+        assert_eq!((meta.size, meta.chunk_count), (size, REFERENCES));
+        let stats = store.stats();
+        assert_eq!(stats.logical_bytes, size);
+        assert_eq!(stats.physical_bytes, u64::from(CHUNK_BYTES_MAX));
+        let chunk_bytes = u64::from(CHUNK_BYTES_MAX);
+        for offset in [
+            0,
+            (4 << 30) - 1,
+            4 << 30,
+            (4 << 30) + 5,
+            size - chunk_bytes,
+            size - 1,
+        ] {
+            let (index, start) = store.locate(&id, offset).unwrap();
+            assert_eq!(index, offset / chunk_bytes, "offset {offset}");
+            assert_eq!(start, index * chunk_bytes, "offset {offset}");
+        }
+        assert!(matches!(
+            store.locate(&id, size),
+            Err(StoreError::InvalidArgument(_))
+        ));
+        assert_eq!(store.manifest(&id, REFERENCES - 1, 10).unwrap().len(), 1);
+        assert!(store.manifest(&id, u64::MAX, 10).unwrap().is_empty());
+    }
+}
