@@ -192,6 +192,13 @@ impl Segments {
             let _ = dir.remove_file(&name);
         }
         ids.sort_unstable();
+        // A hint whose segment is gone (compaction raced the hint write,
+        // or a crash fell between the two unlinks) describes nothing.
+        for &id in &hinted {
+            if ids.binary_search(&id).is_err() {
+                let _ = dir.remove_file(hint_name(id));
+            }
+        }
         let mut outcome = ScanOutcome::default();
         let mut segments = BTreeMap::new();
         let mut hints_to_write = Vec::new();

@@ -1333,6 +1333,10 @@ fn hints_stay_consistent_across_compaction() {
     .unwrap();
     let store = open(&dir, options);
     assert!(store.recovery_report().problems.is_empty());
+    assert!(
+        !dir.path().join("segments/0000000000000000.hint").exists(),
+        "orphan hints are removed at open"
+    );
     assert_eq!(
         store.open_stats().segments_from_hints,
         segments.len() as u64 - 1
