@@ -23,16 +23,22 @@ fn main() {
         runtime::ChunkerComponent::new(&engine, tensor_blob_artifacts::CHUNKER_WASM).unwrap();
 
     let (sync_rate, sync_fsyncs) = small_puts(&component, Durability::Sync, 1, 200);
-    println!("64 KiB puts, 1 writer, sync:      {sync_rate:8.0} puts/s  {sync_fsyncs:.2} fsyncs/put");
+    println!(
+        "64 KiB puts, 1 writer, sync:      {sync_rate:8.0} puts/s  {sync_fsyncs:.2} fsyncs/put"
+    );
     let (batch1_rate, batch1_fsyncs) = small_puts(&component, Durability::Batch, 1, 200);
-    println!("64 KiB puts, 1 writer, batch:     {batch1_rate:8.0} puts/s  {batch1_fsyncs:.2} fsyncs/put");
+    println!(
+        "64 KiB puts, 1 writer, batch:     {batch1_rate:8.0} puts/s  {batch1_fsyncs:.2} fsyncs/put"
+    );
     let (batch_rate, batch_fsyncs) = small_puts(&component, Durability::Batch, 16, 100);
     println!(
         "64 KiB puts, 16 writers, batch:   {batch_rate:8.0} puts/s  {batch_fsyncs:.2} fsyncs/put  ({:.1}x one sync writer)",
         batch_rate / sync_rate
     );
     let (sync16_rate, sync16_fsyncs) = small_puts(&component, Durability::Sync, 16, 100);
-    println!("64 KiB puts, 16 writers, sync:    {sync16_rate:8.0} puts/s  {sync16_fsyncs:.2} fsyncs/put");
+    println!(
+        "64 KiB puts, 16 writers, sync:    {sync16_rate:8.0} puts/s  {sync16_fsyncs:.2} fsyncs/put"
+    );
     if let Some(seed) = std::env::var_os("TBLOB_SEED_BENCH") {
         match seed_small_puts(Path::new(&seed)) {
             Some(seed_rate) => println!(
@@ -74,14 +80,17 @@ fn small_puts(
     per_writer: usize,
 ) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
-    let root = cap_std::fs::Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap();
+    let root =
+        cap_std::fs::Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap();
     let store_options = StoreOptions {
         durability,
         ..StoreOptions::default()
     };
     let rt = Runtime::with_chunker(component.clone(), root, store_options);
     let store = rt.tenant_store("default").unwrap();
-    let mut chunkers: Vec<_> = (0..writers).map(|_| rt.chunker("default").unwrap()).collect();
+    let mut chunkers: Vec<_> = (0..writers)
+        .map(|_| rt.chunker("default").unwrap())
+        .collect();
     let fsyncs_before = store.fsync_count();
     let started = Instant::now();
     std::thread::scope(|scope| {
@@ -105,7 +114,13 @@ fn small_puts(
 fn seed_small_puts(seedbench: &Path) -> Option<f64> {
     let work = tempfile::tempdir().ok()?;
     let output = Command::new(seedbench)
-        .args(["throughput", "durable-fsync", &SMALL_BYTES.to_string(), "3", "50"])
+        .args([
+            "throughput",
+            "durable-fsync",
+            &SMALL_BYTES.to_string(),
+            "3",
+            "50",
+        ])
         .arg(work.path())
         .output()
         .ok()?;
@@ -113,7 +128,10 @@ fn seed_small_puts(seedbench: &Path) -> Option<f64> {
     let mbps: f64 = text
         .lines()
         .filter(|l| l.starts_with("MEDIAN"))
-        .find_map(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix("put_MBps=")))?
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|kv| kv.strip_prefix("put_MBps="))
+        })?
         .parse()
         .ok()?;
     Some(mbps * 1e6 / SMALL_BYTES as f64)
@@ -147,7 +165,12 @@ fn open_with_chunks(chunks: usize) -> (Duration, tensor_blob_host::store::OpenSt
             }
             let digest = Hash::from_slice(whole.finalize().as_bytes()).unwrap();
             upload
-                .commit(&refs, (per_artifact * 64) as u64, &digest, NewMetadata::default())
+                .commit(
+                    &refs,
+                    (per_artifact * 64) as u64,
+                    &digest,
+                    NewMetadata::default(),
+                )
                 .unwrap();
         }
     }
