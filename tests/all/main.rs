@@ -6,6 +6,7 @@ mod common;
 mod cli;
 mod crash;
 mod hostile_guest;
+mod pipeline;
 mod plugin;
 mod roundtrip;
 mod sharing;

@@ -17,7 +17,8 @@
 //! log is replayed to rebuild the catalog; reference counts are derived from the
 //! live manifests, so they cannot drift. Writes go: chunks appended by an
 //! [`Upload`] (no fsync), then at commit the whole content is re-hashed from
-//! the store, the segments holding the chunks are fsynced, the commit
+//! the store (or, with [`Upload::commit_verified`], hashed by the caller as
+//! the chunks went by), the segments holding the chunks are fsynced, the commit
 //! record is appended and fsynced, and only then is the artifact visible.
 //! Chunks an upload put or was told are present are pinned until it
 //! finishes, so [`Store::gc`] never removes them. Every read re-hashes.
@@ -789,7 +790,33 @@ impl Upload {
             return Err(StoreError::Closed);
         }
         self.closed = true;
-        let result = self.commit_inner(chunks, size, digest, meta);
+        let result = self.commit_inner(chunks, size, digest, meta, None);
+        self.release_pins();
+        result
+    }
+
+    /// [`Upload::commit`] with the whole-content digest already known:
+    /// every check of `commit` is made except re-reading the chunks, and
+    /// `digest` must still equal `content_digest` (else `HashMismatch`).
+    ///
+    /// Trusts its caller for `content_digest`: it must be the BLAKE3 of
+    /// the concatenation of `chunks`' bytes in order, each verified against
+    /// its digest (bytes checked by [`Upload::put_chunk`] or read back by
+    /// [`Store::read_chunk`]). Host code only; never pass a digest that came
+    /// from a guest.
+    pub fn commit_verified(
+        &mut self,
+        chunks: &[ChunkRef],
+        size: u64,
+        digest: &Hash,
+        meta: NewMetadata,
+        content_digest: Hash,
+    ) -> Result<ArtifactId, StoreError> {
+        if self.closed {
+            return Err(StoreError::Closed);
+        }
+        self.closed = true;
+        let result = self.commit_inner(chunks, size, digest, meta, Some(content_digest));
         self.release_pins();
         result
     }
@@ -800,6 +827,7 @@ impl Upload {
         size: u64,
         digest: &Hash,
         meta: NewMetadata,
+        content_digest: Option<Hash>,
     ) -> Result<ArtifactId, StoreError> {
         if chunks.len() as u64 > MANIFEST_CHUNKS_MAX {
             return Err(invalid(format!(
@@ -855,12 +883,18 @@ impl Upload {
             check_links(&state.catalog, &meta.links)?;
         }
 
-        // The whole-content digest, from the stored bytes, one chunk at a time.
-        let mut hasher = blake3::Hasher::new();
-        for chunk in chunks {
-            hasher.update(&self.store.read_chunk(&chunk.digest)?);
-        }
-        let actual = Hash::from_bytes(*hasher.finalize().as_bytes());
+        // The whole-content digest: given by the caller (`commit_verified`)
+        // or from the stored bytes, one chunk at a time.
+        let actual = match content_digest {
+            Some(actual) => actual,
+            None => {
+                let mut hasher = blake3::Hasher::new();
+                for chunk in chunks {
+                    hasher.update(&self.store.read_chunk(&chunk.digest)?);
+                }
+                Hash::from_bytes(*hasher.finalize().as_bytes())
+            }
+        };
         if actual != *digest {
             return Err(StoreError::HashMismatch(format!(
                 "content claimed to be {digest} hashes to {actual}"

@@ -30,7 +30,7 @@ pub struct UploadHandle {
 }
 
 enum UploadState {
-    Inline(store::Upload),
+    Inline(HashedUpload),
     Piped(Pipeline),
     Closed,
 }
@@ -60,7 +60,7 @@ struct CommitRequest {
 }
 
 impl Pipeline {
-    fn start(mut upload: store::Upload) -> Pipeline {
+    fn start(mut upload: HashedUpload) -> Pipeline {
         let (requests, inbox) = std::sync::mpsc::sync_channel::<Request>(PIPELINE_CHUNKS_MAX);
         let failure = std::sync::Arc::new(std::sync::Mutex::new(None));
         let failed = failure.clone();
@@ -86,7 +86,12 @@ impl Pipeline {
                             Some(error) => Err(error),
                             None => upload.missing(&digests).map_err(&fail),
                         };
+                        let ok = result.is_ok();
                         let _ = reply.send(result);
+                        // Reads of present chunks overlap the guest's work.
+                        if ok {
+                            upload.catch_up(None);
+                        }
                     }
                     Request::Commit(commit, reply) => {
                         let result = match failed_already() {
@@ -181,7 +186,11 @@ impl chunk_store::HostUpload for ChunkerState {
             .map(|d| convert::hash(d))
             .collect::<Result<Vec<_>, _>>()?;
         match &mut self.table.get_mut(&handle)?.state {
-            UploadState::Inline(upload) => Ok(upload.missing(&digests)?),
+            UploadState::Inline(upload) => {
+                let answers = upload.missing(&digests)?;
+                upload.catch_up(None);
+                Ok(answers)
+            }
             UploadState::Piped(pipeline) => {
                 pipeline.check()?;
                 pipeline.ask(|reply| Request::Missing(digests, reply))
@@ -272,7 +281,7 @@ impl chunk_store::Host for ChunkerState {
                 "at most {UPLOADS_OPEN_MAX} uploads may be open at once"
             )));
         }
-        let upload = self.store.begin_upload();
+        let upload = HashedUpload::new(self.store.clone());
         let handle = self.table.push(UploadHandle {
             state: UploadState::Inline(upload),
             chunks_put: 0,
@@ -339,5 +348,150 @@ impl chunk_store::Host for ChunkerState {
 
     fn stats(&mut self) -> Result<StoreStats, BlobError> {
         Ok(convert::wit_stats(self.store.stats()))
+    }
+}
+
+/// A store upload that also hashes the whole content as it goes, so the
+/// commit need not read every chunk back (see [`store::Upload::commit_verified`]).
+///
+/// The digests the guest passes to `missing` are taken to be the artifact's
+/// chunks in order. Each is fed to the content hasher once its bytes are
+/// known to be right: a chunk reported missing when `put-chunk` sends it
+/// (re-hashed by [`store::Upload::put_chunk`]), a chunk reported present (or
+/// repeated within a batch, and so sent once) by [`store::Store::read_chunk`],
+/// which re-hashes. The chunker's protocol (`guest/components/chunker/src/
+/// writer.rs`): per batch, `missing`, then `put-chunk` for each missing
+/// chunk in order, each distinct digest once. Anything else (a put out of
+/// order, a batch left unfinished, a failed read or put) drops the running
+/// hash, and the commit re-reads the chunks as before. At commit the running
+/// hash is used only if the manifest is exactly the sequence of digests seen.
+/// Memory: one chunk at a time, plus one batch of digests.
+struct HashedUpload {
+    upload: store::Upload,
+    store: store::Store,
+    /// `None` once anything did not line up.
+    content: Option<Box<ContentHash>>,
+}
+
+struct ContentHash {
+    /// Over the bytes of every chunk fed so far, in order.
+    bytes: blake3::Hasher,
+    /// Over the digests passed to `missing`, in order, and how many.
+    digests: blake3::Hasher,
+    digest_count: u64,
+    /// The latest batch's chunks not fed yet, in order, and whether the
+    /// store reported each missing.
+    pending: std::collections::VecDeque<(store::Hash, bool)>,
+    /// Digests of the latest batch already put.
+    put: std::collections::HashSet<store::Hash>,
+}
+
+impl HashedUpload {
+    fn new(store: store::Store) -> Self {
+        HashedUpload {
+            upload: store.begin_upload(),
+            store,
+            content: Some(Box::new(ContentHash {
+                bytes: blake3::Hasher::new(),
+                digests: blake3::Hasher::new(),
+                digest_count: 0,
+                pending: std::collections::VecDeque::new(),
+                put: std::collections::HashSet::new(),
+            })),
+        }
+    }
+
+    /// [`store::Upload::missing`], noting the batch. Call [`Self::catch_up`]
+    /// after it (it may read chunks, so a worker answers the guest first).
+    fn missing(&mut self, digests: &[store::Hash]) -> Result<Vec<bool>, StoreError> {
+        let result = self.upload.missing(digests);
+        match (&result, &mut self.content) {
+            (Ok(answers), Some(content)) if content.pending.is_empty() => {
+                content.put.clear();
+                for (digest, missing) in digests.iter().zip(answers) {
+                    content.digests.update(digest.as_bytes());
+                    content.pending.push_back((*digest, *missing));
+                }
+                content.digest_count += digests.len() as u64;
+            }
+            _ => self.content = None,
+        }
+        result
+    }
+
+    /// [`store::Upload::put_chunk`]; the chunk must be the next missing one.
+    fn put_chunk(&mut self, digest: &store::Hash, bytes: &[u8]) -> Result<(), StoreError> {
+        let result = self.upload.put_chunk(digest, bytes);
+        match (&result, &mut self.content) {
+            (Ok(()), Some(content)) if content.pending.front() == Some(&(*digest, true)) => {
+                content.put.insert(*digest);
+                self.catch_up(Some((digest, bytes)));
+            }
+            _ => self.content = None,
+        }
+        result
+    }
+
+    /// Feeds the pending chunks whose bytes are known: the one just put
+    /// (`put`, verified), those reported present and repeats of chunks
+    /// already put (read back, verified). Stops at the next chunk to be put.
+    fn catch_up(&mut self, put: Option<(&store::Hash, &[u8])>) {
+        let Some(content) = &mut self.content else {
+            return;
+        };
+        // The last chunk read, for a run of the same chunk: one chunk held.
+        let mut read: Option<(store::Hash, Vec<u8>)> = None;
+        while let Some(&(digest, missing)) = content.pending.front() {
+            if missing && !content.put.contains(&digest) {
+                return;
+            }
+            match (put, &read) {
+                (Some((put_digest, bytes)), _) if *put_digest == digest => {
+                    content.bytes.update(bytes);
+                }
+                (_, Some((read_digest, bytes))) if *read_digest == digest => {
+                    content.bytes.update(bytes);
+                }
+                _ => match self.store.read_chunk(&digest) {
+                    Ok(bytes) => {
+                        content.bytes.update(&bytes);
+                        read = Some((digest, bytes));
+                    }
+                    Err(_) => {
+                        // The commit re-reads and reports it.
+                        self.content = None;
+                        return;
+                    }
+                },
+            }
+            content.pending.pop_front();
+        }
+    }
+
+    /// Commits with the running hash if it covers exactly `chunks`, else
+    /// with [`store::Upload::commit`], which re-reads them.
+    fn commit(
+        &mut self,
+        chunks: &[store::ChunkRef],
+        size: u64,
+        digest: &store::Hash,
+        meta: store::NewMetadata,
+    ) -> Result<store::ArtifactId, StoreError> {
+        if let Some(content) = self.content.take() {
+            if content.pending.is_empty() && content.digest_count == chunks.len() as u64 {
+                let mut seen = blake3::Hasher::new();
+                for chunk in chunks {
+                    seen.update(chunk.digest.as_bytes());
+                }
+                if seen.finalize() == content.digests.finalize() {
+                    let content_digest =
+                        store::Hash::from_bytes(*content.bytes.finalize().as_bytes());
+                    return self
+                        .upload
+                        .commit_verified(chunks, size, digest, meta, content_digest);
+                }
+            }
+        }
+        self.upload.commit(chunks, size, digest, meta)
     }
 }
