@@ -169,3 +169,19 @@ pub fn copy_dir_all(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// Spawning a child copies every open descriptor of this process into it
+/// until it execs, among them the `flock` of any store open in another
+/// test thread; a test that drops a store and reopens it in that window
+/// finds its tenant "in use by another process". Hold [`spawning`] around
+/// `Command::spawn` (which returns once the child has exec'd) and
+/// [`reopening`] from a store's first open to its reopen.
+static SPAWN_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+pub fn spawning() -> std::sync::RwLockWriteGuard<'static, ()> {
+    SPAWN_LOCK.write().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn reopening() -> std::sync::RwLockReadGuard<'static, ()> {
+    SPAWN_LOCK.read().unwrap_or_else(|p| p.into_inner())
+}

@@ -150,6 +150,7 @@ fn run_and_kill(
     extra: Duration,
 ) -> Result<(), String> {
     let stderr = std::fs::File::create(stderr_log).map_err(|e| e.to_string())?;
+    let spawning = common::spawning();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tblob-crash-worker"))
         .arg("--store")
         .arg(store_dir)
@@ -166,6 +167,7 @@ fn run_and_kill(
         .stderr(stderr)
         .spawn()
         .map_err(|e| format!("spawning the worker: {e}"))?;
+    drop(spawning);
     // The worker prints each ack line after fsyncing it; a reader thread
     // forwards them so the wait for progress can time out.
     let stdout = child.stdout.take().expect("piped");
@@ -527,6 +529,8 @@ fn truncation_of_the_logs_at_every_offset_keeps_the_prefix() {
                 file.display()
             );
             let root = tempfile::tempdir().unwrap();
+            // No child may inherit the first open's lock (see common).
+            let _reopening = common::reopening();
             copy_dir_all(&tenant, &tenant_dir(root.path()));
             std::fs::OpenOptions::new()
                 .write(true)
