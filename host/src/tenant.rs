@@ -36,6 +36,11 @@ pub fn validate_name(name: &str) -> Result<(), StoreError> {
     }
 }
 
+/// Tries at taking a tenant's lock, [`LOCK_RETRY_DELAY`] apart: about
+/// half a second in all, far longer than a fork-to-exec window.
+const LOCK_ATTEMPTS_MAX: u32 = 25;
+const LOCK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
 struct OpenTenant {
     store: Store,
     _lock: std::fs::File,
@@ -114,13 +119,24 @@ fn lock(dir: &Dir, name: &str) -> Result<std::fs::File, StoreError> {
         .open_with("LOCK", &options)
         .map_err(|e| io(format!("opening tenant {name} lock"), e))?
         .into_std();
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
+    // A child process forked by any thread of ours holds a copy of this
+    // descriptor (and so the lock) until it execs and close-on-exec drops
+    // it: microseconds. So a refusal is retried for a bounded while before
+    // it is taken to mean that another process has the store open.
+    let mut attempts = 0;
+    loop {
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(file);
+        }
         let e = std::io::Error::last_os_error();
-        return Err(io(format!("tenant {name} is in use by another process"), e));
+        attempts += 1;
+        if e.kind() != std::io::ErrorKind::WouldBlock || attempts >= LOCK_ATTEMPTS_MAX {
+            return Err(io(format!("tenant {name} is in use by another process"), e));
+        }
+        std::thread::sleep(LOCK_RETRY_DELAY);
     }
-    Ok(file)
 }
 
 fn io(context: String, source: std::io::Error) -> StoreError {

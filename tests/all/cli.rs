@@ -236,3 +236,23 @@ fn demo_and_run_execute_the_example_plugin() {
     // Same file twice: the second put added no physical bytes.
     assert_eq!(stats["physical_bytes"], 70_000);
 }
+
+#[test]
+fn a_store_open_in_another_process_is_refused_not_shared() {
+    // Two processes appending to one tenant's logs would interleave records;
+    // the second must get a clear error instead.
+    let store = tempfile::tempdir().unwrap();
+    let runtime = crate::common::open_runtime(
+        store.path(),
+        tensor_blob_host::store::StoreOptions::default(),
+    );
+    let _held = runtime.tenant_store("default").unwrap();
+    let output = tblob(store.path(), &["ls"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    // Another tenant of the same root is independent.
+    assert!(tblob(store.path(), &["--tenant", "other", "ls"])
+        .status
+        .success());
+}
