@@ -69,7 +69,13 @@ impl Plugin {
     /// Runs the plugin's `main` as `tenant`; returns its exit code.
     pub async fn run(&self, tenant: &str, options: &PluginOptions) -> wasmtime::Result<i32> {
         let mut wasi = WasiCtxBuilder::new();
-        wasi.args(&options.args).inherit_stdout().inherit_stderr();
+        // Explicitly no network (the defaults already refuse every address).
+        wasi.args(&options.args)
+            .inherit_stdout()
+            .inherit_stderr()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         for (host, guest) in &options.read_dirs {
             wasi.preopened_dir(host, guest, FsPerms::ReadOnly)?;
         }
