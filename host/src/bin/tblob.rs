@@ -316,7 +316,13 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Gc => {
             let report = runtime.tenant_store(tenant)?.gc()?;
-            println!("{report:?}");
+            println!(
+                "removed {} chunks and {} segment files; reclaimed {} segment bytes and {} metadata log bytes",
+                report.chunks_removed,
+                report.segments_removed,
+                report.bytes_reclaimed,
+                report.meta_bytes_reclaimed
+            );
             Ok(0)
         }
         Command::Run { plugin, dirs, args } => {

@@ -1,5 +1,6 @@
-//! Garbage collection: drop chunks nothing references or pins, then compact
-//! segments that are mostly garbage.
+//! Garbage collection: drop chunks nothing references or pins, compact
+//! segments that are mostly garbage, then compact `meta.log` if most of it
+//! is deleted artifacts and superseded updates.
 //!
 //! Marking is implicit: reference counts are derived from live manifests
 //! and pins from open uploads, so a chunk with neither is garbage. Sweeping
@@ -13,12 +14,13 @@
 
 use std::collections::BTreeSet;
 
-use super::format::{CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use super::format::{self, CHUNK_HEADER_BYTES, META_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use super::index::Location;
+use super::meta::{self, Artifact};
 use super::{lock, segment, GcReport, Store, StoreError};
 
-/// Whether a segment with `record_bytes` of records, `live_bytes` of them
-/// live, is worth rewriting: all garbage, or more garbage than live.
+/// Whether a segment (or the metadata log) with `record_bytes` of records,
+/// `live_bytes` of them live, is worth rewriting: all garbage, or more garbage than live.
 fn worth_compacting(record_bytes: u64, live_bytes: u64) -> bool {
     let garbage_bytes = record_bytes.saturating_sub(live_bytes);
     garbage_bytes > 0 && (live_bytes == 0 || garbage_bytes > live_bytes)
@@ -72,7 +74,42 @@ pub(super) fn run(store: &Store) -> Result<GcReport, StoreError> {
     let outcome =
         outcome.and_then(|()| sealed.into_iter().try_for_each(|id| store.finish_seal(id)));
     report.bytes_reclaimed = removed_bytes.saturating_sub(written_bytes);
-    outcome.map(|()| report)
+    outcome?;
+    report.meta_bytes_reclaimed = compact_meta_log(store)?;
+    Ok(report)
+}
+
+/// Rewrites `meta.log` as one commit (and at most one update) per live
+/// artifact, in commit order, when that is less than half its size. Holds
+/// the log lock throughout, so no commit, delete or update lands meanwhile;
+/// the store lock only while copying the catalog out. A log whose replay
+/// found damage is left alone (see [`MetaLog::damaged`](super::meta::MetaLog::damaged)).
+/// Returns the bytes freed.
+fn compact_meta_log(store: &Store) -> Result<u64, StoreError> {
+    let inner = &store.inner;
+    let mut meta_log = lock(&inner.meta_log);
+    if meta_log.damaged() {
+        return Ok(0);
+    }
+    let live: Vec<Artifact> = {
+        let state = lock(&inner.state);
+        let catalog = &state.catalog;
+        catalog
+            .order
+            .values()
+            .map(|id| catalog.artifacts[id].clone())
+            .collect()
+    };
+    let records = || live.iter().flat_map(meta::snapshot_records);
+    let live_bytes: u64 = records()
+        .map(|record| format::encode_meta_record(&record).len() as u64)
+        .sum();
+    let old_len = meta_log.len();
+    if !worth_compacting(old_len - META_HEADER_BYTES, live_bytes) {
+        return Ok(0);
+    }
+    let new_len = meta_log.rewrite(records())?;
+    Ok(old_len.saturating_sub(new_len))
 }
 
 /// Moves the live records of sealed segment `id` into the active segment

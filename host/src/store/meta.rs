@@ -24,13 +24,21 @@ use crate::error::StoreError;
 /// File name of the metadata log in the tenant directory.
 pub const META_LOG_NAME: &str = "meta.log";
 
+/// File a compaction writes in full before renaming it over `meta.log`. One
+/// left by a crash is half written and never read: open removes it.
+pub const META_COMPACT_NAME: &str = "meta.log.compact";
+
 /// The append end of `meta.log`.
 pub struct MetaLog {
+    dir: Dir,
     file: File,
     /// Append position; everything before it has been replayed or written.
     len: u64,
     durability: Durability,
     fsyncs: Fsyncs,
+    /// Replay stepped over a damaged or invalid record. Such a log is never
+    /// compacted, so the damage stays on disk to be reported and examined.
+    damaged: bool,
 }
 
 /// What replaying the log found.
@@ -60,6 +68,16 @@ impl MetaLog {
         mut apply: impl FnMut(u64, MetaRecord),
     ) -> Result<(MetaLog, ReplayOutcome), StoreError> {
         let mut outcome = ReplayOutcome::default();
+        match dir.remove_file(META_COMPACT_NAME) {
+            Ok(()) => outcome.problems.push(format!(
+                "{META_COMPACT_NAME}: left by a compaction that did not finish; removed"
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(|| format!("removing {META_COMPACT_NAME}"))(e)),
+        }
+        let dir = dir
+            .try_clone()
+            .map_err(io(|| "duplicating the store directory handle".into()))?;
         let mut options = OpenOptions::new();
         options.read(true).write(true).create(true);
         let file = dir
@@ -84,15 +102,17 @@ impl MetaLog {
                 fsyncs
                     .all(&file)
                     .map_err(io(|| format!("syncing {META_LOG_NAME}")))?;
-                super::segment::directory_file(dir)
+                super::segment::directory_file(&dir)
                     .and_then(|d| fsyncs.all(&d))
                     .map_err(io(|| "syncing the store directory".into()))?;
             }
             let log = MetaLog {
+                dir,
                 file,
                 len: META_HEADER_BYTES,
                 durability,
                 fsyncs,
+                damaged: false,
             };
             return Ok((log, outcome));
         }
@@ -102,6 +122,7 @@ impl MetaLog {
         format::decode_meta_header(&header)
             .map_err(|reason| StoreError::Corrupted(format!("{META_LOG_NAME}: {reason}")))?;
 
+        let mut damaged = false;
         let mut at = META_HEADER_BYTES;
         // One buffer for every payload: replay allocates per record only
         // what the decoded record keeps.
@@ -116,14 +137,18 @@ impl MetaLog {
                             outcome.records += 1;
                             apply(at, record)
                         }
-                        Err(reason) => outcome.problems.push(format!(
-                            "{META_LOG_NAME}: record at offset {at} undecodable ({reason}); skipped"
-                        )),
+                        Err(reason) => {
+                            damaged = true;
+                            outcome.problems.push(format!(
+                                "{META_LOG_NAME}: record at offset {at} undecodable ({reason}); skipped"
+                            ))
+                        }
                     }
                     at = next;
                 }
                 Err(reason) => match next_record(&mut reader, at + 1, len, &mut payload)? {
                     Some(next) => {
+                        damaged = true;
                         outcome.problems.push(format!(
                             "{META_LOG_NAME}: bytes {at}..{next} unreadable ({reason}); skipped"
                         ));
@@ -152,13 +177,101 @@ impl MetaLog {
         }
         Ok((
             MetaLog {
+                dir,
                 file,
                 len,
                 durability,
                 fsyncs,
+                damaged,
             },
             outcome,
         ))
+    }
+
+    /// Bytes in the log, header included.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether replay stepped over damage (see [`MetaLog::mark_damaged`]).
+    pub fn damaged(&self) -> bool {
+        self.damaged
+    }
+
+    /// Notes that a replayed record was invalid, so the log is kept as it is.
+    pub fn mark_damaged(&mut self) {
+        self.damaged = true;
+    }
+
+    /// Replaces the whole log by `records`, atomically: they are written to
+    /// [`META_COMPACT_NAME`] and (in the durable modes) fsynced, and only
+    /// then is that file renamed over `meta.log` and the directory fsynced.
+    /// A crash before the rename leaves the old log in force; after it, the
+    /// new one. On an error before the rename the old log stays in use.
+    /// Returns the new length.
+    pub fn rewrite(
+        &mut self,
+        records: impl Iterator<Item = MetaRecord>,
+    ) -> Result<u64, StoreError> {
+        let file = match self.write_compacted(records) {
+            Ok(file) => file,
+            Err(error) => {
+                let _ = self.dir.remove_file(META_COMPACT_NAME);
+                return Err(error);
+            }
+        };
+        if let Err(source) = self.dir.rename(META_COMPACT_NAME, &self.dir, META_LOG_NAME) {
+            let _ = self.dir.remove_file(META_COMPACT_NAME);
+            return Err(StoreError::Io {
+                context: format!("renaming {META_COMPACT_NAME} to {META_LOG_NAME}"),
+                source,
+            });
+        }
+        // The new file is the log now, whatever the directory sync says.
+        let (file, len) = file;
+        self.file = file;
+        self.len = len;
+        if self.durability.fsyncs() {
+            super::segment::directory_file(&self.dir)
+                .and_then(|d| self.fsyncs.all(&d))
+                .map_err(io(|| "syncing the store directory".into()))?;
+        }
+        Ok(len)
+    }
+
+    /// Writes `records` after a header to a new [`META_COMPACT_NAME`].
+    fn write_compacted(
+        &self,
+        records: impl Iterator<Item = MetaRecord>,
+    ) -> Result<(File, u64), StoreError> {
+        use std::io::Write;
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(true);
+        let file = self
+            .dir
+            .open_with(META_COMPACT_NAME, &options)
+            .map_err(io(|| format!("creating {META_COMPACT_NAME}")))?
+            .into_std();
+        let write_error = io(|| format!("writing {META_COMPACT_NAME}"));
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &file);
+        let header = format::encode_meta_header();
+        let mut len = header.len() as u64;
+        let written = out.write_all(&header).and_then(|()| {
+            for record in records {
+                let bytes = format::encode_meta_record(&record);
+                out.write_all(&bytes)?;
+                len += bytes.len() as u64;
+            }
+            out.flush()
+        });
+        drop(out);
+        written.map_err(write_error)?;
+        if self.durability.fsyncs() {
+            self.fsyncs
+                .all(&file)
+                .map_err(io(|| format!("syncing {META_COMPACT_NAME}")))?;
+        }
+        Ok((file, len))
     }
 
     /// Appends one record and, in the durable modes, fsyncs it. When this
@@ -302,6 +415,7 @@ impl Manifest {
 }
 
 /// One live artifact.
+#[derive(Clone)]
 pub struct Artifact {
     /// Position in commit order.
     pub seq: u64,
@@ -322,6 +436,34 @@ pub struct Catalog {
     pub tags: HashMap<String, BTreeSet<u64>>,
     pub logical_bytes: u64,
     next_seq: u64,
+}
+
+/// The records that rebuild one live artifact at replay: its commit, with
+/// the mutable fields it has now, then, if it was modified since, an update
+/// that carries the modification time. What a compaction writes.
+pub fn snapshot_records(artifact: &Artifact) -> impl Iterator<Item = MetaRecord> {
+    let meta = &artifact.meta;
+    let fields = Catalog::fields_of(meta);
+    let update = (meta.modified_ms != meta.created_ms).then(|| MetaRecord::Update {
+        id: *meta.id.as_bytes(),
+        modified_ms: meta.modified_ms,
+        fields: fields.clone(),
+    });
+    let commit = MetaRecord::Commit {
+        id: *meta.id.as_bytes(),
+        size: meta.size,
+        digest: *meta.digest.as_bytes(),
+        created_ms: meta.created_ms,
+        chunks: artifact
+            .manifest
+            .chunks
+            .iter()
+            .map(|c| (*c.digest.as_bytes(), c.len))
+            .collect(),
+        creator: meta.creator.clone(),
+        fields,
+    };
+    std::iter::once(commit).chain(update)
 }
 
 impl Catalog {

@@ -7,7 +7,8 @@
 //!   ([`segment`]), each a crc-checked header with the chunk's BLAKE3 digest,
 //!   then the bytes.
 //! - `meta.log`: append-only metadata records ([`meta`]): commits (with the
-//!   whole manifest), deletes and metadata updates.
+//!   whole manifest), deletes and metadata updates. [`Store::gc`] replaces
+//!   it whole (write, fsync, rename) once most of it is dead records.
 //!
 //! - `segments/NNNNNNNNNNNNNNNN.hint`: a checkpoint of a sealed segment's
 //!   records, so open indexes it without reading it.
@@ -178,7 +179,7 @@ impl Store {
 
         let mut catalog = Catalog::default();
         let mut replay_problems = Vec::new();
-        let (meta_log, replayed) = MetaLog::open(
+        let (mut meta_log, replayed) = MetaLog::open(
             &dir,
             options.durability,
             fsyncs.clone(),
@@ -191,6 +192,9 @@ impl Store {
                 }
             },
         )?;
+        if !replay_problems.is_empty() {
+            meta_log.mark_damaged();
+        }
         open_stats.meta_records = replayed.records;
         recovery.truncated_bytes += replayed.truncated_bytes;
         recovery.problems.extend(replayed.problems);

@@ -791,6 +791,112 @@ fn compaction_reclaims_disk_after_deletes_and_live_artifacts_still_read() {
     assert_eq!(segment_files(&dir).len(), 1);
 }
 
+/// Segment compaction alone left `meta.log` growing forever: every commit
+/// keeps its whole manifest there and every delete and update adds a
+/// record, so a store that churns (put, delete, put...) grew its log and
+/// its open time without bound. GC now rewrites the log as the records of
+/// the live artifacts alone, atomically, keeping their metadata and order.
+#[test]
+fn gc_compacts_the_metadata_log_and_everything_live_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, StoreOptions::default());
+    let keep_bytes = data(20_000, 40);
+    let tagged = NewMetadata {
+        filename: Some("keep.bin".into()),
+        creator: Some("trainer".into()),
+        tags: vec!["keep".into()],
+        custom: vec![("step".into(), "7".into())],
+        ..NewMetadata::default()
+    };
+    let keep = put_with(&store, &keep_bytes, 1000, tagged).unwrap();
+    for round in 0..60 {
+        let id = put(&store, &data(20_000, 100 + round), 1000);
+        store.delete(&id).unwrap();
+    }
+    let later_bytes = data(3000, 41);
+    let later = put(&store, &later_bytes, 1000);
+    let change = MetadataUpdate {
+        tags: Some(vec!["keep".into(), "renamed".into()]),
+        links: Some(vec![later]),
+        ..MetadataUpdate::default()
+    };
+    let keep_meta = store.update(&keep, change).unwrap();
+    let later_meta = store.metadata(&later).unwrap();
+    let before = file_len(&meta_log(&dir));
+
+    let report = store.gc().unwrap();
+    let after = file_len(&meta_log(&dir));
+    assert_eq!(before - after, report.meta_bytes_reclaimed);
+    assert!(after * 10 < before, "{before} -> {after}");
+    assert!(!dir.path().join(meta::META_COMPACT_NAME).exists());
+
+    // The compacted log is the live one: appends go to it.
+    let newest = put(&store, b"after compaction", 4);
+    drop(store);
+    let store = open(&dir, StoreOptions::default());
+    assert!(store.recovery_report().problems.is_empty());
+    assert_eq!(store.list(None, 10), vec![keep, later, newest]);
+    assert_eq!(store.metadata(&keep).unwrap(), keep_meta);
+    assert_eq!(store.metadata(&later).unwrap(), later_meta);
+    assert_eq!(store.find_by_tag("renamed"), vec![keep]);
+    assert_eq!(get(&store, &keep).unwrap(), keep_bytes);
+    assert_eq!(get(&store, &later).unwrap(), later_bytes);
+    assert_eq!(get(&store, &newest).unwrap(), b"after compaction");
+    assert_eq!(store.stats().artifacts, 3);
+
+    // Nothing more to gain: a second GC leaves the log as it is.
+    assert_eq!(store.gc().unwrap().meta_bytes_reclaimed, 0);
+}
+
+/// A crash in the middle of a compaction leaves a half-written
+/// `meta.log.compact` next to the intact old log: open removes it, says
+/// so, and uses the old log.
+#[test]
+fn a_compaction_cut_short_by_a_crash_leaves_the_old_log_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, unsynced());
+    let first = put(&store, b"first", 2);
+    let gone = put(&store, b"gone", 2);
+    store.delete(&gone).unwrap();
+    drop(store);
+    let compact = dir.path().join(meta::META_COMPACT_NAME);
+    std::fs::write(&compact, b"TBMETA half a header").unwrap();
+    let store = open(&dir, unsynced());
+    let report = store.recovery_report();
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    assert!(report.problems[0].contains(meta::META_COMPACT_NAME));
+    assert!(!compact.exists());
+    assert_eq!(store.list(None, 10), vec![first]);
+    assert_eq!(get(&store, &first).unwrap(), b"first");
+}
+
+/// Compaction would erase a damaged record, and with it the evidence the
+/// open reported: a log whose replay stepped over damage is not rewritten.
+#[test]
+fn a_damaged_metadata_log_is_not_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, unsynced());
+    let first = put(&store, b"one", 3);
+    let start_of_second = file_len(&meta_log(&dir));
+    put(&store, b"two", 3);
+    for round in 0..20 {
+        let id = put(&store, &data(5000, 200 + round), 1000);
+        store.delete(&id).unwrap();
+    }
+    drop(store);
+    let mut bytes = std::fs::read(meta_log(&dir)).unwrap();
+    bytes[start_of_second as usize + 5] ^= 0x40;
+    std::fs::write(meta_log(&dir), &bytes).unwrap();
+    let store = open(&dir, unsynced());
+    assert_eq!(store.recovery_report().problems.len(), 1);
+    assert_eq!(store.gc().unwrap().meta_bytes_reclaimed, 0);
+    assert_eq!(std::fs::read(meta_log(&dir)).unwrap(), bytes);
+    drop(store);
+    let store = open(&dir, unsynced());
+    assert_eq!(store.recovery_report().problems.len(), 1);
+    assert_eq!(store.list(None, 10), vec![first]);
+}
+
 #[test]
 fn re_put_after_delete_and_gc_is_readable() {
     let dir = tempfile::tempdir().unwrap();

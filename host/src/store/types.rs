@@ -312,6 +312,9 @@ pub struct GcReport {
     pub bytes_reclaimed: u64,
     /// Segment files removed.
     pub segments_removed: u64,
+    /// Bytes `meta.log` shrank by when GC rewrote it without the records
+    /// of deleted artifacts and superseded updates (0 if it did not).
+    pub meta_bytes_reclaimed: u64,
 }
 
 #[cfg(test)]
