@@ -194,6 +194,51 @@ fn verify_catches_a_flipped_byte_and_get_refuses_the_damaged_artifact() {
     assert_eq!(tblob(store.path(), &["get", &intact]).stdout, intact_bytes);
 }
 
+/// A damaged metadata record loses that record's artifact, but is never
+/// dropped silently: `verify` reports it and fails, while every other
+/// artifact still lists, reads and verifies.
+#[test]
+fn verify_reports_a_damaged_metadata_record_and_the_rest_still_reads() {
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let contents: Vec<Vec<u8>> = (0..3).map(|i| data(50_000, 60 + i)).collect();
+    let mut ids = Vec::new();
+    let mut record_starts = Vec::new();
+    let meta_log = store.path().join("tenants/default/meta.log");
+    for (i, content) in contents.iter().enumerate() {
+        let file = work.path().join(format!("f{i}"));
+        std::fs::write(&file, content).unwrap();
+        record_starts.push(std::fs::metadata(&meta_log).map_or(0, |m| m.len()));
+        ids.push(put(store.path(), &file, &[]));
+    }
+    // Damage the middle commit's record (a byte in its payload).
+    let mut bytes = std::fs::read(&meta_log).unwrap();
+    bytes[record_starts[1] as usize + 40] ^= 0x10;
+    std::fs::write(&meta_log, &bytes).unwrap();
+
+    let verify = tblob(store.path(), &["verify"]);
+    assert_eq!(verify.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        stderr.contains("store damage") && stderr.contains("meta.log"),
+        "{stderr}"
+    );
+    assert_eq!(String::from_utf8(verify.stdout).unwrap(), "");
+    let listed = ok(&tblob(store.path(), &["ls"]));
+    assert!(
+        listed.contains(&ids[0]) && listed.contains(&ids[2]),
+        "{listed}"
+    );
+    assert!(!listed.contains(&ids[1]), "{listed}");
+    for i in [0, 2] {
+        assert_eq!(tblob(store.path(), &["get", &ids[i]]).stdout, contents[i]);
+        assert_eq!(
+            tblob(store.path(), &["verify", &ids[i]]).status.code(),
+            Some(0)
+        );
+    }
+}
+
 #[test]
 fn demo_and_run_execute_the_example_plugin() {
     let store = tempfile::tempdir().unwrap();

@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use tensor_blob_host::runtime::{BlobError, Chunker, WitError};
-use tensor_blob_host::store::{ArtifactId, Durability, Store, StoreOptions};
+use tensor_blob_host::store::{ArtifactId, Durability, ProblemKind, Store, StoreOptions};
 
 use crate::common::{self, copy_dir_all, data, fixed, list_all, options, HashSink};
 
@@ -256,7 +256,9 @@ fn check_after_kill(store_dir: &Path, acks: Vec<Ack>, model: &mut Model) -> Resu
         .map_err(|e| format!("reopening the store: {e}"))?;
     let recovery = store.recovery_report();
     for problem in &recovery.problems {
-        if !is_crash_residue(problem) {
+        // What a kill can leave behind (an unfinished write the store cut
+        // or redid), as opposed to damage.
+        if !problem.kind.is_crash_residue() {
             return Err(format!(
                 "recovery found more than what a crash leaves: {:?}",
                 recovery.problems
@@ -343,20 +345,6 @@ fn check_after_kill(store_dir: &Path, acks: Vec<Ack>, model: &mut Model) -> Resu
         ));
     }
     Ok(())
-}
-
-/// Whether a recovery problem is what a kill can leave behind (an
-/// unfinished write the store cut or redid), as opposed to damage.
-fn is_crash_residue(problem: &str) -> bool {
-    // A record appended but never fsynced, cut at open.
-    problem.contains("torn tail")
-        // The active segment killed between its creation and its header.
-        || problem.contains("shorter than its header; header rewritten")
-        // An index hint killed while being written; the segment is scanned.
-        || (problem.contains(": hint ") && problem.ends_with("; segment scanned"))
-        // GC killed while writing the compacted metadata log, before the
-        // rename that would have put it in force.
-        || problem.contains("left by a compaction that did not finish; removed")
 }
 
 fn verify(store: &Store, id: &str) -> Result<(), String> {
@@ -550,12 +538,18 @@ fn truncation_of_the_logs_at_every_offset_keeps_the_prefix() {
                 assert_eq!(recovery.truncated_bytes, torn, "{context}: {recovery:?}");
                 for problem in &recovery.problems {
                     assert!(
-                        problem.contains("torn tail") || (!is_meta && problem.contains(&last_id)),
+                        problem.kind == ProblemKind::TornTail
+                            || (!is_meta
+                                && problem.kind == ProblemKind::MissingChunk
+                                && problem.message.contains(&last_id)),
                         "{context}: unexpected problem {problem}"
                     );
                 }
                 assert_eq!(
-                    recovery.problems.iter().any(|p| p.contains("torn tail")),
+                    recovery
+                        .problems
+                        .iter()
+                        .any(|p| p.kind == ProblemKind::TornTail),
                     torn > 0,
                     "{context}: torn tail reported iff bytes were cut: {recovery:?}"
                 );
@@ -689,7 +683,10 @@ fn flipped_bytes_in_sealed_segments_and_meta_are_detected_and_contained() {
         let recovery = store.recovery_report();
         if flip_meta {
             assert!(
-                recovery.problems.iter().any(|p| p.contains("meta.log")),
+                recovery
+                    .problems
+                    .iter()
+                    .any(|p| p.message.contains("meta.log")),
                 "{context}: a flipped meta.log byte must be reported: {recovery:?}"
             );
         }

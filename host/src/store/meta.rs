@@ -18,7 +18,7 @@ use cap_std::fs::{Dir, OpenOptions};
 use super::format::{self, MetaRecord, MutableFields, META_HEADER_BYTES, META_RECORD_HEADER_BYTES};
 use super::fsync::Fsyncs;
 use super::read::Reader;
-use super::types::{ArtifactId, ChunkRef, Durability, Metadata};
+use super::types::{ArtifactId, ChunkRef, Durability, Metadata, Problem, ProblemKind};
 use crate::error::StoreError;
 
 /// File name of the metadata log in the tenant directory.
@@ -46,7 +46,7 @@ pub struct MetaLog {
 pub struct ReplayOutcome {
     pub truncated_bytes: u64,
     pub records: u64,
-    pub problems: Vec<String>,
+    pub problems: Vec<Problem>,
 }
 
 /// Wraps an I/O error with its context, built only if there is an error
@@ -69,8 +69,9 @@ impl MetaLog {
     ) -> Result<(MetaLog, ReplayOutcome), StoreError> {
         let mut outcome = ReplayOutcome::default();
         match dir.remove_file(META_COMPACT_NAME) {
-            Ok(()) => outcome.problems.push(format!(
-                "{META_COMPACT_NAME}: left by a compaction that did not finish; removed"
+            Ok(()) => outcome.problems.push(Problem::new(
+                ProblemKind::UnfinishedCompaction,
+                format!("{META_COMPACT_NAME}: left by a compaction that did not finish; removed"),
             )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(|| format!("removing {META_COMPACT_NAME}"))(e)),
@@ -91,9 +92,10 @@ impl MetaLog {
         if len < META_HEADER_BYTES {
             // New, or torn while being created: nothing in it was acknowledged.
             if len > 0 {
-                outcome
-                    .problems
-                    .push(format!("{META_LOG_NAME}: {len}-byte torn header rewritten"));
+                outcome.problems.push(Problem::new(
+                    ProblemKind::TornHeader,
+                    format!("{META_LOG_NAME}: {len}-byte torn header rewritten"),
+                ));
             }
             file.set_len(0)
                 .and_then(|()| file.write_all_at(&format::encode_meta_header(), 0))
@@ -139,8 +141,9 @@ impl MetaLog {
                         }
                         Err(reason) => {
                             damaged = true;
-                            outcome.problems.push(format!(
-                                "{META_LOG_NAME}: record at offset {at} undecodable ({reason}); skipped"
+                            outcome.problems.push(Problem::new(
+                                ProblemKind::InvalidRecord,
+                                format!("{META_LOG_NAME}: record at offset {at} undecodable ({reason}); skipped"),
                             ))
                         }
                     }
@@ -149,8 +152,9 @@ impl MetaLog {
                 Err(reason) => match next_record(&mut reader, at + 1, len, &mut payload)? {
                     Some(next) => {
                         damaged = true;
-                        outcome.problems.push(format!(
-                            "{META_LOG_NAME}: bytes {at}..{next} unreadable ({reason}); skipped"
+                        outcome.problems.push(Problem::new(
+                            ProblemKind::Damaged,
+                            format!("{META_LOG_NAME}: bytes {at}..{next} unreadable ({reason}); skipped"),
                         ));
                         at = next;
                     }
@@ -158,9 +162,12 @@ impl MetaLog {
                         file.set_len(at)
                             .map_err(io(|| format!("truncating {META_LOG_NAME} at {at}")))?;
                         outcome.truncated_bytes += len - at;
-                        outcome.problems.push(format!(
-                            "{META_LOG_NAME}: torn tail at offset {at} ({reason}); {} bytes truncated",
-                            len - at
+                        outcome.problems.push(Problem::new(
+                            ProblemKind::TornTail,
+                            format!(
+                                "{META_LOG_NAME}: torn tail at offset {at} ({reason}); {} bytes truncated",
+                                len - at
+                            ),
                         ));
                         break;
                     }

@@ -79,7 +79,7 @@ pub use self::format::{
 };
 pub use self::types::{
     ArtifactId, ChunkRef, Durability, GcReport, Hash, Metadata, MetadataUpdate, NewMetadata,
-    OpenStats, RecoveryReport, Stats, StoreOptions, VerifyReport,
+    OpenStats, Problem, ProblemKind, RecoveryReport, Stats, StoreOptions, VerifyReport,
 };
 pub use crate::error::StoreError;
 
@@ -185,9 +185,12 @@ impl Store {
             fsyncs.clone(),
             |offset, record| {
                 if let Err(problem) = apply(&mut catalog, &mut index, record) {
-                    replay_problems.push(format!(
-                        "{}: record at offset {offset}: {problem}",
-                        meta::META_LOG_NAME
+                    replay_problems.push(Problem::new(
+                        ProblemKind::InvalidRecord,
+                        format!(
+                            "{}: record at offset {offset}: {problem}",
+                            meta::META_LOG_NAME
+                        ),
                     ));
                 }
             },
@@ -212,9 +215,12 @@ impl Store {
                         .is_none_or(|e| e.location.is_none())
                 });
             if let Some((i, chunk)) = lost {
-                recovery.problems.push(format!(
-                    "artifact {id} (commit #{seq}): chunk {i} ({}) is in no segment; the artifact reads as corrupted",
-                    chunk.digest
+                recovery.problems.push(Problem::new(
+                    ProblemKind::MissingChunk,
+                    format!(
+                        "artifact {id} (commit #{seq}): chunk {i} ({}) is in no segment; the artifact reads as corrupted",
+                        chunk.digest
+                    ),
                 ));
             }
         }

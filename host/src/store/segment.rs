@@ -22,7 +22,7 @@ use super::format::{self, ChunkHeader, HintEntry, CHUNK_HEADER_BYTES, SEGMENT_HE
 use super::fsync::Fsyncs;
 use super::index::{Index, Location};
 use super::read::Reader;
-use super::types::{Durability, Hash, OpenStats};
+use super::types::{Durability, Hash, OpenStats, Problem, ProblemKind};
 use crate::error::StoreError;
 
 /// One segment file.
@@ -42,7 +42,7 @@ pub struct Segment {
 #[derive(Default)]
 pub struct ScanOutcome {
     pub truncated_bytes: u64,
-    pub problems: Vec<String>,
+    pub problems: Vec<Problem>,
     pub stats: OpenStats,
 }
 
@@ -254,9 +254,12 @@ impl Segments {
                         continue;
                     }
                     Ok(None) => {}
-                    Err(reason) => outcome.problems.push(format!(
-                        "segment {name}: hint {} not used ({reason}); segment scanned",
-                        hint_name(id)
+                    Err(reason) => outcome.problems.push(Problem::new(
+                        ProblemKind::HintRejected,
+                        format!(
+                            "segment {name}: hint {} not used ({reason}); segment scanned",
+                            hint_name(id)
+                        ),
                     )),
                 }
             }
@@ -276,16 +279,18 @@ impl Segments {
                     file.set_len(0)
                         .and_then(|()| file.write_all_at(&format::encode_segment_header(), 0))
                         .map_err(io(|| format!("rewriting header of segment {name}")))?;
-                    outcome
-                        .problems
-                        .push(format!("segment {name}: {reason}; header rewritten"));
+                    outcome.problems.push(Problem::new(
+                        ProblemKind::TornHeader,
+                        format!("segment {name}: {reason}; header rewritten"),
+                    ));
                     SEGMENT_HEADER_BYTES
                 }
                 Err(reason) => {
                     // Not ours or from a future version: keep it, use none of it.
-                    outcome
-                        .problems
-                        .push(format!("segment {name}: {reason}; segment skipped"));
+                    outcome.problems.push(Problem::new(
+                        ProblemKind::ForeignSegment,
+                        format!("segment {name}: {reason}; segment skipped"),
+                    ));
                     continue;
                 }
             };
@@ -298,14 +303,18 @@ impl Segments {
                     file.set_len(at)
                         .map_err(io(|| format!("truncating segment {name} at {at}")))?;
                     outcome.truncated_bytes += len - at;
-                    outcome.problems.push(format!(
-                        "segment {name}: torn tail at offset {at} ({reason}); {} bytes truncated",
-                        len - at
+                    outcome.problems.push(Problem::new(
+                        ProblemKind::TornTail,
+                        format!(
+                            "segment {name}: torn tail at offset {at} ({reason}); {} bytes truncated",
+                            len - at
+                        ),
                     ));
                     len = at;
                 } else {
-                    outcome.problems.push(format!(
-                        "segment {name}: bytes {at}..{len} unreadable ({reason}); left in place"
+                    outcome.problems.push(Problem::new(
+                        ProblemKind::Damaged,
+                        format!("segment {name}: bytes {at}..{len} unreadable ({reason}); left in place"),
                     ));
                 }
             }
@@ -648,7 +657,7 @@ pub fn read_payload(
 
 struct Scan {
     records: Vec<HintEntry>,
-    problems: Vec<String>,
+    problems: Vec<Problem>,
     /// From here to the end nothing valid was found.
     torn_at: Option<(u64, String)>,
 }
@@ -682,8 +691,11 @@ fn scan(file: &File, segment: u64, len: u64, verify_payloads: bool) -> Result<Sc
             Err(reason) => {
                 match next_record(file, segment, at + 1, len, verify_payloads, &mut payload)? {
                     Some(next) => {
-                        out.problems.push(format!(
-                            "segment {name}: bytes {at}..{next} unreadable ({reason}); skipped"
+                        out.problems.push(Problem::new(
+                            ProblemKind::Damaged,
+                            format!(
+                                "segment {name}: bytes {at}..{next} unreadable ({reason}); skipped"
+                            ),
                         ));
                         at = next;
                     }

@@ -569,8 +569,11 @@ fn damaged_meta_record_in_the_middle_is_skipped_not_the_rest() {
     let report = store.recovery_report();
     assert_eq!(report.truncated_bytes, 0);
     assert_eq!(report.problems.len(), 1, "{report:?}");
+    assert_eq!(report.problems[0].kind, ProblemKind::Damaged);
     assert!(
-        report.problems[0].contains(&format!("{start_of_second}")),
+        report.problems[0]
+            .message
+            .contains(&format!("{start_of_second}")),
         "{report:?}"
     );
     assert_eq!(store.list(None, 10), vec![first, third]);
@@ -623,10 +626,9 @@ fn flipped_payload_byte_reads_corrupted_and_verify_all_names_only_that_artifact(
     let report = store.recovery_report();
     assert_eq!(report.truncated_bytes, 0, "{report:?}");
     assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| p.contains(&damaged.to_string())),
+        report.problems.iter().any(
+            |p| p.kind == ProblemKind::MissingChunk && p.message.contains(&damaged.to_string())
+        ),
         "{report:?}"
     );
     check(&store);
@@ -864,7 +866,9 @@ fn a_compaction_cut_short_by_a_crash_leaves_the_old_log_in_force() {
     let store = open(&dir, unsynced());
     let report = store.recovery_report();
     assert_eq!(report.problems.len(), 1, "{report:?}");
-    assert!(report.problems[0].contains(meta::META_COMPACT_NAME));
+    assert_eq!(report.problems[0].kind, ProblemKind::UnfinishedCompaction);
+    assert!(report.problems[0].kind.is_crash_residue());
+    assert!(report.problems[0].message.contains(meta::META_COMPACT_NAME));
     assert!(!compact.exists());
     assert_eq!(store.list(None, 10), vec![first]);
     assert_eq!(get(&store, &first).unwrap(), b"first");
@@ -957,7 +961,7 @@ fn a_lost_segment_makes_its_artifacts_corrupted_not_missing() {
         .recovery_report()
         .problems
         .iter()
-        .any(|p| p.contains(&id.to_string())));
+        .any(|p| p.kind == ProblemKind::MissingChunk && p.message.contains(&id.to_string())));
     assert!(matches!(get(&store, &id), Err(StoreError::Corrupted(_))));
     assert!(matches!(store.verify(&id), Err(StoreError::Corrupted(m)) if m.contains("chunk 1")));
     assert_eq!(get(&store, &other).unwrap(), b"other");
@@ -1363,7 +1367,12 @@ fn torn_stale_or_missing_hints_fall_back_to_scanning() {
     assert_eq!(stats.hints_written, 3);
     let problems = store.recovery_report().problems;
     assert_eq!(problems.len(), 2, "{problems:?}");
-    assert!(problems.iter().all(|p| p.contains("hint")), "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .all(|p| p.kind == ProblemKind::HintRejected && p.message.contains("hint")),
+        "{problems:?}"
+    );
     assert_eq!(get(&store, &id).unwrap(), bytes);
     assert!(!temp.exists());
     drop(store);
@@ -1382,11 +1391,15 @@ fn torn_stale_or_missing_hints_fall_back_to_scanning() {
     assert_eq!(store.open_stats().segments_from_hints, sealed - 1);
     let problems = store.recovery_report().problems;
     assert!(
-        problems.iter().any(|p| p.contains("stale hint")),
+        problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::HintRejected && p.message.contains("stale hint")),
         "{problems:?}"
     );
     assert!(
-        problems.iter().any(|p| p.contains("unreadable")),
+        problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::Damaged && p.message.contains("unreadable")),
         "{problems:?}"
     );
     assert_eq!(get(&store, &id).unwrap(), bytes);

@@ -272,8 +272,83 @@ impl Default for StoreOptions {
 pub struct RecoveryReport {
     /// Bytes cut from torn tails of the active segment and the metadata log.
     pub truncated_bytes: u64,
-    /// Damage found and contained, one line each, naming file and offset.
-    pub problems: Vec<String>,
+    /// Everything found and dealt with, in the order found.
+    pub problems: Vec<Problem>,
+}
+
+impl RecoveryReport {
+    /// Problems that are not what an interrupted write leaves behind:
+    /// damage, invalid records, lost chunks, files that are not ours.
+    pub fn damage(&self) -> impl Iterator<Item = &Problem> {
+        self.problems
+            .iter()
+            .filter(|problem| !problem.kind.is_crash_residue())
+    }
+}
+
+/// One thing [`Store::open`](super::Store::open) found, and what it did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    /// For people: the file, the offsets, the reason and what was done.
+    pub message: String,
+}
+
+impl Problem {
+    pub(crate) fn new(kind: ProblemKind, message: String) -> Self {
+        Problem { kind, message }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The kinds of [`Problem`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProblemKind {
+    /// A record cut short at the end of the active segment or `meta.log`
+    /// (a crash while appending): truncated.
+    TornTail,
+    /// A file torn while being created, shorter than its header: started
+    /// again. Nothing in it was acknowledged.
+    TornHeader,
+    /// A segment's hint file torn, stale or damaged: the segment was
+    /// scanned instead, so nothing is lost.
+    HintRejected,
+    /// A `meta.log` compaction a crash cut short: its unfinished file was
+    /// removed and the old log kept.
+    UnfinishedCompaction,
+    /// Bytes in the middle of a file (or a sealed segment's tail) that fail
+    /// their checks: skipped, the records in them lost; left on disk.
+    Damaged,
+    /// A `meta.log` record that is intact but cannot apply (undecodable, a
+    /// second commit of one id, a delete or update of an unknown artifact):
+    /// ignored.
+    InvalidRecord,
+    /// A committed artifact has a chunk no segment holds: it stays listed
+    /// and reads as corrupted.
+    MissingChunk,
+    /// A segment with a header that is not ours or from a newer version:
+    /// left alone, none of it used.
+    ForeignSegment,
+}
+
+impl ProblemKind {
+    /// What an interrupted write (a crash, a kill, a power cut) leaves
+    /// behind and the open repairs without losing anything acknowledged,
+    /// as opposed to damage.
+    pub fn is_crash_residue(self) -> bool {
+        matches!(
+            self,
+            ProblemKind::TornTail
+                | ProblemKind::TornHeader
+                | ProblemKind::HintRejected
+                | ProblemKind::UnfinishedCompaction
+        )
+    }
 }
 
 /// How [`Store::open`](super::Store::open) built its index, for
