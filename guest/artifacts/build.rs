@@ -35,6 +35,7 @@ const BUILDS: &[WasmBuild] = &[
             "tensor_blob_chunker.wasm",
             "tensor_blob_rogue_chunker.wasm",
             "tensor-blob-bench-plugin.wasm",
+            "tensor-blob-hostile-plugin.wasm",
         ],
     },
     WasmBuild {
@@ -59,6 +60,8 @@ const RERUN_IF_CHANGED: &[&str] = &[
     "guest/components/rogue/Cargo.toml",
     "guest/components/bench-plugin/src",
     "guest/components/bench-plugin/Cargo.toml",
+    "guest/components/hostile-plugin/src",
+    "guest/components/hostile-plugin/Cargo.toml",
     "examples/plugin/src",
     "examples/plugin/Cargo.toml",
     "examples/plugin/Cargo.lock",

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 use crate::common::data;
 
-fn tblob(store: &Path, args: &[&str]) -> Output {
+pub(crate) fn tblob(store: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tblob"))
         .arg("--store")
         .arg(store)
@@ -18,7 +18,7 @@ fn tblob(store: &Path, args: &[&str]) -> Output {
         .expect("tblob runs")
 }
 
-fn ok(output: &Output) -> String {
+pub(crate) fn ok(output: &Output) -> String {
     assert!(
         output.status.success(),
         "tblob failed: {}",

@@ -6,6 +6,7 @@ mod common;
 mod cli;
 mod crash;
 mod hostile_guest;
+mod hostile_plugin;
 mod pipeline;
 mod plugin;
 mod roundtrip;

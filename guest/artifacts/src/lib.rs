@@ -43,6 +43,13 @@ pub const EXAMPLE_PLUGIN_WASM_PATH: &str =
 /// benchmark runs it through `tblob run`. Source: guest/components/bench-plugin.
 pub const BENCH_PLUGIN_WASM_PATH: &str = concat!(env!("OUT_DIR"), "/tensor-blob-bench-plugin.wasm");
 
+/// A deliberately hostile plugin (world `plugin`, a WASI command) for host
+/// tests: `hostile-plugin ATTACK [ARG]` attacks the blob imports (another
+/// tenant's ids, oversized calls, handle floods, abandoned uploads, memory
+/// bombs) and prints each outcome. Source: guest/components/hostile-plugin.
+pub const HOSTILE_PLUGIN_WASM: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/tensor-blob-hostile-plugin.wasm"));
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,7 +57,12 @@ mod tests {
     /// Component binaries start with the wasm magic and the component layer.
     #[test]
     fn embedded_bytes_are_components() {
-        for wasm in [CHUNKER_WASM, ROGUE_CHUNKER_WASM, EXAMPLE_PLUGIN_WASM] {
+        for wasm in [
+            CHUNKER_WASM,
+            ROGUE_CHUNKER_WASM,
+            EXAMPLE_PLUGIN_WASM,
+            HOSTILE_PLUGIN_WASM,
+        ] {
             assert_eq!(&wasm[..4], b"\0asm");
             assert_eq!(&wasm[6..8], &[0x01, 0x00], "component layer");
         }

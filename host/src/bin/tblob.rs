@@ -410,11 +410,25 @@ fn run_plugin(
         .enable_all()
         .build()?;
     let plugin = Plugin::new(runtime, wasm)?;
-    let code = tokio.block_on(plugin.run(tenant, &options))?;
+    let code = tokio
+        .block_on(plugin.run(tenant, &options))
+        .map_err(plugin_failure)?;
     if !(0..=255).contains(&code) {
         bail!("plugin exited with code {code}");
     }
     Ok(code as u8)
+}
+
+/// A plugin's trap as one line: what trapped, without the wasm backtrace
+/// (the plugin's own stderr, above, says why it stopped).
+fn plugin_failure(error: wasmtime::Error) -> anyhow::Error {
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => anyhow::anyhow!(
+            "the plugin trapped: {trap} (its memory is limited to {} MiB)",
+            runtime::limits::PLUGIN_MEMORY_BYTES_MAX >> 20
+        ),
+        None => error.into(),
+    }
 }
 
 fn partial_path(path: &Path) -> PathBuf {

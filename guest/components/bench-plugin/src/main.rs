@@ -49,7 +49,9 @@ fn main() {
     let reader = blobs::open_reader(&id, 0).unwrap_or_else(|e| fail("open-reader", e));
     let mut total = 0usize;
     loop {
-        let piece = reader.read(PIECE_BYTES as u32).unwrap_or_else(|e| fail("read", e));
+        let piece = reader
+            .read(PIECE_BYTES as u32)
+            .unwrap_or_else(|e| fail("read", e));
         if piece.is_empty() {
             break;
         }

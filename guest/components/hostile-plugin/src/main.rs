@@ -1,0 +1,264 @@
+//! Hostile plugin for host tests: `hostile-plugin ATTACK [ARG]` attacks the
+//! `tensor:blob/blobs` imports from the plugin side and prints one line per
+//! step, `<step>: <outcome>`, where an outcome is `ok ...` or the WIT error
+//! case (`not-found`, `invalid-argument`, `closed`, ...). The tests in
+//! tests/all/hostile_plugin.rs read those lines. Never a real plugin.
+//!
+//! Attacks:
+//! - `foreign ID`: every call that takes an id, on ID (another tenant's);
+//! - `limits`: a flood of open handles, oversized writes and reads, use of
+//!   finished and aborted writers, invalid options;
+//! - `abandon BYTES`: writes BYTES to a writer and exits without finishing;
+//! - `memory-bomb`: grows its memory until the host refuses.
+
+wit_bindgen::generate!({
+    path: "../../../wit",
+    world: "plugin",
+});
+
+use tensor::blob::blobs;
+use tensor::blob::types::{CdcParams, Chunking, Error, MetadataUpdate, PutOptions};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("foreign") => foreign(args.get(2).expect("foreign ID")),
+        Some("limits") => limits(),
+        Some("abandon") => abandon(
+            args.get(2)
+                .and_then(|a| a.parse().ok())
+                .expect("abandon BYTES"),
+        ),
+        Some("memory-bomb") => memory_bomb(),
+        _ => {
+            eprintln!("usage: hostile-plugin foreign ID | limits | abandon BYTES | memory-bomb");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn kind(error: &Error) -> &'static str {
+    match error {
+        Error::NotFound(_) => "not-found",
+        Error::TooLarge(_) => "too-large",
+        Error::QuotaExceeded(_) => "quota-exceeded",
+        Error::InvalidArgument(_) => "invalid-argument",
+        Error::HashMismatch(_) => "hash-mismatch",
+        Error::Corrupted(_) => "corrupted",
+        Error::Closed => "closed",
+        Error::Io(_) => "io",
+    }
+}
+
+/// Prints `step: ok <what>` or `step: <error case>`.
+fn report<T>(step: &str, result: Result<T, Error>, what: impl FnOnce(&T) -> String) -> Option<T> {
+    match result {
+        Ok(value) => {
+            println!("{step}: ok {}", what(&value));
+            Some(value)
+        }
+        Err(error) => {
+            println!("{step}: {}", kind(&error));
+            None
+        }
+    }
+}
+
+fn options() -> PutOptions {
+    PutOptions {
+        filename: None,
+        content_type: None,
+        creator: None,
+        tags: Vec::new(),
+        links: Vec::new(),
+        custom: Vec::new(),
+        chunking: None,
+    }
+}
+
+fn no_change() -> MetadataUpdate {
+    MetadataUpdate {
+        filename: None,
+        content_type: None,
+        tags: None,
+        links: None,
+        custom: None,
+    }
+}
+
+/// Everything that takes an id, on an id this tenant does not have.
+fn foreign(id: &str) {
+    let id = id.to_string();
+    report("exists", blobs::exists(&id), |b| b.to_string());
+    report("get", blobs::get(&id), |b| format!("{} bytes", b.len()));
+    report("stat", blobs::stat(&id), |m| m.id.clone());
+    report("open-reader", blobs::open_reader(&id, 0), |_| {
+        "reader".into()
+    });
+    let rename = MetadataUpdate {
+        filename: Some(Some("stolen".into())),
+        ..no_change()
+    };
+    report("update", blobs::update(&id, &rename), |m| m.id.clone());
+    report("delete", blobs::delete(&id), |()| String::new());
+    let linked = PutOptions {
+        links: vec![id.clone()],
+        ..options()
+    };
+    report("put-linking-it", blobs::put(b"link", &linked), |id| {
+        id.clone()
+    });
+    report("list", blobs::list(None, 1000), |ids| {
+        format!("{} ids", ids.len())
+    });
+    report("list-after-it", blobs::list(Some(&id), 1000), |ids| {
+        format!("{} ids", ids.len())
+    });
+    report("find-by-tag", blobs::find_by_tag("secret"), |ids| {
+        format!("{} ids", ids.len())
+    });
+    report("stats", blobs::stats(), |s| {
+        format!("{} artifacts", s.artifacts)
+    });
+}
+
+fn limits() {
+    // A flood of open writers: the host caps them.
+    let mut writers = Vec::new();
+    loop {
+        match blobs::create_writer(&options()) {
+            Ok(writer) => writers.push(writer),
+            Err(error) => {
+                println!("open-writers: {} after {}", kind(&error), writers.len());
+                break;
+            }
+        }
+        if writers.len() > 10_000 {
+            println!("open-writers: ok unbounded");
+            break;
+        }
+    }
+    drop(writers);
+    report(
+        "open-after-release",
+        blobs::create_writer(&options()),
+        |_| "writer".into(),
+    );
+
+    // Oversized calls: one byte over the documented 16 MiB.
+    let writer = blobs::create_writer(&options()).expect("a writer");
+    let big = vec![7u8; (16 << 20) + 1];
+    report("write-over-16-mib", writer.write(&big), |()| String::new());
+    drop(big);
+    report("put-over-inline-max", oversized_put(), |id| id.clone());
+
+    // Use after finish and abort.
+    let writer = blobs::create_writer(&options()).expect("a writer");
+    report("write", writer.write(b"hello"), |()| String::new());
+    let id = report("finish", writer.finish(), |id| id.clone()).expect("finished");
+    report("finish-again", writer.finish(), |id| id.clone());
+    report("write-after-finish", writer.write(b"more"), |()| {
+        String::new()
+    });
+    let aborted = blobs::create_writer(&options()).expect("a writer");
+    report("write-before-abort", aborted.write(b"doomed"), |()| {
+        String::new()
+    });
+    aborted.abort();
+    report("finish-after-abort", aborted.finish(), |id| id.clone());
+
+    // Oversized and out-of-range reads.
+    let reader = blobs::open_reader(&id, 0).expect("a reader");
+    report("read-u32-max", reader.read(u32::MAX), |b| {
+        format!("{} bytes", b.len())
+    });
+    report("seek-past-end", reader.seek(u64::MAX), |()| String::new());
+    report(
+        "open-reader-past-end",
+        blobs::open_reader(&id, u64::MAX),
+        |_| "reader".into(),
+    );
+
+    // Options the host must refuse.
+    let bad_chunking = [
+        ("chunking-fixed-0", Chunking::Fixed(0)),
+        ("chunking-fixed-4-gib", Chunking::Fixed(u32::MAX)),
+        (
+            "chunking-cdc-min-over-max",
+            Chunking::ContentDefined(CdcParams {
+                min: 1 << 20,
+                avg: 1 << 16,
+                max: 1 << 12,
+            }),
+        ),
+    ];
+    for (step, chunking) in bad_chunking {
+        let options = PutOptions {
+            chunking: Some(chunking),
+            ..options()
+        };
+        report(step, blobs::put(b"data", &options), |id| id.clone());
+    }
+    let long = PutOptions {
+        filename: Some("x".repeat(1 << 20)),
+        ..options()
+    };
+    report("filename-1-mib", blobs::put(b"data", &long), |id| {
+        id.clone()
+    });
+    let many_tags = PutOptions {
+        tags: (0..100_000).map(|i| format!("t{i}")).collect(),
+        ..options()
+    };
+    report("tags-100000", blobs::put(b"data", &many_tags), |id| {
+        id.clone()
+    });
+    report("not-an-id", blobs::get("../../etc/passwd"), |b| {
+        format!("{} bytes", b.len())
+    });
+    report("list-limit-max", blobs::list(None, u32::MAX), |ids| {
+        format!("{} ids", ids.len())
+    });
+    report("stats", blobs::stats(), |s| {
+        format!("{} artifacts", s.artifacts)
+    });
+}
+
+/// `put` of one byte more than the host's inline limit.
+fn oversized_put() -> Result<String, Error> {
+    let max = blobs::inline_bytes_max();
+    let data = vec![1u8; max as usize + 1];
+    blobs::put(&data, &options())
+}
+
+/// Starts an upload and walks away: nothing of it may become visible.
+fn abandon(bytes: usize) {
+    let writer = blobs::create_writer(&options()).expect("a writer");
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut piece = vec![0u8; 1 << 20];
+    let mut written = 0;
+    while written < bytes {
+        for byte in piece.iter_mut() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *byte = state as u8;
+        }
+        let n = piece.len().min(bytes - written);
+        writer.write(&piece[..n]).expect("write");
+        written += n;
+    }
+    println!("abandon: wrote {written} bytes, exiting without finish");
+    std::process::exit(0);
+}
+
+/// Grows linear memory 64 MiB at a time until the host refuses.
+fn memory_bomb() {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut block = vec![0u8; 64 << 20];
+        block[0] = 1;
+        hoard.push(block);
+        println!("memory-bomb: holding {} MiB", hoard.len() * 64);
+    }
+}

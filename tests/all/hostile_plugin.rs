@@ -1,0 +1,197 @@
+//! Goal: a plugin is as untrusted as the chunker. Whatever it calls, with
+//! whatever arguments, it gets a typed error or a bounded answer; it never
+//! sees or touches another tenant's artifacts; an upload it abandons never
+//! becomes visible; and exhausting its memory ends only its own run.
+//! Method: run the real hostile plugin (guest/components/hostile-plugin)
+//! with `tblob run`, in real processes, and read the outcome it prints for
+//! each step (`<step>: ok ...` or the WIT error case).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::cli::{ok, tblob};
+use crate::common::data;
+
+/// The hostile plugin written to `dir`, for `tblob run`.
+fn plugin_file(dir: &Path) -> PathBuf {
+    let path = dir.join("hostile-plugin.wasm");
+    std::fs::write(&path, tensor_blob_artifacts::HOSTILE_PLUGIN_WASM).unwrap();
+    path
+}
+
+/// Runs the plugin as `tenant`; returns each step's outcome.
+fn attack(store: &Path, plugin: &Path, tenant: &str, args: &[&str]) -> BTreeMap<String, String> {
+    let mut argv = vec!["--tenant", tenant, "run", plugin.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    ok(&tblob(store, &argv))
+        .lines()
+        .map(|line| {
+            let (step, outcome) = line.split_once(": ").expect("step: outcome");
+            (step.to_string(), outcome.to_string())
+        })
+        .collect()
+}
+
+fn assert_outcomes(outcomes: &BTreeMap<String, String>, expected: &[(&str, &str)]) {
+    for (step, want) in expected {
+        let got = outcomes
+            .get(*step)
+            .unwrap_or_else(|| panic!("step {step} missing: {outcomes:?}"));
+        assert!(got.starts_with(want), "{step}: got {got:?}, want {want:?}");
+    }
+    assert_eq!(outcomes.len(), expected.len(), "{outcomes:?}");
+}
+
+fn stat_json(store: &Path, tenant: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(&tblob(store, &["--tenant", tenant, "stat", "--json"]))).unwrap()
+}
+
+#[test]
+fn a_plugin_can_neither_see_nor_touch_another_tenants_artifacts() {
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let plugin = plugin_file(work.path());
+    let secret = data(300_000, 81);
+    let file = work.path().join("secret.bin");
+    std::fs::write(&file, &secret).unwrap();
+    let put = ok(&tblob(
+        store.path(),
+        &[
+            "--tenant",
+            "bob",
+            "put",
+            file.to_str().unwrap(),
+            "--tag",
+            "secret",
+        ],
+    ));
+    let id = put.trim_end();
+
+    let outcomes = attack(store.path(), &plugin, "mallory", &["foreign", id]);
+    assert_outcomes(
+        &outcomes,
+        &[
+            ("exists", "ok false"),
+            ("get", "not-found"),
+            ("stat", "not-found"),
+            ("open-reader", "not-found"),
+            ("update", "not-found"),
+            ("delete", "not-found"),
+            ("put-linking-it", "invalid-argument"),
+            ("list", "ok 0 ids"),
+            ("list-after-it", "ok 0 ids"),
+            ("find-by-tag", "ok 0 ids"),
+            ("stats", "ok 0 artifacts"),
+        ],
+    );
+
+    // Bob's artifact is as he left it.
+    assert_eq!(
+        tblob(store.path(), &["--tenant", "bob", "get", id]).stdout,
+        secret
+    );
+    let meta: serde_json::Value = serde_json::from_str(&ok(&tblob(
+        store.path(),
+        &["--tenant", "bob", "stat", id, "--json"],
+    )))
+    .unwrap();
+    assert_eq!(meta["filename"], "secret.bin");
+    assert_eq!(stat_json(store.path(), "mallory")["artifacts"], 0);
+}
+
+#[test]
+fn every_oversized_or_invalid_call_gets_a_typed_error() {
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let plugin = plugin_file(work.path());
+    let outcomes = attack(store.path(), &plugin, "default", &["limits"]);
+    assert_outcomes(
+        &outcomes,
+        &[
+            ("open-writers", "invalid-argument after 16"),
+            ("open-after-release", "ok writer"),
+            ("write-over-16-mib", "invalid-argument"),
+            ("put-over-inline-max", "too-large"),
+            ("write", "ok"),
+            ("finish", "ok "),
+            ("finish-again", "closed"),
+            ("write-after-finish", "closed"),
+            ("write-before-abort", "ok"),
+            ("finish-after-abort", "closed"),
+            ("read-u32-max", "invalid-argument"),
+            ("seek-past-end", "invalid-argument"),
+            ("open-reader-past-end", "invalid-argument"),
+            ("chunking-fixed-0", "invalid-argument"),
+            ("chunking-fixed-4-gib", "invalid-argument"),
+            ("chunking-cdc-min-over-max", "invalid-argument"),
+            ("filename-1-mib", "invalid-argument"),
+            ("tags-100000", "invalid-argument"),
+            ("not-an-id", "invalid-argument"),
+            ("list-limit-max", "ok 1 ids"),
+            ("stats", "ok 1 artifacts"),
+        ],
+    );
+    // The one artifact finished is whole; nothing else was stored.
+    let id = outcomes["finish"].strip_prefix("ok ").unwrap();
+    assert_eq!(tblob(store.path(), &["get", id]).stdout, b"hello");
+    assert_eq!(ok(&tblob(store.path(), &["ls"])).lines().count(), 1);
+}
+
+#[test]
+fn an_abandoned_upload_never_becomes_visible_and_gc_reclaims_it() {
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let plugin = plugin_file(work.path());
+    let empty = stat_json(store.path(), "default");
+    let outcomes = attack(store.path(), &plugin, "default", &["abandon", "5000000"]);
+    assert_eq!(
+        outcomes["abandon"],
+        "wrote 5000000 bytes, exiting without finish"
+    );
+    let after = stat_json(store.path(), "default");
+    assert_eq!(after["artifacts"], 0);
+    assert_eq!(after["chunks"], 0);
+    assert!(after["disk_bytes"].as_u64() > empty["disk_bytes"].as_u64());
+    assert_eq!(ok(&tblob(store.path(), &["ls"])), "");
+    ok(&tblob(store.path(), &["gc"]));
+    assert_eq!(
+        stat_json(store.path(), "default")["disk_bytes"],
+        empty["disk_bytes"]
+    );
+}
+
+#[test]
+fn a_memory_bomb_ends_only_its_own_run() {
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let plugin = plugin_file(work.path());
+    let bytes = data(200_000, 82);
+    let file = work.path().join("kept.bin");
+    std::fs::write(&file, &bytes).unwrap();
+    let id = ok(&tblob(store.path(), &["put", file.to_str().unwrap()]));
+    let id = id.trim_end();
+
+    let bomb = tblob(
+        store.path(),
+        &["run", plugin.to_str().unwrap(), "memory-bomb"],
+    );
+    assert_eq!(bomb.status.code(), Some(2));
+    let stdout = String::from_utf8_lossy(&bomb.stdout);
+    let held = stdout.lines().count();
+    assert!((8..=16).contains(&held), "stopped near 1 GiB: {stdout}");
+    let stderr = String::from_utf8_lossy(&bomb.stderr);
+    let ours: Vec<&str> = stderr.lines().filter(|l| l.starts_with("tblob:")).collect();
+    assert_eq!(ours.len(), 1, "{stderr}");
+    assert!(ours[0].contains("the plugin trapped"), "{stderr}");
+    assert!(!stderr.contains("backtrace:"), "{stderr}");
+
+    assert_eq!(tblob(store.path(), &["get", id]).stdout, bytes);
+    assert_eq!(tblob(store.path(), &["verify"]).status.code(), Some(0));
+    let outcomes = attack(
+        store.path(),
+        &plugin,
+        "default",
+        &["foreign", "0".repeat(32).as_str()],
+    );
+    assert_eq!(outcomes["stats"], "ok 1 artifacts");
+}
