@@ -195,3 +195,57 @@ fn a_memory_bomb_ends_only_its_own_run() {
     );
     assert_eq!(outcomes["stats"], "ok 1 artifacts");
 }
+
+#[test]
+fn a_plugin_that_spins_is_stopped_at_its_time_limit() {
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let plugin = plugin_file(work.path());
+    let started = std::time::Instant::now();
+    let spin = tblob(
+        store.path(),
+        &[
+            "run",
+            "--time-limit",
+            "0.5",
+            plugin.to_str().unwrap(),
+            "spin",
+        ],
+    );
+    let elapsed = started.elapsed();
+    assert_eq!(spin.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&spin.stdout), "spin: started\n");
+    let stderr = String::from_utf8_lossy(&spin.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        "tblob: the plugin ran past its time limit of 0.500 s"
+    );
+    // Stopped, not run to some other end: well under a minute even on a
+    // loaded machine (the limit is wall-clock, checked every 10 ms).
+    assert!(elapsed.as_secs() < 60, "{elapsed:?}");
+
+    // A well-behaved run under a limit is unaffected.
+    let outcomes = {
+        let out = ok(&tblob(
+            store.path(),
+            &[
+                "run",
+                "--time-limit",
+                "60",
+                plugin.to_str().unwrap(),
+                "foreign",
+                "0".repeat(32).as_str(),
+            ],
+        ));
+        out.lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    assert!(
+        outcomes.contains(&"stats: ok 0 artifacts".to_string()),
+        "{outcomes:?}"
+    );
+    let bad = tblob(
+        store.path(),
+        &["run", "--time-limit", "-1", plugin.to_str().unwrap()],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+}

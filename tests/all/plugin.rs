@@ -27,6 +27,7 @@ fn example_plugin_stores_and_fetches_a_real_file() {
         args: vec!["example".into(), "/data/weights.bin".into()],
         read_dirs: vec![(files.path().to_path_buf(), "/data".into())],
         memory_bytes_max: None,
+        time_limit: None,
     };
     assert_eq!(run(&store, options), 0);
     let tenant = store.runtime.tenant_store("default").unwrap();
@@ -71,4 +72,23 @@ fn plugin_without_a_grant_cannot_read_host_files() {
             .artifacts,
         0
     );
+}
+
+#[test]
+fn a_time_limit_on_an_engine_without_epoch_interruption_is_refused() {
+    let store = TestStore::unsynced();
+    let plugin = Plugin::new(&store.runtime, tensor_blob_artifacts::EXAMPLE_PLUGIN_WASM).unwrap();
+    let options = PluginOptions {
+        args: vec!["example".into()],
+        time_limit: Some(std::time::Duration::from_secs(5)),
+        ..PluginOptions::default()
+    };
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let error = tokio.block_on(plugin.run("default", &options)).unwrap_err();
+    assert!(error.to_string().contains("epoch interruption"), "{error}");
+    let stats = store.runtime.tenant_store("default").unwrap().stats();
+    assert_eq!(stats.artifacts, 0, "refused before it ran");
 }

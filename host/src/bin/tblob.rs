@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use tensor_blob_host::runtime::plugin::{Plugin, PluginOptions};
+use tensor_blob_host::runtime::plugin::{Plugin, PluginOptions, TimeLimitExceeded};
 use tensor_blob_host::runtime::{self, Chunking, KeyValue, PutOptions, Runtime, RuntimeOptions};
 use tensor_blob_host::store::{ArtifactId, Durability, StoreOptions};
 
@@ -94,6 +94,9 @@ enum Command {
         /// Grant read access to a host directory: PATH, or HOST::GUEST.
         #[arg(long = "dir")]
         dirs: Vec<String>,
+        /// Stop the plugin if it runs longer than this many seconds.
+        #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+        time_limit: Option<std::time::Duration>,
         /// Arguments passed to the plugin.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -337,12 +340,17 @@ fn run(cli: Cli) -> Result<u8> {
             );
             Ok(0)
         }
-        Command::Run { plugin, dirs, args } => {
+        Command::Run {
+            plugin,
+            dirs,
+            time_limit,
+            args,
+        } => {
             let wasm =
                 std::fs::read(&plugin).with_context(|| format!("reading {}", plugin.display()))?;
             let mut argv = vec![plugin.display().to_string()];
             argv.extend(args);
-            run_plugin(&runtime, tenant, &wasm, argv, &dirs)
+            run_plugin(&runtime, tenant, &wasm, argv, &dirs, time_limit)
         }
         Command::Demo { files } => {
             let mut argv = vec!["example-plugin".to_string()];
@@ -353,6 +361,7 @@ fn run(cli: Cli) -> Result<u8> {
                 tensor_blob_artifacts::EXAMPLE_PLUGIN_WASM,
                 argv,
                 &[".".to_string()],
+                None,
             )
         }
     }
@@ -365,6 +374,14 @@ fn open_runtime(cli: &Cli) -> Result<Runtime> {
     let root = cap_std::fs::Dir::open_ambient_dir(&cli.store, cap_std::ambient_authority())
         .with_context(|| format!("opening store directory {}", cli.store.display()))?;
     let mut config = runtime::default_config();
+    if let Command::Run {
+        time_limit: Some(_),
+        ..
+    } = &cli.command
+    {
+        // Only then: the checks cost a little on every loop.
+        config.epoch_interruption(true);
+    }
     let mut cache = wasmtime::CacheConfig::new();
     cache.with_directory(cli.store.join("cache"));
     if let Ok(cache) = wasmtime::Cache::new(cache) {
@@ -392,6 +409,7 @@ fn run_plugin(
     wasm: &[u8],
     args: Vec<String>,
     dirs: &[String],
+    time_limit: Option<std::time::Duration>,
 ) -> Result<u8> {
     let read_dirs = dirs
         .iter()
@@ -404,6 +422,7 @@ fn run_plugin(
         args,
         read_dirs,
         memory_bytes_max: None,
+        time_limit,
     };
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -422,6 +441,9 @@ fn run_plugin(
 /// A plugin's trap as one line: what trapped, without the wasm backtrace
 /// (the plugin's own stderr, above, says why it stopped).
 fn plugin_failure(error: wasmtime::Error) -> anyhow::Error {
+    if let Some(limit) = error.downcast_ref::<TimeLimitExceeded>() {
+        return anyhow::anyhow!("{limit}");
+    }
     match error.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => anyhow::anyhow!(
             "the plugin trapped: {trap} (its memory is limited to {} MiB)",
@@ -429,6 +451,15 @@ fn plugin_failure(error: wasmtime::Error) -> anyhow::Error {
         ),
         None => error.into(),
     }
+}
+
+/// A positive, finite number of seconds.
+fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    let seconds: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if !(seconds.is_finite() && seconds > 0.0 && seconds < 1e9) {
+        return Err(format!("{text} is not a positive number of seconds"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 fn partial_path(path: &Path) -> PathBuf {

@@ -18,7 +18,7 @@ use super::bindings::chunker::{Chunker as ChunkerBindings, ChunkerPre};
 use super::bindings::{PutOptions, WitError};
 use super::error::BlobError;
 use super::host::chunk_store::ChunkerState;
-use super::limits::{CHUNKER_MEMORY_BYTES_MAX, IO_BYTES_MAX};
+use super::limits::{CHUNKER_MEMORY_BYTES_MAX, FAR_EPOCH_DEADLINE, IO_BYTES_MAX};
 use crate::store;
 
 /// A compiled chunker component, ready to instantiate.
@@ -101,6 +101,9 @@ impl Chunker {
         let state = ChunkerState::new(self.tenant_store.clone(), limits);
         let mut store = wasmtime::Store::new(&self.component.engine, state);
         store.limiter(|state| &mut state.limits);
+        // The chunker is never interrupted (a plugin's time limit stops the
+        // plugin); this only matters on an engine with epoch interruption.
+        store.set_epoch_deadline(FAR_EPOCH_DEADLINE);
         let bindings = self.component.pre.instantiate(&mut store)?;
         self.generation += 1;
         self.instance = Some(Instance { store, bindings });

@@ -22,6 +22,11 @@ pub const IO_BYTES_MAX: u32 = 16 << 20;
 /// artifact (64 MiB) plus chunk buffers of its open writers and readers.
 pub const CHUNKER_MEMORY_BYTES_MAX: usize = 512 << 20;
 
+/// Epoch deadline, in ticks, of stores that have no time limit: never
+/// reached (an engine with epoch interruption traps a store without a
+/// deadline at once).
+pub const FAR_EPOCH_DEADLINE: u64 = 1 << 62;
+
 /// Default linear memory for a plugin run by `tblob run`.
 pub const PLUGIN_MEMORY_BYTES_MAX: usize = 1 << 30;
 

@@ -4,12 +4,19 @@
 //! A plugin gets the blob store of its tenant and, from WASI, only what
 //! [`PluginOptions`] grants: its arguments, stdout/stderr, and read-only
 //! preopened directories. No environment, no network, no other files.
+//! With [`PluginOptions::time_limit`] (on an engine with epoch
+//! interruption) a run that takes longer is stopped.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::StoreLimitsBuilder;
+use wasmtime::{Engine, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::limits::FAR_EPOCH_DEADLINE;
 use super::{BlobCtx, BlobView, Runtime};
 
 /// What a plugin run is granted.
@@ -21,6 +28,68 @@ pub struct PluginOptions {
     pub read_dirs: Vec<(std::path::PathBuf, String)>,
     /// Linear memory limit; `None` is [`PLUGIN_MEMORY_BYTES_MAX`](super::limits::PLUGIN_MEMORY_BYTES_MAX).
     pub memory_bytes_max: Option<usize>,
+    /// Wall-clock time the run may take; past it the plugin is stopped at
+    /// its next loop or call and the run fails with [`TimeLimitExceeded`].
+    /// Needs an engine with `Config::epoch_interruption(true)`; `None`
+    /// runs without a limit.
+    pub time_limit: Option<Duration>,
+}
+
+/// The error of a run stopped by [`PluginOptions::time_limit`].
+#[derive(Debug)]
+pub struct TimeLimitExceeded(pub Duration);
+
+impl std::fmt::Display for TimeLimitExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the plugin ran past its time limit of {:.3} s",
+            self.0.as_secs_f64()
+        )
+    }
+}
+
+impl std::error::Error for TimeLimitExceeded {}
+
+/// How often a running plugin checks its time limit.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] while alive, so running
+/// plugins reach their deadline checks. Several at once (concurrent runs)
+/// only make the checks more frequent: the limit is wall-clock time.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: &Engine) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let engine = engine.clone();
+        let thread = std::thread::Builder::new()
+            .name("tblob-epoch".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Acquire) {
+                    std::thread::park_timeout(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })?;
+        Ok(EpochTicker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
 }
 
 struct PluginState {
@@ -92,8 +161,34 @@ impl Plugin {
             blobs: self.runtime.context(tenant)?,
             limits,
         };
-        let mut store = wasmtime::Store::new(self.runtime.engine(), state);
+        let engine = self.runtime.engine();
+        let mut store = wasmtime::Store::new(engine, state);
         store.limiter(|state| &mut state.limits);
+        let _ticker = match options.time_limit {
+            Some(limit) => {
+                if !engine.get_epoch_interruption() {
+                    return Err(wasmtime::Error::msg(
+                        "a plugin time limit needs an engine with epoch interruption",
+                    ));
+                }
+                let deadline = Instant::now() + limit;
+                store.epoch_deadline_callback(move |_| {
+                    if Instant::now() >= deadline {
+                        Err(wasmtime::Error::new(TimeLimitExceeded(limit)))
+                    } else {
+                        // Let other tasks of the executor run meanwhile.
+                        Ok(UpdateDeadline::Yield(1))
+                    }
+                });
+                store.set_epoch_deadline(1);
+                Some(EpochTicker::start(engine)?)
+            }
+            None => {
+                // Only matters on an engine with epoch interruption.
+                store.set_epoch_deadline(FAR_EPOCH_DEADLINE);
+                None
+            }
+        };
         let command = self.pre.instantiate_async(&mut store).await?;
         match command.wasi_cli_run().call_run(&mut store).await {
             Ok(Ok(())) => Ok(0),

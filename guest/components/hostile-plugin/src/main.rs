@@ -9,7 +9,8 @@
 //! - `limits`: a flood of open handles, oversized writes and reads, use of
 //!   finished and aborted writers, invalid options;
 //! - `abandon BYTES`: writes BYTES to a writer and exits without finishing;
-//! - `memory-bomb`: grows its memory until the host refuses.
+//! - `memory-bomb`: grows its memory until the host refuses;
+//! - `spin`: loops forever, calling nothing.
 
 wit_bindgen::generate!({
     path: "../../../wit",
@@ -30,8 +31,11 @@ fn main() {
                 .expect("abandon BYTES"),
         ),
         Some("memory-bomb") => memory_bomb(),
+        Some("spin") => spin(),
         _ => {
-            eprintln!("usage: hostile-plugin foreign ID | limits | abandon BYTES | memory-bomb");
+            eprintln!(
+                "usage: hostile-plugin foreign ID | limits | abandon BYTES | memory-bomb | spin"
+            );
             std::process::exit(2);
         }
     }
@@ -260,5 +264,14 @@ fn memory_bomb() {
         block[0] = 1;
         hoard.push(block);
         println!("memory-bomb: holding {} MiB", hoard.len() * 64);
+    }
+}
+
+/// Burns CPU forever without a host call: only a time limit stops it.
+fn spin() {
+    println!("spin: started");
+    let mut n = 0u64;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
     }
 }
