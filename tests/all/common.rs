@@ -67,15 +67,7 @@ pub fn open_runtime(path: &std::path::Path, options: StoreOptions) -> Runtime {
 }
 
 pub fn options() -> PutOptions {
-    PutOptions {
-        filename: None,
-        content_type: None,
-        creator: None,
-        tags: vec![],
-        links: vec![],
-        custom: vec![],
-        chunking: None,
-    }
+    PutOptions::default()
 }
 
 pub fn fixed(size: u32) -> PutOptions {
@@ -85,7 +77,7 @@ pub fn fixed(size: u32) -> PutOptions {
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift), different per seed.
+/// Deterministic pseudo-random bytes, different per seed.
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
     let mut out = vec![0u8; len];
     PseudoRandom::new(seed, len as u64)
@@ -96,14 +88,14 @@ pub fn data(len: usize, seed: u64) -> Vec<u8> {
 
 /// A `Read` of `len` deterministic pseudo-random bytes, never held in memory.
 pub struct PseudoRandom {
-    state: u64,
+    rng: fastrand::Rng,
     remaining: u64,
 }
 
 impl PseudoRandom {
     pub fn new(seed: u64, len: u64) -> Self {
         PseudoRandom {
-            state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            rng: fastrand::Rng::with_seed(seed),
             remaining: len,
         }
     }
@@ -112,13 +104,7 @@ impl PseudoRandom {
 impl Read for PseudoRandom {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = (buf.len() as u64).min(self.remaining) as usize;
-        for word in buf[..n].chunks_mut(8) {
-            self.state ^= self.state << 13;
-            self.state ^= self.state >> 7;
-            self.state ^= self.state << 17;
-            let bytes = self.state.to_le_bytes();
-            word.copy_from_slice(&bytes[..word.len()]);
-        }
+        self.rng.fill(&mut buf[..n]);
         self.remaining -= n as u64;
         Ok(n)
     }

@@ -18,6 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use fastrand::Rng;
 use tensor_blob_host::runtime::{BlobError, Chunker, WitError};
 use tensor_blob_host::store::{ArtifactId, Durability, ProblemKind, Store, StoreOptions};
 
@@ -51,26 +52,6 @@ fn base_seed() -> u64 {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1)
     })
-}
-
-/// splitmix64, for choices the test makes.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, bound: u64) -> u64 {
-        assert!(bound > 0);
-        self.next() % bound
-    }
 }
 
 /// Reads artifact `id` through the chunker: its length and BLAKE3 hex.
@@ -377,11 +358,11 @@ fn kill_9_at_random_moments_loses_no_acknowledged_write() {
     let store_dir = root.path().join("store");
     let mut model = Model::default();
     for iteration in 0..iterations {
-        let seed = Rng::new(base ^ iteration.wrapping_mul(0xD6E8_FEB8_6659_FD93)).next();
-        let mut rng = Rng::new(seed);
-        let kill_after = 1 + rng.below(KILL_AFTER_LINES_MAX);
-        let extra = Duration::from_micros(rng.below(5_000));
-        let durability = if rng.below(2) == 0 { "sync" } else { "batch" };
+        let seed = Rng::with_seed(base ^ iteration.wrapping_mul(0xD6E8_FEB8_6659_FD93)).u64(..);
+        let mut rng = Rng::with_seed(seed);
+        let kill_after = 1 + rng.u64(..KILL_AFTER_LINES_MAX);
+        let extra = Duration::from_micros(rng.u64(..5_000));
+        let durability = if rng.u64(..2) == 0 { "sync" } else { "batch" };
         eprintln!(
             "crash iteration {iteration}: seed {seed}, {durability}, kill after {kill_after} acks + {extra:?}"
         );
@@ -646,8 +627,8 @@ fn flipped_bytes_in_sealed_segments_and_meta_are_detected_and_contained() {
 
     let mut corrupted_seen = 0u64;
     for trial in 0..trials {
-        let seed = Rng::new(base ^ trial.wrapping_mul(0xD6E8_FEB8_6659_FD93)).next();
-        let mut rng = Rng::new(seed);
+        let seed = Rng::with_seed(base ^ trial.wrapping_mul(0xD6E8_FEB8_6659_FD93)).u64(..);
+        let mut rng = Rng::with_seed(seed);
         let root = tempfile::tempdir().unwrap();
         let copy = tenant_dir(root.path());
         copy_dir_all(&tenant, &copy);
@@ -658,15 +639,15 @@ fn flipped_bytes_in_sealed_segments_and_meta_are_detected_and_contained() {
             _ => (true, true),
         };
         if flip_segment {
-            let file = &segments[rng.below(segments.len() as u64) as usize];
+            let file = &segments[rng.u64(..segments.len() as u64) as usize];
             let len = file_len(&copy.join(file));
-            for _ in 0..1 + rng.below(3) {
-                flips.push((file.clone(), rng.below(len), 1 + rng.below(255) as u8));
+            for _ in 0..1 + rng.u64(..3) {
+                flips.push((file.clone(), rng.u64(..len), 1 + rng.u64(..255) as u8));
             }
         }
         if flip_meta {
-            let offset = 8 + rng.below(meta_len - 8);
-            flips.push(("meta.log".into(), offset, 1 + rng.below(255) as u8));
+            let offset = 8 + rng.u64(..meta_len - 8);
+            flips.push(("meta.log".into(), offset, 1 + rng.u64(..255) as u8));
         }
         for (file, offset, mask) in &flips {
             let path = copy.join(file);

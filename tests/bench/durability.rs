@@ -59,18 +59,6 @@ fn main() {
     );
 }
 
-fn options() -> PutOptions {
-    PutOptions {
-        filename: None,
-        content_type: None,
-        creator: None,
-        tags: vec![],
-        links: vec![],
-        custom: vec![],
-        chunking: None,
-    }
-}
-
 /// `writers` threads, each with its own chunker, each putting `per_writer`
 /// distinct 64 KiB artifacts. Returns puts/s and fsyncs per put.
 fn small_puts(
@@ -99,7 +87,7 @@ fn small_puts(
                 let mut data = vec![0u8; SMALL_BYTES];
                 for i in 0..per_writer {
                     fill(&mut data, (w * 1_000_000 + i) as u64 + 1);
-                    chunker.put(&data, &options()).unwrap();
+                    chunker.put(&data, &PutOptions::default()).unwrap();
                 }
             });
         }
@@ -186,11 +174,5 @@ fn open_dir(path: &Path) -> cap_std::fs::Dir {
 }
 
 fn fill(data: &mut [u8], seed: u64) {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for word in data.chunks_mut(8) {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
-    }
+    fastrand::Rng::with_seed(seed).fill(data);
 }

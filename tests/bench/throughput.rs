@@ -135,18 +135,6 @@ fn plugin_path(bytes: usize, reps: usize) -> (f64, f64) {
     (median(puts), median(gets))
 }
 
-fn options() -> PutOptions {
-    PutOptions {
-        filename: None,
-        content_type: None,
-        creator: None,
-        tags: vec![],
-        links: vec![],
-        custom: vec![],
-        chunking: None,
-    }
-}
-
 fn embedded_path(data: &[u8], reps: usize) -> (f64, f64) {
     let engine = wasmtime::Engine::new(&runtime::default_config()).unwrap();
     let mut puts = Vec::new();
@@ -159,7 +147,7 @@ fn embedded_path(data: &[u8], reps: usize) -> (f64, f64) {
         let mut chunker = rt.chunker("default").unwrap();
         let started = Instant::now();
         let id = chunker
-            .put_from(&mut Cursor::new(data), &options(), &mut |_| {})
+            .put_from(&mut Cursor::new(data), &PutOptions::default(), &mut |_| {})
             .unwrap();
         puts.push(data.len() as f64 / started.elapsed().as_secs_f64());
         let started = Instant::now();
@@ -279,14 +267,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
+    let mut out = vec![0; len];
+    fastrand::Rng::with_seed(seed).fill(&mut out);
     out
 }

@@ -36,6 +36,7 @@ use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
+use fastrand::Rng;
 use tensor_blob_host::runtime::{self, Chunking, PutOptions, Runtime, RuntimeOptions};
 use tensor_blob_host::store::{Durability, StoreOptions};
 
@@ -192,7 +193,7 @@ fn open_runtime(store: &std::path::Path, durability: Durability) -> Result<Runti
 }
 
 fn worker(shared: &Shared, seed: u64) -> Result<()> {
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::with_seed(seed);
     let mut chunker = shared.runtime.chunker(TENANT)?;
     while shared.ops_started.fetch_add(1, Ordering::Relaxed) < shared.ops_max {
         let live_count = shared.live.lock().unwrap_or_else(|p| p.into_inner()).len();
@@ -201,7 +202,7 @@ fn worker(shared: &Shared, seed: u64) -> Result<()> {
             n if n > LIVE_ARTIFACTS_TARGET => 60,
             _ => 20,
         };
-        let roll = rng.below(100);
+        let roll = rng.u64(..100);
         if roll < 2 {
             shared.runtime.tenant_store(TENANT)?.gc()?;
             shared.ack("gc")?;
@@ -211,7 +212,7 @@ fn worker(shared: &Shared, seed: u64) -> Result<()> {
                 if live.is_empty() {
                     continue;
                 }
-                let index = rng.below(live.len() as u64) as usize;
+                let index = rng.u64(..live.len() as u64) as usize;
                 live.swap_remove(index)
             };
             shared.ack(&format!("begin-delete {victim}"))?;
@@ -222,15 +223,11 @@ fn worker(shared: &Shared, seed: u64) -> Result<()> {
         } else {
             let content = random_content(&mut rng);
             let options = PutOptions {
-                filename: None,
-                content_type: None,
                 creator: Some("tblob-crash-worker".into()),
-                tags: vec![],
-                links: vec![],
-                custom: vec![],
-                chunking: (rng.below(5) == 0).then_some(Chunking::Fixed(16 << 10)),
+                chunking: (rng.u64(..5) == 0).then_some(Chunking::Fixed(16 << 10)),
+                ..PutOptions::default()
             };
-            let streaming = rng.below(4) == 0;
+            let streaming = rng.u64(..4) == 0;
             let id = if streaming {
                 chunker.put_from(&mut Cursor::new(&content), &options, &mut |_| {})
             } else {
@@ -252,45 +249,18 @@ fn worker(shared: &Shared, seed: u64) -> Result<()> {
 /// A prefix of one of the base contents, of a random size (skewed small so
 /// an iteration does many operations), with up to three bytes changed.
 fn random_content(rng: &mut Rng) -> Vec<u8> {
-    let len = match rng.below(10) {
-        0..=2 => rng.below(4 << 10),
-        3..=6 => (4 << 10) + rng.below(252 << 10),
-        _ => (256 << 10) + rng.below((ARTIFACT_BYTES_MAX as u64) - (256 << 10) + 1),
+    let len = match rng.u64(..10) {
+        0..=2 => rng.u64(..4 << 10),
+        3..=6 => (4 << 10) + rng.u64(..252 << 10),
+        _ => (256 << 10) + rng.u64(..(ARTIFACT_BYTES_MAX as u64) - (256 << 10) + 1),
     } as usize;
-    let mut base = Rng::new(rng.below(BASE_CONTENT_COUNT) + 1);
     let mut content = vec![0u8; len];
-    for word in content.chunks_mut(8) {
-        let bytes = base.next().to_le_bytes();
-        word.copy_from_slice(&bytes[..word.len()]);
-    }
+    Rng::with_seed(rng.u64(..BASE_CONTENT_COUNT) + 1).fill(&mut content);
     if len > 0 {
-        for _ in 0..rng.below(4) {
-            let at = rng.below(len as u64) as usize;
-            content[at] = content[at].wrapping_add(1 + rng.below(255) as u8);
+        for _ in 0..rng.u64(..4) {
+            let at = rng.u64(..len as u64) as usize;
+            content[at] = content[at].wrapping_add(1 + rng.u64(..255) as u8);
         }
     }
     content
-}
-
-/// splitmix64: small, seedable, good enough to pick operations.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform enough in `0..bound`; `bound` must be positive.
-    fn below(&mut self, bound: u64) -> u64 {
-        assert!(bound > 0);
-        self.next() % bound
-    }
 }

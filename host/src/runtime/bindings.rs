@@ -41,6 +41,21 @@ pub mod plugin {
     });
 }
 
+/// No metadata, default (content-defined) chunking.
+impl Default for PutOptions {
+    fn default() -> Self {
+        PutOptions {
+            filename: None,
+            content_type: None,
+            creator: None,
+            tags: Vec::new(),
+            links: Vec::new(),
+            custom: Vec::new(),
+            chunking: None,
+        }
+    }
+}
+
 pub use chunker::tensor::blob::types::{
     ChunkRef, Chunking, Error as WitError, KeyValue, Metadata, MetadataUpdate, PutOptions,
     StoreStats,

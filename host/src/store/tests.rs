@@ -21,17 +21,11 @@ fn open(dir: &tempfile::TempDir, options: StoreOptions) -> Store {
     Store::open(dir, options).unwrap()
 }
 
-/// Deterministic pseudo-random bytes (xorshift64).
+/// Deterministic pseudo-random bytes, different per seed.
 fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+    let mut out = vec![0; len];
+    fastrand::Rng::with_seed(seed).fill(&mut out);
+    out
 }
 
 /// Puts `bytes` cut into fixed `chunk_len` chunks, sending only the chunks
