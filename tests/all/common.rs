@@ -128,20 +128,6 @@ impl std::io::Write for HashSink {
     }
 }
 
-/// Every artifact of `store`, in list order (pages through [`Store::list`]).
-pub fn list_all(
-    store: &tensor_blob_host::store::Store,
-) -> Vec<tensor_blob_host::store::ArtifactId> {
-    let mut ids = Vec::new();
-    loop {
-        let page = store.list(ids.last(), 1024);
-        if page.is_empty() {
-            return ids;
-        }
-        ids.extend(page);
-    }
-}
-
 /// Copies the directory tree `from` to `to` (created), files and directories only.
 pub fn copy_dir_all(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).expect("create copy directory");

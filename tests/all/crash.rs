@@ -22,7 +22,7 @@ use fastrand::Rng;
 use tensor_blob_host::runtime::{BlobError, Chunker, WitError};
 use tensor_blob_host::store::{ArtifactId, Durability, ProblemKind, Store, StoreOptions};
 
-use crate::common::{self, copy_dir_all, data, fixed, list_all, options, HashSink};
+use crate::common::{self, copy_dir_all, data, fixed, options, HashSink};
 
 /// Threads of the worker, each with at most one put in flight at the kill.
 const WORKER_THREADS: u64 = 3;
@@ -248,7 +248,7 @@ fn check_after_kill(store_dir: &Path, acks: Vec<Ack>, model: &mut Model) -> Resu
         model.crash_residues += 1;
     }
     let mut chunker = runtime.chunker("default").map_err(|e| e.to_string())?;
-    let listed: BTreeSet<String> = list_all(&store).iter().map(|id| id.to_string()).collect();
+    let listed: BTreeSet<String> = store.ids().map(|id| id.to_string()).collect();
 
     for id in &deleted {
         if listed.contains(id) {
@@ -676,7 +676,7 @@ fn flipped_bytes_in_sealed_segments_and_meta_are_detected_and_contained() {
             .iter()
             .map(|(id, bytes)| (id.as_str(), bytes))
             .collect();
-        for id in list_all(&store) {
+        for id in store.ids() {
             assert!(
                 known.contains_key(id.to_string().as_str()),
                 "{context}: a flip made artifact {id} appear"
@@ -702,7 +702,7 @@ fn flipped_bytes_in_sealed_segments_and_meta_are_detected_and_contained() {
         }
         if !flip_meta {
             assert_eq!(
-                list_all(&store).len(),
+                store.ids().count(),
                 artifacts.len(),
                 "{context}: meta.log intact, every artifact listed"
             );

@@ -128,16 +128,7 @@ fn run(args: &Args) -> Result<()> {
     };
     let runtime = open_runtime(&args.store, durability)?;
     let store = runtime.tenant_store(TENANT)?;
-    let mut live = Vec::new();
-    let mut after = None;
-    loop {
-        let page = store.list(after.as_ref(), 1024);
-        let Some(last) = page.last().copied() else {
-            break;
-        };
-        live.extend(page.iter().map(|id| id.to_string()));
-        after = Some(last);
-    }
+    let live: Vec<String> = store.ids().map(|id| id.to_string()).collect();
     drop(store);
     let ack_log = OpenOptions::new()
         .create(true)

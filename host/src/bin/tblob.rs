@@ -262,18 +262,10 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Ls { json } => {
             let store = runtime.tenant_store(tenant)?;
-            let mut metas = Vec::new();
-            let mut after = None;
-            loop {
-                let page = store.list(after.as_ref(), 4096);
-                let Some(last) = page.last().copied() else {
-                    break;
-                };
-                for id in &page {
-                    metas.push(store.metadata(id)?);
-                }
-                after = Some(last);
-            }
+            let metas = store
+                .ids()
+                .map(|id| store.metadata(&id))
+                .collect::<Result<Vec<_>, _>>()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&metas)?);
             } else {

@@ -409,6 +409,27 @@ impl Store {
         Ok(state.catalog.artifacts[id].meta.clone())
     }
 
+    /// Every live artifact id in commit order, fetched with [`Store::list`]
+    /// a page at a time (the store lock is held per page, not throughout).
+    /// Artifacts deleted meanwhile may be skipped; ones committed meanwhile
+    /// come at the end.
+    pub fn ids(&self) -> impl Iterator<Item = ArtifactId> + '_ {
+        const PAGE: usize = 1024;
+        let mut after: Option<ArtifactId> = None;
+        let mut page = Vec::new().into_iter();
+        std::iter::from_fn(move || loop {
+            if let Some(id) = page.next() {
+                after = Some(id);
+                return Some(id);
+            }
+            let next = self.list(after.as_ref(), PAGE);
+            if next.is_empty() {
+                return None;
+            }
+            page = next.into_iter();
+        })
+    }
+
     /// Up to `limit` artifact ids in commit order, oldest first, starting
     /// after `after` (which may since have been deleted).
     pub fn list(&self, after: Option<&ArtifactId>, limit: usize) -> Vec<ArtifactId> {
@@ -494,24 +515,16 @@ impl Store {
     /// [`Store::verify`] of every artifact.
     pub fn verify_all(&self) -> VerifyReport {
         let mut report = VerifyReport::default();
-        let mut after = None;
-        loop {
-            let page = self.list(after.as_ref(), 1024);
-            let Some(last) = page.last().copied() else {
-                break;
-            };
-            for id in page {
-                match self.verify(&id) {
-                    Ok(()) => report.artifacts_checked += 1,
-                    // Deleted while we were verifying.
-                    Err(StoreError::NotFound(_)) => {}
-                    Err(e) => {
-                        report.artifacts_checked += 1;
-                        report.damaged.push((id, e.to_string()));
-                    }
+        for id in self.ids() {
+            match self.verify(&id) {
+                Ok(()) => report.artifacts_checked += 1,
+                // Deleted while we were verifying.
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => {
+                    report.artifacts_checked += 1;
+                    report.damaged.push((id, e.to_string()));
                 }
             }
-            after = Some(last);
         }
         report
     }
