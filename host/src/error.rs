@@ -31,6 +31,16 @@ pub enum StoreError {
     /// The upload was already committed.
     #[error("closed: the upload was already committed")]
     Closed,
+    /// The disk is full. Nothing of the failed write is visible and every
+    /// stored artifact stays readable; after space is freed (delete, then
+    /// GC) writes succeed again.
+    #[error("no space: {0}")]
+    NoSpace(String),
+    /// The store refuses writes until it is reopened: an fsync failed, so
+    /// bytes it had written may be gone from the disk although reads still
+    /// return them ("fsyncgate"). Reads keep working.
+    #[error("read-only: {0}")]
+    ReadOnly(String),
     /// The disk could not be read or written.
     #[error("i/o error {context}: {source}")]
     Io {
@@ -44,6 +54,9 @@ pub enum StoreError {
 impl StoreError {
     /// An [`StoreError::Io`] with `context` saying what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        if crate::store::backend::is_no_space(&source) {
+            return StoreError::NoSpace(format!("{}: {source}", context.into()));
+        }
         StoreError::Io {
             context: context.into(),
             source,
@@ -62,6 +75,8 @@ impl StoreError {
             StoreError::HashMismatch(m) => StoreError::HashMismatch(m.clone()),
             StoreError::Corrupted(m) => StoreError::Corrupted(m.clone()),
             StoreError::Closed => StoreError::Closed,
+            StoreError::NoSpace(m) => StoreError::NoSpace(m.clone()),
+            StoreError::ReadOnly(m) => StoreError::ReadOnly(m.clone()),
             StoreError::Io { context, source } => StoreError::Io {
                 context: context.clone(),
                 source: std::io::Error::new(source.kind(), source.to_string()),

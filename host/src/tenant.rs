@@ -7,12 +7,13 @@
 //! processes can never append to the same logs.
 
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
-use cap_std::fs::{Dir, OpenOptions};
+use cap_std::fs::Dir;
 
 use crate::error::StoreError;
+use crate::store::backend::cap::CapDir;
+use crate::store::backend::{Backend, EntryKind, LockGuard};
 use crate::store::{Store, StoreOptions};
 
 /// Longest tenant name, in bytes.
@@ -41,70 +42,104 @@ pub fn validate_name(name: &str) -> Result<(), StoreError> {
 const LOCK_ATTEMPTS_MAX: u32 = 25;
 const LOCK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// Name of the directory holding the tenants, under the store root.
+const TENANTS_DIR: &str = "tenants";
+/// Name of a tenant's lock file, in its directory.
+const LOCK_NAME: &str = "LOCK";
+
 struct OpenTenant {
     store: Store,
-    _lock: std::fs::File,
+    _lock: LockGuard,
 }
+
+/// One tenant's entry in the registry: filled by the first open. Opens of
+/// one tenant are serialised by its own mutex, never by the registry's.
+type Slot = Arc<Mutex<Option<OpenTenant>>>;
 
 /// The tenants of one store root.
 #[derive(Clone)]
 pub struct Tenants {
-    root: Arc<Dir>,
+    root: Arc<dyn Backend>,
     options: StoreOptions,
-    open: Arc<Mutex<HashMap<String, OpenTenant>>>,
+    open: Arc<Mutex<HashMap<String, Slot>>>,
 }
 
 impl Tenants {
-    /// Tenants under `root`, each opened with `options`.
+    /// Tenants under the directory `root`, each opened with `options`.
     pub fn new(root: Dir, options: StoreOptions) -> Self {
+        Tenants::with_backend(Arc::new(CapDir::new(root)), options)
+    }
+
+    /// Tenants under `root`, a directory of any [`Backend`].
+    pub fn with_backend(root: Arc<dyn Backend>, options: StoreOptions) -> Self {
         Tenants {
-            root: Arc::new(root),
+            root,
             options,
             open: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
-    /// The store of tenant `name`, created on first use.
+    /// The store of tenant `name`, created on first use. The registry's lock
+    /// is held only to find the tenant's slot: a tenant whose open is slow
+    /// (a scan, fsyncs, lock retries) stalls only callers of that tenant.
     pub fn store(&self, name: &str) -> Result<Store, StoreError> {
         validate_name(name)?;
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tenant) = open.get(name) {
+        let slot = {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(open.entry(name.to_string()).or_default())
+        };
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tenant) = &*slot {
             return Ok(tenant.store.clone());
         }
-        let path = format!("tenants/{name}");
-        self.root
-            .create_dir_all(&path)
-            .map_err(|e| io(format!("creating {path}"), e))?;
-        let dir = self
-            .root
-            .open_dir(&path)
-            .map_err(|e| io(format!("opening {path}"), e))?;
-        let lock = lock(&dir, name)?;
-        let store = Store::open(dir, self.options.clone())?;
-        open.insert(
-            name.to_string(),
-            OpenTenant {
-                store: store.clone(),
-                _lock: lock,
-            },
-        );
+        let dir = self.tenant_dir(name)?;
+        let lock = lock(&*dir, name)?;
+        let store = Store::open_backend(dir, self.options.clone())?;
+        *slot = Some(OpenTenant {
+            store: store.clone(),
+            _lock: lock,
+        });
         Ok(store)
+    }
+
+    /// `tenants/<name>/`, created if missing. In the durable modes both
+    /// directory entries are synced on every open, not only when created:
+    /// a crash between a create and its sync leaves an entry that exists
+    /// but may not survive the next power cut, and this repairs it.
+    fn tenant_dir(&self, name: &str) -> Result<Arc<dyn Backend>, StoreError> {
+        let durable = self.options.durability.fsyncs();
+        let (tenants, _) = self
+            .root
+            .dir(TENANTS_DIR, true)
+            .map_err(|e| io(format!("opening {TENANTS_DIR}/"), e))?;
+        let (dir, _) = tenants
+            .dir(name, true)
+            .map_err(|e| io(format!("opening {TENANTS_DIR}/{name}/"), e))?;
+        if durable {
+            self.root
+                .sync()
+                .map_err(|e| io("syncing the store root".into(), e))?;
+            tenants
+                .sync()
+                .map_err(|e| io(format!("syncing {TENANTS_DIR}/"), e))?;
+        }
+        Ok(dir)
     }
 
     /// Names of the tenants that exist on disk.
     pub fn names(&self) -> Result<Vec<String>, StoreError> {
         let mut names = Vec::new();
-        let entries = match self.root.read_dir("tenants") {
-            Ok(entries) => entries,
+        let tenants = match self.root.dir(TENANTS_DIR, false) {
+            Ok((tenants, _)) => tenants,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
             Err(e) => return Err(io("listing tenants".into(), e)),
         };
+        let entries = tenants
+            .list()
+            .map_err(|e| io("listing tenants".into(), e))?;
         for entry in entries {
-            let entry = entry.map_err(|e| io("listing tenants".into(), e))?;
-            if let Ok(name) = entry.file_name().into_string() {
-                if validate_name(&name).is_ok() {
-                    names.push(name);
-                }
+            if entry.kind == EntryKind::Dir && validate_name(&entry.name).is_ok() {
+                names.push(entry.name);
             }
         }
         names.sort();
@@ -112,33 +147,26 @@ impl Tenants {
     }
 }
 
-fn lock(dir: &Dir, name: &str) -> Result<std::fs::File, StoreError> {
-    let mut options = OpenOptions::new();
-    options.read(true).write(true).create(true);
-    let file = dir
-        .open_with("LOCK", &options)
-        .map_err(|e| io(format!("opening tenant {name} lock"), e))?
-        .into_std();
-    // A child process forked by any thread of ours holds a copy of this
-    // descriptor (and so the lock) until it execs and close-on-exec drops
-    // it: microseconds. So a refusal is retried for a bounded while before
-    // it is taken to mean that another process has the store open.
+fn lock(dir: &dyn Backend, name: &str) -> Result<LockGuard, StoreError> {
+    // A child process forked by any thread of ours holds a copy of the lock
+    // file's descriptor (and so the lock) until it execs and close-on-exec
+    // drops it: microseconds. So a refusal is retried for a bounded while
+    // before it is taken to mean that another process has the store open.
     let mut attempts = 0;
     loop {
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(file);
+        match dir.lock(LOCK_NAME) {
+            Ok(guard) => return Ok(guard),
+            Err(e) => {
+                attempts += 1;
+                if e.kind() != std::io::ErrorKind::WouldBlock || attempts >= LOCK_ATTEMPTS_MAX {
+                    return Err(io(format!("tenant {name} is in use by another process"), e));
+                }
+                std::thread::sleep(LOCK_RETRY_DELAY);
+            }
         }
-        let e = std::io::Error::last_os_error();
-        attempts += 1;
-        if e.kind() != std::io::ErrorKind::WouldBlock || attempts >= LOCK_ATTEMPTS_MAX {
-            return Err(io(format!("tenant {name} is in use by another process"), e));
-        }
-        std::thread::sleep(LOCK_RETRY_DELAY);
     }
 }
 
 fn io(context: String, source: std::io::Error) -> StoreError {
-    StoreError::Io { context, source }
+    StoreError::io(context, source)
 }

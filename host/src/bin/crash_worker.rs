@@ -162,10 +162,11 @@ fn run(args: &Args) -> Result<()> {
 /// and the compiled chunker cached under the store root, so each new worker
 /// process does not compile it again.
 fn open_runtime(store: &std::path::Path, durability: Durability) -> Result<Runtime> {
-    std::fs::create_dir_all(store)
-        .with_context(|| format!("creating store directory {}", store.display()))?;
-    let root = cap_std::fs::Dir::open_ambient_dir(store, cap_std::ambient_authority())
-        .with_context(|| format!("opening store directory {}", store.display()))?;
+    let root = tensor_blob_host::store::backend::cap::create_ambient_dir(
+        store,
+        cap_std::ambient_authority(),
+    )
+    .with_context(|| format!("opening store directory {}", store.display()))?;
     let mut config = runtime::default_config();
     let mut cache = wasmtime::CacheConfig::new();
     cache.with_directory(store.join("cache"));

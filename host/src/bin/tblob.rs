@@ -360,11 +360,14 @@ fn run(cli: Cli) -> Result<u8> {
 }
 
 fn open_runtime(cli: &Cli) -> Result<Runtime> {
-    std::fs::create_dir_all(&cli.store)
-        .with_context(|| format!("creating store directory {}", cli.store.display()))?;
-    // The CLI is the one place that turns a path into a capability.
-    let root = cap_std::fs::Dir::open_ambient_dir(&cli.store, cap_std::ambient_authority())
-        .with_context(|| format!("opening store directory {}", cli.store.display()))?;
+    // The CLI is the one place that turns a path into a capability. New
+    // directories are fsynced into their parents, so a power cut cannot
+    // take the store directory away from under synced data.
+    let root = tensor_blob_host::store::backend::cap::create_ambient_dir(
+        &cli.store,
+        cap_std::ambient_authority(),
+    )
+    .with_context(|| format!("opening store directory {}", cli.store.display()))?;
     let mut config = runtime::default_config();
     if let Command::Run {
         time_limit: Some(_),

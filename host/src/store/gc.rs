@@ -134,7 +134,7 @@ fn compact(
     };
     let mut written = BTreeSet::new();
     for (digest, from, len) in chunks {
-        let bytes = match segment::read_payload(&file, id, from.offset, &digest, len) {
+        let bytes = match segment::read_payload(&*file, id, from.offset, &digest, len) {
             Ok(bytes) => bytes,
             Err(StoreError::Corrupted(_)) => return Ok(()),
             Err(e) => return Err(e),

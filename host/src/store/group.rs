@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Condvar, Mutex};
 
 use super::format::MetaRecord;
-use super::{apply, check_links, lock, ArtifactId, Store, StoreError};
+use super::{apply, check_links, lock, ArtifactId, Durability, Store, StoreError};
 
 /// The queue of commits waiting for a shared fsync.
 #[derive(Default)]
@@ -72,11 +72,12 @@ pub fn commit(
         }
         if !state.leading {
             state.leading = true;
-            let batch = std::mem::take(&mut state.queue);
-            assert!(
-                batch.iter().any(|queued| queued.ticket == ticket),
-                "an unanswered ticket is still queued"
-            );
+            // `Sync`: a batch of one, the oldest waiting; otherwise all.
+            let batch = if store.inner.options.durability == Durability::Sync {
+                vec![state.queue.remove(0)]
+            } else {
+                std::mem::take(&mut state.queue)
+            };
             drop(state);
             let mut leader = Leader {
                 store,
@@ -144,6 +145,9 @@ fn run(store: &Store, batch: Vec<Queued>) -> Vec<(u64, Result<ArtifactId, StoreE
         return fail_all(batch, &error);
     }
     let mut meta_log = lock(&inner.meta_log);
+    if let Err(error) = store.check_writable() {
+        return fail_all(batch, &error);
+    }
     let mut results = Vec::with_capacity(batch.len());
     let mut records = Vec::with_capacity(batch.len());
     let mut accepted = Vec::with_capacity(batch.len());
@@ -175,7 +179,7 @@ fn run(store: &Store, batch: Vec<Queued>) -> Vec<(u64, Result<ArtifactId, StoreE
     if records.is_empty() {
         return results;
     }
-    if let Err(error) = meta_log.append_all(&records) {
+    if let Err(error) = store.log_append(&mut meta_log, &records) {
         results.extend(
             accepted
                 .into_iter()

@@ -9,12 +9,9 @@
 //! segment files.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use cap_std::fs::{Dir, OpenOptions};
-
+use super::backend::{Backend, BackendFile, OpenMode};
 use super::format::{self, MetaRecord, MutableFields, META_HEADER_BYTES, META_RECORD_HEADER_BYTES};
 use super::fsync::Fsyncs;
 use super::read::Reader;
@@ -30,8 +27,8 @@ pub const META_COMPACT_NAME: &str = "meta.log.compact";
 
 /// The append end of `meta.log`.
 pub struct MetaLog {
-    dir: Dir,
-    file: File,
+    dir: Arc<dyn Backend>,
+    file: Arc<dyn BackendFile>,
     /// Append position; everything before it has been replayed or written.
     len: u64,
     durability: Durability,
@@ -39,6 +36,9 @@ pub struct MetaLog {
     /// Replay stepped over a damaged or invalid record. Such a log is never
     /// compacted, so the damage stays on disk to be reported and examined.
     damaged: bool,
+    /// A sync of the log (or of the directory after a rewrite) failed: the
+    /// store must write nothing more until reopened.
+    sync_failed: bool,
 }
 
 /// What replaying the log found.
@@ -52,23 +52,20 @@ pub struct ReplayOutcome {
 /// Wraps an I/O error with its context, built only if there is an error
 /// (the scans call this per record).
 fn io(context: impl FnOnce() -> String) -> impl FnOnce(std::io::Error) -> StoreError {
-    move |source| StoreError::Io {
-        context: context(),
-        source,
-    }
+    move |source| StoreError::io(context(), source)
 }
 
 impl MetaLog {
     /// Opens (or creates) `meta.log` in `dir` and hands every valid record,
     /// in order, to `apply` with its offset.
     pub fn open(
-        dir: &Dir,
+        dir: &Arc<dyn Backend>,
         durability: Durability,
         fsyncs: Fsyncs,
         mut apply: impl FnMut(u64, MetaRecord),
     ) -> Result<(MetaLog, ReplayOutcome), StoreError> {
         let mut outcome = ReplayOutcome::default();
-        match dir.remove_file(META_COMPACT_NAME) {
+        match dir.remove(META_COMPACT_NAME) {
             Ok(()) => outcome.problems.push(Problem::new(
                 ProblemKind::UnfinishedCompaction,
                 format!("{META_COMPACT_NAME}: left by a compaction that did not finish; removed"),
@@ -76,19 +73,13 @@ impl MetaLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(|| format!("removing {META_COMPACT_NAME}"))(e)),
         }
-        let dir = dir
-            .try_clone()
-            .map_err(io(|| "duplicating the store directory handle".into()))?;
-        let mut options = OpenOptions::new();
-        options.read(true).write(true).create(true);
+        let dir = Arc::clone(dir);
         let file = dir
-            .open_with(META_LOG_NAME, &options)
-            .map_err(io(|| format!("opening {META_LOG_NAME}")))?
-            .into_std();
+            .open(META_LOG_NAME, OpenMode::CreateOrOpen)
+            .map_err(io(|| format!("opening {META_LOG_NAME}")))?;
         let len = file
-            .metadata()
-            .map_err(io(|| format!("reading size of {META_LOG_NAME}")))?
-            .len();
+            .len()
+            .map_err(io(|| format!("reading size of {META_LOG_NAME}")))?;
         if len < META_HEADER_BYTES {
             // New, or torn while being created: nothing in it was acknowledged.
             if len > 0 {
@@ -102,10 +93,10 @@ impl MetaLog {
                 .map_err(io(|| format!("writing header of {META_LOG_NAME}")))?;
             if durability.fsyncs() {
                 fsyncs
-                    .all(&file)
+                    .all(&*file)
                     .map_err(io(|| format!("syncing {META_LOG_NAME}")))?;
-                super::segment::directory_file(&dir)
-                    .and_then(|d| fsyncs.all(&d))
+                fsyncs
+                    .dir(&*dir)
                     .map_err(io(|| "syncing the store directory".into()))?;
             }
             let log = MetaLog {
@@ -115,6 +106,7 @@ impl MetaLog {
                 durability,
                 fsyncs,
                 damaged: false,
+                sync_failed: false,
             };
             return Ok((log, outcome));
         }
@@ -129,7 +121,7 @@ impl MetaLog {
         // One buffer for every payload: replay allocates per record only
         // what the decoded record keeps.
         let mut payload = Vec::new();
-        let mut reader = Reader::new(&file, len);
+        let mut reader = Reader::new(&*file, len);
         while at < len {
             match record_at(&mut reader, at, len, &mut payload)? {
                 Ok(header) => {
@@ -179,7 +171,7 @@ impl MetaLog {
             // What a crashed process wrote without fsync (and a truncation)
             // is made durable before anything new depends on it.
             fsyncs
-                .data(&file)
+                .data(&*file)
                 .map_err(io(|| format!("syncing {META_LOG_NAME}")))?;
         }
         Ok((
@@ -190,6 +182,7 @@ impl MetaLog {
                 durability,
                 fsyncs,
                 damaged,
+                sync_failed: false,
             },
             outcome,
         ))
@@ -203,6 +196,12 @@ impl MetaLog {
     /// Whether replay stepped over damage (see [`MetaLog::mark_damaged`]).
     pub fn damaged(&self) -> bool {
         self.damaged
+    }
+
+    /// Whether a sync failed: then nothing written since the last good sync
+    /// may be relied on, and the store goes read-only.
+    pub fn sync_failed(&self) -> bool {
+        self.sync_failed
     }
 
     /// Notes that a replayed record was invalid, so the log is kept as it is.
@@ -223,25 +222,28 @@ impl MetaLog {
         let file = match self.write_compacted(records) {
             Ok(file) => file,
             Err(error) => {
-                let _ = self.dir.remove_file(META_COMPACT_NAME);
+                let _ = self.dir.remove(META_COMPACT_NAME);
                 return Err(error);
             }
         };
-        if let Err(source) = self.dir.rename(META_COMPACT_NAME, &self.dir, META_LOG_NAME) {
-            let _ = self.dir.remove_file(META_COMPACT_NAME);
-            return Err(StoreError::Io {
-                context: format!("renaming {META_COMPACT_NAME} to {META_LOG_NAME}"),
+        if let Err(source) = self.dir.rename(META_COMPACT_NAME, META_LOG_NAME) {
+            let _ = self.dir.remove(META_COMPACT_NAME);
+            return Err(StoreError::io(
+                format!("renaming {META_COMPACT_NAME} to {META_LOG_NAME}"),
                 source,
-            });
+            ));
         }
         // The new file is the log now, whatever the directory sync says.
         let (file, len) = file;
         self.file = file;
         self.len = len;
         if self.durability.fsyncs() {
-            super::segment::directory_file(&self.dir)
-                .and_then(|d| self.fsyncs.all(&d))
-                .map_err(io(|| "syncing the store directory".into()))?;
+            if let Err(source) = self.fsyncs.dir(&*self.dir) {
+                // Until the rename is durable a crash may bring the old log
+                // back without anything appended to the new one.
+                self.sync_failed = true;
+                return Err(StoreError::io("syncing the store directory", source));
+            }
         }
         Ok(len)
     }
@@ -250,41 +252,39 @@ impl MetaLog {
     fn write_compacted(
         &self,
         records: impl Iterator<Item = MetaRecord>,
-    ) -> Result<(File, u64), StoreError> {
-        use std::io::Write;
-        let mut options = OpenOptions::new();
-        options.read(true).write(true).create(true).truncate(true);
+    ) -> Result<(Arc<dyn BackendFile>, u64), StoreError> {
         let file = self
             .dir
-            .open_with(META_COMPACT_NAME, &options)
-            .map_err(io(|| format!("creating {META_COMPACT_NAME}")))?
-            .into_std();
+            .open(META_COMPACT_NAME, OpenMode::Truncate)
+            .map_err(io(|| format!("creating {META_COMPACT_NAME}")))?;
         let write_error = io(|| format!("writing {META_COMPACT_NAME}"));
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, &file);
-        let header = format::encode_meta_header();
-        let mut len = header.len() as u64;
-        let written = out.write_all(&header).and_then(|()| {
+        // Written a megabyte at a time: the live records, never the log.
+        const FLUSH_BYTES: usize = 1 << 20;
+        let mut buffer = Vec::with_capacity(FLUSH_BYTES * 2);
+        buffer.extend_from_slice(&format::encode_meta_header());
+        let mut len = 0u64;
+        let flush = |buffer: &mut Vec<u8>, len: &mut u64| -> std::io::Result<()> {
+            file.write_all_at(buffer, *len)?;
+            *len += buffer.len() as u64;
+            buffer.clear();
+            Ok(())
+        };
+        let written = (|| {
             for record in records {
-                let bytes = format::encode_meta_record(&record);
-                out.write_all(&bytes)?;
-                len += bytes.len() as u64;
+                buffer.extend_from_slice(&format::encode_meta_record(&record));
+                if buffer.len() >= FLUSH_BYTES {
+                    flush(&mut buffer, &mut len)?;
+                }
             }
-            out.flush()
-        });
-        drop(out);
+            flush(&mut buffer, &mut len)
+        })();
         written.map_err(write_error)?;
         if self.durability.fsyncs() {
             self.fsyncs
-                .all(&file)
+                .all(&*file)
                 .map_err(io(|| format!("syncing {META_COMPACT_NAME}")))?;
         }
         Ok((file, len))
-    }
-
-    /// Appends one record and, in the durable modes, fsyncs it. When this
-    /// returns Ok the record survives a crash.
-    pub fn append(&mut self, record: &MetaRecord) -> Result<(), StoreError> {
-        self.append_all(std::slice::from_ref(record))
     }
 
     /// Appends `records` in order with one write and, in the durable
@@ -299,18 +299,19 @@ impl MetaLog {
         if let Err(source) = self.file.write_all_at(&bytes, at) {
             // Roll back a partial record so the log stays a clean sequence.
             let _ = self.file.set_len(at);
-            return Err(StoreError::Io {
-                context: format!("appending to {META_LOG_NAME} at {at}"),
+            return Err(StoreError::io(
+                format!("appending to {META_LOG_NAME} at {at}"),
                 source,
-            });
+            ));
         }
         if self.durability.fsyncs() {
-            if let Err(source) = self.fsyncs.data(&self.file) {
+            if let Err(source) = self.fsyncs.data(&*self.file) {
+                // The record may or may not be on disk: the caller fails the
+                // commit and stops writing to the store (see
+                // `StoreError::ReadOnly`).
+                self.sync_failed = true;
                 let _ = self.file.set_len(at);
-                return Err(StoreError::Io {
-                    context: format!("syncing {META_LOG_NAME}"),
-                    source,
-                });
+                return Err(StoreError::io(format!("syncing {META_LOG_NAME}"), source));
             }
         }
         self.len = at + bytes.len() as u64;

@@ -53,6 +53,7 @@
 //! # }
 //! ```
 
+pub mod backend;
 pub mod format;
 mod fsync;
 mod gc;
@@ -66,11 +67,13 @@ mod types;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cap_std::fs::Dir;
+
+use self::backend::Backend;
 
 pub use self::format::{
     CHUNK_BYTES_MAX, CUSTOM_KEY_BYTES_MAX, CUSTOM_PAIRS_MAX, CUSTOM_VALUE_BYTES_MAX, LINKS_MAX,
@@ -112,6 +115,9 @@ struct Inner {
     fsyncs: Fsyncs,
     recovery: RecoveryReport,
     open_stats: OpenStats,
+    /// Set by the first failed fsync: why the store refuses writes until
+    /// it is reopened (see [`StoreError::ReadOnly`]).
+    failed: Mutex<Option<String>>,
 }
 
 struct State {
@@ -147,21 +153,24 @@ impl Store {
     ///
     /// Reaches only files under `dir`.
     pub fn open(dir: Dir, options: StoreOptions) -> Result<Store, StoreError> {
+        Store::open_backend(Arc::new(backend::cap::CapDir::new(dir)), options)
+    }
+
+    /// [`Store::open`] on any [`Backend`]: the store's directory is `dir`.
+    pub fn open_backend(dir: Arc<dyn Backend>, options: StoreOptions) -> Result<Store, StoreError> {
         let fsyncs = Fsyncs::default();
-        match dir.create_dir(SEGMENTS_DIR) {
-            Ok(()) => {
-                if options.durability.fsyncs() {
-                    segment::directory_file(&dir)
-                        .and_then(|d| fsyncs.all(&d))
-                        .map_err(|e| StoreError::io("syncing the store directory", e))?;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(StoreError::io(format!("creating {SEGMENTS_DIR}/"), e)),
-        }
-        let segments_dir = dir
-            .open_dir(SEGMENTS_DIR)
+        let (segments_dir, created) = dir
+            .dir(SEGMENTS_DIR, true)
             .map_err(|e| StoreError::io(format!("opening {SEGMENTS_DIR}/"), e))?;
+        // Synced on every open, not only when `segments/` is new: a crash
+        // between a create and its sync leaves an entry that exists but may
+        // not survive a power cut, and this repairs it.
+        let _ = created;
+        if options.durability.fsyncs() {
+            fsyncs
+                .dir(&*dir)
+                .map_err(|e| StoreError::io("syncing the store directory", e))?;
+        }
         let segment_bytes_max = options.segment_bytes_max.max(1);
         let mut index = Index::default();
         let (segments, scanned) = Segments::open(
@@ -239,8 +248,40 @@ impl Store {
                 fsyncs,
                 recovery,
                 open_stats,
+                failed: Mutex::new(None),
             }),
         })
+    }
+
+    /// `Err(ReadOnly)` once an fsync has failed: nothing more is written
+    /// to this store until it is reopened.
+    fn check_writable(&self) -> Result<(), StoreError> {
+        match &*lock(&self.inner.failed) {
+            Some(why) => Err(StoreError::ReadOnly(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether an fsync failed, so the store refuses writes (see
+    /// [`StoreError::ReadOnly`]).
+    pub fn is_read_only(&self) -> bool {
+        lock(&self.inner.failed).is_some()
+    }
+
+    /// Passes `result` through; if it is the failure of a sync, first puts
+    /// the store in read-only mode. Every fsync of a segment, `meta.log` or
+    /// directory reports here: a failed sync may have dropped pages that a
+    /// later sync would not bring back, so nothing may be built on them.
+    fn note_sync<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(error) = &result {
+            let mut failed = lock(&self.inner.failed);
+            if failed.is_none() {
+                *failed = Some(format!(
+                    "an fsync failed ({error}); the store refuses writes until it is reopened"
+                ));
+            }
+        }
+        result
     }
 
     /// How [`Store::open`] built the index: segments read from hint files
@@ -289,7 +330,7 @@ impl Store {
                 .expect("indexed chunks are in open segments");
             (file, location, entry.len)
         };
-        segment::read_payload(&file, location.segment, location.offset, digest, len)
+        segment::read_payload(&*file, location.segment, location.offset, digest, len)
     }
 
     /// Up to `limit` (clamped to [`MANIFEST_PAGE_MAX`]) manifest entries of
@@ -357,8 +398,9 @@ impl Store {
         if !self.exists(id) {
             return Err(not_found(id));
         }
+        self.check_writable()?;
         let record = MetaRecord::Delete { id: *id.as_bytes() };
-        meta_log.append(&record)?;
+        self.log_append(&mut meta_log, std::slice::from_ref(&record))?;
         let mut state = lock(&self.inner.state);
         let state = &mut *state;
         apply(&mut state.catalog, &mut state.index, record).expect("checked under the log lock");
@@ -402,7 +444,8 @@ impl Store {
             modified_ms: now_ms().max(created_ms),
             fields,
         };
-        meta_log.append(&record)?;
+        self.check_writable()?;
+        self.log_append(&mut meta_log, std::slice::from_ref(&record))?;
         let mut state = lock(&self.inner.state);
         let state = &mut *state;
         apply(&mut state.catalog, &mut state.index, record).expect("checked under the log lock");
@@ -533,44 +576,28 @@ impl Store {
     /// segments that are mostly garbage. Never touches a chunk an upload in
     /// progress has put or pinned.
     pub fn gc(&self) -> Result<GcReport, StoreError> {
+        self.check_writable()?;
         gc::run(self)
     }
 
-    /// Makes the records of `digests` durable: fsyncs each segment holding
-    /// one that is not yet known to be on stable storage. Runs without the
-    /// store lock held across any fsync.
-    fn sync_chunks<'a>(&self, digests: impl Iterator<Item = &'a Hash>) -> Result<(), StoreError> {
-        if !self.inner.options.durability.fsyncs() {
-            return Ok(());
-        }
-        let plans: Vec<_> = {
-            let state = lock(&self.inner.state);
-            let mut pending = BTreeSet::new();
-            for digest in digests {
-                let entry = state.index.get(digest).expect("pinned chunks stay indexed");
-                let location = entry.location.expect("pinned chunks are stored");
-                if !state
-                    .segments
-                    .is_durable(location.segment, location.offset, entry.len)
-                {
-                    pending.insert(location.segment);
-                }
-            }
-            pending
-                .into_iter()
-                .filter_map(|segment| state.segments.sync_plan(segment))
-                .collect()
-        };
-        self.run_sync_plans(plans)
-    }
-
     /// Carries out sync plans (without the store lock) and records them.
+    /// A failure puts the store in read-only mode.
     fn run_sync_plans(&self, plans: Vec<segment::SyncPlan>) -> Result<(), StoreError> {
         for plan in plans {
-            plan.run(&self.inner.fsyncs)?;
+            self.note_sync(plan.run(&self.inner.fsyncs))?;
             lock(&self.inner.state).segments.mark_plan_done(&plan);
         }
         Ok(())
+    }
+
+    /// Appends `records` to the log (durably, in the durable modes). A
+    /// failed sync puts the store in read-only mode.
+    fn log_append(&self, meta_log: &mut MetaLog, records: &[MetaRecord]) -> Result<(), StoreError> {
+        let result = meta_log.append_all(records);
+        if meta_log.sync_failed() {
+            return self.note_sync(result);
+        }
+        result
     }
 
     /// After segment `id` was sealed: syncs it and writes its hint file,
@@ -591,7 +618,7 @@ impl Store {
             )
         };
         self.run_sync_plans(plan.into_iter().collect())?;
-        writer.scan_and_write(&file, id, len)?;
+        writer.scan_and_write(&*file, id, len)?;
         Ok(())
     }
 }
@@ -753,6 +780,7 @@ impl Upload {
         if self.closed {
             return Err(StoreError::Closed);
         }
+        self.store.check_writable()?;
         if bytes.is_empty() || bytes.len() > CHUNK_BYTES_MAX as usize {
             return Err(invalid(format!(
                 "chunk {digest}: {} bytes, must be 1..={CHUNK_BYTES_MAX}",
@@ -852,6 +880,7 @@ impl Upload {
         meta: NewMetadata,
         content_digest: Option<Hash>,
     ) -> Result<ArtifactId, StoreError> {
+        self.store.check_writable()?;
         if chunks.len() as u64 > MANIFEST_CHUNKS_MAX {
             return Err(invalid(format!(
                 "manifest of {} chunks, at most {MANIFEST_CHUNKS_MAX}",
@@ -937,35 +966,8 @@ impl Upload {
             creator: meta.creator,
             fields,
         };
-        if self.store.inner.options.durability == Durability::Batch {
-            return group::commit(&self.store, record, meta.links);
-        }
-
-        // Chunks first, then the record that refers to them.
-        self.store
-            .sync_chunks(chunks.iter().map(|chunk| &chunk.digest))?;
-        let inner = &self.store.inner;
-        let mut meta_log = lock(&inner.meta_log);
-        let id = {
-            let state = lock(&inner.state);
-            // Checked again under the log lock: a link may have gone meanwhile.
-            check_links(&state.catalog, &meta.links)?;
-            loop {
-                let id = ArtifactId::generate();
-                if !state.catalog.seq_of.contains_key(&id) {
-                    break id;
-                }
-            }
-        };
-        let mut record = record;
-        if let MetaRecord::Commit { id: slot, .. } = &mut record {
-            *slot = *id.as_bytes();
-        }
-        meta_log.append(&record)?;
-        let mut state = lock(&inner.state);
-        let state = &mut *state;
-        apply(&mut state.catalog, &mut state.index, record).expect("a fresh id commits");
-        Ok(id)
+        // One commit path for every mode: a batch (of one, under `Sync`).
+        group::commit(&self.store, record, meta.links)
     }
 
     fn release_pins(&mut self) {

@@ -1,14 +1,13 @@
 //! Buffered positional reads for the recovery scans, so walking a million
-//! small records is a few large `pread`s, not millions of small ones.
+//! small records is a few large reads, not millions of small ones.
 //! Reads only; never decides what the bytes mean.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use super::backend::BackendFile;
 
 /// Reads any range of a file of known length through a window that is
 /// refilled from the requested offset when a read falls outside it.
 pub struct Reader<'a> {
-    pub file: &'a File,
+    pub file: &'a dyn BackendFile,
     len: u64,
     buffer: Vec<u8>,
     /// File offset of `buffer[0]`.
@@ -22,7 +21,7 @@ impl<'a> Reader<'a> {
     const SKIP_BYTES_MAX: u64 = 64 << 10;
 
     /// A reader of `file`, whose first `len` bytes are read.
-    pub fn new(file: &'a File, len: u64) -> Reader<'a> {
+    pub fn new(file: &'a dyn BackendFile, len: u64) -> Reader<'a> {
         Reader {
             file,
             len,

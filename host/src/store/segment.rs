@@ -11,13 +11,9 @@
 //! what must be synced is handed out as a [`SyncPlan`] to run unlocked.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use cap_std::fs::{Dir, OpenOptions};
-
+use super::backend::{Backend, BackendFile, EntryKind, OpenMode};
 use super::format::{self, ChunkHeader, HintEntry, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use super::fsync::Fsyncs;
 use super::index::{Index, Location};
@@ -28,7 +24,7 @@ use crate::error::StoreError;
 /// One segment file.
 pub struct Segment {
     /// Shared with readers, which pread without holding the store lock.
-    pub file: Arc<File>,
+    pub file: Arc<dyn BackendFile>,
     /// Bytes written (the append position). Only grows, except when a
     /// failed append is rolled back.
     pub len: u64,
@@ -48,9 +44,7 @@ pub struct ScanOutcome {
 
 /// All segment files of one store.
 pub struct Segments {
-    dir: Arc<Dir>,
-    /// The segments directory as a file, for fsyncing its entries.
-    dir_file: Arc<File>,
+    dir: Arc<dyn Backend>,
     pub segments: BTreeMap<u64, Segment>,
     /// The segment appended to; always a key of `segments`.
     pub active: u64,
@@ -63,20 +57,20 @@ pub struct Segments {
 /// the store lock, then report it with [`Segments::mark_synced`].
 pub struct SyncPlan {
     pub segment: u64,
-    file: Arc<File>,
+    file: Arc<dyn BackendFile>,
     pub len: u64,
     /// The segments directory, if the file's entry is not yet durable.
-    dir: Option<Arc<File>>,
+    dir: Option<Arc<dyn Backend>>,
 }
 
 impl SyncPlan {
     pub fn run(&self, fsyncs: &Fsyncs) -> Result<(), StoreError> {
-        fsyncs.data(&self.file).map_err(io(|| {
+        fsyncs.data(&*self.file).map_err(io(|| {
             format!("syncing segment {}", segment_name(self.segment))
         }))?;
         if let Some(dir) = &self.dir {
             fsyncs
-                .all(dir)
+                .dir(&**dir)
                 .map_err(io(|| "syncing segments directory".into()))?;
         }
         Ok(())
@@ -86,17 +80,9 @@ impl SyncPlan {
 /// Writes hint files; holds its own handles so it runs without the store
 /// lock.
 pub struct HintWriter {
-    dir: Arc<Dir>,
-    dir_file: Arc<File>,
+    dir: Arc<dyn Backend>,
     durability: Durability,
     fsyncs: Fsyncs,
-}
-
-/// A directory opened for fsync. cap-std's `Dir` handles are `O_PATH`,
-/// which cannot be fsynced; `.` opened read-only through the same
-/// capability can.
-pub fn directory_file(dir: &Dir) -> std::io::Result<File> {
-    Ok(dir.open(".")?.into_std())
 }
 
 /// A segment's file name: its id as 16 decimal digits.
@@ -124,32 +110,28 @@ fn parse_name(name: &str, suffix: &str) -> Option<u64> {
 /// Wraps an I/O error with its context, built only if there is an error
 /// (the scans call this per record).
 fn io(context: impl FnOnce() -> String) -> impl FnOnce(std::io::Error) -> StoreError {
-    move |source| StoreError::Io {
-        context: context(),
-        source,
-    }
+    move |source| StoreError::io(context(), source)
 }
 
 /// Reads segment `id`'s hint, if it has one no longer than a segment of
 /// `segment_len` bytes could need. `Ok(None)`: no hint (or an unreadable
 /// one, described in the `Err` of the inner result).
-fn read_hint(dir: &Dir, id: u64, segment_len: u64) -> Result<Option<Vec<u8>>, String> {
+fn read_hint(dir: &dyn Backend, id: u64, segment_len: u64) -> Result<Option<Vec<u8>>, String> {
     let name = hint_name(id);
-    let mut file = match dir.open(&name) {
+    let file = match dir.open(&name, OpenMode::Read) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("opening {name}: {e}")),
     };
     let len = file
-        .metadata()
-        .map_err(|e| format!("reading size of {name}: {e}"))?
-        .len();
+        .len()
+        .map_err(|e| format!("reading size of {name}: {e}"))?;
     // Checked before allocating: a damaged size never sizes a buffer.
     if len > format::hint_bytes_max(segment_len) {
         return Err(format!("{len} bytes, too long for its segment"));
     }
-    let mut bytes = Vec::with_capacity(len as usize);
-    file.read_to_end(&mut bytes)
+    let mut bytes = vec![0u8; len as usize];
+    file.read_exact_at(&mut bytes, 0)
         .map_err(|e| format!("reading {name}: {e}"))?;
     Ok(Some(bytes))
 }
@@ -163,22 +145,21 @@ impl Segments {
     /// a crashed process may have left unsynced is synced before this
     /// returns, so no new commit depends on bytes that are not durable.
     pub fn open(
-        dir: Dir,
+        dir: Arc<dyn Backend>,
         segment_bytes_max: u64,
         durability: Durability,
         fsyncs: Fsyncs,
         index: &mut Index,
     ) -> Result<(Segments, ScanOutcome), StoreError> {
-        let dir_file =
-            Arc::new(directory_file(&dir).map_err(io(|| "opening segments directory".into()))?);
         let mut ids = Vec::new();
         let mut hinted = BTreeSet::new();
         let mut temporaries = Vec::new();
-        let entries = dir.entries().map_err(io(|| "listing segments".into()))?;
+        let entries = dir.list().map_err(io(|| "listing segments".into()))?;
         for entry in entries {
-            let entry = entry.map_err(io(|| "listing segments".into()))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
+            if entry.kind != EntryKind::File {
+                continue;
+            }
+            let name = entry.name.as_str();
             if let Some(id) = parse_name(name, ".seg") {
                 ids.push(id);
             } else if let Some(id) = parse_name(name, ".hint") {
@@ -189,14 +170,14 @@ impl Segments {
         }
         // A hint write a crash interrupted; the segment is scanned instead.
         for name in temporaries {
-            let _ = dir.remove_file(&name);
+            let _ = dir.remove(&name);
         }
         ids.sort_unstable();
         // A hint whose segment is gone (compaction raced the hint write,
         // or a crash fell between the two unlinks) describes nothing.
         for &id in &hinted {
             if ids.binary_search(&id).is_err() {
-                let _ = dir.remove_file(hint_name(id));
+                let _ = dir.remove(&hint_name(id));
             }
         }
         let mut outcome = ScanOutcome::default();
@@ -206,18 +187,19 @@ impl Segments {
         for &id in &ids {
             let name = segment_name(id);
             let active = Some(id) == newest;
-            let mut options = OpenOptions::new();
-            options.read(true).write(active);
+            let mode = if active {
+                OpenMode::Write
+            } else {
+                OpenMode::Read
+            };
             let file = dir
-                .open_with(&name, &options)
-                .map_err(io(|| format!("opening segment {name}")))?
-                .into_std();
+                .open(&name, mode)
+                .map_err(io(|| format!("opening segment {name}")))?;
             let len = file
-                .metadata()
-                .map_err(io(|| format!("reading size of segment {name}")))?
-                .len();
+                .len()
+                .map_err(io(|| format!("reading size of segment {name}")))?;
             if !active && hinted.contains(&id) {
-                let hint = read_hint(&dir, id, len).and_then(|bytes| match bytes {
+                let hint = read_hint(&*dir, id, len).and_then(|bytes| match bytes {
                     Some(bytes) => format::decode_hint(&bytes, id, len).map(|hint| {
                         index.reserve(hint.len());
                         for entry in hint.entries() {
@@ -245,7 +227,7 @@ impl Segments {
                         segments.insert(
                             id,
                             Segment {
-                                file: Arc::new(file),
+                                file,
                                 len,
                                 synced_len,
                                 dir_synced: true,
@@ -295,7 +277,7 @@ impl Segments {
                 }
             };
             outcome.stats.segments_scanned += 1;
-            let scanned = scan(&file, id, len, active)?;
+            let scanned = scan(&*file, id, len, active)?;
             let mut len = len;
             let clean = scanned.torn_at.is_none() && scanned.problems.is_empty();
             if let Some((at, reason)) = scanned.torn_at {
@@ -339,7 +321,7 @@ impl Segments {
             segments.insert(
                 id,
                 Segment {
-                    file: Arc::new(file),
+                    file,
                     len,
                     // Unknown: a crashed process may not have synced it.
                     synced_len: 0,
@@ -348,8 +330,7 @@ impl Segments {
             );
         }
         let mut store = Segments {
-            dir: Arc::new(dir),
-            dir_file,
+            dir,
             segments,
             active: 0,
             segment_bytes_max,
@@ -373,7 +354,7 @@ impl Segments {
                 if let Some(plan) = store.sync_plan(id) {
                     store
                         .fsyncs
-                        .data(&plan.file)
+                        .data(&*plan.file)
                         .map_err(io(|| format!("syncing segment {}", segment_name(id))))?;
                     store.mark_synced(id, plan.len);
                 }
@@ -384,9 +365,20 @@ impl Segments {
             }
         }
         let writer = store.hint_writer();
+        // Hints are a cache: a full disk (or any failure) writing one only
+        // means the next open scans that segment again. Opening never needs
+        // free space.
         for (id, len, records) in hints_to_write {
-            writer.write(id, len, &records)?;
-            outcome.stats.hints_written += 1;
+            match writer.write(id, len, &records) {
+                Ok(()) => outcome.stats.hints_written += 1,
+                Err(error) => outcome.problems.push(Problem::new(
+                    ProblemKind::HintNotWritten,
+                    format!(
+                        "segment {}: hint not written ({error}); the next open scans it",
+                        segment_name(id)
+                    ),
+                )),
+            }
         }
         Ok((store, outcome))
     }
@@ -396,19 +388,19 @@ impl Segments {
     /// [`Segments::sync_plan`] covers both before any commit depends on it.
     fn create(&mut self, id: u64) -> Result<(), StoreError> {
         let name = segment_name(id);
-        let mut options = OpenOptions::new();
-        options.read(true).write(true).create_new(true);
         let file = self
             .dir
-            .open_with(&name, &options)
-            .map_err(io(|| format!("creating segment {name}")))?
-            .into_std();
-        file.write_all_at(&format::encode_segment_header(), 0)
-            .map_err(io(|| format!("writing header of segment {name}")))?;
+            .open(&name, OpenMode::CreateNew)
+            .map_err(io(|| format!("creating segment {name}")))?;
+        if let Err(e) = file.write_all_at(&format::encode_segment_header(), 0) {
+            drop(file);
+            let _ = self.dir.remove(&name);
+            return Err(io(|| format!("writing header of segment {name}"))(e));
+        }
         self.segments.insert(
             id,
             Segment {
-                file: Arc::new(file),
+                file,
                 len: SEGMENT_HEADER_BYTES,
                 synced_len: 0,
                 dir_synced: false,
@@ -420,7 +412,7 @@ impl Segments {
 
     fn sync_dir(&self) -> Result<(), StoreError> {
         self.fsyncs
-            .all(&self.dir_file)
+            .dir(&*self.dir)
             .map_err(io(|| "syncing segments directory".into()))
     }
 
@@ -460,30 +452,21 @@ impl Segments {
         if let Err(source) = written {
             // Roll back a partial record so the next append starts clean.
             let _ = segment.file.set_len(offset);
-            return Err(StoreError::Io {
-                context: format!(
+            return Err(StoreError::io(
+                format!(
                     "appending chunk {digest} to segment {} at {offset}",
                     segment_name(id)
                 ),
                 source,
-            });
+            ));
         }
         segment.len = offset + record_bytes;
         Ok((id, offset, sealed))
     }
 
     /// The handle of segment `id`, for reading outside the store lock.
-    pub fn handle(&self, id: u64) -> Option<Arc<File>> {
+    pub fn handle(&self, id: u64) -> Option<Arc<dyn BackendFile>> {
         self.segments.get(&id).map(|s| Arc::clone(&s.file))
-    }
-
-    /// Whether the record at (`id`, `offset`) of `len` payload bytes is on
-    /// stable storage.
-    pub fn is_durable(&self, id: u64, offset: u64, len: u32) -> bool {
-        !self.durability.fsyncs()
-            || self.segments.get(&id).is_some_and(|s| {
-                s.dir_synced && offset + CHUNK_HEADER_BYTES + u64::from(len) <= s.synced_len
-            })
     }
 
     /// What to fsync to make segment `id` durable up to its current length.
@@ -496,7 +479,7 @@ impl Segments {
             segment: id,
             file: Arc::clone(&segment.file),
             len: segment.len,
-            dir: (!segment.dir_synced).then(|| Arc::clone(&self.dir_file)),
+            dir: (!segment.dir_synced).then(|| Arc::clone(&self.dir)),
         })
     }
 
@@ -534,14 +517,14 @@ impl Segments {
         };
         // The hint goes first: a hint without its segment is ignored at
         // open, a segment without its hint is merely scanned.
-        match self.dir.remove_file(hint_name(id)) {
+        match self.dir.remove(&hint_name(id)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(StoreError::io(format!("removing {}", hint_name(id)), e)),
         }
         let name = segment_name(id);
         self.dir
-            .remove_file(&name)
+            .remove(&name)
             .map_err(io(|| format!("removing segment {name}")))?;
         Ok(segment.len)
     }
@@ -555,7 +538,6 @@ impl Segments {
     pub fn hint_writer(&self) -> HintWriter {
         HintWriter {
             dir: Arc::clone(&self.dir),
-            dir_file: Arc::clone(&self.dir_file),
             durability: self.durability,
             fsyncs: self.fsyncs.clone(),
         }
@@ -567,7 +549,7 @@ impl HintWriter {
     pub fn sync_dir(&self) -> Result<(), StoreError> {
         if self.durability.fsyncs() {
             self.fsyncs
-                .all(&self.dir_file)
+                .dir(&*self.dir)
                 .map_err(io(|| "syncing segments directory".into()))?;
         }
         Ok(())
@@ -576,7 +558,12 @@ impl HintWriter {
     /// Scans sealed segment `id` (`len` bytes, already synced in the
     /// durable modes) and writes its hint. A segment whose scan finds
     /// damage gets no hint.
-    pub fn scan_and_write(&self, file: &File, id: u64, len: u64) -> Result<bool, StoreError> {
+    pub fn scan_and_write(
+        &self,
+        file: &dyn BackendFile,
+        id: u64,
+        len: u64,
+    ) -> Result<bool, StoreError> {
         let scanned = scan(file, id, len, false)?;
         if scanned.torn_at.is_some() || !scanned.problems.is_empty() {
             return Ok(false);
@@ -593,26 +580,33 @@ impl HintWriter {
         let synced = self.durability.fsyncs();
         let bytes = format::encode_hint(id, len, synced, records);
         let temp = hint_temp_name(id);
-        let mut options = OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        let mut file = self
+        let written = self
             .dir
-            .open_with(&temp, &options)
-            .map_err(io(|| format!("creating {temp}")))?;
-        file.write_all(&bytes)
-            .map_err(io(|| format!("writing {temp}")))?;
-        let file = file.into_std();
-        if synced {
-            self.fsyncs
-                .all(&file)
-                .map_err(io(|| format!("syncing {temp}")))?;
+            .open(&temp, OpenMode::Truncate)
+            .map_err(io(|| format!("creating {temp}")))
+            .and_then(|file| {
+                file.write_all_at(&bytes, 0)
+                    .map_err(io(|| format!("writing {temp}")))?;
+                if synced {
+                    self.fsyncs
+                        .all(&*file)
+                        .map_err(io(|| format!("syncing {temp}")))?;
+                }
+                Ok(())
+            })
+            .and_then(|()| {
+                self.dir
+                    .rename(&temp, &hint_name(id))
+                    .map_err(io(|| format!("renaming {temp}")))
+            });
+        if let Err(error) = written {
+            // A hint is a cache: without it the segment is scanned.
+            let _ = self.dir.remove(&temp);
+            return Err(error);
         }
-        self.dir
-            .rename(&temp, &self.dir, hint_name(id))
-            .map_err(io(|| format!("renaming {temp}")))?;
         if synced {
             self.fsyncs
-                .all(&self.dir_file)
+                .dir(&*self.dir)
                 .map_err(io(|| "syncing segments directory".into()))?;
         }
         Ok(())
@@ -622,7 +616,7 @@ impl HintWriter {
 /// Reads and verifies the payload of the record at (`segment`, `offset`).
 /// Runs without the store lock.
 pub fn read_payload(
-    file: &File,
+    file: &dyn BackendFile,
     segment: u64,
     offset: u64,
     digest: &Hash,
@@ -637,13 +631,13 @@ pub fn read_payload(
                 segment_name(segment)
             ))
         } else {
-            StoreError::Io {
-                context: format!(
+            StoreError::io(
+                format!(
                     "reading chunk {digest} from segment {} at {offset}",
                     segment_name(segment)
                 ),
                 source,
-            }
+            )
         }
     })?;
     if Hash::of(&payload) != *digest {
@@ -667,7 +661,12 @@ struct Scan {
 /// A bad record followed by a valid one is damage in the middle: reported
 /// and stepped over. A bad record with nothing valid after it is a torn
 /// tail, returned as `torn_at`.
-fn scan(file: &File, segment: u64, len: u64, verify_payloads: bool) -> Result<Scan, StoreError> {
+fn scan(
+    file: &dyn BackendFile,
+    segment: u64,
+    len: u64,
+    verify_payloads: bool,
+) -> Result<Scan, StoreError> {
     let name = segment_name(segment);
     let mut out = Scan {
         records: Vec::new(),

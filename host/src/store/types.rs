@@ -318,6 +318,9 @@ pub enum ProblemKind {
     /// A segment's hint file torn, stale or damaged: the segment was
     /// scanned instead, so nothing is lost.
     HintRejected,
+    /// A hint file could not be written at open (a full disk, say): the
+    /// next open scans that segment again. Nothing is lost.
+    HintNotWritten,
     /// A `meta.log` compaction a crash cut short: its unfinished file was
     /// removed and the old log kept.
     UnfinishedCompaction,
@@ -346,6 +349,7 @@ impl ProblemKind {
             ProblemKind::TornTail
                 | ProblemKind::TornHeader
                 | ProblemKind::HintRejected
+                | ProblemKind::HintNotWritten
                 | ProblemKind::UnfinishedCompaction
         )
     }
