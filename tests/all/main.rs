@@ -4,6 +4,7 @@
 mod common;
 
 mod cli;
+mod disk_faults;
 mod crash;
 mod hostile_guest;
 mod hostile_plugin;
@@ -11,3 +12,4 @@ mod pipeline;
 mod plugin;
 mod roundtrip;
 mod sharing;
+mod simulation;

@@ -250,6 +250,9 @@ pub fn encode_hint(segment: u64, segment_len: u64, synced: bool, entries: &[Hint
 pub struct Hint<'a> {
     /// Whether the segment was fsynced before the hint was written.
     pub segment_synced: bool,
+    /// Bytes of the segment the hint describes: all of it, or a prefix
+    /// (an active segment's checkpoint) whose records end there.
+    pub segment_len: u64,
     entries: &'a [u8],
 }
 
@@ -313,7 +316,7 @@ pub fn decode_hint(bytes: &[u8], segment: u64, segment_len: u64) -> Result<Hint<
         return Err(format!("hint is for segment {}", u64_at(HINT_SEGMENT_AT)));
     }
     let hinted_len = u64_at(HINT_SEGMENT_LEN_AT);
-    if hinted_len != segment_len {
+    if hinted_len > segment_len || hinted_len < SEGMENT_HEADER_BYTES {
         return Err(format!(
             "stale hint: it describes {hinted_len} bytes, the segment has {segment_len}"
         ));
@@ -328,6 +331,7 @@ pub fn decode_hint(bytes: &[u8], segment: u64, segment_len: u64) -> Result<Hint<
     }
     let hint = Hint {
         segment_synced: body[HINT_FLAGS_AT] & HINT_FLAG_SEGMENT_SYNCED != 0,
+        segment_len: hinted_len,
         entries,
     };
     let mut end = SEGMENT_HEADER_BYTES;
@@ -347,8 +351,15 @@ pub fn decode_hint(bytes: &[u8], segment: u64, segment_len: u64) -> Result<Hint<
         end = entry
             .offset
             .checked_add(CHUNK_HEADER_BYTES + u64::from(entry.payload_len))
-            .filter(|&end| end <= segment_len)
+            .filter(|&end| end <= hinted_len)
             .ok_or_else(|| format!("hint entry at {} runs past the segment", entry.offset))?;
+    }
+    // Records are back to back, so a prefix hint ends where its last record
+    // does: the scan of the rest starts at a record boundary.
+    if end != hinted_len && hinted_len != segment_len {
+        return Err(format!(
+            "hint of {hinted_len} bytes ends inside a record (last record ends at {end})"
+        ));
     }
     Ok(hint)
 }
@@ -381,6 +392,11 @@ pub const META_RECORD_HEADER_BYTES: u64 = META_HEADER_END as u64;
 pub const META_KIND_COMMIT: u8 = 1;
 pub const META_KIND_DELETE: u8 = 2;
 pub const META_KIND_UPDATE: u8 = 3;
+/// A checkpoint: everything before it was synced when it was written (on a
+/// clean close). Carries no payload. A damaged record before a checkpoint
+/// is damage, never a torn tail: see ARCHITECTURE.md, "Bit rot is not a
+/// torn write".
+pub const META_KIND_CHECKPOINT: u8 = 4;
 
 const OPTION_STRING_BYTES_MAX: u64 = 1 + 4 + STRING_BYTES_MAX as u64;
 const MUTABLE_METADATA_BYTES_MAX: u64 = 2 * OPTION_STRING_BYTES_MAX
@@ -436,6 +452,8 @@ pub enum MetaRecord {
         modified_ms: u64,
         fields: MutableFields,
     },
+    /// Written on a clean close, after everything before it was synced.
+    Checkpoint,
 }
 
 /// Checks the metadata limits; the message names the offending field.
@@ -559,6 +577,7 @@ pub fn encode_meta_record(record: &MetaRecord) -> Vec<u8> {
             out.fields(fields);
             META_KIND_UPDATE
         }
+        MetaRecord::Checkpoint => META_KIND_CHECKPOINT,
     };
     let mut bytes = out.0;
     let payload_len = (bytes.len() - META_HEADER_END) as u64;
@@ -687,6 +706,7 @@ pub fn decode_meta_payload(kind: u8, payload: &[u8]) -> Result<MetaRecord, Strin
                 fields,
             }
         }
+        META_KIND_CHECKPOINT => MetaRecord::Checkpoint,
         other => return Err(format!("unknown metadata record kind {other}")),
     };
     if input.at != payload.len() {

@@ -46,10 +46,24 @@ pub(super) fn run(store: &Store) -> Result<GcReport, StoreError> {
         };
         let active = state.segments.active;
         let active_len = state.segments.segments[&active].len;
+        let mut punch_active = false;
         if worth(active, active_len) {
             // Seal it so its garbage can go too; uploads move on to the next.
-            sealed.push(state.segments.rotate()?);
-            written_bytes += SEGMENT_HEADER_BYTES;
+            match state.segments.rotate() {
+                Ok(id) => {
+                    sealed.push(id);
+                    written_bytes += SEGMENT_HEADER_BYTES;
+                }
+                // A full disk cannot take even a new segment's header:
+                // free the active segment's garbage in place instead.
+                Err(StoreError::NoSpace(_)) => punch_active = true,
+                Err(e) => return Err(e),
+            }
+        }
+        if punch_active {
+            drop(state);
+            report.bytes_punched += punch(store, active)?;
+            state = lock(&inner.state);
         }
         let active = state.segments.active;
         state
@@ -61,22 +75,80 @@ pub(super) fn run(store: &Store) -> Result<GcReport, StoreError> {
             .collect()
     };
     let outcome = candidates.into_iter().try_for_each(|id| {
-        compact(
+        match compact(
             store,
             id,
             &mut report,
             &mut written_bytes,
             &mut removed_bytes,
             &mut sealed,
-        )
+        ) {
+            // No room to copy the live records out: free the garbage in
+            // place, so a full disk still gets space back.
+            Err(StoreError::NoSpace(_)) => {
+                report.bytes_punched += punch(store, id)?;
+                Ok(())
+            }
+            other => other,
+        }
     });
     // Segments sealed above get their hints (unless compacted meanwhile).
     let outcome =
         outcome.and_then(|()| sealed.into_iter().try_for_each(|id| store.finish_seal(id)));
     report.bytes_reclaimed = removed_bytes.saturating_sub(written_bytes);
     outcome?;
-    report.meta_bytes_reclaimed = compact_meta_log(store)?;
+    report.meta_bytes_reclaimed = match compact_meta_log(store) {
+        // The old log stays in force; the next GC tries again.
+        Err(StoreError::NoSpace(_)) => 0,
+        other => other?,
+    };
     Ok(report)
+}
+
+/// Punches out the garbage of segment `id` in place (see
+/// [`Segments::dead_ranges`](super::segment::Segments::dead_ranges)):
+/// first every unsynced copy GC made is synced (a punch may reach the disk
+/// before them), then the segment's hint is removed and that removal made
+/// durable (a hint listing a punched record would index zeros), then the
+/// holes are punched and the segment synced. Needs no free space. Returns
+/// the bytes punched.
+fn punch(store: &Store, id: u64) -> Result<u64, StoreError> {
+    let inner = &store.inner;
+    let plans = lock(&inner.state).segments.sync_plans_all();
+    inner.run_sync_plans(plans)?;
+    let (file, ranges, writer) = {
+        let mut state = lock(&inner.state);
+        let live: Vec<(u64, u32)> = state
+            .index
+            .chunks_in(id)
+            .into_iter()
+            .map(|(_, location, len)| (location.offset, len))
+            .collect();
+        let Some(file) = state.segments.handle(id) else {
+            return Ok(0);
+        };
+        let ranges = state.segments.dead_ranges(id, &live);
+        state.segments.remove_hint(id)?;
+        (file, ranges, state.segments.hint_writer())
+    };
+    inner.note_sync(writer.sync_dir())?;
+    let mut punched = 0;
+    for (offset, len) in ranges {
+        match file.punch_hole(offset, len) {
+            Ok(()) => punched += len,
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => return Ok(punched),
+            Err(e) => {
+                return Err(StoreError::io(
+                    format!("punching a hole in segment {}", segment::segment_name(id)),
+                    e,
+                ))
+            }
+        }
+    }
+    inner.note_sync(inner.fsyncs.data(&*file).map_err(|e| {
+        StoreError::io(format!("syncing segment {}", segment::segment_name(id)), e)
+    }))?;
+    Ok(punched)
 }
 
 /// Rewrites `meta.log` as one commit (and at most one update) per live
@@ -108,7 +180,12 @@ fn compact_meta_log(store: &Store) -> Result<u64, StoreError> {
     if !worth_compacting(old_len - META_HEADER_BYTES, live_bytes) {
         return Ok(0);
     }
-    let new_len = meta_log.rewrite(records())?;
+    let result = meta_log.rewrite(records());
+    let new_len = if meta_log.sync_failed() {
+        inner.note_sync(result)?
+    } else {
+        result?
+    };
     Ok(old_len.saturating_sub(new_len))
 }
 

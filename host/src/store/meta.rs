@@ -39,6 +39,9 @@ pub struct MetaLog {
     /// A sync of the log (or of the directory after a rewrite) failed: the
     /// store must write nothing more until reopened.
     sync_failed: bool,
+    /// The last record is a [`MetaRecord::Checkpoint`] (or the log is
+    /// empty): a clean close has nothing to add.
+    checkpointed: bool,
 }
 
 /// What replaying the log found.
@@ -107,6 +110,7 @@ impl MetaLog {
                 fsyncs,
                 damaged: false,
                 sync_failed: false,
+                checkpointed: true,
             };
             return Ok((log, outcome));
         }
@@ -117,6 +121,7 @@ impl MetaLog {
             .map_err(|reason| StoreError::Corrupted(format!("{META_LOG_NAME}: {reason}")))?;
 
         let mut damaged = false;
+        let mut checkpointed = true;
         let mut at = META_HEADER_BYTES;
         // One buffer for every payload: replay allocates per record only
         // what the decoded record keeps.
@@ -129,6 +134,7 @@ impl MetaLog {
                     match format::decode_meta_payload(header.kind, &payload) {
                         Ok(record) => {
                             outcome.records += 1;
+                            checkpointed = record == MetaRecord::Checkpoint;
                             apply(at, record)
                         }
                         Err(reason) => {
@@ -183,6 +189,7 @@ impl MetaLog {
                 fsyncs,
                 damaged,
                 sync_failed: false,
+                checkpointed,
             },
             outcome,
         ))
@@ -237,6 +244,7 @@ impl MetaLog {
         let (file, len) = file;
         self.file = file;
         self.len = len;
+        self.checkpointed = false;
         if self.durability.fsyncs() {
             if let Err(source) = self.fsyncs.dir(&*self.dir) {
                 // Until the rename is durable a crash may bring the old log
@@ -315,7 +323,19 @@ impl MetaLog {
             }
         }
         self.len = at + bytes.len() as u64;
+        self.checkpointed = records.last() == Some(&MetaRecord::Checkpoint);
         Ok(())
+    }
+
+    /// On a clean close: appends a [`MetaRecord::Checkpoint`] and syncs it,
+    /// unless the log already ends with one. From then on a damaged record
+    /// anywhere before it is reported as damage at open, never cut off as
+    /// the torn tail of a crash.
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        if self.checkpointed || !self.durability.fsyncs() || self.sync_failed {
+            return Ok(());
+        }
+        self.append_all(&[MetaRecord::Checkpoint])
     }
 }
 

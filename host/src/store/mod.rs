@@ -96,6 +96,15 @@ use self::segment::Segments;
 /// Name of the segments directory inside the store directory.
 const SEGMENTS_DIR: &str = "segments";
 
+/// A file of [`RESERVE_BYTES`] zeros kept so that on a full disk deletes
+/// and updates (which append to `meta.log`) still land, and GC can then
+/// free space: it is removed when an append to the log finds no space.
+/// While it is missing, uploads are refused with `NoSpace` unless it can
+/// be made again, so the space it freed goes to deletes, not to new data.
+const RESERVE_NAME: &str = "reserve";
+/// Size of the space reserve: room for about ten thousand deletes.
+pub const RESERVE_BYTES: u64 = 512 << 10;
+
 /// A tenant's chunk store. Cheap to clone; all clones share one store.
 #[derive(Clone)]
 pub struct Store {
@@ -110,6 +119,9 @@ struct Inner {
     meta_log: Mutex<MetaLog>,
     /// One garbage collection at a time.
     gc: Mutex<()>,
+    /// One hint write at a time (seals and active-segment checkpoints may
+    /// write the same segment's hint).
+    hints: Mutex<()>,
     /// Commits waiting for a shared fsync (`Durability::Batch`).
     group: Group,
     fsyncs: Fsyncs,
@@ -118,6 +130,10 @@ struct Inner {
     /// Set by the first failed fsync: why the store refuses writes until
     /// it is reopened (see [`StoreError::ReadOnly`]).
     failed: Mutex<Option<String>>,
+    /// The store directory, for the space reserve.
+    dir: Arc<dyn Backend>,
+    /// Whether the space reserve ([`RESERVE_NAME`]) exists.
+    reserve_present: Mutex<bool>,
 }
 
 struct State {
@@ -234,7 +250,7 @@ impl Store {
             }
         }
 
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 options,
                 state: Mutex::new(State {
@@ -244,13 +260,19 @@ impl Store {
                 }),
                 meta_log: Mutex::new(meta_log),
                 gc: Mutex::new(()),
+                hints: Mutex::new(()),
                 group: Group::default(),
                 fsyncs,
                 recovery,
                 open_stats,
                 failed: Mutex::new(None),
+                dir,
+                reserve_present: Mutex::new(false),
             }),
-        })
+        };
+        // Best effort: opening never needs free space.
+        store.inner.ensure_reserve();
+        Ok(store)
     }
 
     /// `Err(ReadOnly)` once an fsync has failed: nothing more is written
@@ -273,15 +295,7 @@ impl Store {
     /// directory reports here: a failed sync may have dropped pages that a
     /// later sync would not bring back, so nothing may be built on them.
     fn note_sync<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        if let Err(error) = &result {
-            let mut failed = lock(&self.inner.failed);
-            if failed.is_none() {
-                *failed = Some(format!(
-                    "an fsync failed ({error}); the store refuses writes until it is reopened"
-                ));
-            }
-        }
-        result
+        self.inner.note_sync(result)
     }
 
     /// How [`Store::open`] built the index: segments read from hint files
@@ -577,23 +591,24 @@ impl Store {
     /// progress has put or pinned.
     pub fn gc(&self) -> Result<GcReport, StoreError> {
         self.check_writable()?;
-        gc::run(self)
+        let report = gc::run(self);
+        self.inner.ensure_reserve();
+        report
     }
 
-    /// Carries out sync plans (without the store lock) and records them.
-    /// A failure puts the store in read-only mode.
     fn run_sync_plans(&self, plans: Vec<segment::SyncPlan>) -> Result<(), StoreError> {
-        for plan in plans {
-            self.note_sync(plan.run(&self.inner.fsyncs))?;
-            lock(&self.inner.state).segments.mark_plan_done(&plan);
-        }
-        Ok(())
+        self.inner.run_sync_plans(plans)
     }
 
     /// Appends `records` to the log (durably, in the durable modes). A
     /// failed sync puts the store in read-only mode.
+    /// On a full disk a delete or update still lands: the space reserve
+    /// is released for it (see [`RESERVE_BYTES`]).
     fn log_append(&self, meta_log: &mut MetaLog, records: &[MetaRecord]) -> Result<(), StoreError> {
-        let result = meta_log.append_all(records);
+        let mut result = meta_log.append_all(records);
+        if matches!(result, Err(StoreError::NoSpace(_))) && self.inner.release_reserve() {
+            result = meta_log.append_all(records);
+        }
         if meta_log.sync_failed() {
             return self.note_sync(result);
         }
@@ -604,22 +619,156 @@ impl Store {
     /// without the store lock. A crash before the hint is written only
     /// means the next open scans the segment (and writes the hint then).
     fn finish_seal(&self, id: u64) -> Result<(), StoreError> {
-        let (plan, file, len, writer) = {
-            let state = lock(&self.inner.state);
+        self.inner.finish_seal(id)
+    }
+
+    /// Writes a checkpoint of the active segment (syncs it, then writes its
+    /// hint from the records kept in memory) once it has grown by
+    /// [`segment::ACTIVE_CHECKPOINT_BYTES`] since the last one, so an open
+    /// after a crash scans at most that much of it.
+    fn checkpoint_active_if_due(&self) -> Result<(), StoreError> {
+        let due = lock(&self.inner.state).segments.active_checkpoint_due();
+        if due {
+            self.inner.checkpoint_active()?;
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Makes sure the space reserve exists; false if the disk has no room
+    /// for it. Never fails otherwise: the reserve only helps.
+    fn ensure_reserve(&self) -> bool {
+        let mut present = lock(&self.reserve_present);
+        if *present {
+            return true;
+        }
+        let written = self
+            .dir
+            .open(RESERVE_NAME, backend::OpenMode::Truncate)
+            .and_then(|file| {
+                let zeros = vec![0u8; 64 << 10];
+                let mut at = 0;
+                while at < RESERVE_BYTES {
+                    file.write_all_at(&zeros, at)?;
+                    at += zeros.len() as u64;
+                }
+                Ok(())
+            });
+        if written.is_err() {
+            let _ = self.dir.remove(RESERVE_NAME);
+            return false;
+        }
+        *present = true;
+        true
+    }
+
+    /// Frees the space reserve so a delete or update can land on a full
+    /// disk; false if there was none to free.
+    fn release_reserve(&self) -> bool {
+        let mut present = lock(&self.reserve_present);
+        if !*present {
+            return false;
+        }
+        *present = false;
+        self.dir.remove(RESERVE_NAME).is_ok()
+    }
+
+    /// See [`Store::note_sync`].
+    fn note_sync<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(error) = &result {
+            let mut failed = lock(&self.failed);
+            if failed.is_none() {
+                *failed = Some(format!(
+                    "an fsync failed ({error}); the store refuses writes until it is reopened"
+                ));
+            }
+        }
+        result
+    }
+
+    /// Carries out sync plans (without the store lock) and records them.
+    /// A failure puts the store in read-only mode.
+    fn run_sync_plans(&self, plans: Vec<segment::SyncPlan>) -> Result<(), StoreError> {
+        for plan in plans {
+            self.note_sync(plan.run(&self.fsyncs))?;
+            lock(&self.state).segments.mark_plan_done(&plan);
+        }
+        Ok(())
+    }
+
+    /// After segment `id` was sealed: syncs it and writes its hint file,
+    /// without the store lock, from the records kept while it was active
+    /// (or, for one sealed by GC's first pass of an opened store, a scan).
+    /// A crash before the hint is written only means the next open scans
+    /// the segment (and writes the hint then).
+    fn finish_seal(&self, id: u64) -> Result<(), StoreError> {
+        let _hints = lock(&self.hints);
+        let (plan, file, len, writer, records) = {
+            let mut state = lock(&self.state);
             let Some(segment) = state.segments.segments.get(&id) else {
                 // Compacted away meanwhile.
                 return Ok(());
             };
+            let (file, len) = (Arc::clone(&segment.file), segment.len);
             (
                 state.segments.sync_plan(id),
-                Arc::clone(&segment.file),
-                segment.len,
+                file,
+                len,
                 state.segments.hint_writer(),
+                state.segments.take_sealed_records(id),
             )
         };
         self.run_sync_plans(plan.into_iter().collect())?;
-        writer.scan_and_write(&*file, id, len)?;
+        // A hint is a cache: failing to write one (a full disk, say) only
+        // costs the next open a scan, and never fails the caller's write.
+        let _ = match records {
+            Some(records) => writer.write(id, len, &records),
+            None => writer.scan_and_write(&*file, id, len).map(|_| ()),
+        };
         Ok(())
+    }
+
+    /// Checkpoints the active segment: syncs it and writes a hint covering
+    /// it. Durable modes only; nothing on a read-only store.
+    fn checkpoint_active(&self) -> Result<(), StoreError> {
+        if !self.options.durability.fsyncs() || lock(&self.failed).is_some() {
+            return Ok(());
+        }
+        let _hints = lock(&self.hints);
+        let (checkpoint, plan, writer) = {
+            let state = lock(&self.state);
+            let Some(checkpoint) = state.segments.active_checkpoint() else {
+                return Ok(());
+            };
+            (
+                checkpoint,
+                state.segments.sync_plan(state.segments.active),
+                state.segments.hint_writer(),
+            )
+        };
+        let (id, len, records) = checkpoint;
+        self.run_sync_plans(plan.into_iter().collect())?;
+        // Best effort, like every hint (see `finish_seal`).
+        if writer.write(id, len, &records).is_ok() {
+            lock(&self.state).segments.mark_checkpointed(id, len);
+        }
+        Ok(())
+    }
+}
+
+/// A clean close (the last clone of a [`Store`] dropped): checkpoints the
+/// active segment and `meta.log`, so the next open reads neither and can
+/// tell bit rot in their newest records from a torn write. Best effort: a
+/// failure here (a full disk) only costs the next open a scan.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if !self.options.durability.fsyncs() || lock(&self.failed).is_some() {
+            return;
+        }
+        let _ = self.checkpoint_active();
+        let mut meta_log = lock(&self.meta_log);
+        let _ = meta_log.checkpoint();
     }
 }
 
@@ -709,6 +858,7 @@ fn apply(catalog: &mut Catalog, index: &mut Index, record: MetaRecord) -> Result
             }
             Ok(())
         }
+        MetaRecord::Checkpoint => Ok(()),
         MetaRecord::Update {
             id,
             modified_ms,
@@ -781,6 +931,11 @@ impl Upload {
             return Err(StoreError::Closed);
         }
         self.store.check_writable()?;
+        if !self.store.inner.ensure_reserve() {
+            return Err(StoreError::NoSpace(format!(
+                "chunk {digest}: the disk is full (the space reserve for deletes is in use); delete artifacts and run gc"
+            )));
+        }
         if bytes.is_empty() || bytes.len() > CHUNK_BYTES_MAX as usize {
             return Err(invalid(format!(
                 "chunk {digest}: {} bytes, must be 1..={CHUNK_BYTES_MAX}",
@@ -821,6 +976,7 @@ impl Upload {
         if let Some(sealed) = sealed {
             self.store.finish_seal(sealed)?;
         }
+        self.store.checkpoint_active_if_due()?;
         Ok(())
     }
 

@@ -21,6 +21,12 @@ use super::read::Reader;
 use super::types::{Durability, Hash, OpenStats, Problem, ProblemKind};
 use crate::error::StoreError;
 
+/// How far the active segment may grow past its last checkpoint (its hint)
+/// before it gets a new one: what an open after a crash must scan at most,
+/// beyond the unsynced tail. Costs a segment sync and a hint write (about
+/// four fsyncs) per 64 MiB appended.
+pub const ACTIVE_CHECKPOINT_BYTES: u64 = 64 << 20;
+
 /// One segment file.
 pub struct Segment {
     /// Shared with readers, which pread without holding the store lock.
@@ -48,6 +54,13 @@ pub struct Segments {
     pub segments: BTreeMap<u64, Segment>,
     /// The segment appended to; always a key of `segments`.
     pub active: u64,
+    /// Every record of the active segment, in file order: its hint when it
+    /// is checkpointed or sealed, without reading it back.
+    active_records: Vec<HintEntry>,
+    /// Bytes of the active segment its hint file covers (0: none).
+    active_hinted_len: u64,
+    /// Records of segments sealed but not yet hinted, by id.
+    sealing: BTreeMap<u64, Vec<HintEntry>>,
     segment_bytes_max: u64,
     durability: Durability,
     fsyncs: Fsyncs,
@@ -183,6 +196,8 @@ impl Segments {
         let mut outcome = ScanOutcome::default();
         let mut segments = BTreeMap::new();
         let mut hints_to_write = Vec::new();
+        let mut active_records = Vec::new();
+        let mut active_hinted_len = 0;
         let newest = ids.last().copied();
         for &id in &ids {
             let name = segment_name(id);
@@ -198,42 +213,27 @@ impl Segments {
             let len = file
                 .len()
                 .map_err(io(|| format!("reading size of segment {name}")))?;
-            if !active && hinted.contains(&id) {
+            // A hint covers the whole segment (sealed ones, and the active
+            // one after a clean close) or a prefix of it (an active
+            // segment's checkpoint); records past it are scanned.
+            let mut records = Vec::new();
+            let mut hinted_len = 0;
+            let mut synced_len = 0;
+            if hinted.contains(&id) {
                 let hint = read_hint(&*dir, id, len).and_then(|bytes| match bytes {
                     Some(bytes) => format::decode_hint(&bytes, id, len).map(|hint| {
-                        index.reserve(hint.len());
-                        for entry in hint.entries() {
-                            index.insert_found(
-                                Hash::from_bytes(entry.digest),
-                                Location {
-                                    segment: id,
-                                    offset: entry.offset,
-                                },
-                                entry.payload_len,
-                            );
-                            outcome.stats.chunk_records += 1;
-                        }
-                        Some(hint.segment_synced)
+                        records.extend(hint.entries());
+                        Some((hint.segment_len, hint.segment_synced))
                     }),
                     None => Ok(None),
                 });
                 match hint {
-                    Ok(Some(synced)) => {
-                        outcome.stats.segments_from_hints += 1;
+                    Ok(Some((covered, synced))) => {
+                        hinted_len = covered;
                         // A hint written under Durability::None vouches for
                         // nothing being on disk: such a segment is synced
                         // below like a scanned one.
-                        let synced_len = if synced { len } else { 0 };
-                        segments.insert(
-                            id,
-                            Segment {
-                                file,
-                                len,
-                                synced_len,
-                                dir_synced: true,
-                            },
-                        );
-                        continue;
+                        synced_len = if synced { covered } else { 0 };
                     }
                     Ok(None) => {}
                     Err(reason) => outcome.problems.push(Problem::new(
@@ -245,64 +245,107 @@ impl Segments {
                     )),
                 }
             }
-            let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
-            let header_read = if len >= SEGMENT_HEADER_BYTES {
-                file.read_exact_at(&mut header, 0)
-                    .map_err(io(|| format!("reading header of segment {name}")))?;
-                format::decode_segment_header(&header)
-            } else {
-                Err(format!("segment is {len} bytes, shorter than its header"))
-            };
-            let len = match header_read {
-                Ok(()) => len,
-                Err(reason) if active && len < SEGMENT_HEADER_BYTES => {
-                    // Torn while being created: nothing in it was ever
-                    // acknowledged. Start it again.
-                    file.set_len(0)
-                        .and_then(|()| file.write_all_at(&format::encode_segment_header(), 0))
-                        .map_err(io(|| format!("rewriting header of segment {name}")))?;
-                    outcome.problems.push(Problem::new(
-                        ProblemKind::TornHeader,
-                        format!("segment {name}: {reason}; header rewritten"),
-                    ));
-                    SEGMENT_HEADER_BYTES
-                }
-                Err(reason) => {
-                    // Not ours or from a future version: keep it, use none of it.
-                    outcome.problems.push(Problem::new(
-                        ProblemKind::ForeignSegment,
-                        format!("segment {name}: {reason}; segment skipped"),
-                    ));
-                    continue;
-                }
-            };
-            outcome.stats.segments_scanned += 1;
-            let scanned = scan(&*file, id, len, active)?;
             let mut len = len;
-            let clean = scanned.torn_at.is_none() && scanned.problems.is_empty();
-            if let Some((at, reason)) = scanned.torn_at {
-                if active {
-                    file.set_len(at)
-                        .map_err(io(|| format!("truncating segment {name} at {at}")))?;
-                    outcome.truncated_bytes += len - at;
-                    outcome.problems.push(Problem::new(
-                        ProblemKind::TornTail,
-                        format!(
-                            "segment {name}: torn tail at offset {at} ({reason}); {} bytes truncated",
-                            len - at
-                        ),
-                    ));
-                    len = at;
+            if hinted_len == 0 {
+                let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
+                let header_read = if len >= SEGMENT_HEADER_BYTES {
+                    file.read_exact_at(&mut header, 0)
+                        .map_err(io(|| format!("reading header of segment {name}")))?;
+                    format::decode_segment_header(&header)
                 } else {
-                    outcome.problems.push(Problem::new(
-                        ProblemKind::Damaged,
-                        format!("segment {name}: bytes {at}..{len} unreadable ({reason}); left in place"),
-                    ));
+                    Err(format!("segment is {len} bytes, shorter than its header"))
+                };
+                match header_read {
+                    Ok(()) => {}
+                    Err(reason) if active && len < SEGMENT_HEADER_BYTES => {
+                        // Torn while being created: nothing in it was ever
+                        // acknowledged. Start it again.
+                        file.set_len(0)
+                            .and_then(|()| file.write_all_at(&format::encode_segment_header(), 0))
+                            .map_err(io(|| format!("rewriting header of segment {name}")))?;
+                        outcome.problems.push(Problem::new(
+                            ProblemKind::TornHeader,
+                            format!("segment {name}: {reason}; header rewritten"),
+                        ));
+                        len = SEGMENT_HEADER_BYTES;
+                    }
+                    Err(reason) => {
+                        // Not ours or from a future version: keep it, use none of it.
+                        outcome.problems.push(Problem::new(
+                            ProblemKind::ForeignSegment,
+                            format!("segment {name}: {reason}; segment skipped"),
+                        ));
+                        continue;
+                    }
                 }
             }
-            outcome.problems.extend(scanned.problems);
-            index.reserve(scanned.records.len());
-            for record in &scanned.records {
+            let scan_from = hinted_len.max(SEGMENT_HEADER_BYTES);
+            let mut clean = true;
+            if scan_from < len {
+                outcome.stats.segments_scanned += 1;
+                // Past a hint, or in the active segment, nothing was vouched
+                // for: payloads are re-hashed too.
+                let verify = active || hinted_len > 0;
+                let scanned = scan(&*file, id, scan_from, len, verify)?;
+                clean = scanned.problems.is_empty();
+                if let Some((at, reason)) = scanned.torn_at {
+                    // Past every byte known synced, so nothing acknowledged:
+                    // the tail of an append a crash interrupted.
+                    outcome.truncated_bytes += len - at;
+                    if active {
+                        file.set_len(at)
+                            .map_err(io(|| format!("truncating segment {name} at {at}")))?;
+                        outcome.problems.push(Problem::new(
+                            ProblemKind::TornTail,
+                            format!(
+                                "segment {name}: torn tail at offset {at} ({reason}); {} bytes truncated",
+                                len - at
+                            ),
+                        ));
+                        len = at;
+                    } else if at < synced_len {
+                        clean = false;
+                        outcome.problems.push(Problem::new(
+                            ProblemKind::Damaged,
+                            format!("segment {name}: bytes {at}..{len} unreadable ({reason}); left in place"),
+                        ));
+                    } else {
+                        // A sealed segment whose last appends a crash cut
+                        // short before its seal was synced: the bytes stay
+                        // (sealed files are never written), the new hint
+                        // leaves them out.
+                        outcome.problems.push(Problem::new(
+                            ProblemKind::TornTail,
+                            format!(
+                                "segment {name}: torn tail at offset {at} ({reason}); {} bytes ignored",
+                                len - at
+                            ),
+                        ));
+                    }
+                }
+                if verify {
+                    // Past every byte known synced, a bad record followed by
+                    // a good one is what a power cut leaves of unsynced
+                    // appends (they may persist in any order of sectors):
+                    // residue. Lost chunks a commit needed still show as
+                    // `MissingChunk` damage.
+                    outcome
+                        .problems
+                        .extend(scanned.problems.into_iter().map(|p| {
+                            Problem::new(
+                                ProblemKind::TornRecord,
+                                format!("{} (not known synced: torn by a crash)", p.message),
+                            )
+                        }));
+                } else {
+                    outcome.problems.extend(scanned.problems);
+                }
+                records.extend(scanned.records);
+            } else {
+                outcome.stats.segments_from_hints += 1;
+            }
+            index.reserve(records.len());
+            for record in &records {
                 index.insert_found(
                     Hash::from_bytes(record.digest),
                     Location {
@@ -312,25 +355,32 @@ impl Segments {
                     record.payload_len,
                 );
             }
-            outcome.stats.chunk_records += scanned.records.len() as u64;
-            // A damaged sealed segment gets no hint, so every open scans
-            // and reports the damage again.
-            if !active && clean {
-                hints_to_write.push((id, len, scanned.records));
+            outcome.stats.chunk_records += records.len() as u64;
+            if active {
+                active_records = records;
+                active_hinted_len = hinted_len;
+            } else if clean && hinted_len != len {
+                // A damaged sealed segment gets no hint, so every open scans
+                // and reports the damage again.
+                hints_to_write.push((id, len, records));
             }
             segments.insert(
                 id,
                 Segment {
                     file,
                     len,
-                    // Unknown: a crashed process may not have synced it.
-                    synced_len: 0,
+                    // What a hint vouches for; the rest is unknown: a
+                    // crashed process may not have synced it.
+                    synced_len: synced_len.min(len),
                     dir_synced: true,
                 },
             );
         }
         let mut store = Segments {
             dir,
+            active_records: Vec::new(),
+            active_hinted_len: 0,
+            sealing: BTreeMap::new(),
             segments,
             active: 0,
             segment_bytes_max,
@@ -338,7 +388,11 @@ impl Segments {
             fsyncs,
         };
         match newest {
-            Some(id) if store.segments.contains_key(&id) => store.active = id,
+            Some(id) if store.segments.contains_key(&id) => {
+                store.active = id;
+                store.active_records = active_records;
+                store.active_hinted_len = active_hinted_len;
+            }
             // No segment, or the newest is unusable: begin a fresh one.
             _ => {
                 let id = newest.map_or(1, |id| id + 1);
@@ -421,8 +475,42 @@ impl Segments {
     /// [`super::Store::finish_seal`], which syncs it and writes its hint.
     pub fn rotate(&mut self) -> Result<u64, StoreError> {
         let sealed = self.active;
-        self.create(sealed + 1)?;
+        let records = std::mem::take(&mut self.active_records);
+        if let Err(error) = self.create(sealed + 1) {
+            self.active_records = records;
+            return Err(error);
+        }
+        self.sealing.insert(sealed, records);
+        self.active_hinted_len = 0;
         Ok(sealed)
+    }
+
+    /// The records of sealed segment `id` if it was sealed by this process
+    /// and not yet hinted (so its hint needs no scan).
+    pub fn take_sealed_records(&mut self, id: u64) -> Option<Vec<HintEntry>> {
+        self.sealing.remove(&id)
+    }
+
+    /// What a checkpoint of the active segment writes, if it has records
+    /// its hint does not cover: (id, length, records).
+    pub fn active_checkpoint(&self) -> Option<(u64, u64, Vec<HintEntry>)> {
+        let segment = &self.segments[&self.active];
+        (segment.len > self.active_hinted_len.max(SEGMENT_HEADER_BYTES))
+            .then(|| (self.active, segment.len, self.active_records.clone()))
+    }
+
+    /// Whether the active segment has grown by [`ACTIVE_CHECKPOINT_BYTES`]
+    /// since its last checkpoint.
+    pub fn active_checkpoint_due(&self) -> bool {
+        let len = self.segments[&self.active].len;
+        len - self.active_hinted_len.min(len) >= ACTIVE_CHECKPOINT_BYTES
+    }
+
+    /// Records that the active segment `id`'s hint now covers `len` bytes.
+    pub fn mark_checkpointed(&mut self, id: u64, len: u64) {
+        if id == self.active {
+            self.active_hinted_len = self.active_hinted_len.max(len);
+        }
     }
 
     /// Appends one chunk record to the active segment, rotating first if it
@@ -461,6 +549,11 @@ impl Segments {
             ));
         }
         segment.len = offset + record_bytes;
+        self.active_records.push(HintEntry {
+            offset,
+            payload_len,
+            digest: *digest.as_bytes(),
+        });
         Ok((id, offset, sealed))
     }
 
@@ -515,6 +608,7 @@ impl Segments {
         let Some(segment) = self.segments.remove(&id) else {
             return Ok(0);
         };
+        self.sealing.remove(&id);
         // The hint goes first: a hint without its segment is ignored at
         // open, a segment without its hint is merely scanned.
         match self.dir.remove(&hint_name(id)) {
@@ -527,6 +621,49 @@ impl Segments {
             .remove(&name)
             .map_err(io(|| format!("removing segment {name}")))?;
         Ok(segment.len)
+    }
+
+    /// Frees the bytes of every record of segment `id` that the index no
+    /// longer points at (`live`: the offsets and payload lengths of those it
+    /// does, in file order), in place, with `punch_hole`: how GC makes room
+    /// on a full disk, where copying live records elsewhere first would
+    /// need space it does not have. Returns the ranges to punch, after
+    /// forgetting them in the records kept for the active segment's hint.
+    /// The caller removes the segment's hint (durably) before punching: a
+    /// hint listing a punched record would index zeros.
+    pub fn dead_ranges(&mut self, id: u64, live: &[(u64, u32)]) -> Vec<(u64, u64)> {
+        let Some(segment) = self.segments.get(&id) else {
+            return Vec::new();
+        };
+        let mut ranges = Vec::new();
+        let mut at = SEGMENT_HEADER_BYTES;
+        for &(offset, len) in live {
+            if offset > at {
+                ranges.push((at, offset - at));
+            }
+            at = offset + CHUNK_HEADER_BYTES + u64::from(len);
+        }
+        if segment.len > at {
+            ranges.push((at, segment.len - at));
+        }
+        let live: BTreeSet<u64> = live.iter().map(|&(offset, _)| offset).collect();
+        if id == self.active {
+            self.active_records.retain(|r| live.contains(&r.offset));
+            self.active_hinted_len = 0;
+        }
+        if let Some(records) = self.sealing.get_mut(&id) {
+            records.retain(|r| live.contains(&r.offset));
+        }
+        ranges
+    }
+
+    /// Removes segment `id`'s hint file, if any (see [`Segments::dead_ranges`]).
+    pub fn remove_hint(&self, id: u64) -> Result<(), StoreError> {
+        match self.dir.remove(&hint_name(id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(format!("removing {}", hint_name(id)), e)),
+        }
     }
 
     /// Sum of segment file sizes.
@@ -564,7 +701,7 @@ impl HintWriter {
         id: u64,
         len: u64,
     ) -> Result<bool, StoreError> {
-        let scanned = scan(file, id, len, false)?;
+        let scanned = scan(file, id, SEGMENT_HEADER_BYTES, len, false)?;
         if scanned.torn_at.is_some() || !scanned.problems.is_empty() {
             return Ok(false);
         }
@@ -651,6 +788,8 @@ pub fn read_payload(
 
 struct Scan {
     records: Vec<HintEntry>,
+    /// Bytes of all-zero gaps stepped over: holes GC punched.
+    holes_bytes: u64,
     problems: Vec<Problem>,
     /// From here to the end nothing valid was found.
     torn_at: Option<(u64, String)>,
@@ -664,19 +803,21 @@ struct Scan {
 fn scan(
     file: &dyn BackendFile,
     segment: u64,
+    from: u64,
     len: u64,
     verify_payloads: bool,
 ) -> Result<Scan, StoreError> {
     let name = segment_name(segment);
     let mut out = Scan {
         records: Vec::new(),
+        holes_bytes: 0,
         problems: Vec::new(),
         torn_at: None,
     };
     let mut payload = Vec::new();
     let mut reader = Reader::new(file, len);
     let file = &mut reader;
-    let mut at = SEGMENT_HEADER_BYTES;
+    let mut at = from;
     while at < len {
         match record_at(file, segment, at, len, verify_payloads, &mut payload)? {
             Ok(header) => {
@@ -688,7 +829,22 @@ fn scan(
                 at += CHUNK_HEADER_BYTES + u64::from(header.payload_len);
             }
             Err(reason) => {
-                match next_record(file, segment, at + 1, len, verify_payloads, &mut payload)? {
+                let next = next_record(file, segment, at + 1, len, verify_payloads, &mut payload)?;
+                // Zeros where records were: dead records GC punched out.
+                // Between two records, or at the end of a sealed segment.
+                let hole_end = match next {
+                    Some(next) => Some(next),
+                    None if !verify_payloads => Some(len),
+                    None => None,
+                };
+                if let Some(end) = hole_end {
+                    if all_zero(file, segment, at, end)? {
+                        out.holes_bytes += end - at;
+                        at = end;
+                        continue;
+                    }
+                }
+                match next {
                     Some(next) => {
                         out.problems.push(Problem::new(
                             ProblemKind::Damaged,
@@ -747,6 +903,25 @@ fn record_at(
         }
     }
     Ok(Ok(header))
+}
+
+/// Whether bytes `from..to` of the segment are all zero.
+fn all_zero(file: &mut Reader<'_>, segment: u64, from: u64, to: u64) -> Result<bool, StoreError> {
+    const WINDOW_BYTES: u64 = 1 << 20;
+    let mut window = Vec::new();
+    let mut at = from;
+    while at < to {
+        let end = (at + WINDOW_BYTES).min(to);
+        window.resize((end - at) as usize, 0);
+        file.file.read_exact_at(&mut window, at).map_err(io(|| {
+            format!("scanning segment {} at {at}", segment_name(segment))
+        }))?;
+        if window.iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at = end;
+    }
+    Ok(true)
 }
 
 /// The offset of the first valid record at or after `from`, if any.

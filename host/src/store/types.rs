@@ -318,6 +318,10 @@ pub enum ProblemKind {
     /// A segment's hint file torn, stale or damaged: the segment was
     /// scanned instead, so nothing is lost.
     HintRejected,
+    /// An unreadable record past every byte of its segment known to be
+    /// synced, with valid records after it: unsynced appends a power cut
+    /// tore (sectors persist in any order). Skipped.
+    TornRecord,
     /// A hint file could not be written at open (a full disk, say): the
     /// next open scans that segment again. Nothing is lost.
     HintNotWritten,
@@ -350,6 +354,7 @@ impl ProblemKind {
                 | ProblemKind::TornHeader
                 | ProblemKind::HintRejected
                 | ProblemKind::HintNotWritten
+                | ProblemKind::TornRecord
                 | ProblemKind::UnfinishedCompaction
         )
     }
@@ -394,6 +399,9 @@ pub struct GcReport {
     /// Bytes `meta.log` shrank by when GC rewrote it without the records
     /// of deleted artifacts and superseded updates (0 if it did not).
     pub meta_bytes_reclaimed: u64,
+    /// Bytes of garbage freed in place (holes punched) in segments whose
+    /// live records could not be copied out for lack of space.
+    pub bytes_punched: u64,
 }
 
 #[cfg(test)]

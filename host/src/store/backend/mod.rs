@@ -124,6 +124,8 @@ pub trait Backend: Send + Sync {
 
 /// An open file of a backend. All offsets are absolute; nothing keeps a
 /// cursor, so one handle is shared by concurrent readers.
+// `len` is a file's length, not a collection's: no `is_empty` to go with it.
+#[allow(clippy::len_without_is_empty)]
 pub trait BackendFile: Send + Sync {
     /// The file's length in bytes.
     fn len(&self) -> io::Result<u64>;

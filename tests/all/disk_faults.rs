@@ -1,0 +1,165 @@
+//! The fault cases of `simulation.rs` once more on the real backend (cap-std
+//! files on a real file system), which must pass the same tests.
+
+use tensor_blob_host::store::{
+    ArtifactId, ChunkRef, Hash, NewMetadata, ProblemKind, Store, StoreError, StoreOptions,
+};
+
+fn open(path: &std::path::Path) -> Store {
+    let dir = cap_std::fs::Dir::open_ambient_dir(path, cap_std::ambient_authority()).unwrap();
+    Store::open(dir, StoreOptions::default()).unwrap()
+}
+
+fn try_put(store: &Store, bytes: &[u8]) -> Result<ArtifactId, StoreError> {
+    let digest = Hash::of(bytes);
+    let mut upload = store.begin_upload();
+    upload.put_chunk(&digest, bytes)?;
+    let chunk = ChunkRef {
+        digest,
+        len: bytes.len() as u32,
+    };
+    upload.commit(
+        &[chunk],
+        bytes.len() as u64,
+        &digest,
+        NewMetadata::default(),
+    )
+}
+
+fn read(store: &Store, id: &ArtifactId) -> Vec<u8> {
+    let mut out = Vec::new();
+    for chunk in store.manifest(id, 0, 1 << 16).unwrap() {
+        out.extend_from_slice(&store.read_chunk(&chunk.digest).unwrap());
+    }
+    out
+}
+
+/// A size-limited tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Result<SmallDisk, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}")])
+            .arg("tmpfs")
+            .arg(dir.path())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if !status.status.success() {
+            return Err(String::from_utf8_lossy(&status.stderr).trim().to_string());
+        }
+        Ok(SmallDisk { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// A full disk for real: on a 6 MiB tmpfs filled by eight artifacts in one
+/// segment, a put fails with `NoSpace` and leaves nothing; every artifact
+/// reads; a reopen (which needs no space) works; after deleting seven of
+/// them GC frees space although the last one keeps the segment (it punches
+/// holes in place), and puts succeed again. Skipped, with the reason
+/// printed, where the machine does not allow mounting a tmpfs.
+#[test]
+fn a_full_real_disk_fails_writes_cleanly_and_gc_makes_room() {
+    let disk = match SmallDisk::mount(6 << 20) {
+        Ok(disk) => disk,
+        Err(reason) => {
+            eprintln!("skipped: cannot mount a small tmpfs here: {reason}");
+            return;
+        }
+    };
+    let path = disk.dir.path();
+    let store = open(path);
+    let mut ids = Vec::new();
+    let mut contents = Vec::new();
+    for i in 0..64u32 {
+        let len = if i == 0 { 1_500_000 } else { 400_000 };
+        let bytes: Vec<u8> = (0..len)
+            .map(|j: u32| (j.wrapping_mul(i + 7) >> 3) as u8)
+            .collect();
+        match try_put(&store, &bytes) {
+            Ok(id) => {
+                ids.push(id);
+                contents.push(bytes);
+            }
+            Err(StoreError::NoSpace(_)) => break,
+            Err(other) => panic!("put {i}: {other}"),
+        }
+    }
+    assert!(
+        ids.len() >= 3 && ids.len() < 64,
+        "{} artifacts fit",
+        ids.len()
+    );
+    assert!(matches!(
+        try_put(&store, &[7u8; 400_000]),
+        Err(StoreError::NoSpace(_))
+    ));
+    assert_eq!(store.ids().count(), ids.len(), "nothing partial is visible");
+    drop(store);
+    let store = open(path);
+    for (id, bytes) in ids.iter().zip(&contents) {
+        assert_eq!(&read(&store, id), bytes);
+    }
+    for id in &ids[1..] {
+        store.delete(id).unwrap();
+    }
+    let report = store.gc().unwrap();
+    assert!(
+        report.bytes_punched + report.bytes_reclaimed > 1_000_000,
+        "{report:?}"
+    );
+    let new = try_put(&store, &[9u8; 400_000]).expect("puts succeed after delete and gc");
+    drop(store);
+    let store = open(path);
+    assert_eq!(
+        store.recovery_report().damage().count(),
+        0,
+        "{:?}",
+        store.recovery_report()
+    );
+    assert_eq!(read(&store, &ids[0]), contents[0]);
+    assert_eq!(read(&store, &new), vec![9u8; 400_000]);
+    assert!(store.verify_all().damaged.is_empty());
+}
+
+/// Bit rot is not a torn write, on real files: after a clean close, a bit
+/// flipped in the newest (acknowledged) `meta.log` record is damage that
+/// open reports; the artifact is not silently dropped as a torn tail.
+#[test]
+fn bit_rot_in_the_newest_meta_record_is_reported_on_real_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, newest) = {
+        let store = open(dir.path());
+        (
+            try_put(&store, b"first").unwrap(),
+            try_put(&store, b"newest").unwrap(),
+        )
+    };
+    let log = dir.path().join("meta.log");
+    let mut bytes = std::fs::read(&log).unwrap();
+    // The log ends with the newest commit, then the 13-byte checkpoint of
+    // the clean close.
+    let at = bytes.len() - 13 - 1;
+    bytes[at] ^= 0x08;
+    std::fs::write(&log, &bytes).unwrap();
+    let store = open(dir.path());
+    let report = store.recovery_report();
+    assert!(
+        report.damage().any(|p| p.kind == ProblemKind::Damaged),
+        "{report:?}"
+    );
+    assert!(store.exists(&first));
+    assert!(!store.exists(&newest));
+}

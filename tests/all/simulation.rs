@@ -1,0 +1,732 @@
+//! Deterministic simulation of the store on a simulated disk
+//! (`store::backend::sim::SimDisk`): power cuts at random points and
+//! injected faults, checked against a model of acknowledged operations.
+//!
+//! Goal: every promise of ARCHITECTURE.md ("Write protocol and what a crash
+//! leaves", "What a fault does") holds under the strict power-loss model of
+//! the simulated disk, which a SIGKILL cannot test: unsynced writes may be
+//! lost or torn at any 512-byte sector, unsynced directory entries may
+//! vanish. Method: a seeded generator runs random sequences of real store
+//! operations through the tenant registry and the upload API (multi-chunk
+//! and single-chunk puts sharing chunks, deletes, updates, GC with segment
+//! and meta.log compaction, clean reopens, faults, power cuts). After every
+//! cut the store is reopened from the crash image and checked: every
+//! acknowledged, undeleted artifact reads back byte-identical and verifies;
+//! nothing unacknowledged is visible unless whole; acknowledged deletes and
+//! updates stay done; open reports no damage (only crash residue); and the
+//! reopened store takes writes that survive the next cut. A failure prints
+//! its seed; `TBLOB_SIM_SEED=S` replays one, `TBLOB_SIM_SEEDS=N` runs more.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tensor_blob_host::store::backend::sim::{Fault, FaultOp, SimDisk};
+use tensor_blob_host::store::{
+    ArtifactId, ChunkRef, Durability, Hash, MetadataUpdate, NewMetadata, ProblemKind, Store,
+    StoreError, StoreOptions,
+};
+use tensor_blob_host::tenant::Tenants;
+
+/// Seeds CI runs: a few minutes at most in a debug build.
+const SEEDS_DEFAULT: u64 = 64;
+/// Operations per seed.
+const STEPS: u32 = 160;
+
+/// What one artifact must read back as.
+#[derive(Clone)]
+struct Expect {
+    content: Arc<Vec<u8>>,
+    /// Filenames it may have: one once acknowledged; two while an update
+    /// of it failed or was cut short.
+    filenames: Vec<Option<String>>,
+}
+
+#[derive(Default)]
+struct Model {
+    live: HashMap<ArtifactId, Expect>,
+    deleted: HashSet<ArtifactId>,
+    /// Contents of puts whose outcome is unknown (failed, or cut short):
+    /// each may be visible, whole, under an id we never saw.
+    maybe_puts: Vec<Arc<Vec<u8>>>,
+    /// Deletes whose outcome is unknown.
+    maybe_deleted: HashSet<ArtifactId>,
+}
+
+#[derive(Default, Debug)]
+struct Counts {
+    cuts: u64,
+    reopens: u64,
+    puts: u64,
+    deletes: u64,
+    updates: u64,
+    gcs: u64,
+    faults_scheduled: u64,
+    failed_ops: u64,
+    checked_artifacts: u64,
+    no_space_errors: u64,
+    read_only_stores: u64,
+}
+
+struct Sim {
+    seed: u64,
+    rng: fastrand::Rng,
+    disk: SimDisk,
+    options: StoreOptions,
+    tenants: Option<Tenants>,
+    store: Option<Store>,
+    model: Model,
+    blocks: Vec<Arc<Vec<u8>>>,
+    counts: Counts,
+    space_limited_steps: u32,
+}
+
+fn digest_of(bytes: &[u8]) -> Hash {
+    Hash::of(bytes)
+}
+
+impl Sim {
+    fn new(seed: u64) -> Sim {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let durability = if rng.bool() {
+            Durability::Sync
+        } else {
+            Durability::Batch
+        };
+        let options = StoreOptions {
+            durability,
+            segment_bytes_max: 256 << 10,
+            quota_bytes_max: None,
+        };
+        // A pool of chunks, so artifacts share some (dedup, sharing on
+        // delete and GC).
+        let blocks = (0..12)
+            .map(|_| {
+                let len = if rng.u8(..) < 30 {
+                    rng.usize(60_000..200_000)
+                } else {
+                    rng.usize(1..20_000)
+                };
+                Arc::new((0..len).map(|_| rng.u8(..)).collect::<Vec<u8>>())
+            })
+            .collect();
+        let mut sim = Sim {
+            seed,
+            rng,
+            disk: SimDisk::new(seed),
+            options,
+            tenants: None,
+            store: None,
+            model: Model::default(),
+            blocks,
+            counts: Counts::default(),
+            space_limited_steps: 0,
+        };
+        sim.open().expect("a new store opens");
+        sim
+    }
+
+    fn fail(&self, what: String) -> ! {
+        let trace = self.disk.trace();
+        let tail: Vec<&String> = trace.iter().rev().take(30).collect();
+        panic!(
+            "seed {}: {what}\n(replay: TBLOB_SIM_SEED={})\nlast disk operations, newest first: {tail:#?}",
+            self.seed, self.seed
+        );
+    }
+
+    fn store(&self) -> &Store {
+        self.store.as_ref().expect("the store is open")
+    }
+
+    fn open(&mut self) -> Result<(), StoreError> {
+        let tenants = Tenants::with_backend(self.disk.root(), self.options.clone());
+        let store = tenants.store("sim")?;
+        self.tenants = Some(tenants);
+        self.store = Some(store);
+        Ok(())
+    }
+
+    fn close(&mut self) {
+        self.store = None;
+        self.tenants = None;
+    }
+
+    /// Opens after a cut or a reopen; faults that hit the open itself are
+    /// cleared and it is tried again once.
+    fn reopen_and_check(&mut self) {
+        if let Err(first) = self.open() {
+            self.disk.clear_faults();
+            if let Err(error) = self.open() {
+                self.fail(format!("reopen failed: {error} (first try: {first})"));
+            }
+        }
+        self.check();
+    }
+
+    fn cut(&mut self) {
+        self.close();
+        self.disk = self.disk.crash();
+        self.space_limited_steps = 0;
+        self.counts.cuts += 1;
+        self.reopen_and_check();
+    }
+
+    fn reopen(&mut self) {
+        self.close();
+        self.disk.clear_faults();
+        self.space_limited_steps = 0;
+        self.counts.reopens += 1;
+        self.reopen_and_check();
+    }
+
+    fn read_all(store: &Store, id: &ArtifactId) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        loop {
+            let page = store.manifest(id, start, 1024)?;
+            if page.is_empty() {
+                return Ok(out);
+            }
+            start += page.len() as u64;
+            for chunk in page {
+                out.extend_from_slice(&store.read_chunk(&chunk.digest)?);
+            }
+        }
+    }
+
+    /// The store against the model, with no fault in force.
+    fn check(&mut self) {
+        let faults_were = self.space_limited_steps;
+        let store = self.store().clone();
+        let report = store.recovery_report();
+        let damage: Vec<_> = report.damage().collect();
+        if !damage.is_empty() {
+            self.fail(format!(
+                "open reported damage after a power cut: {damage:?}"
+            ));
+        }
+        let ids: Vec<ArtifactId> = store.ids().collect();
+        let present: HashSet<ArtifactId> = ids.iter().copied().collect();
+        for id in &ids {
+            if self.model.deleted.contains(id) {
+                self.fail(format!(
+                    "artifact {id} was deleted (acknowledged) but is back"
+                ));
+            }
+            let bytes = match Self::read_all(&store, id) {
+                Ok(bytes) => bytes,
+                Err(error) => self.fail(format!("artifact {id} does not read back: {error}")),
+            };
+            if let Err(error) = store.verify(id) {
+                self.fail(format!("artifact {id} does not verify: {error}"));
+            }
+            let meta = store.metadata(id).expect("listed artifacts have metadata");
+            match self.model.live.get(id).cloned() {
+                Some(expect) => {
+                    if bytes != *expect.content {
+                        self.fail(format!("artifact {id} reads back other bytes"));
+                    }
+                    if !expect.filenames.contains(&meta.filename) {
+                        self.fail(format!(
+                            "artifact {id} has filename {:?}, expected one of {:?}",
+                            meta.filename, expect.filenames
+                        ));
+                    }
+                    // What open replayed is durable now.
+                    self.model.live.get_mut(id).expect("live").filenames =
+                        vec![meta.filename.clone()];
+                }
+                None => {
+                    // Unacknowledged: acceptable only whole, as a put that
+                    // failed or was cut short.
+                    let Some(at) = self.model.maybe_puts.iter().position(|c| **c == bytes) else {
+                        self.fail(format!(
+                            "artifact {id} ({} bytes) was never acknowledged and matches no put in flight",
+                            bytes.len()
+                        ));
+                    };
+                    let content = self.model.maybe_puts.swap_remove(at);
+                    self.model.live.insert(
+                        *id,
+                        Expect {
+                            content,
+                            filenames: vec![meta.filename.clone()],
+                        },
+                    );
+                }
+            }
+            self.counts.checked_artifacts += 1;
+        }
+        let lost: Vec<ArtifactId> = self
+            .model
+            .live
+            .keys()
+            .filter(|id| !present.contains(id))
+            .copied()
+            .collect();
+        for id in lost {
+            if self.model.maybe_deleted.remove(&id) {
+                self.model.live.remove(&id);
+                self.model.deleted.insert(id);
+            } else {
+                self.fail(format!("acknowledged artifact {id} is lost"));
+            }
+        }
+        for id in std::mem::take(&mut self.model.maybe_deleted) {
+            // Present after all: the delete did not land.
+            debug_assert!(present.contains(&id) || self.model.deleted.contains(&id));
+        }
+        self.model.maybe_puts.clear();
+        let _ = faults_were;
+    }
+
+    fn pick_live(&mut self) -> Option<ArtifactId> {
+        let mut ids: Vec<&ArtifactId> = self.model.live.keys().collect();
+        ids.sort();
+        (!ids.is_empty()).then(|| *ids[self.rng.usize(..ids.len())])
+    }
+
+    fn put(&mut self) {
+        self.counts.puts += 1;
+        let count = if self.rng.u8(..) < 80 {
+            1
+        } else {
+            self.rng.usize(2..10)
+        };
+        let picks: Vec<usize> = (0..count)
+            .map(|_| self.rng.usize(..self.blocks.len()))
+            .collect();
+        let mut content = Vec::new();
+        let mut chunks = Vec::new();
+        for &i in &picks {
+            content.extend_from_slice(&self.blocks[i]);
+            chunks.push(ChunkRef {
+                digest: digest_of(&self.blocks[i]),
+                len: self.blocks[i].len() as u32,
+            });
+        }
+        let content = Arc::new(content);
+        let filename = Some(format!("f{}", self.rng.u32(..1000)));
+        let store = self.store().clone();
+        let result = (|| {
+            let mut upload = store.begin_upload();
+            let digests: Vec<Hash> = chunks.iter().map(|c| c.digest).collect();
+            let missing = upload.missing(&digests)?;
+            let mut sent = HashSet::new();
+            for ((digest, &i), missing) in digests.iter().zip(&picks).zip(missing) {
+                if missing && sent.insert(*digest) {
+                    upload.put_chunk(digest, &self.blocks[i])?;
+                }
+            }
+            upload.commit(
+                &chunks,
+                content.len() as u64,
+                &digest_of(&content),
+                NewMetadata {
+                    filename: filename.clone(),
+                    ..NewMetadata::default()
+                },
+            )
+        })();
+        match result {
+            Ok(id) => {
+                self.model.live.insert(
+                    id,
+                    Expect {
+                        content,
+                        filenames: vec![filename],
+                    },
+                );
+            }
+            Err(error) => {
+                self.note_error(&error);
+                self.model.maybe_puts.push(content);
+            }
+        }
+    }
+
+    fn note_error(&mut self, error: &StoreError) {
+        self.counts.failed_ops += 1;
+        match error {
+            StoreError::NoSpace(_) => self.counts.no_space_errors += 1,
+            StoreError::Io { .. } | StoreError::ReadOnly(_) => {}
+            other => self.fail(format!("unexpected error kind: {other}")),
+        }
+    }
+
+    fn delete(&mut self) {
+        let Some(id) = self.pick_live() else { return };
+        self.counts.deletes += 1;
+        match self.store().delete(&id) {
+            Ok(()) => {
+                self.model.live.remove(&id);
+                self.model.deleted.insert(id);
+            }
+            Err(error) => {
+                self.note_error(&error);
+                self.model.maybe_deleted.insert(id);
+            }
+        }
+    }
+
+    fn update(&mut self) {
+        let Some(id) = self.pick_live() else { return };
+        self.counts.updates += 1;
+        let filename = Some(format!("u{}", self.rng.u32(..1000)));
+        let change = MetadataUpdate {
+            filename: Some(filename.clone()),
+            ..MetadataUpdate::default()
+        };
+        match self.store().update(&id, change) {
+            Ok(meta) => {
+                if meta.filename != filename {
+                    self.fail(format!("update of {id} returned {:?}", meta.filename));
+                }
+                self.model.live.get_mut(&id).expect("live").filenames = vec![filename];
+            }
+            Err(error) => {
+                self.note_error(&error);
+                self.model
+                    .live
+                    .get_mut(&id)
+                    .expect("live")
+                    .filenames
+                    .push(filename);
+            }
+        }
+    }
+
+    fn gc(&mut self) {
+        self.counts.gcs += 1;
+        if let Err(error) = self.store().gc() {
+            self.note_error(&error);
+        }
+    }
+
+    fn fault(&mut self) {
+        self.counts.faults_scheduled += 1;
+        if self.rng.u8(..) < 50 {
+            // A full disk for a while.
+            let used = self.disk.used_bytes();
+            self.disk
+                .set_space_limit(Some(used + self.rng.u64(0..300_000)));
+            self.space_limited_steps = self.rng.u32(3..15);
+            return;
+        }
+        let op = match self.rng.u8(..6) {
+            0 => FaultOp::Write,
+            1 => FaultOp::Sync,
+            2 => FaultOp::Read,
+            3 => FaultOp::Rename,
+            4 => FaultOp::DirSync,
+            _ => FaultOp::Remove,
+        };
+        let fault = match op {
+            FaultOp::Write => match self.rng.u8(..3) {
+                0 => Fault::Eio,
+                1 => Fault::ShortWrite,
+                _ => Fault::NoSpace,
+            },
+            _ => Fault::Eio,
+        };
+        self.disk.fail_op(op, self.rng.u64(0..12), fault);
+    }
+
+    fn step(&mut self) {
+        if self.space_limited_steps > 0 {
+            self.space_limited_steps -= 1;
+            if self.space_limited_steps == 0 {
+                self.disk.set_space_limit(None);
+            }
+        }
+        if self.store().is_read_only() {
+            // A failed fsync: the store refuses writes; recovery is a
+            // restart, modelled as a cut (see ARCHITECTURE.md).
+            self.counts.read_only_stores += 1;
+            self.cut();
+            return;
+        }
+        match self.rng.u8(..100) {
+            0..=39 => self.put(),
+            40..=51 => self.delete(),
+            52..=59 => self.update(),
+            60..=66 => self.gc(),
+            67..=70 => self.reopen(),
+            71..=80 => self.cut(),
+            _ => self.fault(),
+        }
+    }
+}
+
+fn run_seed(seed: u64) -> (Counts, tensor_blob_host::store::backend::sim::SimStats) {
+    let mut sim = Sim::new(seed);
+    for _ in 0..STEPS {
+        sim.step();
+    }
+    // The last writes survive one more cut too.
+    sim.cut();
+    (sim.counts, sim.disk.stats())
+}
+
+#[test]
+fn random_operations_survive_power_cuts_and_faults() {
+    let seeds: Vec<u64> = match std::env::var("TBLOB_SIM_SEED") {
+        Ok(seed) => vec![seed.parse().expect("TBLOB_SIM_SEED is a number")],
+        Err(_) => {
+            let count = std::env::var("TBLOB_SIM_SEEDS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(SEEDS_DEFAULT);
+            let base = fastrand::u64(..);
+            (0..count).map(|i| base.wrapping_add(i)).collect()
+        }
+    };
+    let mut total = Counts::default();
+    let mut faults: std::collections::BTreeMap<String, u64> = Default::default();
+    let (mut torn_writes, mut lost_writes, mut lost_entries) = (0, 0, 0);
+    for seed in seeds {
+        eprintln!("simulation seed {seed}");
+        let (counts, disk) = run_seed(seed);
+        total.cuts += counts.cuts;
+        total.reopens += counts.reopens;
+        total.puts += counts.puts;
+        total.deletes += counts.deletes;
+        total.updates += counts.updates;
+        total.gcs += counts.gcs;
+        total.failed_ops += counts.failed_ops;
+        total.checked_artifacts += counts.checked_artifacts;
+        total.no_space_errors += counts.no_space_errors;
+        total.read_only_stores += counts.read_only_stores;
+        total.faults_scheduled += counts.faults_scheduled;
+        for (kind, n) in disk.faults {
+            *faults.entry(kind).or_default() += n;
+        }
+        torn_writes += disk.torn_writes;
+        lost_writes += disk.lost_writes;
+        lost_entries += disk.lost_entries;
+    }
+    eprintln!("simulation totals: {total:?}");
+    eprintln!("faults injected, by kind: {faults:?}");
+    eprintln!(
+        "power cuts tore {torn_writes} unsynced writes, lost {lost_writes} and {lost_entries} directory entries"
+    );
+    assert!(total.cuts > 0 && total.checked_artifacts > 0);
+}
+
+/// Regression (found from outside on a filesystem modelling power loss
+/// strictly): the store directory, `tenants/` and `tenants/<name>/` were
+/// created without syncing their parents, so after a cut every
+/// acknowledged artifact of a new store was gone although everything
+/// beneath was synced. Method: one put into a new store, then the cut
+/// that keeps the fewest unsynced entries, many seeds.
+#[test]
+fn a_new_stores_directories_survive_a_power_cut() {
+    for seed in 0..64 {
+        let disk = SimDisk::new(seed);
+        let options = StoreOptions::default();
+        let id = {
+            let tenants = Tenants::with_backend(disk.root(), options.clone());
+            let store = tenants.store("t").unwrap();
+            put_one(&store, b"survives")
+        };
+        let disk = disk.crash();
+        let tenants = Tenants::with_backend(disk.root(), options);
+        let store = tenants.store("t").unwrap();
+        assert!(store.exists(&id), "seed {seed}: acknowledged artifact lost");
+    }
+}
+
+fn put_one(store: &Store, bytes: &[u8]) -> ArtifactId {
+    let digest = Hash::of(bytes);
+    let mut upload = store.begin_upload();
+    upload.put_chunk(&digest, bytes).unwrap();
+    upload
+        .commit(
+            &[ChunkRef {
+                digest,
+                len: bytes.len() as u32,
+            }],
+            bytes.len() as u64,
+            &digest,
+            NewMetadata::default(),
+        )
+        .unwrap()
+}
+
+fn try_put(store: &Store, bytes: &[u8]) -> Result<ArtifactId, StoreError> {
+    let digest = Hash::of(bytes);
+    let mut upload = store.begin_upload();
+    upload.put_chunk(&digest, bytes)?;
+    upload.commit(
+        &[ChunkRef {
+            digest,
+            len: bytes.len() as u32,
+        }],
+        bytes.len() as u64,
+        &digest,
+        NewMetadata::default(),
+    )
+}
+
+fn read(store: &Store, id: &ArtifactId) -> Vec<u8> {
+    Sim::read_all(store, id).unwrap()
+}
+
+/// fsyncgate: a failed fsync may have dropped the pages it should have
+/// written, so a later successful one proves nothing. Method: the sync of
+/// a commit fails; the commit must fail, the store must refuse every
+/// further write (a later commit could depend on lost pages) while reads
+/// keep working; after a cut, every acknowledged artifact is there and the
+/// failed one is absent or whole.
+#[test]
+fn a_failed_fsync_fails_the_commit_and_makes_the_store_read_only() {
+    let disk = SimDisk::new(7);
+    let store = Store::open_backend(disk.root(), StoreOptions::default()).unwrap();
+    let kept = put_one(&store, b"before the failure");
+    disk.fail_op(FaultOp::Sync, 0, Fault::Eio);
+    let failed = try_put(&store, b"depends on a failed sync");
+    assert!(matches!(failed, Err(StoreError::Io { .. })), "{failed:?}");
+    assert!(store.is_read_only());
+    assert!(matches!(
+        try_put(&store, b"after"),
+        Err(StoreError::ReadOnly(_))
+    ));
+    assert!(matches!(store.delete(&kept), Err(StoreError::ReadOnly(_))));
+    assert!(matches!(store.gc(), Err(StoreError::ReadOnly(_))));
+    assert_eq!(read(&store, &kept), b"before the failure");
+    drop(store);
+    for seed in 0..16 {
+        let _ = seed;
+        let image = disk.crash();
+        let store = Store::open_backend(image.root(), StoreOptions::default()).unwrap();
+        assert_eq!(read(&store, &kept), b"before the failure");
+        for id in store.ids() {
+            assert!(id == kept || read(&store, &id) == b"depends on a failed sync");
+        }
+        assert!(!store.is_read_only());
+        put_one(&store, b"the reopened store takes writes");
+    }
+}
+
+/// A full disk: writes fail with a typed `NoSpace`, nothing partial
+/// becomes visible, every stored artifact stays readable, opening needs no
+/// space, and GC gets space back although the one segment still holds a
+/// live artifact (it punches holes over the dead records in place, since
+/// copying the live one out needs space the disk does not have). Method:
+/// eight artifacts in one segment, the disk's limit set to what is used,
+/// seven deleted, GC.
+#[test]
+fn a_full_disk_fails_writes_cleanly_and_gc_makes_room_in_place() {
+    let disk = SimDisk::new(11);
+    let options = StoreOptions::default();
+    let store = Store::open_backend(disk.root(), options.clone()).unwrap();
+    // The one that stays is larger than the space reserve, so copying it
+    // out of the segment cannot fit.
+    let contents: Vec<Vec<u8>> = (0..8u8)
+        .map(|i| {
+            let len = if i == 0 { 1_500_000 } else { 300_000u32 };
+            (0..len).map(|j| (j as u8) ^ i.wrapping_mul(37)).collect()
+        })
+        .collect();
+    let ids: Vec<ArtifactId> = contents.iter().map(|c| put_one(&store, c)).collect();
+    disk.set_space_limit(Some(disk.used_bytes() + 1000));
+    let big: Vec<u8> = (0..200_000u32).map(|j| (j % 251) as u8).collect();
+    let full = try_put(&store, &big);
+    assert!(matches!(full, Err(StoreError::NoSpace(_))), "{full:?}");
+    assert_eq!(store.ids().count(), 8, "nothing partial is visible");
+    for (id, content) in ids.iter().zip(&contents) {
+        assert_eq!(&read(&store, id), content);
+    }
+    drop(store);
+    // Opening to read needs no free space.
+    disk.set_space_limit(Some(disk.used_bytes()));
+    let store = Store::open_backend(disk.root(), options.clone()).unwrap();
+    assert_eq!(read(&store, &ids[0]), contents[0]);
+    for id in &ids[1..] {
+        store
+            .delete(id)
+            .unwrap_or_else(|e| panic!("delete on a full disk: {e}"));
+    }
+    let used_before = disk.used_bytes();
+    let report = store.gc().unwrap();
+    assert!(report.bytes_punched > 2_000_000, "{report:?}");
+    // Punched, less the space reserve GC made again.
+    assert!(
+        disk.used_bytes() + 1_000_000 < used_before,
+        "{} then {}",
+        used_before,
+        disk.used_bytes()
+    );
+    assert_eq!(read(&store, &ids[0]), contents[0]);
+    let id = try_put(&store, &big).expect("after delete and gc, puts succeed again");
+    drop(store);
+    // The punched segment reopens clean (holes are not damage), at any cut.
+    for _ in 0..8 {
+        let image = disk.crash();
+        let store = Store::open_backend(image.root(), options.clone()).unwrap();
+        let damage: Vec<_> = store.recovery_report().damage().cloned().collect();
+        assert!(damage.is_empty(), "{damage:?}");
+        assert_eq!(read(&store, &ids[0]), contents[0]);
+        assert_eq!(read(&store, &id), big);
+        store
+            .verify_all()
+            .damaged
+            .is_empty()
+            .then_some(())
+            .expect("verifies");
+    }
+}
+
+/// Bit rot is not a torn write: a bit flipped in the newest `meta.log`
+/// record, which was acknowledged (and checkpointed by a clean close), must
+/// be reported as damage, not cut off silently as the torn tail of a crash.
+/// The same flip in an unsynced record a crash tore is crash residue.
+#[test]
+fn bit_rot_in_the_newest_record_is_damage_and_a_torn_tail_is_not() {
+    let disk = SimDisk::new(5);
+    let options = StoreOptions::default();
+    let (first, newest) = {
+        let store = Store::open_backend(disk.root(), options.clone()).unwrap();
+        (put_one(&store, b"first"), put_one(&store, b"newest"))
+    };
+    // The log ends: ... commit(newest), checkpoint (13 bytes). Flip a bit
+    // in the last byte of the newest commit's payload.
+    let log = disk.read("meta.log").unwrap();
+    let at = log.len() as u64 - 13 - 1;
+    disk.flip_bit("meta.log", at, 3);
+    let store = Store::open_backend(disk.root(), options.clone()).unwrap();
+    let report = store.recovery_report();
+    assert!(
+        report.damage().any(|p| p.kind == ProblemKind::Damaged),
+        "{report:?}"
+    );
+    assert!(store.exists(&first));
+    assert!(!store.exists(&newest));
+    drop(store);
+
+    // Torn: an unsynced record (under Durability::None nothing is synced)
+    // cut short by a crash is residue.
+    let disk = SimDisk::new(6);
+    let none = StoreOptions {
+        durability: Durability::None,
+        ..StoreOptions::default()
+    };
+    {
+        let store = Store::open_backend(disk.root(), options.clone()).unwrap();
+        put_one(&store, b"synced");
+    }
+    {
+        let store = Store::open_backend(disk.root(), none.clone()).unwrap();
+        put_one(&store, b"never synced");
+    }
+    let log = disk.read("meta.log").unwrap();
+    disk.truncate_to("meta.log", log.len() as u64 - 5);
+    let store = Store::open_backend(disk.root(), options).unwrap();
+    let report = store.recovery_report();
+    assert_eq!(report.damage().count(), 0, "{report:?}");
+    assert!(report
+        .problems
+        .iter()
+        .any(|p| p.kind == ProblemKind::TornTail));
+    assert_eq!(store.ids().count(), 1);
+}
