@@ -730,3 +730,27 @@ fn bit_rot_in_the_newest_record_is_damage_and_a_torn_tail_is_not() {
         .any(|p| p.kind == ProblemKind::TornTail));
     assert_eq!(store.ids().count(), 1);
 }
+
+/// A read error is a typed error naming the chunk, segment and offset (and,
+/// from `verify`, the artifact): never a panic, never other bytes. Method:
+/// the disk fails the next read; then reads work again and return the
+/// right bytes.
+#[test]
+fn a_read_error_is_typed_and_names_what_failed() {
+    let disk = SimDisk::new(3);
+    let store = Store::open_backend(disk.root(), StoreOptions::default()).unwrap();
+    let id = put_one(&store, b"read me back");
+    let chunk = store.manifest(&id, 0, 1).unwrap()[0];
+    disk.fail_op(FaultOp::Read, 0, Fault::Eio);
+    match store.read_chunk(&chunk.digest) {
+        Err(StoreError::Io { context, .. }) => {
+            assert!(context.contains(&chunk.digest.to_string()), "{context}");
+            assert!(context.contains(".seg"), "{context}");
+        }
+        other => panic!("{other:?}"),
+    }
+    disk.fail_op(FaultOp::Read, 0, Fault::Eio);
+    let error = store.verify(&id).unwrap_err();
+    assert!(error.to_string().contains(&id.to_string()), "{error}");
+    assert_eq!(read(&store, &id), b"read me back");
+}

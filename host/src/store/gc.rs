@@ -181,6 +181,9 @@ fn compact_meta_log(store: &Store) -> Result<u64, StoreError> {
         return Ok(0);
     }
     let result = meta_log.rewrite(records());
+    inner
+        .meta_log_bytes
+        .store(meta_log.len(), std::sync::atomic::Ordering::Relaxed);
     let new_len = if meta_log.sync_failed() {
         inner.note_sync(result)?
     } else {

@@ -119,6 +119,7 @@ pub struct Index {
     referenced_chunks: u64,
     referenced_bytes: u64,
     pinned_only_bytes: u64,
+    pinned_only_chunks: u64,
 }
 
 impl Index {
@@ -137,8 +138,17 @@ impl Index {
     }
 
     /// Bytes of stored chunks pinned by uploads but not (yet) referenced.
+    #[cfg(test)]
     pub fn pinned_only_bytes(&self) -> u64 {
         self.pinned_only_bytes
+    }
+
+    /// What the referenced and pinned chunks cost on disk: their records,
+    /// headers included (a 1-byte chunk costs 49 bytes, not 1).
+    pub fn cost_bytes(&self) -> u64 {
+        self.referenced_bytes
+            + self.pinned_only_bytes
+            + CHUNK_HEADER_BYTES * (self.referenced_chunks + self.pinned_only_chunks)
     }
 
     /// Applies `change` to the entry of `digest`, keeping totals right.
@@ -151,6 +161,8 @@ impl Index {
         self.referenced_chunks = self.referenced_chunks - chunks + chunks_after;
         self.referenced_bytes = self.referenced_bytes - bytes + bytes_after;
         self.pinned_only_bytes = self.pinned_only_bytes - pinned + pinned_after;
+        self.pinned_only_chunks =
+            self.pinned_only_chunks - u64::from(pinned > 0) + u64::from(pinned_after > 0);
         Some(result)
     }
 
@@ -161,6 +173,7 @@ impl Index {
         self.referenced_chunks += chunks;
         self.referenced_bytes += bytes;
         self.pinned_only_bytes += pinned;
+        self.pinned_only_chunks += u64::from(pinned > 0);
     }
 
     /// Makes room for `additional` more chunks (open knows counts ahead).

@@ -86,7 +86,7 @@ pub use self::types::{
 };
 pub use crate::error::StoreError;
 
-use self::format::{MetaRecord, MutableFields};
+use self::format::{MetaRecord, MutableFields, CHUNK_HEADER_BYTES};
 use self::fsync::Fsyncs;
 use self::group::Group;
 use self::index::{Index, Location};
@@ -134,6 +134,8 @@ struct Inner {
     dir: Arc<dyn Backend>,
     /// Whether the space reserve ([`RESERVE_NAME`]) exists.
     reserve_present: Mutex<bool>,
+    /// `meta.log`'s length, for quotas without the log lock.
+    meta_log_bytes: std::sync::atomic::AtomicU64,
 }
 
 struct State {
@@ -250,6 +252,7 @@ impl Store {
             }
         }
 
+        let meta_log_len = meta_log.len();
         let store = Store {
             inner: Arc::new(Inner {
                 options,
@@ -268,6 +271,7 @@ impl Store {
                 failed: Mutex::new(None),
                 dir,
                 reserve_present: Mutex::new(false),
+                meta_log_bytes: std::sync::atomic::AtomicU64::new(meta_log_len),
             }),
         };
         // Best effort: opening never needs free space.
@@ -555,6 +559,10 @@ impl Store {
                 StoreError::NotFound(why) => {
                     StoreError::Corrupted(format!("artifact {id}: chunk {i}: {why} is missing"))
                 }
+                StoreError::Io { context, source } => StoreError::Io {
+                    context: format!("artifact {id}: chunk {i}: {context}"),
+                    source,
+                },
                 other => other,
             })?;
             hasher.update(&bytes);
@@ -609,6 +617,9 @@ impl Store {
         if matches!(result, Err(StoreError::NoSpace(_))) && self.inner.release_reserve() {
             result = meta_log.append_all(records);
         }
+        self.inner
+            .meta_log_bytes
+            .store(meta_log.len(), std::sync::atomic::Ordering::Relaxed);
         if meta_log.sync_failed() {
             return self.note_sync(result);
         }
@@ -636,6 +647,16 @@ impl Store {
 }
 
 impl Inner {
+    /// What the tenant costs on disk, as quotas count it: every referenced
+    /// or pinned chunk's record (header included) and the metadata log
+    /// (manifests, metadata, and dead records until GC compacts them).
+    fn cost_bytes(&self, state: &State) -> u64 {
+        state.index.cost_bytes()
+            + self
+                .meta_log_bytes
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Makes sure the space reserve exists; false if the disk has no room
     /// for it. Never fails otherwise: the reserve only helps.
     fn ensure_reserve(&self) -> bool {
@@ -960,10 +981,11 @@ impl Upload {
         }
         let len = bytes.len() as u32;
         if let Some(quota) = self.store.inner.options.quota_bytes_max {
-            let used = state.index.referenced_bytes() + state.index.pinned_only_bytes();
-            if used.saturating_add(u64::from(len)) > quota {
+            let used = self.store.inner.cost_bytes(&state);
+            let record = CHUNK_HEADER_BYTES + u64::from(len);
+            if used.saturating_add(record) > quota {
                 return Err(StoreError::QuotaExceeded(format!(
-                    "chunk {digest} of {len} bytes: {used} of {quota} bytes in use"
+                    "chunk {digest} of {len} bytes ({record} on disk): {used} of {quota} bytes in use"
                 )));
             }
         }
@@ -1122,6 +1144,16 @@ impl Upload {
             creator: meta.creator,
             fields,
         };
+        if let Some(quota) = self.store.inner.options.quota_bytes_max {
+            // The manifest and metadata cost what their record does.
+            let record_bytes = format::encode_meta_record(&record).len() as u64;
+            let used = self.store.inner.cost_bytes(&lock(&self.store.inner.state));
+            if used.saturating_add(record_bytes) > quota {
+                return Err(StoreError::QuotaExceeded(format!(
+                    "commit record of {record_bytes} bytes: {used} of {quota} bytes in use"
+                )));
+            }
+        }
         // One commit path for every mode: a batch (of one, under `Sync`).
         group::commit(&self.store, record, meta.links)
     }

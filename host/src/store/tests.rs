@@ -989,17 +989,60 @@ fn quota_counts_stored_and_pinned_bytes() {
     let store = open(
         &dir,
         StoreOptions {
-            quota_bytes_max: Some(2500),
+            quota_bytes_max: Some(3000),
             ..unsynced()
         },
     );
     let a = put(&store, &data(2000, 18), 1000);
     let error = put_with(&store, &data(1000, 19), 1000, NewMetadata::default()).unwrap_err();
     assert!(matches!(error, StoreError::QuotaExceeded(_)), "{error}");
-    // Identical content needs no new bytes.
-    put(&store, &data(2000, 18), 1000);
+    // Identical content needs no new chunk bytes, only its commit record.
+    let b = put(&store, &data(2000, 18), 1000);
     store.delete(&a).unwrap();
+    store.delete(&b).unwrap();
+    store.gc().unwrap();
     put(&store, &data(500, 20), 500);
+}
+
+/// The quota charges what a tenant costs on disk, not only payload bytes:
+/// a record header per chunk and the metadata log (manifests, metadata).
+/// Method: 1-byte chunks under a quota many times their payload; the puts
+/// stop at the quota by their headers' cost, and a commit whose record
+/// alone would cross the quota is refused.
+#[test]
+fn quota_charges_record_headers_and_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(
+        &dir,
+        StoreOptions {
+            quota_bytes_max: Some(5000),
+            ..unsynced()
+        },
+    );
+    // 300 distinct 1-byte chunks: 300 payload bytes, 14,700 on disk.
+    let bytes: Vec<u8> = (0..=255u8).chain(0..44).collect();
+    let mut upload = store.begin_upload();
+    let mut failed = None;
+    for (i, byte) in bytes.iter().take(256).enumerate() {
+        if let Err(error) = upload.put_chunk(&Hash::of(&[*byte]), &[*byte]) {
+            failed = Some((i, error));
+            break;
+        }
+    }
+    let (at, error) = failed.expect("the quota stops 1-byte chunks by their headers");
+    assert!(matches!(error, StoreError::QuotaExceeded(_)), "{error}");
+    assert!(at < 110, "stopped after {at} chunks");
+    drop(upload);
+    // A commit whose metadata alone is over the quota.
+    let meta = NewMetadata {
+        custom: (0..8)
+            .map(|i| (format!("k{i}"), "v".repeat(STRING_BYTES_MAX)))
+            .collect(),
+        ..NewMetadata::default()
+    };
+    let error = put_with(&store, b"x", 1, meta).unwrap_err();
+    assert!(matches!(error, StoreError::QuotaExceeded(_)), "{error}");
+    assert_eq!(store.ids().count(), 0);
 }
 
 #[derive(Clone, Debug)]
