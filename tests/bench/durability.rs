@@ -18,6 +18,15 @@ use tensor_blob_host::store::{ChunkRef, Durability, Hash, NewMetadata, Store, St
 const SMALL_BYTES: usize = 64 << 10;
 
 fn main() {
+    // `TBLOB_BENCH_OPEN_ONLY=1`: only the open benchmarks.
+    let open_only = std::env::var_os("TBLOB_BENCH_OPEN_ONLY").is_some();
+    if !open_only {
+        small_put_benchmarks();
+    }
+    open_benchmarks();
+}
+
+fn small_put_benchmarks() {
     let engine = wasmtime::Engine::new(&runtime::default_config()).unwrap();
     let component =
         runtime::ChunkerComponent::new(&engine, tensor_blob_artifacts::CHUNKER_WASM).unwrap();
@@ -48,7 +57,9 @@ fn main() {
             None => println!("seed 0.4.0: could not run {seed:?}"),
         }
     }
+}
 
+fn open_benchmarks() {
     let (open, stats) = open_with_chunks(1_000_000);
     println!(
         "open with 1,000,000 chunks:       {:8.3} s  ({} segments from hints, {} scanned, {} meta records)",
@@ -57,6 +68,84 @@ fn main() {
         stats.segments_scanned,
         stats.meta_records
     );
+
+    let active = open_with_active_segment(256 << 20);
+    println!(
+        "open, 256 MiB active segment:     clean close {:.3} s, after a crash {:.3} s, \
+         without its checkpoint (full scan) {:.3} s",
+        active.clean.as_secs_f64(),
+        active.crashed.as_secs_f64(),
+        active.unhinted.as_secs_f64()
+    );
+}
+
+struct ActiveOpen {
+    clean: Duration,
+    crashed: Duration,
+    unhinted: Duration,
+}
+
+/// Open of a store whose active segment holds `bytes` (1 MiB chunks, one
+/// segment): after a clean close (its checkpoint covers it all), after a
+/// crash (the store is leaked, not closed: the checkpoints taken every
+/// 64 MiB cover most of it), and with its hint removed (the whole segment
+/// scanned and re-hashed, as every open did before checkpoints).
+fn open_with_active_segment(bytes: usize) -> ActiveOpen {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        segment_bytes_max: 2 * bytes as u64,
+        ..StoreOptions::default()
+    };
+    let chunk = 1 << 20;
+    let put = |store: &Store, seed: u64| {
+        let mut data = vec![0u8; chunk];
+        fill(&mut data, seed);
+        let digest = Hash::of(&data);
+        let mut upload = store.begin_upload();
+        upload.put_chunk(&digest, &data).unwrap();
+        let refs = [ChunkRef {
+            digest,
+            len: chunk as u32,
+        }];
+        upload
+            .commit(&refs, chunk as u64, &digest, NewMetadata::default())
+            .unwrap();
+    };
+    {
+        let store = Store::open(open_dir(dir.path()), options.clone()).unwrap();
+        for i in 0..(bytes / chunk) as u64 {
+            put(&store, i);
+        }
+    }
+    let started = Instant::now();
+    let store = Store::open(open_dir(dir.path()), options.clone()).unwrap();
+    let clean = started.elapsed();
+    assert_eq!(store.open_stats().segments_scanned, 0);
+    // More puts, then a "crash": the store is never closed.
+    for i in 0..40 {
+        put(&store, 1_000_000 + i);
+    }
+    std::mem::forget(store);
+    let started = Instant::now();
+    let store = Store::open(open_dir(dir.path()), options.clone()).unwrap();
+    let crashed = started.elapsed();
+    drop(store);
+    let hints = std::fs::read_dir(dir.path().join("segments")).unwrap();
+    for entry in hints {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "hint") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let started = Instant::now();
+    let store = Store::open(open_dir(dir.path()), options).unwrap();
+    let unhinted = started.elapsed();
+    assert_eq!(store.open_stats().segments_scanned, 1);
+    ActiveOpen {
+        clean,
+        crashed,
+        unhinted,
+    }
 }
 
 /// `writers` threads, each with its own chunker, each putting `per_writer`

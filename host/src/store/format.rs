@@ -73,17 +73,23 @@ const _: () = assert!(MANIFEST_CHUNKS_MAX
 
 /// First four bytes of every segment file ("TBSG").
 pub const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"TBSG");
-/// Segment format version. History: 1 = first release.
-pub const SEGMENT_VERSION: u8 = 1;
-/// Segment file header: magic u32, version u8, 3 reserved zero bytes.
-pub const SEGMENT_HEADER_BYTES: u64 = 8;
+/// Segment format version. History: 1 = first release (8-byte header,
+/// record headers checked by a plain CRC-32; no longer read: pre-release);
+/// 2 = a random salt in the header keys every record header's check.
+pub const SEGMENT_VERSION: u8 = 2;
+/// Bytes of a segment's random salt.
+pub const SEGMENT_SALT_BYTES: usize = 16;
+/// Segment file header: magic u32, version u8, 3 reserved zero bytes, salt.
+pub const SEGMENT_HEADER_BYTES: u64 = 8 + SEGMENT_SALT_BYTES as u64;
+const _: () = assert!(SEGMENT_HEADER_BYTES == 24);
 
 /// First four bytes of every chunk record. Bytes 0xFE and 0xFF never occur
 /// in UTF-8, so the same value is used for metadata records (see
 /// [`META_RECORD_MAGIC`]).
 pub const CHUNK_RECORD_MAGIC: u32 = u32::from_le_bytes([0xFE, 0xC4, 0xFF, 0x01]);
-/// Chunk record version. History: 1 = first release.
-pub const CHUNK_RECORD_VERSION: u8 = 1;
+/// Chunk record version. History: 1 = first release (CRC-32 check); 2 =
+/// keyed check (see [`RecordKey`]).
+pub const CHUNK_RECORD_VERSION: u8 = 2;
 
 // Chunk record header layout, each offset derived from the previous field.
 const CHUNK_MAGIC_AT: usize = 0;
@@ -92,22 +98,59 @@ const CHUNK_FLAGS_AT: usize = CHUNK_VERSION_AT + 1;
 const CHUNK_RESERVED_AT: usize = CHUNK_FLAGS_AT + 1;
 const CHUNK_LEN_AT: usize = CHUNK_RESERVED_AT + 2;
 const CHUNK_DIGEST_AT: usize = CHUNK_LEN_AT + 4;
-const CHUNK_CRC_AT: usize = CHUNK_DIGEST_AT + 32;
-const CHUNK_HEADER_END: usize = CHUNK_CRC_AT + 4;
+const CHUNK_CHECK_AT: usize = CHUNK_DIGEST_AT + 32;
+const CHUNK_HEADER_END: usize = CHUNK_CHECK_AT + 4;
 /// Bytes of a chunk record header; the payload follows it.
 pub const CHUNK_HEADER_BYTES: u64 = CHUNK_HEADER_END as u64;
 const _: () = assert!(CHUNK_HEADER_BYTES == 48);
 
-/// Encodes a segment file header.
-pub fn encode_segment_header() -> [u8; SEGMENT_HEADER_BYTES as usize] {
+/// The key of a segment's record header checks, derived from its salt.
+///
+/// Why keyed: chunk payloads are chosen by guests. With a plain CRC a
+/// payload could embed a valid-looking record, which the recovery scan's
+/// resynchronisation after damage would pick up (and which could shadow a
+/// good copy of a digest in another segment). The salt is random per
+/// segment and never leaves the host, so a guest cannot compute a valid
+/// check (a guess succeeds with probability 2^-32, and a forgery is only
+/// ever looked at after damage).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RecordKey([u8; 32]);
+
+impl RecordKey {
+    /// The key of a segment with `salt`.
+    pub fn from_salt(salt: &[u8; SEGMENT_SALT_BYTES]) -> RecordKey {
+        RecordKey(blake3::derive_key(
+            "tensor-blob 2026-12 segment record header check",
+            salt,
+        ))
+    }
+
+    /// The check of a record header's first 44 bytes.
+    pub fn header_check(&self, header: &[u8]) -> [u8; 4] {
+        let hash = blake3::keyed_hash(&self.0, header);
+        hash.as_bytes()[..4].try_into().expect("4 bytes")
+    }
+}
+
+impl std::fmt::Debug for RecordKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordKey(..)")
+    }
+}
+
+/// Encodes a segment file header with `salt`.
+pub fn encode_segment_header(
+    salt: &[u8; SEGMENT_SALT_BYTES],
+) -> [u8; SEGMENT_HEADER_BYTES as usize] {
     let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
     header[0..4].copy_from_slice(&SEGMENT_MAGIC.to_le_bytes());
     header[4] = SEGMENT_VERSION;
+    header[8..].copy_from_slice(salt);
     header
 }
 
-/// Checks a segment file header.
-pub fn decode_segment_header(bytes: &[u8]) -> Result<(), String> {
+/// Checks a segment file header; returns its salt.
+pub fn decode_segment_header(bytes: &[u8]) -> Result<[u8; SEGMENT_SALT_BYTES], String> {
     if bytes.len() < SEGMENT_HEADER_BYTES as usize {
         return Err(format!(
             "segment header is {} bytes, expected {SEGMENT_HEADER_BYTES}",
@@ -121,32 +164,43 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<(), String> {
     if bytes[4] != SEGMENT_VERSION {
         return Err(format!("unsupported segment version {}", bytes[4]));
     }
-    Ok(())
+    if bytes[5..8] != [0, 0, 0] {
+        return Err("segment header reserved bytes are not zero".to_string());
+    }
+    Ok(bytes[8..SEGMENT_HEADER_BYTES as usize]
+        .try_into()
+        .expect("16 bytes"))
 }
 
-/// A decoded, crc-checked chunk record header.
+/// A decoded, checked chunk record header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkHeader {
     pub payload_len: u32,
     pub digest: [u8; 32],
 }
 
-/// Encodes a chunk record header for a payload of `payload_len` bytes.
-pub fn encode_chunk_header(digest: &[u8; 32], payload_len: u32) -> [u8; CHUNK_HEADER_END] {
+/// Encodes a chunk record header for a payload of `payload_len` bytes in a
+/// segment whose record key is `key`.
+pub fn encode_chunk_header(
+    key: &RecordKey,
+    digest: &[u8; 32],
+    payload_len: u32,
+) -> [u8; CHUNK_HEADER_END] {
     assert!((1..=CHUNK_BYTES_MAX).contains(&payload_len));
     let mut header = [0u8; CHUNK_HEADER_END];
     header[CHUNK_MAGIC_AT..CHUNK_VERSION_AT].copy_from_slice(&CHUNK_RECORD_MAGIC.to_le_bytes());
     header[CHUNK_VERSION_AT] = CHUNK_RECORD_VERSION;
     header[CHUNK_FLAGS_AT] = 0;
     header[CHUNK_LEN_AT..CHUNK_DIGEST_AT].copy_from_slice(&payload_len.to_le_bytes());
-    header[CHUNK_DIGEST_AT..CHUNK_CRC_AT].copy_from_slice(digest);
-    let crc = crc32fast::hash(&header[..CHUNK_CRC_AT]);
-    header[CHUNK_CRC_AT..CHUNK_HEADER_END].copy_from_slice(&crc.to_le_bytes());
+    header[CHUNK_DIGEST_AT..CHUNK_CHECK_AT].copy_from_slice(digest);
+    let check = key.header_check(&header[..CHUNK_CHECK_AT]);
+    header[CHUNK_CHECK_AT..CHUNK_HEADER_END].copy_from_slice(&check);
     header
 }
 
-/// Decodes and checks a chunk record header: magic, version, crc, length.
-pub fn decode_chunk_header(bytes: &[u8]) -> Result<ChunkHeader, String> {
+/// Decodes and checks a chunk record header of a segment whose record key
+/// is `key`: magic, keyed check, version, length.
+pub fn decode_chunk_header(key: &RecordKey, bytes: &[u8]) -> Result<ChunkHeader, String> {
     if bytes.len() < CHUNK_HEADER_END {
         return Err(format!("short chunk header ({} bytes)", bytes.len()));
     }
@@ -154,9 +208,8 @@ pub fn decode_chunk_header(bytes: &[u8]) -> Result<ChunkHeader, String> {
     if u32_at(CHUNK_MAGIC_AT) != CHUNK_RECORD_MAGIC {
         return Err("bad chunk record magic".to_string());
     }
-    let crc = crc32fast::hash(&bytes[..CHUNK_CRC_AT]);
-    if u32_at(CHUNK_CRC_AT) != crc {
-        return Err("chunk header crc mismatch".to_string());
+    if bytes[CHUNK_CHECK_AT..CHUNK_HEADER_END] != key.header_check(&bytes[..CHUNK_CHECK_AT]) {
+        return Err("chunk header check mismatch".to_string());
     }
     if bytes[CHUNK_VERSION_AT] != CHUNK_RECORD_VERSION {
         return Err(format!(
@@ -171,7 +224,7 @@ pub fn decode_chunk_header(bytes: &[u8]) -> Result<ChunkHeader, String> {
         ));
     }
     let mut digest = [0u8; 32];
-    digest.copy_from_slice(&bytes[CHUNK_DIGEST_AT..CHUNK_CRC_AT]);
+    digest.copy_from_slice(&bytes[CHUNK_DIGEST_AT..CHUNK_CHECK_AT]);
     Ok(ChunkHeader {
         payload_len,
         digest,
@@ -870,9 +923,9 @@ mod tests {
 
     #[test]
     fn chunk_header_round_trips_and_detects_damage() {
-        let header = encode_chunk_header(&[7; 32], 1234);
+        let header = encode_chunk_header(&RecordKey::from_salt(&[1; 16]), &[7; 32], 1234);
         assert_eq!(
-            decode_chunk_header(&header).unwrap(),
+            decode_chunk_header(&RecordKey::from_salt(&[1; 16]), &header).unwrap(),
             ChunkHeader {
                 payload_len: 1234,
                 digest: [7; 32]
@@ -882,7 +935,7 @@ mod tests {
             let mut damaged = header;
             damaged[at] ^= 0x10;
             assert!(
-                decode_chunk_header(&damaged).is_err(),
+                decode_chunk_header(&RecordKey::from_salt(&[1; 16]), &damaged).is_err(),
                 "flip at {at} detected"
             );
         }
@@ -950,7 +1003,7 @@ mod tests {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), kind in 0u8..5) {
             let _ = decode_meta_payload(kind, &bytes);
-            let _ = decode_chunk_header(&bytes);
+            let _ = decode_chunk_header(&RecordKey::from_salt(&[1; 16]), &bytes);
         }
     }
 }

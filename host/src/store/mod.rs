@@ -18,8 +18,8 @@
 //! log is replayed to rebuild the catalog; reference counts are derived from the
 //! live manifests, so they cannot drift. Writes go: chunks appended by an
 //! [`Upload`] (no fsync), then at commit the whole content is re-hashed from
-//! the store (or, with [`Upload::commit_verified`], hashed by the caller as
-//! the chunks went by), the segments holding the chunks are fsynced, the commit
+//! the store (or hashed by the upload itself as the verified chunks went
+//! by), the segments holding the chunks are fsynced, the commit
 //! record is appended and fsynced, and only then is the artifact visible.
 //! Chunks an upload put or was told are present are pinned until it
 //! finishes, so [`Store::gc`] never removes them. Every read re-hashes.
@@ -63,11 +63,13 @@ mod meta;
 mod read;
 mod segment;
 mod types;
+mod upload;
 
+#[cfg(test)]
+mod fuzz_tests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -84,12 +86,13 @@ pub use self::types::{
     ArtifactId, ChunkRef, Durability, GcReport, Hash, Metadata, MetadataUpdate, NewMetadata,
     OpenStats, Problem, ProblemKind, RecoveryReport, Stats, StoreOptions, VerifyReport,
 };
+pub use self::upload::Upload;
 pub use crate::error::StoreError;
 
-use self::format::{MetaRecord, MutableFields, CHUNK_HEADER_BYTES};
+use self::format::MetaRecord;
 use self::fsync::Fsyncs;
 use self::group::Group;
-use self::index::{Index, Location};
+use self::index::Index;
 use self::meta::{Catalog, Manifest, MetaLog};
 use self::segment::Segments;
 
@@ -321,11 +324,7 @@ impl Store {
 
     /// Starts an upload. Nothing it does is visible until it commits.
     pub fn begin_upload(&self) -> Upload {
-        Upload {
-            store: self.clone(),
-            pinned: HashSet::new(),
-            closed: false,
-        }
+        Upload::new(self.clone())
     }
 
     /// A chunk's bytes, re-hashed: `NotFound` if the store has no such
@@ -725,16 +724,17 @@ impl Inner {
     /// the segment (and writes the hint then).
     fn finish_seal(&self, id: u64) -> Result<(), StoreError> {
         let _hints = lock(&self.hints);
-        let (plan, file, len, writer, records) = {
+        let (plan, file, key, len, writer, records) = {
             let mut state = lock(&self.state);
             let Some(segment) = state.segments.segments.get(&id) else {
                 // Compacted away meanwhile.
                 return Ok(());
             };
-            let (file, len) = (Arc::clone(&segment.file), segment.len);
+            let (file, key, len) = (Arc::clone(&segment.file), segment.key, segment.len);
             (
                 state.segments.sync_plan(id),
                 file,
+                key,
                 len,
                 state.segments.hint_writer(),
                 state.segments.take_sealed_records(id),
@@ -745,7 +745,7 @@ impl Inner {
         // costs the next open a scan, and never fails the caller's write.
         let _ = match records {
             Some(records) => writer.write(id, len, &records),
-            None => writer.scan_and_write(&*file, id, len).map(|_| ()),
+            None => writer.scan_and_write(&*file, &key, id, len).map(|_| ()),
         };
         Ok(())
     }
@@ -891,286 +891,5 @@ fn apply(catalog: &mut Catalog, index: &mut Index, record: MetaRecord) -> Result
                 .map(|_| ())
                 .ok_or_else(|| format!("update of artifact {id}, which is not live; ignored"))
         }
-    }
-}
-
-/// An upload in progress: puts chunks, pins chunks already stored, then
-/// commits an artifact made of them. Chunks it put or pinned are safe from
-/// GC until it commits or is dropped. Dropping it without committing
-/// discards it (its chunks become garbage unless something else uses them).
-pub struct Upload {
-    store: Store,
-    /// Chunks this upload holds a pin on (each pinned once).
-    pinned: HashSet<Hash>,
-    closed: bool,
-}
-
-impl Upload {
-    /// For each digest (at most [`MISSING_BATCH_MAX`]), whether the store
-    /// needs its bytes. Chunks reported present are pinned by this upload.
-    pub fn missing(&mut self, digests: &[Hash]) -> Result<Vec<bool>, StoreError> {
-        if self.closed {
-            return Err(StoreError::Closed);
-        }
-        if digests.len() > MISSING_BATCH_MAX {
-            return Err(invalid(format!(
-                "missing: {} digests in one call, at most {MISSING_BATCH_MAX}",
-                digests.len()
-            )));
-        }
-        let mut state = lock(&self.store.inner.state);
-        let mut answers = Vec::with_capacity(digests.len());
-        for digest in digests {
-            if self.pinned.contains(digest) {
-                answers.push(false);
-                continue;
-            }
-            self.check_pin_room()?;
-            let present = state.index.pin(digest);
-            if present {
-                self.pinned.insert(*digest);
-            }
-            answers.push(!present);
-        }
-        Ok(answers)
-    }
-
-    fn check_pin_room(&self) -> Result<(), StoreError> {
-        if self.pinned.len() as u64 >= UPLOAD_PINS_MAX {
-            return Err(invalid(format!(
-                "an upload may hold at most {UPLOAD_PINS_MAX} distinct chunks"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Stores one chunk (1..=[`CHUNK_BYTES_MAX`] bytes) after checking it
-    /// hashes to `digest`. A chunk already stored is only pinned, not
-    /// written again. Not yet durable: [`Upload::commit`] makes it so.
-    pub fn put_chunk(&mut self, digest: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
-        if self.closed {
-            return Err(StoreError::Closed);
-        }
-        self.store.check_writable()?;
-        if !self.store.inner.ensure_reserve() {
-            return Err(StoreError::NoSpace(format!(
-                "chunk {digest}: the disk is full (the space reserve for deletes is in use); delete artifacts and run gc"
-            )));
-        }
-        if bytes.is_empty() || bytes.len() > CHUNK_BYTES_MAX as usize {
-            return Err(invalid(format!(
-                "chunk {digest}: {} bytes, must be 1..={CHUNK_BYTES_MAX}",
-                bytes.len()
-            )));
-        }
-        // Hash before taking the lock: it is the expensive part.
-        let actual = Hash::of(bytes);
-        if actual != *digest {
-            return Err(StoreError::HashMismatch(format!(
-                "chunk claimed to be {digest} hashes to {actual}"
-            )));
-        }
-        if self.pinned.contains(digest) {
-            return Ok(());
-        }
-        self.check_pin_room()?;
-        let mut state = lock(&self.store.inner.state);
-        if state.index.pin(digest) {
-            self.pinned.insert(*digest);
-            return Ok(());
-        }
-        let len = bytes.len() as u32;
-        if let Some(quota) = self.store.inner.options.quota_bytes_max {
-            let used = self.store.inner.cost_bytes(&state);
-            let record = CHUNK_HEADER_BYTES + u64::from(len);
-            if used.saturating_add(record) > quota {
-                return Err(StoreError::QuotaExceeded(format!(
-                    "chunk {digest} of {len} bytes ({record} on disk): {used} of {quota} bytes in use"
-                )));
-            }
-        }
-        let (segment, offset, sealed) = state.segments.append(digest, bytes)?;
-        state
-            .index
-            .insert_put(*digest, Location { segment, offset }, len);
-        self.pinned.insert(*digest);
-        drop(state);
-        if let Some(sealed) = sealed {
-            self.store.finish_seal(sealed)?;
-        }
-        self.store.checkpoint_active_if_due()?;
-        Ok(())
-    }
-
-    /// Publishes an artifact made of `chunks` in order, once it is durable,
-    /// and returns its id. Every chunk must have been put or pinned by this
-    /// upload with the length given; `size` must be their total and
-    /// `digest` the BLAKE3 of their concatenation, which is recomputed from
-    /// the stored bytes. The upload is closed afterwards, whatever the
-    /// outcome.
-    pub fn commit(
-        &mut self,
-        chunks: &[ChunkRef],
-        size: u64,
-        digest: &Hash,
-        meta: NewMetadata,
-    ) -> Result<ArtifactId, StoreError> {
-        if self.closed {
-            return Err(StoreError::Closed);
-        }
-        self.closed = true;
-        let result = self.commit_inner(chunks, size, digest, meta, None);
-        self.release_pins();
-        result
-    }
-
-    /// [`Upload::commit`] with the whole-content digest already known:
-    /// every check of `commit` is made except re-reading the chunks, and
-    /// `digest` must still equal `content_digest` (else `HashMismatch`).
-    ///
-    /// Trusts its caller for `content_digest`: it must be the BLAKE3 of
-    /// the concatenation of `chunks`' bytes in order, each verified against
-    /// its digest (bytes checked by [`Upload::put_chunk`] or read back by
-    /// [`Store::read_chunk`]). Host code only; never pass a digest that came
-    /// from a guest.
-    pub fn commit_verified(
-        &mut self,
-        chunks: &[ChunkRef],
-        size: u64,
-        digest: &Hash,
-        meta: NewMetadata,
-        content_digest: Hash,
-    ) -> Result<ArtifactId, StoreError> {
-        if self.closed {
-            return Err(StoreError::Closed);
-        }
-        self.closed = true;
-        let result = self.commit_inner(chunks, size, digest, meta, Some(content_digest));
-        self.release_pins();
-        result
-    }
-
-    fn commit_inner(
-        &mut self,
-        chunks: &[ChunkRef],
-        size: u64,
-        digest: &Hash,
-        meta: NewMetadata,
-        content_digest: Option<Hash>,
-    ) -> Result<ArtifactId, StoreError> {
-        self.store.check_writable()?;
-        if chunks.len() as u64 > MANIFEST_CHUNKS_MAX {
-            return Err(invalid(format!(
-                "manifest of {} chunks, at most {MANIFEST_CHUNKS_MAX}",
-                chunks.len()
-            )));
-        }
-        if meta.links.len() > LINKS_MAX {
-            return Err(invalid(format!(
-                "{} links, at most {LINKS_MAX}",
-                meta.links.len()
-            )));
-        }
-        let fields = MutableFields {
-            filename: meta.filename,
-            content_type: meta.content_type,
-            tags: meta.tags,
-            links: meta.links.iter().map(|id| *id.as_bytes()).collect(),
-            custom: meta.custom,
-        };
-        format::check_metadata_limits(meta.creator.as_deref(), &fields).map_err(invalid)?;
-        for (i, chunk) in chunks.iter().enumerate() {
-            if !self.pinned.contains(&chunk.digest) {
-                return Err(invalid(format!(
-                    "chunk {i} ({}) was neither put nor pinned by this upload",
-                    chunk.digest
-                )));
-            }
-        }
-        let mut total = 0u64;
-        {
-            let state = lock(&self.store.inner.state);
-            for (i, chunk) in chunks.iter().enumerate() {
-                let entry = state
-                    .index
-                    .get(&chunk.digest)
-                    .expect("pinned chunks stay indexed");
-                if entry.len != chunk.len {
-                    return Err(invalid(format!(
-                        "chunk {i} ({}) is {} bytes, the manifest says {}",
-                        chunk.digest, entry.len, chunk.len
-                    )));
-                }
-                total = total
-                    .checked_add(u64::from(chunk.len))
-                    .ok_or_else(|| invalid("chunk lengths overflow u64".to_string()))?;
-            }
-            if total != size {
-                return Err(invalid(format!(
-                    "chunks add up to {total} bytes, size says {size}"
-                )));
-            }
-            check_links(&state.catalog, &meta.links)?;
-        }
-
-        // The whole-content digest: given by the caller (`commit_verified`)
-        // or from the stored bytes, one chunk at a time.
-        let actual = match content_digest {
-            Some(actual) => actual,
-            None => {
-                let mut hasher = blake3::Hasher::new();
-                for chunk in chunks {
-                    hasher.update(&self.store.read_chunk(&chunk.digest)?);
-                }
-                Hash::from_bytes(*hasher.finalize().as_bytes())
-            }
-        };
-        if actual != *digest {
-            return Err(StoreError::HashMismatch(format!(
-                "content claimed to be {digest} hashes to {actual}"
-            )));
-        }
-
-        let record = MetaRecord::Commit {
-            // Assigned under the log lock, where uniqueness is checked.
-            id: [0; 16],
-            size,
-            digest: *digest.as_bytes(),
-            created_ms: now_ms(),
-            chunks: chunks
-                .iter()
-                .map(|c| (*c.digest.as_bytes(), c.len))
-                .collect(),
-            creator: meta.creator,
-            fields,
-        };
-        if let Some(quota) = self.store.inner.options.quota_bytes_max {
-            // The manifest and metadata cost what their record does.
-            let record_bytes = format::encode_meta_record(&record).len() as u64;
-            let used = self.store.inner.cost_bytes(&lock(&self.store.inner.state));
-            if used.saturating_add(record_bytes) > quota {
-                return Err(StoreError::QuotaExceeded(format!(
-                    "commit record of {record_bytes} bytes: {used} of {quota} bytes in use"
-                )));
-            }
-        }
-        // One commit path for every mode: a batch (of one, under `Sync`).
-        group::commit(&self.store, record, meta.links)
-    }
-
-    fn release_pins(&mut self) {
-        if self.pinned.is_empty() {
-            return;
-        }
-        let mut state = lock(&self.store.inner.state);
-        for digest in self.pinned.drain() {
-            state.index.unpin(&digest);
-        }
-    }
-}
-
-impl Drop for Upload {
-    fn drop(&mut self) {
-        self.release_pins();
     }
 }

@@ -14,7 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::backend::{Backend, BackendFile, EntryKind, OpenMode};
-use super::format::{self, ChunkHeader, HintEntry, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use super::format::{
+    self, ChunkHeader, HintEntry, RecordKey, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    SEGMENT_SALT_BYTES,
+};
 use super::fsync::Fsyncs;
 use super::index::{Index, Location};
 use super::read::Reader;
@@ -31,6 +34,8 @@ pub const ACTIVE_CHECKPOINT_BYTES: u64 = 64 << 20;
 pub struct Segment {
     /// Shared with readers, which pread without holding the store lock.
     pub file: Arc<dyn BackendFile>,
+    /// Keys the checks of its record headers (from the salt in its header).
+    pub key: RecordKey,
     /// Bytes written (the append position). Only grows, except when a
     /// failed append is rolled back.
     pub len: u64,
@@ -96,6 +101,19 @@ pub struct HintWriter {
     dir: Arc<dyn Backend>,
     durability: Durability,
     fsyncs: Fsyncs,
+}
+
+/// A fresh random salt for a new segment's header, from the operating
+/// system: unpredictable to guests, so they cannot forge record headers.
+fn new_salt() -> Result<[u8; SEGMENT_SALT_BYTES], StoreError> {
+    let mut salt = [0u8; SEGMENT_SALT_BYTES];
+    getrandom::fill(&mut salt).map_err(|e| {
+        StoreError::io(
+            "drawing a segment salt",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    Ok(salt)
 }
 
 /// A segment's file name: its id as 16 decimal digits.
@@ -236,49 +254,60 @@ impl Segments {
                         synced_len = if synced { covered } else { 0 };
                     }
                     Ok(None) => {}
-                    Err(reason) => outcome.problems.push(Problem::new(
-                        ProblemKind::HintRejected,
-                        format!(
-                            "segment {name}: hint {} not used ({reason}); segment scanned",
-                            hint_name(id)
-                        ),
-                    )),
+                    Err(reason) => {
+                        // Removed, not just ignored: once the segment is cut
+                        // or grows again, a stale hint could line up with
+                        // it by chance and be trusted. (The directory sync
+                        // at the end of open makes the removal durable
+                        // before anything is appended.)
+                        let _ = dir.remove(&hint_name(id));
+                        outcome.problems.push(Problem::new(
+                            ProblemKind::HintRejected,
+                            format!(
+                                "segment {name}: hint {} not used ({reason}); segment scanned",
+                                hint_name(id)
+                            ),
+                        ))
+                    }
                 }
             }
             let mut len = len;
-            if hinted_len == 0 {
-                let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
-                let header_read = if len >= SEGMENT_HEADER_BYTES {
-                    file.read_exact_at(&mut header, 0)
-                        .map_err(io(|| format!("reading header of segment {name}")))?;
-                    format::decode_segment_header(&header)
-                } else {
-                    Err(format!("segment is {len} bytes, shorter than its header"))
-                };
-                match header_read {
-                    Ok(()) => {}
-                    Err(reason) if active && len < SEGMENT_HEADER_BYTES => {
-                        // Torn while being created: nothing in it was ever
-                        // acknowledged. Start it again.
-                        file.set_len(0)
-                            .and_then(|()| file.write_all_at(&format::encode_segment_header(), 0))
-                            .map_err(io(|| format!("rewriting header of segment {name}")))?;
-                        outcome.problems.push(Problem::new(
-                            ProblemKind::TornHeader,
-                            format!("segment {name}: {reason}; header rewritten"),
-                        ));
-                        len = SEGMENT_HEADER_BYTES;
-                    }
-                    Err(reason) => {
-                        // Not ours or from a future version: keep it, use none of it.
-                        outcome.problems.push(Problem::new(
-                            ProblemKind::ForeignSegment,
-                            format!("segment {name}: {reason}; segment skipped"),
-                        ));
-                        continue;
-                    }
+            // The header holds the salt every record check is keyed with,
+            // so it is read even when a hint spares the records.
+            let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
+            let header_read = if len >= SEGMENT_HEADER_BYTES {
+                file.read_exact_at(&mut header, 0)
+                    .map_err(io(|| format!("reading header of segment {name}")))?;
+                format::decode_segment_header(&header)
+            } else {
+                Err(format!("segment is {len} bytes, shorter than its header"))
+            };
+            let key = match header_read {
+                Ok(salt) => RecordKey::from_salt(&salt),
+                Err(reason) if active && len < SEGMENT_HEADER_BYTES => {
+                    // Torn while being created: nothing in it was ever
+                    // acknowledged. Start it again.
+                    let salt = new_salt()?;
+                    file.set_len(0)
+                        .and_then(|()| file.write_all_at(&format::encode_segment_header(&salt), 0))
+                        .map_err(io(|| format!("rewriting header of segment {name}")))?;
+                    outcome.problems.push(Problem::new(
+                        ProblemKind::TornHeader,
+                        format!("segment {name}: {reason}; header rewritten"),
+                    ));
+                    len = SEGMENT_HEADER_BYTES;
+                    RecordKey::from_salt(&salt)
                 }
-            }
+                Err(reason) => {
+                    // Not ours, from another version, or its header damaged:
+                    // keep it, use none of it.
+                    outcome.problems.push(Problem::new(
+                        ProblemKind::ForeignSegment,
+                        format!("segment {name}: {reason}; segment skipped"),
+                    ));
+                    continue;
+                }
+            };
             let scan_from = hinted_len.max(SEGMENT_HEADER_BYTES);
             let mut clean = true;
             if scan_from < len {
@@ -286,7 +315,7 @@ impl Segments {
                 // Past a hint, or in the active segment, nothing was vouched
                 // for: payloads are re-hashed too.
                 let verify = active || hinted_len > 0;
-                let scanned = scan(&*file, id, scan_from, len, verify)?;
+                let scanned = scan(&*file, id, &key, scan_from, len, verify)?;
                 clean = scanned.problems.is_empty();
                 if let Some((at, reason)) = scanned.torn_at {
                     // Past every byte known synced, so nothing acknowledged:
@@ -368,6 +397,7 @@ impl Segments {
                 id,
                 Segment {
                     file,
+                    key,
                     len,
                     // What a hint vouches for; the rest is unknown: a
                     // crashed process may not have synced it.
@@ -446,7 +476,8 @@ impl Segments {
             .dir
             .open(&name, OpenMode::CreateNew)
             .map_err(io(|| format!("creating segment {name}")))?;
-        if let Err(e) = file.write_all_at(&format::encode_segment_header(), 0) {
+        let salt = new_salt()?;
+        if let Err(e) = file.write_all_at(&format::encode_segment_header(&salt), 0) {
             drop(file);
             let _ = self.dir.remove(&name);
             return Err(io(|| format!("writing header of segment {name}"))(e));
@@ -455,6 +486,7 @@ impl Segments {
             id,
             Segment {
                 file,
+                key: RecordKey::from_salt(&salt),
                 len: SEGMENT_HEADER_BYTES,
                 synced_len: 0,
                 dir_synced: false,
@@ -522,7 +554,6 @@ impl Segments {
         payload: &[u8],
     ) -> Result<(u64, u64, Option<u64>), StoreError> {
         let payload_len = u32::try_from(payload.len()).expect("chunk length checked by caller");
-        let header = format::encode_chunk_header(digest.as_bytes(), payload_len);
         let record_bytes = CHUNK_HEADER_BYTES + u64::from(payload_len);
         let active = &self.segments[&self.active];
         let mut sealed = None;
@@ -532,6 +563,8 @@ impl Segments {
         let id = self.active;
         let segment = self.segments.get_mut(&id).expect("active segment exists");
         let offset = segment.len;
+        // Keyed by the segment it lands in: after a rotation, the new one.
+        let header = format::encode_chunk_header(&segment.key, digest.as_bytes(), payload_len);
         let written = segment.file.write_all_at(&header, offset).and_then(|()| {
             segment
                 .file
@@ -698,10 +731,11 @@ impl HintWriter {
     pub fn scan_and_write(
         &self,
         file: &dyn BackendFile,
+        key: &RecordKey,
         id: u64,
         len: u64,
     ) -> Result<bool, StoreError> {
-        let scanned = scan(file, id, SEGMENT_HEADER_BYTES, len, false)?;
+        let scanned = scan(file, id, key, SEGMENT_HEADER_BYTES, len, false)?;
         if scanned.torn_at.is_some() || !scanned.problems.is_empty() {
             return Ok(false);
         }
@@ -803,6 +837,7 @@ struct Scan {
 fn scan(
     file: &dyn BackendFile,
     segment: u64,
+    key: &RecordKey,
     from: u64,
     len: u64,
     verify_payloads: bool,
@@ -819,7 +854,7 @@ fn scan(
     let file = &mut reader;
     let mut at = from;
     while at < len {
-        match record_at(file, segment, at, len, verify_payloads, &mut payload)? {
+        match record_at(file, segment, key, at, len, verify_payloads, &mut payload)? {
             Ok(header) => {
                 out.records.push(HintEntry {
                     offset: at,
@@ -829,7 +864,15 @@ fn scan(
                 at += CHUNK_HEADER_BYTES + u64::from(header.payload_len);
             }
             Err(reason) => {
-                let next = next_record(file, segment, at + 1, len, verify_payloads, &mut payload)?;
+                let next = next_record(
+                    file,
+                    segment,
+                    key,
+                    at + 1,
+                    len,
+                    verify_payloads,
+                    &mut payload,
+                )?;
                 // Zeros where records were: dead records GC punched out.
                 // Between two records, or at the end of a sealed segment.
                 let hole_end = match next {
@@ -869,6 +912,7 @@ fn scan(
 fn record_at(
     file: &mut Reader<'_>,
     segment: u64,
+    key: &RecordKey,
     at: u64,
     len: u64,
     verify_payload: bool,
@@ -881,7 +925,7 @@ fn record_at(
     file.read_exact_at(&mut bytes, at).map_err(io(|| {
         format!("reading segment {} at {at}", segment_name(segment))
     }))?;
-    let header = match format::decode_chunk_header(&bytes) {
+    let header = match format::decode_chunk_header(key, &bytes) {
         Ok(header) => header,
         Err(reason) => return Ok(Err(reason)),
     };
@@ -928,6 +972,7 @@ fn all_zero(file: &mut Reader<'_>, segment: u64, from: u64, to: u64) -> Result<b
 fn next_record(
     file: &mut Reader<'_>,
     segment: u64,
+    key: &RecordKey,
     from: u64,
     len: u64,
     verify_payload: bool,
@@ -946,7 +991,7 @@ fn next_record(
         for (i, candidate) in window.windows(magic.len()).enumerate() {
             if candidate == magic {
                 let at = start + i as u64;
-                if record_at(file, segment, at, len, verify_payload, payload)?.is_ok() {
+                if record_at(file, segment, key, at, len, verify_payload, payload)?.is_ok() {
                     return Ok(Some(at));
                 }
             }

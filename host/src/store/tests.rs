@@ -1786,3 +1786,79 @@ fn chunks_over_the_limit_are_errors_and_artifacts_past_4_gib_work() {
         assert!(store.manifest(&id, u64::MAX, 10).unwrap().is_empty());
     }
 }
+
+/// Regression (found reading the code): recovery resynchronises on a record
+/// magic after a damaged record, and chunk payloads are chosen by guests.
+/// With record headers checked by a plain CRC-32, a payload could embed a
+/// valid-looking record header that resynchronisation would pick up, and
+/// one claiming another chunk's digest, found in a lower segment first,
+/// shadowed the good copy (the artifact then read as corrupted). Headers
+/// are now checked with a key derived from a random per-segment salt no
+/// guest ever sees. Method: a payload embedding forged headers (CRC-32 as
+/// before, and keyed with a guessed salt) for the digest of another
+/// artifact's chunk; the header of the record carrying it is damaged and
+/// its segment's hint removed so open scans and resynchronises; the other
+/// artifact must still read back intact, and no forged digest is indexed.
+#[test]
+fn payloads_cannot_forge_record_headers_for_recovery_to_pick_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = small_segments(Durability::Sync);
+    let victim_bytes = data(4000, 300);
+    let victim_digest = Hash::of(&victim_bytes);
+    let forged_only = data(1000, 301);
+    let forged_only_digest = Hash::of(&forged_only);
+    let mut payload = Vec::new();
+    for (salted, digest, claimed) in [
+        (false, victim_digest, &victim_bytes[..]),
+        (true, victim_digest, &victim_bytes[..]),
+        (false, forged_only_digest, &forged_only[..]),
+    ] {
+        let len = claimed.len() as u32;
+        let mut header = [0u8; 48];
+        header[0..4].copy_from_slice(&format::CHUNK_RECORD_MAGIC.to_le_bytes());
+        header[4] = format::CHUNK_RECORD_VERSION;
+        header[8..12].copy_from_slice(&len.to_le_bytes());
+        header[12..44].copy_from_slice(digest.as_bytes());
+        let check = if salted {
+            format::RecordKey::from_salt(&[0; 16]).header_check(&header[..44])
+        } else {
+            crc32fast::hash(&header[..44]).to_le_bytes()
+        };
+        header[44..48].copy_from_slice(&check);
+        payload.extend_from_slice(&header);
+        // Wrong bytes under the victim's digest: shadowing would corrupt it.
+        payload.extend(
+            claimed
+                .iter()
+                .map(|b| b ^ u8::from(digest == victim_digest)),
+        );
+    }
+    let (carrier, victim) = {
+        let store = open(&dir, options.clone());
+        let carrier = put(&store, &payload, payload.len());
+        // Fill the first segment so the victim lands in a later one.
+        put(&store, &data(4000 * 20, 302), 4000);
+        let victim = put(&store, &victim_bytes, 4000);
+        (carrier, victim)
+    };
+    let first = segment_files(&dir)[0].clone();
+    // The carrier is the first record: damage its header's length field.
+    flip_byte(&first, format::SEGMENT_HEADER_BYTES + 9);
+    std::fs::remove_file(dir.path().join("segments/0000000000000001.hint")).unwrap();
+    let store = open(&dir, options);
+    assert_eq!(
+        get(&store, &victim).unwrap(),
+        victim_bytes,
+        "the good copy is used"
+    );
+    assert!(matches!(
+        store.read_chunk(&forged_only_digest),
+        Err(StoreError::NotFound(_))
+    ));
+    // The carrier's own record is the damaged one: reported, not served.
+    assert!(store.recovery_report().damage().count() > 0);
+    assert!(matches!(
+        get(&store, &carrier),
+        Err(StoreError::Corrupted(_))
+    ));
+}

@@ -1,0 +1,403 @@
+//! Uploads: chunks put and pinned, then one commit that makes an artifact
+//! of them. Owns every check an upload's input gets (lengths, hashes,
+//! pins, quota) and the whole-content digest, which the store computes
+//! itself: no caller hands it a digest to trust.
+
+use std::collections::{HashSet, VecDeque};
+
+use super::format::{self, MetaRecord, MutableFields, CHUNK_HEADER_BYTES};
+use super::index::Location;
+use super::{
+    check_links, group, invalid, lock, now_ms, ArtifactId, ChunkRef, Hash, NewMetadata, Store,
+    StoreError, CHUNK_BYTES_MAX, LINKS_MAX, MANIFEST_CHUNKS_MAX, MISSING_BATCH_MAX,
+    UPLOAD_PINS_MAX,
+};
+
+/// An upload in progress: puts chunks, pins chunks already stored, then
+/// commits an artifact made of them. Chunks it put or pinned are safe from
+/// GC until it commits or is dropped. Dropping it without committing
+/// discards it (its chunks become garbage unless something else uses them).
+pub struct Upload {
+    store: Store,
+    /// Chunks this upload holds a pin on (each pinned once).
+    pinned: HashSet<Hash>,
+    closed: bool,
+    /// The whole content hashed as the chunks go by; `None` once anything
+    /// did not line up (then commit re-reads the chunks).
+    content: Option<Box<ContentHash>>,
+}
+
+/// The running whole-content hash of an upload (see [`Upload`]'s
+/// protocol note on [`Upload::missing`]).
+struct ContentHash {
+    /// Over the bytes of every chunk fed so far, in order.
+    bytes: blake3::Hasher,
+    /// Over the digests passed to `missing`, in order, and how many.
+    digests: blake3::Hasher,
+    digest_count: u64,
+    /// The latest batch's chunks not fed yet, in order, and whether the
+    /// store reported each missing.
+    pending: VecDeque<(Hash, bool)>,
+    /// Digests of the latest batch already put.
+    put: HashSet<Hash>,
+}
+
+impl Upload {
+    pub(super) fn new(store: Store) -> Upload {
+        Upload {
+            store,
+            pinned: HashSet::new(),
+            closed: false,
+            content: Some(Box::new(ContentHash {
+                bytes: blake3::Hasher::new(),
+                digests: blake3::Hasher::new(),
+                digest_count: 0,
+                pending: VecDeque::new(),
+                put: HashSet::new(),
+            })),
+        }
+    }
+
+    /// Feeds the running hash with the pending chunks whose bytes are
+    /// known: the one just put (`put`, verified by [`Upload::put_chunk`]),
+    /// those reported present and repeats of chunks already put (read back
+    /// with [`Store::read_chunk`], which re-hashes). Stops at the next chunk
+    /// still to be put. Callers may run it after answering `missing`, so
+    /// reading present chunks back overlaps the guest's work; commit runs it
+    /// anyway.
+    pub fn hash_pending(&mut self) {
+        self.feed(None);
+    }
+
+    fn feed(&mut self, put: Option<(&Hash, &[u8])>) {
+        let Some(content) = &mut self.content else {
+            return;
+        };
+        // The last chunk read, for a run of the same chunk: one chunk held.
+        let mut read: Option<(Hash, Vec<u8>)> = None;
+        while let Some(&(digest, missing)) = content.pending.front() {
+            if missing && !content.put.contains(&digest) {
+                return;
+            }
+            match (put, &read) {
+                (Some((put_digest, bytes)), _) if *put_digest == digest => {
+                    content.bytes.update(bytes);
+                }
+                (_, Some((read_digest, bytes))) if *read_digest == digest => {
+                    content.bytes.update(bytes);
+                }
+                _ => match self.store.read_chunk(&digest) {
+                    Ok(bytes) => {
+                        content.bytes.update(&bytes);
+                        read = Some((digest, bytes));
+                    }
+                    Err(_) => {
+                        // The commit re-reads and reports it.
+                        self.content = None;
+                        return;
+                    }
+                },
+            }
+            content.pending.pop_front();
+        }
+    }
+
+    /// The whole-content digest from the running hash, if it covers exactly
+    /// `chunks` in order.
+    fn running_digest(&mut self, chunks: &[ChunkRef]) -> Option<Hash> {
+        self.feed(None);
+        let content = self.content.take()?;
+        if !content.pending.is_empty() || content.digest_count != chunks.len() as u64 {
+            return None;
+        }
+        let mut seen = blake3::Hasher::new();
+        for chunk in chunks {
+            seen.update(chunk.digest.as_bytes());
+        }
+        (seen.finalize() == content.digests.finalize())
+            .then(|| Hash::from_bytes(*content.bytes.finalize().as_bytes()))
+    }
+}
+
+impl Upload {
+    /// For each digest (at most [`MISSING_BATCH_MAX`]), whether the store
+    /// needs its bytes. Chunks reported present are pinned by this upload.
+    ///
+    /// The whole content is hashed as the upload goes, so commit need not
+    /// read every chunk back: the digests passed to `missing` are taken to
+    /// be the artifact's chunks in order, and each is fed to the hash once
+    /// its bytes are known to be right. The chunker's protocol: per batch,
+    /// `missing`, then `put_chunk` for each missing chunk in order, each
+    /// distinct digest once. Anything else (a put out of order, a batch
+    /// left unfinished, a failed read or put) drops the running hash, and
+    /// the commit re-reads the chunks. Memory: one chunk and one batch of
+    /// digests.
+    pub fn missing(&mut self, digests: &[Hash]) -> Result<Vec<bool>, StoreError> {
+        let result = self.missing_inner(digests);
+        match (&result, &mut self.content) {
+            (Ok(answers), Some(content)) if content.pending.is_empty() => {
+                content.put.clear();
+                for (digest, missing) in digests.iter().zip(answers) {
+                    content.digests.update(digest.as_bytes());
+                    content.pending.push_back((*digest, *missing));
+                }
+                content.digest_count += digests.len() as u64;
+            }
+            _ => self.content = None,
+        }
+        result
+    }
+
+    fn missing_inner(&mut self, digests: &[Hash]) -> Result<Vec<bool>, StoreError> {
+        if self.closed {
+            return Err(StoreError::Closed);
+        }
+        if digests.len() > MISSING_BATCH_MAX {
+            return Err(invalid(format!(
+                "missing: {} digests in one call, at most {MISSING_BATCH_MAX}",
+                digests.len()
+            )));
+        }
+        let mut state = lock(&self.store.inner.state);
+        let mut answers = Vec::with_capacity(digests.len());
+        for digest in digests {
+            if self.pinned.contains(digest) {
+                answers.push(false);
+                continue;
+            }
+            self.check_pin_room()?;
+            let present = state.index.pin(digest);
+            if present {
+                self.pinned.insert(*digest);
+            }
+            answers.push(!present);
+        }
+        Ok(answers)
+    }
+
+    fn check_pin_room(&self) -> Result<(), StoreError> {
+        if self.pinned.len() as u64 >= UPLOAD_PINS_MAX {
+            return Err(invalid(format!(
+                "an upload may hold at most {UPLOAD_PINS_MAX} distinct chunks"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stores one chunk (1..=[`CHUNK_BYTES_MAX`] bytes) after checking it
+    /// hashes to `digest`. A chunk already stored is only pinned, not
+    /// written again. Not yet durable: [`Upload::commit`] makes it so.
+    pub fn put_chunk(&mut self, digest: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
+        let result = self.put_chunk_inner(digest, bytes);
+        match (&result, &mut self.content) {
+            (Ok(()), Some(content)) if content.pending.front() == Some(&(*digest, true)) => {
+                content.put.insert(*digest);
+                self.feed(Some((digest, bytes)));
+            }
+            _ => self.content = None,
+        }
+        result
+    }
+
+    fn put_chunk_inner(&mut self, digest: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
+        if self.closed {
+            return Err(StoreError::Closed);
+        }
+        self.store.check_writable()?;
+        if !self.store.inner.ensure_reserve() {
+            return Err(StoreError::NoSpace(format!(
+                "chunk {digest}: the disk is full (the space reserve for deletes is in use); delete artifacts and run gc"
+            )));
+        }
+        if bytes.is_empty() || bytes.len() > CHUNK_BYTES_MAX as usize {
+            return Err(invalid(format!(
+                "chunk {digest}: {} bytes, must be 1..={CHUNK_BYTES_MAX}",
+                bytes.len()
+            )));
+        }
+        // Hash before taking the lock: it is the expensive part.
+        let actual = Hash::of(bytes);
+        if actual != *digest {
+            return Err(StoreError::HashMismatch(format!(
+                "chunk claimed to be {digest} hashes to {actual}"
+            )));
+        }
+        if self.pinned.contains(digest) {
+            return Ok(());
+        }
+        self.check_pin_room()?;
+        let mut state = lock(&self.store.inner.state);
+        if state.index.pin(digest) {
+            self.pinned.insert(*digest);
+            return Ok(());
+        }
+        let len = bytes.len() as u32;
+        if let Some(quota) = self.store.inner.options.quota_bytes_max {
+            let used = self.store.inner.cost_bytes(&state);
+            let record = CHUNK_HEADER_BYTES + u64::from(len);
+            if used.saturating_add(record) > quota {
+                return Err(StoreError::QuotaExceeded(format!(
+                    "chunk {digest} of {len} bytes ({record} on disk): {used} of {quota} bytes in use"
+                )));
+            }
+        }
+        let (segment, offset, sealed) = state.segments.append(digest, bytes)?;
+        state
+            .index
+            .insert_put(*digest, Location { segment, offset }, len);
+        self.pinned.insert(*digest);
+        drop(state);
+        if let Some(sealed) = sealed {
+            self.store.finish_seal(sealed)?;
+        }
+        self.store.checkpoint_active_if_due()?;
+        Ok(())
+    }
+
+    /// Publishes an artifact made of `chunks` in order, once it is durable,
+    /// and returns its id. Every chunk must have been put or pinned by this
+    /// upload with the length given; `size` must be their total and
+    /// `digest` the BLAKE3 of their concatenation, which the store computes
+    /// itself (from the verified bytes as they went by, or by reading the
+    /// chunks back). The upload is closed afterwards, whatever the outcome.
+    pub fn commit(
+        &mut self,
+        chunks: &[ChunkRef],
+        size: u64,
+        digest: &Hash,
+        meta: NewMetadata,
+    ) -> Result<ArtifactId, StoreError> {
+        if self.closed {
+            return Err(StoreError::Closed);
+        }
+        self.closed = true;
+        let content_digest = self.running_digest(chunks);
+        let result = self.commit_inner(chunks, size, digest, meta, content_digest);
+        self.release_pins();
+        result
+    }
+
+    fn commit_inner(
+        &mut self,
+        chunks: &[ChunkRef],
+        size: u64,
+        digest: &Hash,
+        meta: NewMetadata,
+        content_digest: Option<Hash>,
+    ) -> Result<ArtifactId, StoreError> {
+        self.store.check_writable()?;
+        if chunks.len() as u64 > MANIFEST_CHUNKS_MAX {
+            return Err(invalid(format!(
+                "manifest of {} chunks, at most {MANIFEST_CHUNKS_MAX}",
+                chunks.len()
+            )));
+        }
+        if meta.links.len() > LINKS_MAX {
+            return Err(invalid(format!(
+                "{} links, at most {LINKS_MAX}",
+                meta.links.len()
+            )));
+        }
+        let fields = MutableFields {
+            filename: meta.filename,
+            content_type: meta.content_type,
+            tags: meta.tags,
+            links: meta.links.iter().map(|id| *id.as_bytes()).collect(),
+            custom: meta.custom,
+        };
+        format::check_metadata_limits(meta.creator.as_deref(), &fields).map_err(invalid)?;
+        for (i, chunk) in chunks.iter().enumerate() {
+            if !self.pinned.contains(&chunk.digest) {
+                return Err(invalid(format!(
+                    "chunk {i} ({}) was neither put nor pinned by this upload",
+                    chunk.digest
+                )));
+            }
+        }
+        let mut total = 0u64;
+        {
+            let state = lock(&self.store.inner.state);
+            for (i, chunk) in chunks.iter().enumerate() {
+                let entry = state
+                    .index
+                    .get(&chunk.digest)
+                    .expect("pinned chunks stay indexed");
+                if entry.len != chunk.len {
+                    return Err(invalid(format!(
+                        "chunk {i} ({}) is {} bytes, the manifest says {}",
+                        chunk.digest, entry.len, chunk.len
+                    )));
+                }
+                total = total
+                    .checked_add(u64::from(chunk.len))
+                    .ok_or_else(|| invalid("chunk lengths overflow u64".to_string()))?;
+            }
+            if total != size {
+                return Err(invalid(format!(
+                    "chunks add up to {total} bytes, size says {size}"
+                )));
+            }
+            check_links(&state.catalog, &meta.links)?;
+        }
+
+        // The whole-content digest: hashed as the chunks went by, or read
+        // back from the store one chunk at a time.
+        let actual = match content_digest {
+            Some(actual) => actual,
+            None => {
+                let mut hasher = blake3::Hasher::new();
+                for chunk in chunks {
+                    hasher.update(&self.store.read_chunk(&chunk.digest)?);
+                }
+                Hash::from_bytes(*hasher.finalize().as_bytes())
+            }
+        };
+        if actual != *digest {
+            return Err(StoreError::HashMismatch(format!(
+                "content claimed to be {digest} hashes to {actual}"
+            )));
+        }
+
+        let record = MetaRecord::Commit {
+            // Assigned under the log lock, where uniqueness is checked.
+            id: [0; 16],
+            size,
+            digest: *digest.as_bytes(),
+            created_ms: now_ms(),
+            chunks: chunks
+                .iter()
+                .map(|c| (*c.digest.as_bytes(), c.len))
+                .collect(),
+            creator: meta.creator,
+            fields,
+        };
+        if let Some(quota) = self.store.inner.options.quota_bytes_max {
+            // The manifest and metadata cost what their record does.
+            let record_bytes = format::encode_meta_record(&record).len() as u64;
+            let used = self.store.inner.cost_bytes(&lock(&self.store.inner.state));
+            if used.saturating_add(record_bytes) > quota {
+                return Err(StoreError::QuotaExceeded(format!(
+                    "commit record of {record_bytes} bytes: {used} of {quota} bytes in use"
+                )));
+            }
+        }
+        // One commit path for every mode: a batch (of one, under `Sync`).
+        group::commit(&self.store, record, meta.links)
+    }
+
+    fn release_pins(&mut self) {
+        if self.pinned.is_empty() {
+            return;
+        }
+        let mut state = lock(&self.store.inner.state);
+        for digest in self.pinned.drain() {
+            state.index.unpin(&digest);
+        }
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        self.release_pins();
+    }
+}
