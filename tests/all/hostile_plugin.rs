@@ -1,7 +1,8 @@
 //! Goal: a plugin is as untrusted as the chunker. Whatever it calls, with
 //! whatever arguments, it gets a typed error or a bounded answer; it never
 //! sees or touches another tenant's artifacts; an upload it abandons never
-//! becomes visible; and exhausting its memory ends only its own run.
+//! becomes visible; exhausting its memory ends only its own run; and no
+//! argument, however large, reaches the chunker unchecked.
 //! Method: run the real hostile plugin (guest/components/hostile-plugin)
 //! with `tblob run`, in real processes, and read the outcome it prints for
 //! each step (`<step>: ok ...` or the WIT error case).
@@ -135,6 +136,58 @@ fn every_oversized_or_invalid_call_gets_a_typed_error() {
     let id = outcomes["finish"].strip_prefix("ok ").unwrap();
     assert_eq!(tblob(store.path(), &["get", id]).stdout, b"hello");
     assert_eq!(ok(&tblob(store.path(), &["ls"])).lines().count(), 1);
+}
+
+/// Regression: the host forwarded a plugin's inline data, option strings
+/// and lists, ids and tags to the chunker unchecked. The chunker checks
+/// them too, but an argument larger than its free memory trapped it while
+/// being copied in, so the plugin got a trap instead of the WIT's typed
+/// error. And 16 writers buffering 16 MiB chunks could fill the chunker's
+/// memory (512 MiB then) by themselves. The plugin first fills every
+/// writer it may hold, then sends 100 MiB arguments (one call may copy at
+/// most 128 MiB into the host: more traps in wasmtime, before the host).
+#[test]
+fn arguments_larger_than_the_chunkers_memory_get_typed_errors() {
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let plugin = plugin_file(work.path());
+    let bytes = 100usize << 20;
+    const _: () =
+        assert!(100 << 20 < tensor_blob_host::runtime::limits::PLUGIN_CALL_BYTES_MAX - (1 << 20));
+    let outcomes = attack(
+        store.path(),
+        &plugin,
+        "default",
+        &["huge", &bytes.to_string()],
+    );
+    assert_outcomes(
+        &outcomes,
+        &[
+            ("put-small", "ok "),
+            ("fill-writers", "ok 16 writers"),
+            ("put-huge-filename", "invalid-argument"),
+            ("create-writer-huge-filename", "invalid-argument"),
+            ("put-huge-custom-value", "invalid-argument"),
+            ("update-huge-filename", "invalid-argument"),
+            ("find-by-huge-tag", "invalid-argument"),
+            ("get-huge-id", "invalid-argument"),
+            ("list-after-huge-id", "invalid-argument"),
+            ("put-huge-tag-list", "invalid-argument"),
+            ("put-huge-data", "too-large"),
+            ("get-small", "ok small"),
+            ("stats", "ok 1 artifacts"),
+        ],
+    );
+    // The store is intact: the one small artifact, unchanged, and nothing else.
+    let id = outcomes["put-small"].strip_prefix("ok ").unwrap();
+    assert_eq!(tblob(store.path(), &["get", id]).stdout, b"small");
+    let meta: serde_json::Value =
+        serde_json::from_str(&ok(&tblob(store.path(), &["stat", id, "--json"]))).unwrap();
+    assert!(meta["filename"].is_null(), "{meta}");
+    assert_eq!(ok(&tblob(store.path(), &["ls"])).lines().count(), 1);
+    assert_eq!(tblob(store.path(), &["verify"]).status.code(), Some(0));
+    ok(&tblob(store.path(), &["gc"]));
+    assert_eq!(tblob(store.path(), &["get", id]).stdout, b"small");
 }
 
 #[test]

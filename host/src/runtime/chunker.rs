@@ -7,18 +7,26 @@
 //! inside a plugin's async host call, on the plugin's fiber stack. If the
 //! chunker traps, its instance is discarded and a fresh one is made on the
 //! next call; handles into the old instance then answer `closed`.
+//!
+//! Every argument is bounded (`runtime::check`) before it is copied into
+//! the chunker, so an oversized one is a typed error, never a chunker trap.
 
 use std::io::{Read, Write};
 
-use wasmtime::component::{Component, HasSelf, Linker, ResourceAny};
+use wasmtime::component::{
+    Component, ComponentNamedList, HasSelf, Lift, Linker, Lower, ResourceAny,
+};
 use wasmtime::{Engine, StoreLimitsBuilder};
 
 use super::bindings::chunker::exports::tensor::blob::blobs::Guest as BlobsExports;
 use super::bindings::chunker::{Chunker as ChunkerBindings, ChunkerPre};
 use super::bindings::{PutOptions, WitError};
+use super::check;
 use super::error::BlobError;
 use super::host::chunk_store::ChunkerState;
-use super::limits::{CHUNKER_MEMORY_BYTES_MAX, FAR_EPOCH_DEADLINE, IO_BYTES_MAX};
+use super::limits::{
+    CHUNKER_MEMORY_BYTES_MAX, FAR_EPOCH_DEADLINE, INLINE_BYTES_MAX, IO_BYTES_MAX, LIST_IDS_MAX,
+};
 use crate::store;
 
 /// A compiled chunker component, ready to instantiate.
@@ -63,6 +71,8 @@ impl ChunkerComponent {
 
 struct Instance {
     store: wasmtime::Store<ChunkerState>,
+    /// The raw instance, for [`Chunker::call_extra_export`].
+    instance: wasmtime::component::Instance,
     bindings: ChunkerBindings,
 }
 
@@ -104,9 +114,14 @@ impl Chunker {
         // The chunker is never interrupted (a plugin's time limit stops the
         // plugin); this only matters on an engine with epoch interruption.
         store.set_epoch_deadline(FAR_EPOCH_DEADLINE);
-        let bindings = self.component.pre.instantiate(&mut store)?;
+        let instance = self.component.pre.instance_pre().instantiate(&mut store)?;
+        let bindings = ChunkerBindings::new(&mut store, &instance)?;
         self.generation += 1;
-        self.instance = Some(Instance { store, bindings });
+        self.instance = Some(Instance {
+            store,
+            instance,
+            bindings,
+        });
         Ok(())
     }
 
@@ -137,27 +152,36 @@ impl Chunker {
         }
     }
 
+    /// The inline limit: the host's [`INLINE_BYTES_MAX`], or less if the
+    /// chunker says so.
     pub fn inline_bytes_max(&mut self) -> Result<u64, BlobError> {
-        self.call(|b, s| b.call_inline_bytes_max(s).map(Ok))
+        let chunker = self.call(|b, s| b.call_inline_bytes_max(s).map(Ok))?;
+        Ok(chunker.min(INLINE_BYTES_MAX))
     }
 
     pub fn put(&mut self, data: &[u8], options: &PutOptions) -> Result<String, BlobError> {
+        check::inline_data(data.len())?;
+        check::put_options(options)?;
         self.call(|b, s| b.call_put(s, data, options))
     }
 
     pub fn get(&mut self, id: &str) -> Result<Vec<u8>, BlobError> {
+        check::artifact_id(id)?;
         self.call(|b, s| b.call_get(s, &id.to_owned()))
     }
 
     pub fn delete(&mut self, id: &str) -> Result<(), BlobError> {
+        check::artifact_id(id)?;
         self.call(|b, s| b.call_delete(s, &id.to_owned()))
     }
 
     pub fn exists(&mut self, id: &str) -> Result<bool, BlobError> {
+        check::artifact_id(id)?;
         self.call(|b, s| b.call_exists(s, &id.to_owned()))
     }
 
     pub fn stat(&mut self, id: &str) -> Result<super::bindings::Metadata, BlobError> {
+        check::artifact_id(id)?;
         self.call(|b, s| b.call_stat(s, &id.to_owned()))
     }
 
@@ -166,14 +190,22 @@ impl Chunker {
         id: &str,
         change: &super::bindings::MetadataUpdate,
     ) -> Result<super::bindings::Metadata, BlobError> {
+        check::artifact_id(id)?;
+        check::metadata_update(change)?;
         self.call(|b, s| b.call_update(s, &id.to_owned(), change))
     }
 
+    /// Up to `limit` ids; a `limit` over [`LIST_IDS_MAX`] is clamped to it.
     pub fn list(&mut self, after: Option<&str>, limit: u32) -> Result<Vec<String>, BlobError> {
+        if let Some(after) = after {
+            check::artifact_id(after)?;
+        }
+        let limit = limit.min(LIST_IDS_MAX as u32);
         self.call(|b, s| b.call_list(s, after.map(str::to_owned).as_ref(), limit))
     }
 
     pub fn find_by_tag(&mut self, tag: &str) -> Result<Vec<String>, BlobError> {
+        check::tag_query(tag)?;
         self.call(|b, s| b.call_find_by_tag(s, tag))
     }
 
@@ -182,6 +214,7 @@ impl Chunker {
     }
 
     pub fn create_writer(&mut self, options: &PutOptions) -> Result<ChunkerResource, BlobError> {
+        check::put_options(options)?;
         let resource = self.call(|b, s| b.call_create_writer(s, options))?;
         Ok(ChunkerResource {
             resource,
@@ -190,6 +223,7 @@ impl Chunker {
     }
 
     pub fn writer_write(&mut self, handle: &ChunkerResource, data: &[u8]) -> Result<(), BlobError> {
+        check::io_len(data.len())?;
         let resource = self.live(handle)?;
         self.call(|b, s| b.writer().call_write(s, resource, data))
     }
@@ -205,6 +239,7 @@ impl Chunker {
     }
 
     pub fn open_reader(&mut self, id: &str, offset: u64) -> Result<ChunkerResource, BlobError> {
+        check::artifact_id(id)?;
         let resource = self.call(|b, s| b.call_open_reader(s, &id.to_owned(), offset))?;
         Ok(ChunkerResource {
             resource,
@@ -217,6 +252,7 @@ impl Chunker {
         handle: &ChunkerResource,
         len: u32,
     ) -> Result<Vec<u8>, BlobError> {
+        check::io_len(len as usize)?;
         let resource = self.live(handle)?;
         self.call(|b, s| b.reader().call_read(s, resource, len))
     }
@@ -229,6 +265,31 @@ impl Chunker {
     pub fn reader_size(&mut self, handle: &ChunkerResource) -> Result<u64, BlobError> {
         let resource = self.live(handle)?;
         self.call(|b, s| b.reader().call_size(s, resource).map(Ok))
+    }
+
+    /// Calls a function export `name` of the chunker component that is not
+    /// part of the `chunker` world (a test chunker's entry point, such as
+    /// the hostile chunker's `fuzz`). A trap discards the instance, as for
+    /// every other call. Not for production chunkers, which have none.
+    #[doc(hidden)]
+    pub fn call_extra_export<P, R>(&mut self, name: &str, params: P) -> Result<R, BlobError>
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        R: ComponentNamedList + Lift + Send + Sync,
+    {
+        self.ensure_instance().map_err(BlobError::Trap)?;
+        let instance = self.instance.as_mut().expect("ensured above");
+        let func = instance
+            .instance
+            .get_typed_func::<P, R>(&mut instance.store, name)
+            .map_err(BlobError::Trap)?;
+        match func.call(&mut instance.store, params) {
+            Ok(results) => Ok(results),
+            Err(trap) => {
+                self.instance = None;
+                Err(BlobError::Trap(trap))
+            }
+        }
     }
 
     /// Releases a writer or reader. Handles of a discarded instance are

@@ -10,7 +10,16 @@ pub fn hash(bytes: &[u8]) -> Result<store::Hash, StoreError> {
     store::Hash::from_slice(bytes)
 }
 
+/// Length first, so a long string never ends up whole in an error message.
 pub fn artifact_id(text: &str) -> Result<store::ArtifactId, StoreError> {
+    if text.len() != super::limits::ARTIFACT_ID_CHARS {
+        return Err(StoreError::InvalidArgument(format!(
+            "artifact id of {} bytes ({:?}...), expected {} hex digits",
+            text.len(),
+            super::check::excerpt(text),
+            super::limits::ARTIFACT_ID_CHARS
+        )));
+    }
     text.parse()
 }
 

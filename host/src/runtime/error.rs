@@ -44,6 +44,7 @@ pub fn describe(error: &WitError) -> String {
         WitError::Corrupted(m) => format!("corrupted: {m}"),
         WitError::Closed => "closed: the resource was already finished or aborted".to_string(),
         WitError::Io(m) => format!("i/o error: {m}"),
+        WitError::NoSpace(m) => format!("no space: {m}"),
     }
 }
 
@@ -71,7 +72,8 @@ impl From<wasmtime::component::ResourceTableError> for BlobError {
     }
 }
 
-/// The WIT case for a store error.
+/// The WIT case for a store error. A store that went read-only after a
+/// failed fsync answers `io` with a message starting `read-only: `.
 pub fn to_wit(error: StoreError) -> WitError {
     match error {
         StoreError::NotFound(m) => WitError::NotFound(m),
@@ -81,6 +83,29 @@ pub fn to_wit(error: StoreError) -> WitError {
         StoreError::HashMismatch(m) => WitError::HashMismatch(m),
         StoreError::Corrupted(m) => WitError::Corrupted(m),
         StoreError::Closed => WitError::Closed,
+        StoreError::NoSpace(m) => WitError::NoSpace(m),
+        StoreError::ReadOnly(m) => WitError::Io(format!("read-only: {m}")),
         other => WitError::Io(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_space_and_read_only_reach_the_guest_as_documented() {
+        match to_wit(StoreError::NoSpace("segment 3: disk full".into())) {
+            WitError::NoSpace(m) => assert_eq!(m, "segment 3: disk full"),
+            other => panic!("{other:?}"),
+        }
+        match to_wit(StoreError::ReadOnly("fsync of meta.log failed".into())) {
+            WitError::Io(m) => assert_eq!(m, "read-only: fsync of meta.log failed"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            describe(&WitError::NoSpace("x".into())),
+            "no space: x".to_string()
+        );
     }
 }

@@ -37,6 +37,7 @@
 //! ```
 
 pub mod bindings;
+mod check;
 pub mod chunker;
 mod convert;
 pub mod error;
@@ -156,6 +157,9 @@ impl HasData for HasBlobs {
 
 /// Adds `tensor:blob/blobs` to `linker`; calls act on `T`'s [`BlobCtx`].
 /// The functions are async: instantiate and call with the `_async` APIs.
+/// Every argument is bounded before it reaches the chunker; one call's
+/// arguments together are bounded by the store's hostcall fuel, which
+/// should stay at wasmtime's default, [`limits::PLUGIN_CALL_BYTES_MAX`].
 pub fn add_to_linker<T: BlobView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     bindings::plugin::tensor::blob::types::add_to_linker::<T, HasBlobs>(linker, |t| t.blobs())?;
     bindings::plugin::tensor::blob::blobs::add_to_linker::<T, HasBlobs>(linker, |t| t.blobs())

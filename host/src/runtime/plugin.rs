@@ -164,6 +164,7 @@ impl Plugin {
         let engine = self.runtime.engine();
         let mut store = wasmtime::Store::new(engine, state);
         store.limiter(|state| &mut state.limits);
+        store.set_hostcall_fuel(super::limits::PLUGIN_CALL_BYTES_MAX);
         let _ticker = match options.time_limit {
             Some(limit) => {
                 if !engine.get_epoch_interruption() {

@@ -8,6 +8,10 @@
 //! - `foreign ID`: every call that takes an id, on ID (another tenant's);
 //! - `limits`: a flood of open handles, oversized writes and reads, use of
 //!   finished and aborted writers, invalid options;
+//! - `huge BYTES`: fills the chunker's memory (every writer it may hold,
+//!   each buffering the most it can), then makes every call that takes a
+//!   string, a list or inline data with one argument of BYTES, to see that
+//!   the host refuses it before it reaches the chunker;
 //! - `abandon BYTES`: writes BYTES to a writer and exits without finishing;
 //! - `memory-bomb`: grows its memory until the host refuses;
 //! - `spin`: loops forever, calling nothing.
@@ -18,13 +22,18 @@ wit_bindgen::generate!({
 });
 
 use tensor::blob::blobs;
-use tensor::blob::types::{CdcParams, Chunking, Error, MetadataUpdate, PutOptions};
+use tensor::blob::types::{CdcParams, Chunking, Error, KeyValue, MetadataUpdate, PutOptions};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("foreign") => foreign(args.get(2).expect("foreign ID")),
         Some("limits") => limits(),
+        Some("huge") => huge(
+            args.get(2)
+                .and_then(|a| a.parse().ok())
+                .expect("huge BYTES"),
+        ),
         Some("abandon") => abandon(
             args.get(2)
                 .and_then(|a| a.parse().ok())
@@ -34,7 +43,7 @@ fn main() {
         Some("spin") => spin(),
         _ => {
             eprintln!(
-                "usage: hostile-plugin foreign ID | limits | abandon BYTES | memory-bomb | spin"
+                "usage: hostile-plugin foreign ID | limits | huge BYTES | abandon BYTES | memory-bomb | spin"
             );
             std::process::exit(2);
         }
@@ -51,6 +60,7 @@ fn kind(error: &Error) -> &'static str {
         Error::Corrupted(_) => "corrupted",
         Error::Closed => "closed",
         Error::Io(_) => "io",
+        Error::NoSpace(_) => "no-space",
     }
 }
 
@@ -222,6 +232,139 @@ fn limits() {
     });
     report("list-limit-max", blobs::list(None, u32::MAX), |ids| {
         format!("{} ids", ids.len())
+    });
+    report("stats", blobs::stats(), |s| {
+        format!("{} artifacts", s.artifacts)
+    });
+}
+
+/// Writers with the largest fixed chunks, opened until the host refuses,
+/// each left buffering as much as the chunker ever holds for one: a window
+/// less one byte, in a buffer grown to two windows.
+fn fill_writers() -> Vec<blobs::Writer> {
+    const CHUNK: u32 = 16 << 20;
+    let largest = PutOptions {
+        chunking: Some(Chunking::Fixed(CHUNK)),
+        ..options()
+    };
+    let piece = vec![9u8; CHUNK as usize - 1];
+    let mut writers = Vec::new();
+    let outcome = loop {
+        let writer = match blobs::create_writer(&largest) {
+            Ok(writer) => writer,
+            Err(Error::InvalidArgument(_)) if !writers.is_empty() => break Ok(()),
+            Err(error) => break Err(error),
+        };
+        // One byte past a window cuts a chunk and doubles the buffer; the
+        // second piece then fills it again.
+        let filled = writer
+            .write(&piece)
+            .and_then(|()| writer.write(&[1]))
+            .and_then(|()| writer.write(&piece));
+        if let Err(error) = filled {
+            break Err(error);
+        }
+        writers.push(writer);
+        if writers.len() > 1000 {
+            break Ok(());
+        }
+    };
+    report("fill-writers", outcome, |()| {
+        format!("{} writers", writers.len())
+    });
+    writers
+}
+
+/// One argument of `bytes` bytes in each call that takes a string, a list
+/// or inline data, while the chunker's memory is as full as its writers
+/// can make it. The host must answer each with a typed error: copied into
+/// the chunker, any of them would trap it (and so this plugin).
+fn huge(bytes: usize) {
+    let kept = report("put-small", blobs::put(b"small", &options()), |id| {
+        id.clone()
+    })
+    .expect("a small put");
+    let mut writers = fill_writers();
+    // A handle free for create-writer, its buffer free in the chunker.
+    drop(writers.pop());
+    {
+        // One string, moved into each argument and back (a copy would
+        // double this plugin's memory).
+        let long = "x".repeat(bytes);
+        let with_filename = PutOptions {
+            filename: Some(long),
+            ..options()
+        };
+        report(
+            "put-huge-filename",
+            blobs::put(b"data", &with_filename),
+            |id| id.clone(),
+        );
+        report(
+            "create-writer-huge-filename",
+            blobs::create_writer(&with_filename),
+            |_| "writer".into(),
+        );
+        let long = with_filename.filename.expect("set above");
+        let with_value = PutOptions {
+            custom: vec![KeyValue {
+                key: "k".into(),
+                value: long,
+            }],
+            ..options()
+        };
+        report(
+            "put-huge-custom-value",
+            blobs::put(b"data", &with_value),
+            |id| id.clone(),
+        );
+        let long = with_value
+            .custom
+            .into_iter()
+            .next()
+            .expect("set above")
+            .value;
+        let rename = MetadataUpdate {
+            filename: Some(Some(long)),
+            ..no_change()
+        };
+        report("update-huge-filename", blobs::update(&kept, &rename), |m| {
+            m.id.clone()
+        });
+        let long = rename.filename.flatten().expect("set above");
+        report("find-by-huge-tag", blobs::find_by_tag(&long), |ids| {
+            format!("{} ids", ids.len())
+        });
+        report("get-huge-id", blobs::get(&long), |b| {
+            format!("{} bytes", b.len())
+        });
+        report("list-after-huge-id", blobs::list(Some(&long), 10), |ids| {
+            format!("{} ids", ids.len())
+        });
+    }
+    {
+        // The same bytes as a list of 1 MiB tags.
+        let tag = "t".repeat(1 << 20);
+        let with_tags = PutOptions {
+            tags: vec![tag; bytes.div_ceil(1 << 20)],
+            ..options()
+        };
+        report("put-huge-tag-list", blobs::put(b"data", &with_tags), |id| {
+            id.clone()
+        });
+    }
+    {
+        let data = vec![3u8; bytes];
+        report("put-huge-data", blobs::put(&data, &options()), |id| {
+            id.clone()
+        });
+    }
+    for writer in &writers {
+        writer.abort();
+    }
+    drop(writers);
+    report("get-small", blobs::get(&kept), |b| {
+        String::from_utf8_lossy(b).into_owned()
     });
     report("stats", blobs::stats(), |s| {
         format!("{} artifacts", s.artifacts)

@@ -6,17 +6,43 @@
 //! goes on to commit and returns the resulting id, so the test fails loudly.
 //! Attacks: `bad-chunk-digest`, `short-digest`, `bad-whole-digest`,
 //! `unpinned-chunk`, `wrong-size`, `wrong-len`, `oversized-chunk`,
-//! `commit-twice`, `huge-missing`. The metadata exports forward to the
-//! store; everything that reads or streams refuses.
+//! `queued-oversized-chunk`, `queued-empty-chunk`, `commit-twice`,
+//! `huge-missing`; `accept` does nothing and answers the id `accepted`.
+//! The metadata exports forward to the store; everything that reads or
+//! streams refuses. Every export first checks its arguments against the
+//! WIT's limits and answers `corrupted` if the host forwarded one over
+//! them ([`canary`]).
+//!
+//! Besides the `chunker` world it exports `fuzz(seed, calls)`, which calls
+//! `chunk-store` `calls` times in a seeded random order with random
+//! arguments (see [`fuzz`]); the host calls it with
+//! `Chunker::call_extra_export`.
 //!
 //! It must never be shipped or used as a real chunker.
 
 wit_bindgen::generate!({
     path: "../../../wit",
-    world: "chunker",
+    inline: r#"
+        package tensor:rogue;
+
+        /// The chunker world plus the fuzzing entry point.
+        world rogue {
+            include tensor:blob/chunker@0.1.0;
+
+            /// Makes `calls` seeded random calls to `chunk-store`; returns a
+            /// report whose first line is `violations: N`.
+            export fuzz: func(seed: u64, calls: u32) -> string;
+        }
+    "#,
+    world: "tensor:rogue/rogue",
+    // The tensor:blob interfaces come from another package than the world.
+    generate_all,
 });
 
-use exports::tensor::blob::blobs::{self, Guest, GuestReader, GuestWriter};
+mod canary;
+mod fuzz;
+
+use exports::tensor::blob::blobs::{self, Guest as BlobsGuest, GuestReader, GuestWriter};
 use tensor::blob::chunk_store::{self, Upload};
 use tensor::blob::types::{
     ArtifactId, ChunkRef, Error, Metadata, MetadataUpdate, PutOptions, StoreStats,
@@ -110,6 +136,21 @@ fn attack(name: &str, data: &[u8], options: &PutOptions) -> Result<ArtifactId, E
             };
             upload.commit(&[chunk], len as u64, &whole_digest(&big), options)
         }
+        "queued-oversized-chunk" | "queued-empty-chunk" => {
+            // The first chunk is stored inline; from the second on the host
+            // queues chunks to a worker. A bad length must still be refused
+            // by the call itself, before anything is queued.
+            let chunk = put_honestly(&upload, data)?;
+            let len = match name {
+                "queued-oversized-chunk" => chunk_store::chunk_bytes_max() as usize + 1,
+                _ => 0,
+            };
+            let bad = vec![0x5a; len];
+            upload.put_chunk(&chunk_digest(&bad).to_vec(), &bad)?;
+            // Accepted into the queue: say so, whatever the commit answers.
+            let _ = upload.commit(&[chunk], size, &whole_digest(data), options);
+            Ok(format!("the host queued a chunk of {len} bytes"))
+        }
         "commit-twice" => {
             let chunk = put_honestly(&upload, data)?;
             upload.commit(
@@ -170,6 +211,12 @@ impl GuestReader for Never {
 struct Rogue;
 
 impl Guest for Rogue {
+    fn fuzz(seed: u64, calls: u32) -> String {
+        fuzz::run(seed, calls)
+    }
+}
+
+impl BlobsGuest for Rogue {
     type Writer = Never;
     type Reader = Never;
 
@@ -178,43 +225,59 @@ impl Guest for Rogue {
     }
 
     fn put(data: Vec<u8>, options: PutOptions) -> Result<ArtifactId, Error> {
+        canary::data(data.len())?;
+        canary::options(&options)?;
         let name = options
             .custom
             .iter()
             .find(|pair| pair.key == "attack")
             .map(|pair| pair.value.clone())
             .unwrap_or_default();
+        if name == "accept" {
+            return Ok("accepted".into());
+        }
         attack(&name, &data, &options)
     }
 
-    fn get(_id: ArtifactId) -> Result<Vec<u8>, Error> {
+    fn get(id: ArtifactId) -> Result<Vec<u8>, Error> {
+        canary::id(&id)?;
         refuse()
     }
     fn delete(id: ArtifactId) -> Result<(), Error> {
+        canary::id(&id)?;
         chunk_store::delete(&id)
     }
     fn exists(id: ArtifactId) -> Result<bool, Error> {
+        canary::id(&id)?;
         chunk_store::exists(&id)
     }
     fn stat(id: ArtifactId) -> Result<Metadata, Error> {
+        canary::id(&id)?;
         chunk_store::stat(&id)
     }
     fn update(id: ArtifactId, change: MetadataUpdate) -> Result<Metadata, Error> {
+        canary::id(&id)?;
+        canary::update(&change)?;
         chunk_store::update(&id, &change)
     }
     fn list(after: Option<ArtifactId>, limit: u32) -> Result<Vec<ArtifactId>, Error> {
+        after.as_deref().map_or(Ok(()), canary::id)?;
+        canary::list_limit(limit)?;
         chunk_store::list(after.as_deref(), limit)
     }
     fn find_by_tag(tag: String) -> Result<Vec<ArtifactId>, Error> {
+        canary::tag(&tag)?;
         chunk_store::find_by_tag(&tag)
     }
     fn stats() -> Result<StoreStats, Error> {
         chunk_store::stats()
     }
-    fn create_writer(_options: PutOptions) -> Result<blobs::Writer, Error> {
+    fn create_writer(options: PutOptions) -> Result<blobs::Writer, Error> {
+        canary::options(&options)?;
         refuse()
     }
-    fn open_reader(_id: ArtifactId, _offset: u64) -> Result<blobs::Reader, Error> {
+    fn open_reader(id: ArtifactId, _offset: u64) -> Result<blobs::Reader, Error> {
+        canary::id(&id)?;
         refuse()
     }
 }

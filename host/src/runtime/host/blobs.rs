@@ -3,7 +3,10 @@
 //!
 //! The plugin's `writer` and `reader` handles live in the context's own
 //! resource table and wrap the chunker's resources. Their number is capped
-//! ([`HANDLES_OPEN_MAX`]) and so is the size of each read and write.
+//! ([`HANDLES_OPEN_MAX`]). Every argument (inline data, option strings and
+//! lists, ids, tags, read and write sizes) is bounded by [`Chunker`] before
+//! it is copied into the chunker (`runtime::check`), so an oversized one is
+//! the typed error the WIT promises, never a chunker trap.
 
 use wasmtime::component::{Resource, ResourceTable};
 
@@ -13,7 +16,7 @@ use crate::runtime::bindings::{
 };
 use crate::runtime::chunker::{Chunker, ChunkerResource};
 use crate::runtime::error::BlobError;
-use crate::runtime::limits::{HANDLES_OPEN_MAX, IO_BYTES_MAX};
+use crate::runtime::limits::HANDLES_OPEN_MAX;
 
 /// A plugin's `writer`.
 pub struct WriterHandle(ChunkerResource);
@@ -52,15 +55,6 @@ impl BlobCtx {
         }
         Ok(())
     }
-}
-
-fn check_io_len(len: usize) -> Result<(), BlobError> {
-    if len > IO_BYTES_MAX as usize {
-        return Err(BlobError::invalid(format!(
-            "{len} bytes in one call, at most {IO_BYTES_MAX}"
-        )));
-    }
-    Ok(())
 }
 
 impl types::Host for BlobCtx {
@@ -157,7 +151,6 @@ impl blobs::HostWriter for BlobCtx {
         handle: Resource<WriterHandle>,
         data: Vec<u8>,
     ) -> Result<(), BlobError> {
-        check_io_len(data.len())?;
         let inner = self.table.get(&handle)?.0;
         self.chunker.writer_write(&inner, &data)
     }
@@ -188,7 +181,6 @@ impl blobs::HostReader for BlobCtx {
         handle: Resource<ReaderHandle>,
         len: u32,
     ) -> Result<Vec<u8>, BlobError> {
-        check_io_len(len as usize)?;
         let inner = self.table.get(&handle)?.0;
         self.chunker.reader_read(&inner, len)
     }

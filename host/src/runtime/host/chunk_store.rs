@@ -4,16 +4,18 @@
 //! every id parsed, every length bounded here or by the store, and every
 //! chunk re-hashed by the store before it is kept. Nothing a guest sends can
 //! make this code panic; bad handles trap, bad values are WIT errors.
+//! A chunk's length is checked here, before it is queued or stored, so no
+//! oversized chunk is ever held by the host past the call that sent it.
 
 use wasmtime::component::{Resource, ResourceTable};
 
 use crate::error::StoreError;
 use crate::runtime::bindings::chunker::tensor::blob::{chunk_store, types};
 use crate::runtime::bindings::{ChunkRef, Metadata, MetadataUpdate, PutOptions, StoreStats};
-use crate::runtime::convert;
 use crate::runtime::error::{self, BlobError};
-use crate::runtime::limits::{LIST_IDS_MAX, UPLOADS_OPEN_MAX};
-use crate::store::{self, MANIFEST_PAGE_MAX, MISSING_BATCH_MAX};
+use crate::runtime::limits::{LIST_IDS_MAX, PIPELINE_BYTES_MAX, UPLOADS_OPEN_MAX};
+use crate::runtime::{check, convert};
+use crate::store::{self, CHUNK_BYTES_MAX, MANIFEST_PAGE_MAX, MISSING_BATCH_MAX};
 
 /// An upload in progress, owned by the chunker's resource table. Dropping it
 /// releases the chunks it pinned.
@@ -24,30 +26,95 @@ use crate::store::{self, MANIFEST_PAGE_MAX, MISSING_BATCH_MAX};
 /// chunk overlap the guest's chunking and hashing of the next, on the other
 /// core. A failure of a queued chunk is reported by the next call on the
 /// upload (`put-chunk`, `missing` or `commit`), and the upload stays failed.
+/// If the OS refuses the worker thread, the upload simply stays inline.
 pub struct UploadHandle {
     state: UploadState,
     chunks_put: u64,
+    /// The OS refused this upload a worker thread once: do not ask again.
+    inline_only: bool,
 }
 
 enum UploadState {
-    Inline(HashedUpload),
+    Inline(store::Upload),
     Piped(Pipeline),
     Closed,
 }
 
 /// Chunks queued to an upload's worker at most; with [`CHUNK_BYTES_MAX`]
-/// this bounds the bytes one upload holds in flight.
+/// this bounds the bytes one upload holds in flight. All the uploads of one
+/// chunker instance together hold at most [`PIPELINE_BYTES_MAX`].
 pub const PIPELINE_CHUNKS_MAX: usize = 4;
 
+/// The bytes queued to the upload workers of one chunker instance, counted
+/// from `put-chunk` until the worker is done with them. A `put-chunk` that
+/// would go over [`PIPELINE_BYTES_MAX`] waits for the workers to drain
+/// (they never wait on the guest, so this cannot deadlock); one chunk is
+/// always let through.
+#[derive(Default)]
+struct Budget {
+    queued: std::sync::Mutex<usize>,
+    drained: std::sync::Condvar,
+}
+
+/// Bytes counted against a [`Budget`] until dropped.
+struct Reservation {
+    budget: std::sync::Arc<Budget>,
+    len: usize,
+}
+
+impl Budget {
+    fn reserve(budget: &std::sync::Arc<Budget>, len: usize) -> Reservation {
+        let mut queued = budget.queued.lock().unwrap_or_else(|p| p.into_inner());
+        while *queued > 0 && queued.saturating_add(len) > PIPELINE_BYTES_MAX {
+            queued = budget
+                .drained
+                .wait(queued)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        *queued += len;
+        Reservation {
+            budget: std::sync::Arc::clone(budget),
+            len,
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut queued = self.budget.queued.lock().unwrap_or_else(|p| p.into_inner());
+        *queued = queued.saturating_sub(self.len);
+        self.budget.drained.notify_all();
+    }
+}
+
+/// Fields drop in order: the sender first, which ends the worker's loop
+/// once it has handled what is queued, then the worker is joined. So a
+/// dropped upload (or chunker instance) leaves no thread behind holding
+/// the store, and the wait is bounded by the chunks queued.
 struct Pipeline {
     requests: std::sync::mpsc::SyncSender<Request>,
     failure: std::sync::Arc<std::sync::Mutex<Option<types::Error>>>,
+    _worker: JoinOnDrop,
+}
+
+/// Joins a thread when dropped. A worker that panicked has already printed
+/// its panic, and its queue was dropped with it.
+struct JoinOnDrop(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for JoinOnDrop {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 type Reply<T> = std::sync::mpsc::SyncSender<Result<T, types::Error>>;
 
 enum Request {
-    Put(store::Hash, Vec<u8>),
+    /// The chunk's bytes stay counted against the instance's budget until
+    /// the request is dropped, handled or not.
+    Put(store::Hash, Vec<u8>, Reservation),
     Missing(Vec<store::Hash>, Reply<Vec<bool>>),
     Commit(Box<CommitRequest>, Reply<String>),
 }
@@ -59,12 +126,28 @@ struct CommitRequest {
     meta: store::NewMetadata,
 }
 
+/// Name of every upload worker thread (what a panic message names).
+pub const UPLOAD_WORKER_NAME: &str = "tblob-upload";
+
+/// What [`Pipeline::start`] gives back when there is no worker: the upload
+/// (if the OS refused the thread) and why.
+type Refused = (Option<store::Upload>, std::io::Error);
+
 impl Pipeline {
-    fn start(mut upload: HashedUpload) -> Pipeline {
+    /// Moves `upload` to a new worker thread. If the OS refuses the thread,
+    /// the upload is handed back so it can go on inline.
+    fn start(upload: store::Upload) -> Result<Pipeline, Refused> {
         let (requests, inbox) = std::sync::mpsc::sync_channel::<Request>(PIPELINE_CHUNKS_MAX);
         let failure = std::sync::Arc::new(std::sync::Mutex::new(None));
         let failed = failure.clone();
-        std::thread::spawn(move || {
+        // The upload goes to the worker through a slot, not the closure, so
+        // it can be taken back if the closure never runs.
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(upload)));
+        let handed = std::sync::Arc::clone(&slot);
+        let spawned = spawn_worker(move || {
+            let Some(mut upload) = handed.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+                return;
+            };
             let fail = |error: StoreError| {
                 let mut slot = failed.lock().unwrap_or_else(|p| p.into_inner());
                 slot.get_or_insert(error::to_wit(error)).clone()
@@ -74,7 +157,7 @@ impl Pipeline {
             // releases its pins.
             for request in inbox {
                 match request {
-                    Request::Put(digest, bytes) => {
+                    Request::Put(digest, bytes, _reservation) => {
                         if failed_already().is_none() {
                             if let Err(e) = upload.put_chunk(&digest, &bytes) {
                                 fail(e);
@@ -90,7 +173,7 @@ impl Pipeline {
                         let _ = reply.send(result);
                         // Reads of present chunks overlap the guest's work.
                         if ok {
-                            upload.catch_up(None);
+                            upload.hash_pending();
                         }
                     }
                     Request::Commit(commit, reply) => {
@@ -107,7 +190,18 @@ impl Pipeline {
                 }
             }
         });
-        Pipeline { requests, failure }
+        match spawned {
+            Ok(thread) => Ok(Pipeline {
+                requests,
+                failure,
+                _worker: JoinOnDrop(Some(thread)),
+            }),
+            // The closure was dropped unrun, so the upload is still here.
+            Err(refused) => Err((
+                slot.lock().unwrap_or_else(|p| p.into_inner()).take(),
+                refused,
+            )),
+        }
     }
 
     fn check(&self) -> Result<(), BlobError> {
@@ -123,9 +217,7 @@ impl Pipeline {
     }
 
     fn send(&self, request: Request) -> Result<(), BlobError> {
-        self.requests
-            .send(request)
-            .map_err(|_| BlobError::Trap(wasmtime::Error::msg("upload worker stopped")))
+        self.requests.send(request).map_err(|_| worker_stopped())
     }
 
     fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, BlobError> {
@@ -133,11 +225,45 @@ impl Pipeline {
         self.send(make(reply))?;
         match answer.recv() {
             Ok(result) => result.map_err(BlobError::Blob),
-            Err(_) => Err(BlobError::Trap(wasmtime::Error::msg(
-                "upload worker stopped",
-            ))),
+            Err(_) => Err(worker_stopped()),
         }
     }
+}
+
+/// A worker that went away without answering: only a host bug (a panic in
+/// the worker) does that. Traps the chunker; the message says so.
+fn worker_stopped() -> BlobError {
+    BlobError::Trap(wasmtime::Error::msg(
+        "upload worker stopped unexpectedly (a host bug: see its panic message)",
+    ))
+}
+
+/// Runs `work` on a new thread named [`UPLOAD_WORKER_NAME`]. An error (the
+/// OS refused a thread) is returned, never a panic.
+fn spawn_worker(
+    work: impl FnOnce() + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    #[cfg(test)]
+    if tests::REFUSE_THREADS.with(std::cell::Cell::get) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "Resource temporarily unavailable (refused by the test)",
+        ));
+    }
+    std::thread::Builder::new()
+        .name(UPLOAD_WORKER_NAME.into())
+        .spawn(work)
+}
+
+/// A chunk's length must be 1..=[`CHUNK_BYTES_MAX`]: checked before the
+/// bytes are queued or stored.
+fn check_chunk_len(len: usize) -> Result<(), BlobError> {
+    if len == 0 || len > CHUNK_BYTES_MAX as usize {
+        return Err(BlobError::invalid(format!(
+            "put-chunk of {len} bytes: a chunk must be 1..={CHUNK_BYTES_MAX} bytes"
+        )));
+    }
+    Ok(())
 }
 
 /// Per-instance state of a chunker component: one tenant's store and the
@@ -147,6 +273,8 @@ pub struct ChunkerState {
     pub(crate) table: ResourceTable,
     pub(crate) limits: wasmtime::StoreLimits,
     uploads_open: usize,
+    /// Bytes queued to this instance's upload workers.
+    budget: std::sync::Arc<Budget>,
 }
 
 impl ChunkerState {
@@ -156,6 +284,7 @@ impl ChunkerState {
             table: ResourceTable::new(),
             limits,
             uploads_open: 0,
+            budget: std::sync::Arc::default(),
         }
     }
 }
@@ -188,7 +317,7 @@ impl chunk_store::HostUpload for ChunkerState {
         match &mut self.table.get_mut(&handle)?.state {
             UploadState::Inline(upload) => {
                 let answers = upload.missing(&digests)?;
-                upload.catch_up(None);
+                upload.hash_pending();
                 Ok(answers)
             }
             UploadState::Piped(pipeline) => {
@@ -205,26 +334,42 @@ impl chunk_store::HostUpload for ChunkerState {
         digest: Vec<u8>,
         bytes: Vec<u8>,
     ) -> Result<(), BlobError> {
+        // At the edge: an oversized chunk is never queued or kept.
+        check_chunk_len(bytes.len())?;
         let digest = convert::hash(&digest)?;
+        let budget = std::sync::Arc::clone(&self.budget);
         let entry = self.table.get_mut(&handle)?;
         entry.chunks_put += 1;
         match std::mem::replace(&mut entry.state, UploadState::Closed) {
-            UploadState::Inline(mut upload) if entry.chunks_put == 1 => {
+            UploadState::Inline(mut upload) if entry.chunks_put == 1 || entry.inline_only => {
                 // The first chunk inline: a small put needs no thread.
                 let result = upload.put_chunk(&digest, &bytes);
                 entry.state = UploadState::Inline(upload);
                 Ok(result?)
             }
-            UploadState::Inline(upload) => {
-                let pipeline = Pipeline::start(upload);
-                let result = pipeline.send(Request::Put(digest, bytes));
-                entry.state = UploadState::Piped(pipeline);
-                result
-            }
+            UploadState::Inline(upload) => match Pipeline::start(upload) {
+                Ok(pipeline) => {
+                    let reserved = Budget::reserve(&budget, bytes.len());
+                    let result = pipeline.send(Request::Put(digest, bytes, reserved));
+                    entry.state = UploadState::Piped(pipeline);
+                    result
+                }
+                Err((Some(mut upload), _refused)) => {
+                    // No thread to be had: this upload goes on inline.
+                    entry.inline_only = true;
+                    let result = upload.put_chunk(&digest, &bytes);
+                    entry.state = UploadState::Inline(upload);
+                    Ok(result?)
+                }
+                Err((None, refused)) => Err(BlobError::Blob(types::Error::Io(format!(
+                    "upload worker thread: {refused}; the upload is lost"
+                )))),
+            },
             UploadState::Piped(pipeline) => {
-                let result = pipeline
-                    .check()
-                    .and_then(|()| pipeline.send(Request::Put(digest, bytes)));
+                let result = pipeline.check().and_then(|()| {
+                    let reserved = Budget::reserve(&budget, bytes.len());
+                    pipeline.send(Request::Put(digest, bytes, reserved))
+                });
                 entry.state = UploadState::Piped(pipeline);
                 result
             }
@@ -242,6 +387,11 @@ impl chunk_store::HostUpload for ChunkerState {
     ) -> Result<String, BlobError> {
         // Closed whatever the outcome: take the upload out first.
         let state = std::mem::replace(&mut self.table.get_mut(&handle)?.state, UploadState::Closed);
+        if matches!(state, UploadState::Closed) {
+            // Committed before: that, not the arguments, is what to say.
+            return Err(BlobError::Blob(types::Error::Closed));
+        }
+        check::put_options(&options)?;
         let chunks = convert::chunk_refs(chunks)?;
         let digest = convert::hash(&digest)?;
         let meta = convert::new_metadata(options)?;
@@ -281,10 +431,11 @@ impl chunk_store::Host for ChunkerState {
                 "at most {UPLOADS_OPEN_MAX} uploads may be open at once"
             )));
         }
-        let upload = HashedUpload::new(self.store.clone());
+        let upload = self.store.begin_upload();
         let handle = self.table.push(UploadHandle {
             state: UploadState::Inline(upload),
             chunks_put: 0,
+            inline_only: false,
         })?;
         self.uploads_open += 1;
         Ok(handle)
@@ -329,6 +480,7 @@ impl chunk_store::Host for ChunkerState {
 
     fn update(&mut self, id: String, change: MetadataUpdate) -> Result<Metadata, BlobError> {
         let id = convert::artifact_id(&id)?;
+        check::metadata_update(&change)?;
         let change = convert::metadata_update(change)?;
         Ok(convert::wit_metadata(self.store.update(&id, change)?))
     }
@@ -341,6 +493,7 @@ impl chunk_store::Host for ChunkerState {
     }
 
     fn find_by_tag(&mut self, tag: String) -> Result<Vec<String>, BlobError> {
+        check::tag_query(&tag)?;
         let mut ids = self.store.find_by_tag(&tag);
         ids.truncate(LIST_IDS_MAX);
         Ok(ids.iter().map(|id| id.to_string()).collect())
@@ -351,147 +504,188 @@ impl chunk_store::Host for ChunkerState {
     }
 }
 
-/// A store upload that also hashes the whole content as it goes, so the
-/// commit need not read every chunk back (see [`store::Upload::commit_verified`]).
-///
-/// The digests the guest passes to `missing` are taken to be the artifact's
-/// chunks in order. Each is fed to the content hasher once its bytes are
-/// known to be right: a chunk reported missing when `put-chunk` sends it
-/// (re-hashed by [`store::Upload::put_chunk`]), a chunk reported present (or
-/// repeated within a batch, and so sent once) by [`store::Store::read_chunk`],
-/// which re-hashes. The chunker's protocol (`guest/components/chunker/src/
-/// writer.rs`): per batch, `missing`, then `put-chunk` for each missing
-/// chunk in order, each distinct digest once. Anything else (a put out of
-/// order, a batch left unfinished, a failed read or put) drops the running
-/// hash, and the commit re-reads the chunks as before. At commit the running
-/// hash is used only if the manifest is exactly the sequence of digests seen.
-/// Memory: one chunk at a time, plus one batch of digests.
-struct HashedUpload {
-    upload: store::Upload,
-    store: store::Store,
-    /// `None` once anything did not line up.
-    content: Option<Box<ContentHash>>,
-}
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
 
-struct ContentHash {
-    /// Over the bytes of every chunk fed so far, in order.
-    bytes: blake3::Hasher,
-    /// Over the digests passed to `missing`, in order, and how many.
-    digests: blake3::Hasher,
-    digest_count: u64,
-    /// The latest batch's chunks not fed yet, in order, and whether the
-    /// store reported each missing.
-    pending: std::collections::VecDeque<(store::Hash, bool)>,
-    /// Digests of the latest batch already put.
-    put: std::collections::HashSet<store::Hash>,
-}
+    use wasmtime::component::Resource;
 
-impl HashedUpload {
-    fn new(store: store::Store) -> Self {
-        HashedUpload {
-            upload: store.begin_upload(),
-            store,
-            content: Some(Box::new(ContentHash {
-                bytes: blake3::Hasher::new(),
-                digests: blake3::Hasher::new(),
-                digest_count: 0,
-                pending: std::collections::VecDeque::new(),
-                put: std::collections::HashSet::new(),
-            })),
-        }
+    use super::*;
+    use crate::runtime::bindings::chunker::tensor::blob::chunk_store::{Host, HostUpload};
+
+    thread_local! {
+        /// Makes [`spawn_worker`] fail on this thread, as when the OS
+        /// refuses a thread (EAGAIN).
+        pub(super) static REFUSE_THREADS: Cell<bool> = const { Cell::new(false) };
     }
 
-    /// [`store::Upload::missing`], noting the batch. Call [`Self::catch_up`]
-    /// after it (it may read chunks, so a worker answers the guest first).
-    fn missing(&mut self, digests: &[store::Hash]) -> Result<Vec<bool>, StoreError> {
-        let result = self.upload.missing(digests);
-        match (&result, &mut self.content) {
-            (Ok(answers), Some(content)) if content.pending.is_empty() => {
-                content.put.clear();
-                for (digest, missing) in digests.iter().zip(answers) {
-                    content.digests.update(digest.as_bytes());
-                    content.pending.push_back((*digest, *missing));
-                }
-                content.digest_count += digests.len() as u64;
-            }
-            _ => self.content = None,
-        }
-        result
-    }
-
-    /// [`store::Upload::put_chunk`]; the chunk must be the next missing one.
-    fn put_chunk(&mut self, digest: &store::Hash, bytes: &[u8]) -> Result<(), StoreError> {
-        let result = self.upload.put_chunk(digest, bytes);
-        match (&result, &mut self.content) {
-            (Ok(()), Some(content)) if content.pending.front() == Some(&(*digest, true)) => {
-                content.put.insert(*digest);
-                self.catch_up(Some((digest, bytes)));
-            }
-            _ => self.content = None,
-        }
-        result
-    }
-
-    /// Feeds the pending chunks whose bytes are known: the one just put
-    /// (`put`, verified), those reported present and repeats of chunks
-    /// already put (read back, verified). Stops at the next chunk to be put.
-    fn catch_up(&mut self, put: Option<(&store::Hash, &[u8])>) {
-        let Some(content) = &mut self.content else {
-            return;
+    fn state() -> (tempfile::TempDir, ChunkerState) {
+        let dir = tempfile::tempdir().unwrap();
+        let root =
+            cap_std::fs::Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap();
+        let options = store::StoreOptions {
+            durability: store::Durability::None,
+            ..store::StoreOptions::default()
         };
-        // The last chunk read, for a run of the same chunk: one chunk held.
-        let mut read: Option<(store::Hash, Vec<u8>)> = None;
-        while let Some(&(digest, missing)) = content.pending.front() {
-            if missing && !content.put.contains(&digest) {
-                return;
-            }
-            match (put, &read) {
-                (Some((put_digest, bytes)), _) if *put_digest == digest => {
-                    content.bytes.update(bytes);
-                }
-                (_, Some((read_digest, bytes))) if *read_digest == digest => {
-                    content.bytes.update(bytes);
-                }
-                _ => match self.store.read_chunk(&digest) {
-                    Ok(bytes) => {
-                        content.bytes.update(&bytes);
-                        read = Some((digest, bytes));
-                    }
-                    Err(_) => {
-                        // The commit re-reads and reports it.
-                        self.content = None;
-                        return;
-                    }
-                },
-            }
-            content.pending.pop_front();
-        }
+        let store = store::Store::open(root, options).unwrap();
+        (
+            dir,
+            ChunkerState::new(store, wasmtime::StoreLimits::default()),
+        )
     }
 
-    /// Commits with the running hash if it covers exactly `chunks`, else
-    /// with [`store::Upload::commit`], which re-reads them.
-    fn commit(
-        &mut self,
-        chunks: &[store::ChunkRef],
-        size: u64,
-        digest: &store::Hash,
-        meta: store::NewMetadata,
-    ) -> Result<store::ArtifactId, StoreError> {
-        if let Some(content) = self.content.take() {
-            if content.pending.is_empty() && content.digest_count == chunks.len() as u64 {
-                let mut seen = blake3::Hasher::new();
-                for chunk in chunks {
-                    seen.update(chunk.digest.as_bytes());
-                }
-                if seen.finalize() == content.digests.finalize() {
-                    let content_digest =
-                        store::Hash::from_bytes(*content.bytes.finalize().as_bytes());
-                    return self
-                        .upload
-                        .commit_verified(chunks, size, digest, meta, content_digest);
-                }
+    fn borrow(handle: &Resource<UploadHandle>) -> Resource<UploadHandle> {
+        Resource::new_borrow(handle.rep())
+    }
+
+    fn chunk(seed: u8, len: usize) -> (Vec<u8>, Vec<u8>) {
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect();
+        (blake3::hash(&bytes).as_bytes().to_vec(), bytes)
+    }
+
+    /// Puts `chunks` the way the chunker does (`missing`, then each missing
+    /// one) and commits them; returns the commit's answer.
+    fn put_all(
+        state: &mut ChunkerState,
+        handle: &Resource<UploadHandle>,
+        chunks: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<String, BlobError> {
+        let digests: Vec<Vec<u8>> = chunks.iter().map(|(d, _)| d.clone()).collect();
+        let missing = state.missing(borrow(handle), digests)?;
+        for ((digest, bytes), missing) in chunks.iter().zip(missing) {
+            if missing {
+                state.put_chunk(borrow(handle), digest.clone(), bytes.clone())?;
             }
         }
-        self.upload.commit(chunks, size, digest, meta)
+        let mut whole = blake3::Hasher::new();
+        let refs = chunks
+            .iter()
+            .map(|(digest, bytes)| {
+                whole.update(bytes);
+                ChunkRef {
+                    digest: digest.clone(),
+                    len: bytes.len() as u32,
+                }
+            })
+            .collect();
+        let size = chunks.iter().map(|(_, b)| b.len() as u64).sum();
+        state.commit(
+            borrow(handle),
+            refs,
+            size,
+            whole.finalize().as_bytes().to_vec(),
+            PutOptions::default(),
+        )
+    }
+
+    /// Regression: `Pipeline::start` used `std::thread::spawn`, which
+    /// panics (taking the host down with it) when the OS refuses a thread.
+    /// Now the refusal is an error and the upload goes on inline.
+    #[test]
+    fn an_upload_refused_a_worker_thread_goes_on_inline() {
+        let (_dir, mut state) = state();
+        REFUSE_THREADS.with(|refuse| refuse.set(true));
+        let handle = state.begin_upload().unwrap();
+        let chunks: Vec<_> = (0..5).map(|i| chunk(i, 1000 + usize::from(i))).collect();
+        let id = put_all(&mut state, &handle, &chunks);
+        REFUSE_THREADS.with(|refuse| refuse.set(false));
+        let entry = state.table.get(&handle).unwrap();
+        assert!(entry.inline_only, "the refusal was noticed");
+        assert!(matches!(entry.state, UploadState::Closed));
+        let id: store::ArtifactId = id.unwrap().parse().unwrap();
+        state.store.verify(&id).unwrap();
+        assert_eq!(state.store.metadata(&id).unwrap().chunk_count, 5);
+        HostUpload::drop(&mut state, handle).unwrap();
+    }
+
+    /// Regression: from an upload's second chunk on, `put-chunk` queued the
+    /// bytes to the worker before their length was checked, so a hostile
+    /// chunker could park oversized chunks in host memory and only heard
+    /// of it at its next call. Now they are refused at once.
+    #[test]
+    fn a_chunk_of_a_bad_length_is_refused_before_it_is_queued() {
+        let (_dir, mut state) = state();
+        let handle = state.begin_upload().unwrap();
+        let chunks: Vec<_> = (0..3).map(|i| chunk(i, 4096)).collect();
+        let digests = chunks.iter().map(|(d, _)| d.clone()).collect();
+        assert_eq!(state.missing(borrow(&handle), digests).unwrap(), [true; 3]);
+        state
+            .put_chunk(borrow(&handle), chunks[0].0.clone(), chunks[0].1.clone())
+            .unwrap();
+        state
+            .put_chunk(borrow(&handle), chunks[1].0.clone(), chunks[1].1.clone())
+            .unwrap();
+        assert!(matches!(
+            state.table.get(&handle).unwrap().state,
+            UploadState::Piped(_)
+        ));
+        for len in [
+            0,
+            CHUNK_BYTES_MAX as usize + 1,
+            3 * CHUNK_BYTES_MAX as usize,
+        ] {
+            let (digest, bytes) = chunk(9, len);
+            match state.put_chunk(borrow(&handle), digest, bytes) {
+                Err(BlobError::Blob(types::Error::InvalidArgument(m))) => {
+                    assert!(m.contains("1..="), "{m}")
+                }
+                other => panic!("{len} bytes: {other:?}"),
+            }
+        }
+        // Only the second chunk was ever queued.
+        assert!(*state.budget.queued.lock().unwrap() <= 4096);
+        // The refusals did not fail the upload.
+        state
+            .put_chunk(borrow(&handle), chunks[2].0.clone(), chunks[2].1.clone())
+            .unwrap();
+        let mut whole = blake3::Hasher::new();
+        let refs = chunks
+            .iter()
+            .map(|(digest, bytes)| {
+                whole.update(bytes);
+                ChunkRef {
+                    digest: digest.clone(),
+                    len: bytes.len() as u32,
+                }
+            })
+            .collect();
+        let id = state
+            .commit(
+                borrow(&handle),
+                refs,
+                3 * 4096,
+                whole.finalize().as_bytes().to_vec(),
+                PutOptions::default(),
+            )
+            .unwrap();
+        state.store.verify(&id.parse().unwrap()).unwrap();
+        assert_eq!(*state.budget.queued.lock().unwrap(), 0);
+    }
+
+    #[test]
+    fn the_pipeline_budget_waits_for_the_workers_and_lets_one_chunk_through() {
+        let budget = std::sync::Arc::new(Budget::default());
+        // One chunk larger than the budget still goes through.
+        let big = Budget::reserve(&budget, PIPELINE_BYTES_MAX + 1);
+        let (done, finished) = std::sync::mpsc::channel();
+        let waiter = {
+            let budget = std::sync::Arc::clone(&budget);
+            std::thread::spawn(move || {
+                let small = Budget::reserve(&budget, 1);
+                done.send(()).unwrap();
+                drop(small);
+            })
+        };
+        assert!(finished
+            .recv_timeout(std::time::Duration::from_millis(100))
+            .is_err());
+        drop(big);
+        finished
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        waiter.join().unwrap();
+        assert_eq!(*budget.queued.lock().unwrap(), 0);
     }
 }

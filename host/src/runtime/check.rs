@@ -1,0 +1,217 @@
+//! Bounds on what a plugin passes through the host to the chunker, checked
+//! before anything is copied into the chunker's memory.
+//!
+//! The chunker checks the same limits, and the store again at commit, but
+//! an argument larger than the chunker's memory would trap the chunker
+//! while it is being copied in, and the plugin would get a trap instead of
+//! the typed error the WIT promises. So every length a plugin controls is
+//! bounded here first, with the limits of [`super::limits`]. Error messages
+//! never echo more than a few bytes of what the caller sent.
+
+use super::bindings::{KeyValue, MetadataUpdate, PutOptions, WitError};
+use super::error::BlobError;
+use super::limits::{
+    INLINE_BYTES_MAX, IO_BYTES_MAX, META_CUSTOM_KEY_BYTES_MAX, META_CUSTOM_PAIRS_MAX,
+    META_CUSTOM_VALUE_BYTES_MAX, META_LINKS_MAX, META_STRING_BYTES_MAX, META_TAGS_MAX,
+    META_TAG_BYTES_MAX,
+};
+
+fn invalid(message: String) -> BlobError {
+    BlobError::invalid(message)
+}
+
+/// At most 40 bytes of `text`, cut at a character boundary, for messages.
+pub(crate) fn excerpt(text: &str) -> &str {
+    let mut end = text.len().min(40);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The data of an inline `put`: `too-large` over [`INLINE_BYTES_MAX`].
+pub fn inline_data(len: usize) -> Result<(), BlobError> {
+    if len as u64 > INLINE_BYTES_MAX {
+        return Err(BlobError::Blob(WitError::TooLarge(format!(
+            "put of {len} bytes exceeds inline-bytes-max ({INLINE_BYTES_MAX}); use a writer"
+        ))));
+    }
+    Ok(())
+}
+
+/// One `write` or `read`: at most [`IO_BYTES_MAX`] bytes.
+pub fn io_len(len: usize) -> Result<(), BlobError> {
+    if len > IO_BYTES_MAX as usize {
+        return Err(invalid(format!(
+            "{len} bytes in one call, at most {IO_BYTES_MAX}"
+        )));
+    }
+    Ok(())
+}
+
+/// An artifact id: [`ARTIFACT_ID_CHARS`](super::limits::ARTIFACT_ID_CHARS) hex digits.
+pub fn artifact_id(id: &str) -> Result<(), BlobError> {
+    super::convert::artifact_id(id)?;
+    Ok(())
+}
+
+/// A `find-by-tag` query: no artifact carries a tag over
+/// [`META_TAG_BYTES_MAX`] bytes, so a longer one is refused.
+pub fn tag_query(tag: &str) -> Result<(), BlobError> {
+    if tag.len() > META_TAG_BYTES_MAX {
+        return Err(invalid(format!(
+            "tag of {} bytes, at most {META_TAG_BYTES_MAX}",
+            tag.len()
+        )));
+    }
+    Ok(())
+}
+
+fn string(name: &str, value: Option<&str>) -> Result<(), BlobError> {
+    match value {
+        Some(value) if value.len() > META_STRING_BYTES_MAX => Err(invalid(format!(
+            "{name} of {} bytes, at most {META_STRING_BYTES_MAX}",
+            value.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn tags(tags: &[String]) -> Result<(), BlobError> {
+    if tags.len() > META_TAGS_MAX {
+        return Err(invalid(format!(
+            "{} tags, at most {META_TAGS_MAX}",
+            tags.len()
+        )));
+    }
+    for tag in tags {
+        if tag.is_empty() || tag.len() > META_TAG_BYTES_MAX {
+            return Err(invalid(format!(
+                "tag of {} bytes, must be 1..={META_TAG_BYTES_MAX}",
+                tag.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn links(links: &[String]) -> Result<(), BlobError> {
+    if links.len() > META_LINKS_MAX {
+        return Err(invalid(format!(
+            "{} links, at most {META_LINKS_MAX}",
+            links.len()
+        )));
+    }
+    links.iter().try_for_each(|link| artifact_id(link))
+}
+
+fn custom(pairs: &[KeyValue]) -> Result<(), BlobError> {
+    if pairs.len() > META_CUSTOM_PAIRS_MAX {
+        return Err(invalid(format!(
+            "{} custom pairs, at most {META_CUSTOM_PAIRS_MAX}",
+            pairs.len()
+        )));
+    }
+    for pair in pairs {
+        if pair.key.is_empty() || pair.key.len() > META_CUSTOM_KEY_BYTES_MAX {
+            return Err(invalid(format!(
+                "custom key of {} bytes, must be 1..={META_CUSTOM_KEY_BYTES_MAX}",
+                pair.key.len()
+            )));
+        }
+        if pair.value.len() > META_CUSTOM_VALUE_BYTES_MAX {
+            return Err(invalid(format!(
+                "custom value of {} bytes for key {:?}, at most {META_CUSTOM_VALUE_BYTES_MAX}",
+                pair.value.len(),
+                excerpt(&pair.key)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Every string and list of a `put-options` (chunking is checked by the
+/// chunker: it is a few fixed-size numbers).
+pub fn put_options(options: &PutOptions) -> Result<(), BlobError> {
+    string("filename", options.filename.as_deref())?;
+    string("content type", options.content_type.as_deref())?;
+    string("creator", options.creator.as_deref())?;
+    tags(&options.tags)?;
+    links(&options.links)?;
+    custom(&options.custom)
+}
+
+/// Every string and list of a `metadata-update`.
+pub fn metadata_update(change: &MetadataUpdate) -> Result<(), BlobError> {
+    string(
+        "filename",
+        change.filename.as_ref().and_then(Option::as_deref),
+    )?;
+    string(
+        "content type",
+        change.content_type.as_ref().and_then(Option::as_deref),
+    )?;
+    if let Some(list) = &change.tags {
+        tags(list)?;
+    }
+    if let Some(list) = &change.links {
+        links(list)?;
+    }
+    if let Some(pairs) = &change.custom {
+        custom(pairs)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_quote_a_few_bytes_of_what_was_sent_never_all_of_it() {
+        // Cut inside a multi-byte character: no panic, a shorter quote.
+        let text = format!("{}é{}", "a".repeat(39), "b".repeat(1 << 20));
+        assert_eq!(excerpt(&text), "a".repeat(39));
+        let message = match artifact_id(&text) {
+            Err(BlobError::Blob(WitError::InvalidArgument(m))) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(message.len() < 200, "{message}");
+        let long_key = PutOptions {
+            custom: vec![KeyValue {
+                key: "k".repeat(1 << 20),
+                value: String::new(),
+            }],
+            ..PutOptions::default()
+        };
+        let message = put_options(&long_key).unwrap_err().to_string();
+        assert!(message.len() < 200, "{message}");
+    }
+
+    #[test]
+    fn the_limits_themselves_pass() {
+        let options = PutOptions {
+            filename: Some("f".repeat(META_STRING_BYTES_MAX)),
+            tags: vec!["t".repeat(META_TAG_BYTES_MAX); META_TAGS_MAX],
+            links: vec!["a".repeat(32); META_LINKS_MAX],
+            custom: vec![
+                KeyValue {
+                    key: "k".repeat(META_CUSTOM_KEY_BYTES_MAX),
+                    value: "v".repeat(META_CUSTOM_VALUE_BYTES_MAX),
+                };
+                META_CUSTOM_PAIRS_MAX
+            ],
+            ..PutOptions::default()
+        };
+        put_options(&options).unwrap();
+        inline_data(INLINE_BYTES_MAX as usize).unwrap();
+        assert!(matches!(
+            inline_data(INLINE_BYTES_MAX as usize + 1),
+            Err(BlobError::Blob(WitError::TooLarge(_)))
+        ));
+        tag_query(&"t".repeat(META_TAG_BYTES_MAX)).unwrap();
+        tag_query("").unwrap();
+        io_len(IO_BYTES_MAX as usize).unwrap();
+        assert!(io_len(IO_BYTES_MAX as usize + 1).is_err());
+    }
+}
