@@ -4,8 +4,8 @@
 mod common;
 
 mod cli;
-mod disk_faults;
 mod crash;
+mod disk_faults;
 mod hostile_guest;
 mod hostile_plugin;
 mod pipeline;
