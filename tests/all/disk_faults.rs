@@ -163,3 +163,38 @@ fn bit_rot_in_the_newest_meta_record_is_reported_on_real_files() {
     assert!(store.exists(&first));
     assert!(!store.exists(&newest));
 }
+
+/// The same for the active segment: after a clean close its checkpoint
+/// vouches for every record, so bit rot in the newest (acknowledged) chunk
+/// is never cut off as a torn tail: the artifact stays listed, reads as
+/// `Corrupted` (never other bytes) and `verify` names it.
+#[test]
+fn bit_rot_in_the_newest_chunk_is_reported_not_truncated_on_real_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let newest_bytes = vec![0x5Au8; 3000];
+    let (first, newest) = {
+        let store = open(dir.path());
+        (
+            try_put(&store, b"first").unwrap(),
+            try_put(&store, &newest_bytes).unwrap(),
+        )
+    };
+    let segment = dir.path().join("segments/0000000000000001.seg");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x01;
+    std::fs::write(&segment, &bytes).unwrap();
+    let store = open(dir.path());
+    let report = store.recovery_report();
+    assert_eq!(report.truncated_bytes, 0, "{report:?}");
+    assert_eq!(store.ids().count(), 2);
+    assert_eq!(read(&store, &first), b"first");
+    let chunk = store.manifest(&newest, 0, 1).unwrap()[0];
+    assert!(matches!(
+        store.read_chunk(&chunk.digest),
+        Err(StoreError::Corrupted(_))
+    ));
+    let verified = store.verify_all();
+    assert_eq!(verified.damaged.len(), 1);
+    assert_eq!(verified.damaged[0].0, newest);
+}
