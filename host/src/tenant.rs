@@ -170,3 +170,42 @@ fn lock(dir: &dyn Backend, name: &str) -> Result<LockGuard, StoreError> {
 fn io(context: String, source: std::io::Error) -> StoreError {
     StoreError::io(context, source)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (found reading the code): the registry held its global
+    /// lock through a tenant's whole open (scan, fsyncs, lock retries), so
+    /// one slow tenant stalled every other. Method: tenant `a` is held by
+    /// another registry (as another process would hold it), so opening it
+    /// here spends about half a second retrying its lock before it fails;
+    /// meanwhile, from another thread, tenant `b` must open at once: its
+    /// open returns before `a`'s gives up.
+    #[test]
+    fn a_slow_tenant_open_does_not_stall_other_tenants() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = || Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap();
+        let holder = Tenants::new(root(), StoreOptions::default());
+        let _held = holder.store("a").unwrap();
+        let tenants = Tenants::new(root(), StoreOptions::default());
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let slow = {
+            let tenants = tenants.clone();
+            std::thread::spawn(move || {
+                started_tx.send(()).unwrap();
+                let result = tenants.store("a");
+                (result.is_err(), std::time::Instant::now())
+            })
+        };
+        started_rx.recv().unwrap();
+        // Give the slow open time to take the registry's lock if it were
+        // going to hold it: it retries for about 500 ms.
+        std::thread::yield_now();
+        tenants.store("b").expect("tenant b opens");
+        let b_done = std::time::Instant::now();
+        let (a_failed, a_done) = slow.join().unwrap();
+        assert!(a_failed, "tenant a is held by the other registry");
+        assert!(b_done < a_done, "tenant b waited for tenant a's open");
+    }
+}
