@@ -198,3 +198,58 @@ fn bit_rot_in_the_newest_chunk_is_reported_not_truncated_on_real_files() {
     assert_eq!(verified.damaged.len(), 1);
     assert_eq!(verified.damaged[0].0, newest);
 }
+
+/// The full disk of the issue, through the CLI in real processes: a 48 MiB
+/// tmpfs filled by eight artifacts in one segment; the ninth put fails with
+/// a `no space` error line; a get still works; after seven deletes `tblob
+/// gc` frees the space in place (before, it freed nothing, and every later
+/// command failed at open writing a hint); the ninth put then succeeds and
+/// `tblob verify` passes.
+#[test]
+fn a_full_disk_through_the_cli() {
+    use crate::cli::{ok, tblob};
+    let disk = match SmallDisk::mount(48 << 20) {
+        Ok(disk) => disk,
+        Err(reason) => {
+            eprintln!("skipped: cannot mount a small tmpfs here: {reason}");
+            return;
+        }
+    };
+    let store = disk.dir.path().join("store");
+    let files = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    let mut failed = None;
+    for i in 0..12u64 {
+        let path = files.path().join(format!("a{i}.bin"));
+        std::fs::write(&path, crate::common::data(5_800_000, 40 + i)).unwrap();
+        let out = tblob(&store, &["put", path.to_str().unwrap()]);
+        if out.status.success() {
+            ids.push((
+                String::from_utf8(out.stdout).unwrap().trim().to_string(),
+                path,
+            ));
+        } else {
+            failed = Some((String::from_utf8_lossy(&out.stderr).to_string(), path));
+            break;
+        }
+    }
+    let (error, ninth) = failed.expect("the disk fills up");
+    assert!(error.starts_with("tblob: no space"), "{error}");
+    assert!(ids.len() >= 6, "{} puts fit", ids.len());
+    let out_file = files.path().join("back");
+    ok(&tblob(
+        &store,
+        &["get", &ids[0].0, "-o", out_file.to_str().unwrap()],
+    ));
+    assert_eq!(
+        std::fs::read(&out_file).unwrap(),
+        std::fs::read(&ids[0].1).unwrap()
+    );
+    for (id, _) in &ids[1..] {
+        ok(&tblob(&store, &["rm", id]));
+    }
+    let gc = ok(&tblob(&store, &["gc"]));
+    assert!(gc.contains("freed") || gc.contains("reclaimed"), "{gc}");
+    ok(&tblob(&store, &["put", ninth.to_str().unwrap()]));
+    ok(&tblob(&store, &["verify"]));
+}

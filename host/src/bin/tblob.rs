@@ -330,6 +330,13 @@ fn run(cli: Cli) -> Result<u8> {
                 report.bytes_reclaimed,
                 report.meta_bytes_reclaimed
             );
+            if report.bytes_punched > 0 {
+                // A full disk: garbage freed in place (holes punched).
+                println!(
+                    "no room to copy live records out: freed {} bytes of garbage in place",
+                    report.bytes_punched
+                );
+            }
             Ok(0)
         }
         Command::Run {
