@@ -1,29 +1,12 @@
 //! The fault cases of `simulation.rs` once more on the real backend (cap-std
 //! files on a real file system), which must pass the same tests.
 
-use tensor_blob_host::store::{
-    ArtifactId, ChunkRef, Hash, NewMetadata, ProblemKind, Store, StoreError, StoreOptions,
-};
+use crate::simulation::try_put;
+use tensor_blob_host::store::{ArtifactId, ProblemKind, Store, StoreError, StoreOptions};
 
 fn open(path: &std::path::Path) -> Store {
     let dir = cap_std::fs::Dir::open_ambient_dir(path, cap_std::ambient_authority()).unwrap();
     Store::open(dir, StoreOptions::default()).unwrap()
-}
-
-fn try_put(store: &Store, bytes: &[u8]) -> Result<ArtifactId, StoreError> {
-    let digest = Hash::of(bytes);
-    let mut upload = store.begin_upload();
-    upload.put_chunk(&digest, bytes)?;
-    let chunk = ChunkRef {
-        digest,
-        len: bytes.len() as u32,
-    };
-    upload.commit(
-        &[chunk],
-        bytes.len() as u64,
-        &digest,
-        NewMetadata::default(),
-    )
 }
 
 fn read(store: &Store, id: &ArtifactId) -> Vec<u8> {

@@ -537,23 +537,11 @@ fn a_new_stores_directories_survive_a_power_cut() {
 }
 
 fn put_one(store: &Store, bytes: &[u8]) -> ArtifactId {
-    let digest = Hash::of(bytes);
-    let mut upload = store.begin_upload();
-    upload.put_chunk(&digest, bytes).unwrap();
-    upload
-        .commit(
-            &[ChunkRef {
-                digest,
-                len: bytes.len() as u32,
-            }],
-            bytes.len() as u64,
-            &digest,
-            NewMetadata::default(),
-        )
-        .unwrap()
+    try_put(store, bytes).unwrap()
 }
 
-fn try_put(store: &Store, bytes: &[u8]) -> Result<ArtifactId, StoreError> {
+/// Puts `bytes` as one single-chunk artifact.
+pub(crate) fn try_put(store: &Store, bytes: &[u8]) -> Result<ArtifactId, StoreError> {
     let digest = Hash::of(bytes);
     let mut upload = store.begin_upload();
     upload.put_chunk(&digest, bytes)?;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use cap_std::fs::{Dir, OpenOptions};
 
-use super::{Backend, BackendFile, Entry, EntryKind, LockGuard, OpenMode};
+use super::{check_name, Backend, BackendFile, Entry, EntryKind, LockGuard, OpenMode};
 
 /// A directory of the real file system, reached through a capability.
 pub struct CapDir {
@@ -77,16 +77,6 @@ fn sync_parent(path: &Path) -> io::Result<()> {
         _ => Path::new("."),
     };
     File::open(parent)?.sync_all()
-}
-
-fn check_name(name: &str) -> io::Result<()> {
-    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{name:?} is not a single path component"),
-        ));
-    }
-    Ok(())
 }
 
 impl Backend for CapDir {

@@ -146,6 +146,18 @@ pub trait BackendFile: Send + Sync {
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
 }
 
+/// `InvalidInput` unless `name` is one path component: not empty, not `.`
+/// or `..`, no `/` or NUL. Every backend checks the names it is given.
+pub fn check_name(name: &str) -> io::Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a single path component"),
+        ));
+    }
+    Ok(())
+}
+
 /// Whether an I/O error means the disk is full.
 pub fn is_no_space(error: &io::Error) -> bool {
     error.kind() == io::ErrorKind::StorageFull || error.raw_os_error() == Some(libc::ENOSPC)

@@ -77,7 +77,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{Backend, BackendFile, Entry, EntryKind, LockGuard, OpenMode};
+use super::{check_name, Backend, BackendFile, Entry, EntryKind, LockGuard, OpenMode};
 
 /// The sector a torn write keeps or loses as a whole.
 const SECTOR: u64 = 512;
@@ -185,16 +185,6 @@ fn not_found(what: &str) -> io::Error {
         io::ErrorKind::NotFound,
         format!("{what}: no such file or directory"),
     )
-}
-
-fn check_name(name: &str) -> io::Result<()> {
-    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{name:?} is not a single path component"),
-        ));
-    }
-    Ok(())
 }
 
 fn join(dir: &str, name: &str) -> String {
