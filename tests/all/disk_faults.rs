@@ -231,8 +231,19 @@ fn a_full_disk_through_the_cli() {
     for (id, _) in &ids[1..] {
         ok(&tblob(&store, &["rm", id]));
     }
+    let stat_before = ok(&tblob(&store, &["stat", "--json"]));
     let gc = ok(&tblob(&store, &["gc"]));
     assert!(gc.contains("freed") || gc.contains("reclaimed"), "{gc}");
+    // `stat` tells the truth about the disk after holes were punched.
+    let disk_bytes = |json: &str| -> u64 {
+        let value: serde_json::Value = serde_json::from_str(json).unwrap();
+        value["disk_bytes"].as_u64().unwrap()
+    };
+    let stat_after = ok(&tblob(&store, &["stat", "--json"]));
+    assert!(
+        disk_bytes(&stat_after) * 3 < disk_bytes(&stat_before),
+        "{stat_before} then {stat_after}"
+    );
     ok(&tblob(&store, &["put", ninth.to_str().unwrap()]));
     ok(&tblob(&store, &["verify"]));
 }

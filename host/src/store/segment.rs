@@ -699,9 +699,14 @@ impl Segments {
         }
     }
 
-    /// Sum of segment file sizes.
+    /// Bytes the segment files occupy: their lengths, less the holes GC
+    /// punched on a full disk (what the backend reports allocated, where
+    /// that is smaller).
     pub fn disk_bytes(&self) -> u64 {
-        self.segments.values().map(|s| s.len).sum()
+        self.segments
+            .values()
+            .map(|s| s.file.allocated_bytes().map_or(s.len, |a| a.min(s.len)))
+            .sum()
     }
 
     /// A writer of hint files that needs no lock.

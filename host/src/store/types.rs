@@ -205,7 +205,8 @@ pub struct Stats {
     pub logical_bytes: u64,
     /// Sum of the lengths of distinct referenced chunks.
     pub physical_bytes: u64,
-    /// Bytes the segment files occupy, garbage and headers included.
+    /// Bytes the segment files occupy, garbage and headers included, holes
+    /// punched by GC on a full disk excluded.
     pub disk_bytes: u64,
 }
 

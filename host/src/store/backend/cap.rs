@@ -174,6 +174,12 @@ impl BackendFile for CapFile {
         Ok(self.file.metadata()?.len())
     }
 
+    fn allocated_bytes(&self) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        // st_blocks counts 512-byte units whatever the file system's block.
+        Ok(self.file.metadata()?.blocks() * 512)
+    }
+
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
     }

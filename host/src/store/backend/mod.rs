@@ -129,6 +129,11 @@ pub trait Backend: Send + Sync {
 pub trait BackendFile: Send + Sync {
     /// The file's length in bytes.
     fn len(&self) -> io::Result<u64>;
+    /// Bytes of storage the file occupies: its length less punched holes
+    /// (rounded to the backend's blocks). Defaults to the length.
+    fn allocated_bytes(&self) -> io::Result<u64> {
+        self.len()
+    }
     /// Fills `buf` from `offset`; `UnexpectedEof` if the file ends first.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Writes all of `buf` at `offset`. On an error some prefix may have

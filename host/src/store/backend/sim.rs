@@ -848,6 +848,11 @@ impl Disk {
         Ok(self.file(id).visible.len())
     }
 
+    fn allocated(&mut self, id: NodeId) -> io::Result<u64> {
+        self.check_on()?;
+        Ok(self.file(id).visible.allocated())
+    }
+
     fn read(&mut self, id: NodeId, path: &str, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.check_on()?;
         if buf.is_empty() {
@@ -1527,6 +1532,10 @@ impl Drop for SimFile {
 impl BackendFile for SimFile {
     fn len(&self) -> io::Result<u64> {
         lock(&self.disk).len(self.node, &self.path)
+    }
+
+    fn allocated_bytes(&self) -> io::Result<u64> {
+        lock(&self.disk).allocated(self.node)
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
