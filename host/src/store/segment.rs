@@ -284,9 +284,21 @@ impl Segments {
             };
             let key = match header_read {
                 Ok(salt) => RecordKey::from_salt(&salt),
-                Err(reason) if active && len < SEGMENT_HEADER_BYTES => {
-                    // Torn while being created: nothing in it was ever
-                    // acknowledged. Start it again.
+                // Torn while being created (short, or its header never
+                // reached the disk): nothing in it was ever synced, since a
+                // sync would have taken the header along, so nothing in it
+                // was acknowledged. Unless a hint vouches for it.
+                Err(reason) if !active && hinted_len == 0 && header.iter().all(|&b| b == 0) => {
+                    drop(file);
+                    let _ = dir.remove(&name);
+                    outcome.problems.push(Problem::new(
+                        ProblemKind::TornHeader,
+                        format!("segment {name}: {reason}; never synced, removed"),
+                    ));
+                    continue;
+                }
+                Err(reason) if active && hinted_len == 0 && header.iter().all(|&b| b == 0) => {
+                    // Start it again.
                     let salt = new_salt()?;
                     file.set_len(0)
                         .and_then(|()| file.write_all_at(&format::encode_segment_header(&salt), 0))
@@ -312,10 +324,17 @@ impl Segments {
             let mut clean = true;
             if scan_from < len {
                 outcome.stats.segments_scanned += 1;
-                // Past a hint, or in the active segment, nothing was vouched
-                // for: payloads are re-hashed too.
-                let verify = active || hinted_len > 0;
-                let scanned = scan(&*file, id, &key, scan_from, len, verify)?;
+                // Whatever is scanned was not vouched for by a hint, so
+                // payloads are re-hashed too: a sealed segment without a
+                // hint may be one a crash caught before its seal was synced,
+                // whose records a power cut tore, and a torn record must
+                // never be indexed (a later upload would dedup against it).
+                let scanned = scan(&*file, id, &key, scan_from, len, true, !active)?;
+                // Known synced: a sealed segment that had a hint (even one
+                // now rejected), up to where the scan starts. Past that, or
+                // in a segment never hinted, damage is what a power cut
+                // leaves of unsynced appends.
+                let unsynced = active || hinted_len > 0 || !hinted.contains(&id);
                 clean = scanned.problems.is_empty();
                 if let Some((at, reason)) = scanned.torn_at {
                     // Past every byte known synced, so nothing acknowledged:
@@ -352,7 +371,7 @@ impl Segments {
                         ));
                     }
                 }
-                if verify {
+                if unsynced {
                     // Past every byte known synced, a bad record followed by
                     // a good one is what a power cut leaves of unsynced
                     // appends (they may persist in any order of sectors):
@@ -740,7 +759,7 @@ impl HintWriter {
         id: u64,
         len: u64,
     ) -> Result<bool, StoreError> {
-        let scanned = scan(file, id, key, SEGMENT_HEADER_BYTES, len, false)?;
+        let scanned = scan(file, id, key, SEGMENT_HEADER_BYTES, len, false, true)?;
         if scanned.torn_at.is_some() || !scanned.problems.is_empty() {
             return Ok(false);
         }
@@ -835,7 +854,8 @@ struct Scan {
 }
 
 /// Walks the records of one segment. Every header's crc is checked; with
-/// `verify_payloads` (the active segment) every payload is re-hashed too.
+/// `verify_payloads` every payload is re-hashed too. All-zero gaps between
+/// records (and, in a `sealed` segment, at its end) are holes GC punched.
 /// A bad record followed by a valid one is damage in the middle: reported
 /// and stepped over. A bad record with nothing valid after it is a torn
 /// tail, returned as `torn_at`.
@@ -846,6 +866,7 @@ fn scan(
     from: u64,
     len: u64,
     verify_payloads: bool,
+    sealed: bool,
 ) -> Result<Scan, StoreError> {
     let name = segment_name(segment);
     let mut out = Scan {
@@ -882,7 +903,7 @@ fn scan(
                 // Between two records, or at the end of a sealed segment.
                 let hole_end = match next {
                     Some(next) => Some(next),
-                    None if !verify_payloads => Some(len),
+                    None if sealed => Some(len),
                     None => None,
                 };
                 if let Some(end) = hole_end {
