@@ -590,10 +590,9 @@ pub fn decode_meta_header(bytes: &[u8]) -> Result<(), String> {
 }
 
 /// Encodes a whole metadata record: header then payload.
-pub fn encode_meta_record(record: &MetaRecord) -> Vec<u8> {
-    let mut out = Encoder(Vec::new());
-    out.0.extend_from_slice(&[0u8; META_HEADER_END]);
-    let kind = match record {
+/// Writes a record's payload to `out`; returns its kind.
+fn encode_meta_payload(out: &mut Encoder, record: &MetaRecord) -> u8 {
+    match record {
         MetaRecord::Commit {
             id,
             size,
@@ -631,8 +630,22 @@ pub fn encode_meta_record(record: &MetaRecord) -> Vec<u8> {
             META_KIND_UPDATE
         }
         MetaRecord::Checkpoint => META_KIND_CHECKPOINT,
-    };
-    let mut bytes = out.0;
+    }
+}
+
+/// Bytes [`encode_meta_record`] would produce for `record`, counted
+/// without encoding it (a commit's manifest can be hundreds of MiB).
+pub fn meta_record_len(record: &MetaRecord) -> u64 {
+    let mut out = Encoder::counting();
+    encode_meta_payload(&mut out, record);
+    META_RECORD_HEADER_BYTES + out.len
+}
+
+pub fn encode_meta_record(record: &MetaRecord) -> Vec<u8> {
+    let mut out = Encoder::writing();
+    out.bytes(&[0u8; META_HEADER_END]);
+    let kind = encode_meta_payload(&mut out, record);
+    let mut bytes = out.buffer;
     let payload_len = (bytes.len() - META_HEADER_END) as u64;
     assert!(
         payload_len <= META_RECORD_BYTES_MAX,
@@ -771,17 +784,39 @@ pub fn decode_meta_payload(kind: u8, payload: &[u8]) -> Result<MetaRecord, Strin
     Ok(record)
 }
 
-struct Encoder(Vec<u8>);
+/// Writes little-endian fields to a buffer, or only counts them.
+struct Encoder {
+    buffer: Vec<u8>,
+    /// Bytes written or counted.
+    len: u64,
+    counting: bool,
+}
 
 impl Encoder {
+    fn writing() -> Encoder {
+        Encoder {
+            buffer: Vec::new(),
+            len: 0,
+            counting: false,
+        }
+    }
+    fn counting() -> Encoder {
+        Encoder {
+            counting: true,
+            ..Encoder::writing()
+        }
+    }
     fn bytes(&mut self, bytes: &[u8]) {
-        self.0.extend_from_slice(bytes);
+        self.len += bytes.len() as u64;
+        if !self.counting {
+            self.buffer.extend_from_slice(bytes);
+        }
     }
     fn u32(&mut self, value: u32) {
-        self.0.extend_from_slice(&value.to_le_bytes());
+        self.bytes(&value.to_le_bytes());
     }
     fn u64(&mut self, value: u64) {
-        self.0.extend_from_slice(&value.to_le_bytes());
+        self.bytes(&value.to_le_bytes());
     }
     fn string(&mut self, value: &str) {
         // Every string was checked against a limit far below u32::MAX.
@@ -790,9 +825,9 @@ impl Encoder {
     }
     fn option_string(&mut self, value: Option<&str>) {
         match value {
-            None => self.0.push(0),
+            None => self.bytes(&[0]),
             Some(value) => {
-                self.0.push(1);
+                self.bytes(&[1]);
                 self.string(value);
             }
         }

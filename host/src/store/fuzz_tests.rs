@@ -625,6 +625,8 @@ proptest! {
             prop_assert_eq!(check_record_limits(record), Ok(()));
             let bytes = encode_meta_record(record);
             prop_assert_eq!(&decode_meta_whole(&bytes).unwrap(), record);
+            // What quotas and compaction count without encoding.
+            prop_assert_eq!(meta_record_len(record), bytes.len() as u64);
             log.extend_from_slice(&bytes);
         }
         let mut at = 0;

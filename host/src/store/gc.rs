@@ -174,7 +174,7 @@ fn compact_meta_log(store: &Store) -> Result<u64, StoreError> {
     };
     let records = || live.iter().flat_map(meta::snapshot_records);
     let live_bytes: u64 = records()
-        .map(|record| format::encode_meta_record(&record).len() as u64)
+        .map(|record| format::meta_record_len(&record))
         .sum();
     let old_len = meta_log.len();
     if !worth_compacting(old_len - META_HEADER_BYTES, live_bytes) {

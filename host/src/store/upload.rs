@@ -373,7 +373,7 @@ impl Upload {
         };
         if let Some(quota) = self.store.inner.options.quota_bytes_max {
             // The manifest and metadata cost what their record does.
-            let record_bytes = format::encode_meta_record(&record).len() as u64;
+            let record_bytes = format::meta_record_len(&record);
             let used = self.store.inner.cost_bytes(&lock(&self.store.inner.state));
             if used.saturating_add(record_bytes) > quota {
                 return Err(StoreError::QuotaExceeded(format!(
