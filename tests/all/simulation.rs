@@ -751,3 +751,22 @@ fn a_read_error_is_typed_and_names_what_failed() {
     assert!(error.to_string().contains(&id.to_string()), "{error}");
     assert_eq!(read(&store, &id), b"read me back");
 }
+
+/// An open and close that change nothing write nothing: the space reserve
+/// is not rewritten, the checkpoints are not repeated. (Every `tblob ls`
+/// used to rewrite the 512 KiB reserve.) Method: the disk's write count
+/// across a second open and clean close of a store.
+#[test]
+fn an_open_that_changes_nothing_writes_nothing() {
+    let disk = SimDisk::new(21);
+    {
+        let store = Store::open_backend(disk.root(), StoreOptions::default()).unwrap();
+        put_one(&store, b"once");
+    }
+    let before = disk.stats().write_bytes;
+    {
+        let store = Store::open_backend(disk.root(), StoreOptions::default()).unwrap();
+        assert_eq!(store.ids().count(), 1);
+    }
+    assert_eq!(disk.stats().write_bytes, before);
+}

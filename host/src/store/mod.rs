@@ -272,12 +272,13 @@ impl Store {
                 recovery,
                 open_stats,
                 failed: Mutex::new(None),
+                reserve_present: Mutex::new(reserve_in_place(&*dir)),
                 dir,
-                reserve_present: Mutex::new(false),
                 meta_log_bytes: std::sync::atomic::AtomicU64::new(meta_log_len),
             }),
         };
-        // Best effort: opening never needs free space.
+        // Best effort, and only if it is missing: opening never needs free
+        // space, and an open that finds the reserve writes nothing.
         store.inner.ensure_reserve();
         Ok(store)
     }
@@ -643,6 +644,13 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Whether the space reserve is there whole: its full length, allocated.
+fn reserve_in_place(dir: &dyn Backend) -> bool {
+    dir.open(RESERVE_NAME, backend::OpenMode::Read)
+        .and_then(|file| Ok(file.len()?.min(file.allocated_bytes()?)))
+        .is_ok_and(|bytes| bytes >= RESERVE_BYTES)
 }
 
 impl Inner {
