@@ -93,8 +93,11 @@ pub(super) fn run(store: &Store) -> Result<GcReport, StoreError> {
         }
     });
     // Segments sealed above get their hints (unless compacted meanwhile).
-    let outcome =
-        outcome.and_then(|()| sealed.into_iter().try_for_each(|id| store.finish_seal(id)));
+    let outcome = outcome.and_then(|()| {
+        sealed
+            .into_iter()
+            .try_for_each(|id| store.inner.finish_seal(id))
+    });
     report.bytes_reclaimed = removed_bytes.saturating_sub(written_bytes);
     outcome?;
     report.meta_bytes_reclaimed = match compact_meta_log(store) {
@@ -241,7 +244,7 @@ fn compact(
             .filter_map(|segment| state.segments.sync_plan(segment))
             .collect()
     };
-    store.run_sync_plans(plans)?;
+    store.inner.run_sync_plans(plans)?;
     let mut state = lock(&inner.state);
     assert!(
         state.index.chunks_in(id).is_empty(),

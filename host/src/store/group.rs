@@ -141,7 +141,7 @@ fn run(store: &Store, batch: Vec<Queued>) -> Vec<(u64, Result<ArtifactId, StoreE
     };
     // Chunks first: every segment with unsynced bytes.
     let plans = lock(&inner.state).segments.sync_plans_all();
-    if let Err(error) = store.run_sync_plans(plans) {
+    if let Err(error) = store.inner.run_sync_plans(plans) {
         return fail_all(batch, &error);
     }
     let mut meta_log = lock(&inner.meta_log);

@@ -180,13 +180,12 @@ impl Store {
     /// [`Store::open`] on any [`Backend`]: the store's directory is `dir`.
     pub fn open_backend(dir: Arc<dyn Backend>, options: StoreOptions) -> Result<Store, StoreError> {
         let fsyncs = Fsyncs::default();
-        let (segments_dir, created) = dir
+        let (segments_dir, _) = dir
             .dir(SEGMENTS_DIR, true)
             .map_err(|e| StoreError::io(format!("opening {SEGMENTS_DIR}/"), e))?;
         // Synced on every open, not only when `segments/` is new: a crash
         // between a create and its sync leaves an entry that exists but may
         // not survive a power cut, and this repairs it.
-        let _ = created;
         if options.durability.fsyncs() {
             fsyncs
                 .dir(&*dir)
@@ -296,14 +295,6 @@ impl Store {
     /// [`StoreError::ReadOnly`]).
     pub fn is_read_only(&self) -> bool {
         lock(&self.inner.failed).is_some()
-    }
-
-    /// Passes `result` through; if it is the failure of a sync, first puts
-    /// the store in read-only mode. Every fsync of a segment, `meta.log` or
-    /// directory reports here: a failed sync may have dropped pages that a
-    /// later sync would not bring back, so nothing may be built on them.
-    fn note_sync<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        self.inner.note_sync(result)
     }
 
     /// How [`Store::open`] built the index: segments read from hint files
@@ -604,10 +595,6 @@ impl Store {
         report
     }
 
-    fn run_sync_plans(&self, plans: Vec<segment::SyncPlan>) -> Result<(), StoreError> {
-        self.inner.run_sync_plans(plans)
-    }
-
     /// Appends `records` to the log (durably, in the durable modes). A
     /// failed sync puts the store in read-only mode.
     /// On a full disk a delete or update still lands: the space reserve
@@ -621,28 +608,9 @@ impl Store {
             .meta_log_bytes
             .store(meta_log.len(), std::sync::atomic::Ordering::Relaxed);
         if meta_log.sync_failed() {
-            return self.note_sync(result);
+            return self.inner.note_sync(result);
         }
         result
-    }
-
-    /// After segment `id` was sealed: syncs it and writes its hint file,
-    /// without the store lock. A crash before the hint is written only
-    /// means the next open scans the segment (and writes the hint then).
-    fn finish_seal(&self, id: u64) -> Result<(), StoreError> {
-        self.inner.finish_seal(id)
-    }
-
-    /// Writes a checkpoint of the active segment (syncs it, then writes its
-    /// hint from the records kept in memory) once it has grown by
-    /// [`segment::ACTIVE_CHECKPOINT_BYTES`] since the last one, so an open
-    /// after a crash scans at most that much of it.
-    fn checkpoint_active_if_due(&self) -> Result<(), StoreError> {
-        let due = lock(&self.inner.state).segments.active_checkpoint_due();
-        if due {
-            self.inner.checkpoint_active()?;
-        }
-        Ok(())
     }
 }
 
@@ -702,7 +670,10 @@ impl Inner {
         self.dir.remove(RESERVE_NAME).is_ok()
     }
 
-    /// See [`Store::note_sync`].
+    /// Passes `result` through; if it is the failure of a sync, first puts
+    /// the store in read-only mode. Every fsync of a segment, `meta.log` or
+    /// directory reports here: a failed sync may have dropped pages that a
+    /// later sync would not bring back, so nothing may be built on them.
     fn note_sync<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         if let Err(error) = &result {
             let mut failed = lock(&self.failed);

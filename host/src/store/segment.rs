@@ -351,12 +351,6 @@ impl Segments {
                             ),
                         ));
                         len = at;
-                    } else if at < synced_len {
-                        clean = false;
-                        outcome.problems.push(Problem::new(
-                            ProblemKind::Damaged,
-                            format!("segment {name}: bytes {at}..{len} unreadable ({reason}); left in place"),
-                        ));
                     } else {
                         // A sealed segment whose last appends a crash cut
                         // short before its seal was synced: the bytes stay

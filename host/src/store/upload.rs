@@ -246,11 +246,16 @@ impl Upload {
             .index
             .insert_put(*digest, Location { segment, offset }, len);
         self.pinned.insert(*digest);
+        // Checkpoint the active segment every ACTIVE_CHECKPOINT_BYTES, so
+        // an open after a crash scans at most that much of it.
+        let checkpoint_due = state.segments.active_checkpoint_due();
         drop(state);
         if let Some(sealed) = sealed {
-            self.store.finish_seal(sealed)?;
+            self.store.inner.finish_seal(sealed)?;
         }
-        self.store.checkpoint_active_if_due()?;
+        if checkpoint_due {
+            self.store.inner.checkpoint_active()?;
+        }
         Ok(())
     }
 
