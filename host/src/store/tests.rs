@@ -1867,3 +1867,6 @@ fn payloads_cannot_forge_record_headers_for_recovery_to_pick_up() {
         Err(StoreError::Corrupted(_))
     ));
 }
+
+/// Incremental, budgeted and online GC (issue 8).
+mod gc_tests;
