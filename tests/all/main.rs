@@ -6,6 +6,7 @@ mod common;
 mod cli;
 mod crash;
 mod disk_faults;
+mod gc;
 mod hostile_guest;
 mod hostile_plugin;
 mod pipeline;

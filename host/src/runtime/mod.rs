@@ -160,6 +160,19 @@ impl Runtime {
         )
     }
 
+    /// This runtime with its background GC replaced: the old task (of this
+    /// runtime and its clones so far) is stopped, and one with `gc` started
+    /// if it is `Some`.
+    pub fn with_gc(mut self, gc: Option<GcPolicy>) -> Self {
+        if let Some(old) = self.maintenance.take() {
+            old.shutdown();
+        }
+        self.maintenance = gc.map(|policy| {
+            Arc::new(Maintenance::start(Arc::downgrade(&self.tenants), policy))
+        });
+        self
+    }
+
     /// The background GC task, if it runs (see [`RuntimeOptions::gc`]).
     pub fn maintenance(&self) -> Option<&Maintenance> {
         self.maintenance.as_deref()
