@@ -8,6 +8,7 @@
 //! See `ARCHITECTURE.md` for the data path, on-disk format and trust boundary.
 
 pub mod error;
+pub mod maintenance;
 pub mod runtime;
 pub mod store;
 pub mod tenant;

@@ -126,6 +126,25 @@ impl Tenants {
         Ok(dir)
     }
 
+    /// The tenants open in this process with their stores, for background
+    /// maintenance (`crate::maintenance`). Never opens one; a tenant whose
+    /// open is in progress is left out rather than waited for.
+    pub fn open_stores(&self) -> Vec<(String, Store)> {
+        let slots: Vec<(String, Slot)> = {
+            let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            open.iter()
+                .map(|(name, slot)| (name.clone(), Arc::clone(slot)))
+                .collect()
+        };
+        slots
+            .into_iter()
+            .filter_map(|(name, slot)| {
+                let slot = slot.try_lock().ok()?;
+                Some((name, slot.as_ref()?.store.clone()))
+            })
+            .collect()
+    }
+
     /// Names of the tenants that exist on disk.
     pub fn names(&self) -> Result<Vec<String>, StoreError> {
         let mut names = Vec::new();

@@ -81,6 +81,9 @@ struct Model {
     deletes_acknowledged: u64,
     unknown_adopted: u64,
     crash_residues: u64,
+    /// Segments compacted away by acknowledged GC passes (background
+    /// passes, which log nothing, compact more).
+    segments_compacted: u64,
 }
 
 /// One line of the worker's ack log.
@@ -88,7 +91,7 @@ enum Ack {
     Put { id: String, expected: Expected },
     BeginDelete(String),
     Delete(String),
-    Gc,
+    Gc { segments_removed: u64 },
 }
 
 /// The complete lines of an ack log. A last line without its newline was
@@ -111,7 +114,11 @@ fn parse_ack_log(path: &Path) -> Result<Vec<Ack>, String> {
                 }),
                 ["begin-delete", id] => Ok(Ack::BeginDelete(id.to_string())),
                 ["delete", id] => Ok(Ack::Delete(id.to_string())),
-                ["gc"] => Ok(Ack::Gc),
+                ["gc", removed] => Ok(Ack::Gc {
+                    segments_removed: removed
+                        .parse()
+                        .map_err(|_| format!("bad ack line {line:?}"))?,
+                }),
                 _ => Err(format!("bad ack line {line:?}")),
             }
         })
@@ -227,7 +234,7 @@ fn check_after_kill(store_dir: &Path, acks: Vec<Ack>, model: &mut Model) -> Resu
                 deleted.insert(id);
                 model.deletes_acknowledged += 1;
             }
-            Ack::Gc => {}
+            Ack::Gc { segments_removed } => model.segments_compacted += segments_removed,
         }
     }
 
@@ -340,8 +347,10 @@ fn kill_9_at_random_moments_loses_no_acknowledged_write() {
     // Goal: acknowledged means durable, and nothing else is half-visible,
     // across many kills of a real process on one accumulating store.
     // Method: each iteration starts `tblob-crash-worker` (3 threads of
-    // random puts, streaming puts, deletes and GCs, with an fsynced ack
-    // log; sync or group-commit durability, chosen by the seed) on the
+    // random puts, streaming puts, deletes and GCs, full and budgeted,
+    // with an fsynced ack log, 4 MiB segments so compactions happen, and
+    // background GC every 20 ms besides; sync or group-commit durability,
+    // chosen by the seed) on the
     // same store, SIGKILLs it once it has acknowledged a random
     // number of operations plus a random few milliseconds, then reopens the
     // store in this process and checks it against the model built from all
@@ -391,12 +400,13 @@ fn kill_9_at_random_moments_loses_no_acknowledged_write() {
         }
     }
     eprintln!(
-        "crash harness: {iterations} kills, {} puts and {} deletes acknowledged, {} in-flight puts found committed, {} crash residues repaired at open, {} artifacts live",
+        "crash harness: {iterations} kills, {} puts and {} deletes acknowledged, {} in-flight puts found committed, {} crash residues repaired at open, {} artifacts live, {} segments compacted by acknowledged GC passes",
         model.puts_acknowledged,
         model.deletes_acknowledged,
         model.unknown_adopted,
         model.crash_residues,
-        model.live.len()
+        model.live.len(),
+        model.segments_compacted
     );
     assert!(
         model.puts_acknowledged > 0,

@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod disk_faults;
 mod fixtures;
+mod gc;
 mod hostile_guest;
 mod hostile_plugin;
 mod pipeline;

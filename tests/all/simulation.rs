@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use tensor_blob_host::store::backend::sim::{Fault, FaultOp, SimDisk};
 use tensor_blob_host::store::{
-    ArtifactId, ChunkRef, Durability, Hash, MetadataUpdate, NewMetadata, ProblemKind, Store,
+    ArtifactId, ChunkRef, Durability, GcPolicy, Hash, MetadataUpdate, NewMetadata, ProblemKind, Store,
     StoreError, StoreOptions,
 };
 use tensor_blob_host::tenant::Tenants;
@@ -66,6 +66,10 @@ struct Counts {
     deletes: u64,
     updates: u64,
     gcs: u64,
+    /// Of `gcs`, incremental budgeted passes.
+    gc_passes: u64,
+    /// Segments compacted away by passes that succeeded.
+    segments_compacted: u64,
     faults_scheduled: u64,
     failed_ops: u64,
     checked_artifacts: u64,
@@ -277,6 +281,9 @@ impl Sim {
                 self.fail(format!("acknowledged artifact {id} is lost"));
             }
         }
+        if let Err(drift) = store.check_gc_accounting() {
+            self.fail(format!("GC accounting after the reopen: {drift}"));
+        }
         // Deletes in doubt whose artifact is still there did not land.
         self.model.maybe_deleted.clear();
         self.model.maybe_puts.clear();
@@ -398,10 +405,27 @@ impl Sim {
         }
     }
 
+    /// A full pass, or half the time an incremental one with a random
+    /// copy budget (often smaller than one segment's live bytes, so a
+    /// pass leaves work behind) and random dead-ratio thresholds.
     fn gc(&mut self) {
         self.counts.gcs += 1;
-        if let Err(error) = self.store().gc() {
-            self.note_error(&error);
+        let result = if self.rng.bool() {
+            self.store().gc()
+        } else {
+            self.counts.gc_passes += 1;
+            let policy = GcPolicy {
+                pass_copy_bytes_max: self.rng.u64(1..400_000),
+                segment_dead_ratio_min: [0.2, 0.5, 0.9][self.rng.usize(..3)],
+                meta_log_dead_ratio_min: [0.3, 0.5][self.rng.usize(..2)],
+                meta_log_bytes_min: 0,
+                ..GcPolicy::default()
+            };
+            self.store().gc_pass(&policy)
+        };
+        match result {
+            Ok(report) => self.counts.segments_compacted += report.segments_removed,
+            Err(error) => self.note_error(&error),
         }
     }
 
@@ -498,6 +522,8 @@ fn random_operations_survive_power_cuts_and_faults() {
         total.deletes += counts.deletes;
         total.updates += counts.updates;
         total.gcs += counts.gcs;
+        total.gc_passes += counts.gc_passes;
+        total.segments_compacted += counts.segments_compacted;
         total.failed_ops += counts.failed_ops;
         total.checked_artifacts += counts.checked_artifacts;
         total.no_space_errors += counts.no_space_errors;
@@ -516,6 +542,10 @@ fn random_operations_survive_power_cuts_and_faults() {
         "power cuts tore {torn_writes} unsynced writes, lost {lost_writes} and {lost_entries} directory entries"
     );
     assert!(total.cuts > 0 && total.checked_artifacts > 0);
+    assert!(
+        total.gc_passes > 0 && total.segments_compacted > 0,
+        "budgeted passes ran and compactions happened: {total:?}"
+    );
 }
 
 /// Regression (found from outside on a filesystem modelling power loss

@@ -16,7 +16,7 @@
 //! put <id> <len> <blake3 hex>    the put returned <id>
 //! begin-delete <id>              a delete of <id> is about to be issued
 //! delete <id>                    that delete returned Ok
-//! gc                             a GC pass returned Ok
+//! gc <segments removed>          a GC pass returned Ok (full or budgeted, alternately)
 //! ```
 //!
 //! Each line is also printed to stdout after the fsync, so the parent can
@@ -38,7 +38,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use fastrand::Rng;
 use tensor_blob_host::runtime::{self, Chunking, PutOptions, Runtime, RuntimeOptions};
-use tensor_blob_host::store::{Durability, StoreOptions};
+use tensor_blob_host::store::{Durability, GcPolicy, StoreOptions};
 
 /// The tenant every operation acts on.
 const TENANT: &str = "default";
@@ -47,6 +47,16 @@ const ARTIFACT_BYTES_MAX: usize = 2 << 20;
 /// Distinct base contents; every put is a prefix of one, perhaps mutated,
 /// so most puts share chunks with earlier ones.
 const BASE_CONTENT_COUNT: u64 = 6;
+/// Small segments, so deletes leave sealed segments worth compacting and
+/// kills land in the middle of compactions.
+const SEGMENT_BYTES_MAX: u64 = 4 << 20;
+/// Background GC runs this often, besides the logged passes: kills land in
+/// its passes too.
+const BACKGROUND_GC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+/// A budgeted pass copies about this much, so one pass leaves work for
+/// the next.
+const GC_PASS_COPY_BYTES_MAX: u64 = 1 << 20;
+
 /// Above this many live artifacts deletes become likelier than puts, which
 /// keeps the store (and the parent's check of it) bounded across iterations.
 const LIVE_ARTIFACTS_TARGET: usize = 24;
@@ -177,11 +187,23 @@ fn open_runtime(store: &std::path::Path, durability: Durability) -> Result<Runti
     let options = RuntimeOptions {
         store: StoreOptions {
             durability,
+            segment_bytes_max: SEGMENT_BYTES_MAX,
             ..StoreOptions::default()
         },
         chunker_wasm: None,
+        gc: Some(budgeted_gc()),
     };
     Ok(Runtime::new(&engine, root, options)?)
+}
+
+/// The policy of the background task and of the budgeted logged passes.
+fn budgeted_gc() -> GcPolicy {
+    GcPolicy {
+        interval: BACKGROUND_GC_INTERVAL,
+        pass_copy_bytes_max: GC_PASS_COPY_BYTES_MAX,
+        meta_log_bytes_min: 64 << 10,
+        ..GcPolicy::default()
+    }
 }
 
 fn worker(shared: &Shared, seed: u64) -> Result<()> {
@@ -195,9 +217,14 @@ fn worker(shared: &Shared, seed: u64) -> Result<()> {
             _ => 20,
         };
         let roll = rng.u64(..100);
-        if roll < 2 {
-            shared.runtime.tenant_store(TENANT)?.gc()?;
-            shared.ack("gc")?;
+        if roll < 4 {
+            let store = shared.runtime.tenant_store(TENANT)?;
+            let report = if roll < 2 {
+                store.gc()?
+            } else {
+                store.gc_pass(&budgeted_gc())?
+            };
+            shared.ack(&format!("gc {}", report.segments_removed))?;
         } else if roll < 2 + delete_percent {
             let victim = {
                 let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());

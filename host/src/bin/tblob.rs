@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use tensor_blob_host::runtime::plugin::{Plugin, PluginOptions, TimeLimitExceeded};
 use tensor_blob_host::runtime::{self, Chunking, KeyValue, PutOptions, Runtime, RuntimeOptions};
-use tensor_blob_host::store::{ArtifactId, Durability, StoreOptions};
+use tensor_blob_host::store::{ArtifactId, Durability, GcPolicy, StoreOptions};
 
 #[derive(Parser)]
 #[command(
@@ -257,6 +257,11 @@ fn run(cli: Cli) -> Result<u8> {
                 println!("physical bytes: {}", stats.physical_bytes);
                 println!("disk bytes:     {}", stats.disk_bytes);
                 println!("dedup ratio:    {dedup_ratio:.3}");
+                println!(
+                    "garbage:        {} chunks, {} bytes (pending GC)",
+                    stats.garbage_chunks, stats.garbage_bytes
+                );
+                println!("dead bytes:     {}", stats.dead_bytes);
             }
             Ok(0)
         }
@@ -323,10 +328,13 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Gc => {
             let report = runtime.tenant_store(tenant)?.gc()?;
+            let stats = runtime.tenant_store(tenant)?.stats();
             println!(
-                "removed {} chunks and {} segment files; reclaimed {} segment bytes and {} metadata log bytes",
+                "freed {} garbage chunks ({} bytes); compacted {} segments ({} live bytes copied); reclaimed {} segment bytes and {} metadata log bytes",
                 report.chunks_removed,
+                report.chunk_bytes_removed,
                 report.segments_removed,
+                report.bytes_copied,
                 report.bytes_reclaimed,
                 report.meta_bytes_reclaimed
             );
@@ -337,6 +345,14 @@ fn run(cli: Cli) -> Result<u8> {
                     report.bytes_punched
                 );
             }
+            println!(
+                "disk bytes: {} before, {} after",
+                report.disk_bytes_before, report.disk_bytes_after
+            );
+            println!(
+                "pending: {} garbage chunks ({} bytes) in segments not worth compacting; {} dead bytes on disk",
+                stats.garbage_chunks, stats.garbage_bytes, stats.dead_bytes
+            );
             Ok(0)
         }
         Command::Run {
@@ -401,6 +417,9 @@ fn open_runtime(cli: &Cli) -> Result<Runtime> {
     let options = RuntimeOptions {
         store,
         chunker_wasm: None,
+        // Background GC only where the process lives on: a plugin run.
+        // One-shot commands leave it to `tblob gc`.
+        gc: matches!(cli.command, Command::Run { .. }).then(GcPolicy::default),
     };
     Ok(Runtime::new(&engine, root, options)?)
 }

@@ -45,6 +45,8 @@ pub mod host;
 pub mod limits;
 pub mod plugin;
 
+use std::sync::Arc;
+
 use wasmtime::component::{HasData, Linker};
 use wasmtime::{Config, Engine};
 
@@ -54,7 +56,8 @@ pub use self::bindings::{
 pub use self::chunker::{Chunker, ChunkerComponent};
 pub use self::error::BlobError;
 pub use self::host::blobs::BlobCtx;
-use crate::store::{Store, StoreOptions};
+use crate::maintenance::Maintenance;
+use crate::store::{GcPolicy, Store, StoreOptions};
 use crate::tenant::Tenants;
 
 /// A wasmtime configuration suited to tensor-blob: stack sizes that leave
@@ -68,21 +71,39 @@ pub fn default_config() -> Config {
 }
 
 /// Options of a [`Runtime`].
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct RuntimeOptions {
     /// How each tenant's store is opened.
     pub store: StoreOptions,
     /// A chunker component to use instead of the built-in one (tests use
     /// this to load a hostile chunker).
     pub chunker_wasm: Option<Vec<u8>>,
+    /// Background GC of every open tenant ([`crate::maintenance`]); on by
+    /// default with [`GcPolicy::default`]. `None`: only explicit
+    /// [`Store::gc`] calls collect (the CLI's one-shot commands).
+    pub gc: Option<GcPolicy>,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            store: StoreOptions::default(),
+            chunker_wasm: None,
+            gc: Some(GcPolicy::default()),
+        }
+    }
 }
 
 /// The blob store runtime for one store root.
 #[derive(Clone)]
 pub struct Runtime {
+    /// Dropped first, with the last clone: stops background GC before the
+    /// tenants close.
+    maintenance: Option<Arc<Maintenance>>,
     engine: Engine,
     chunker: ChunkerComponent,
-    tenants: Tenants,
+    /// Shared so background GC can hold it weakly.
+    tenants: Arc<Tenants>,
 }
 
 impl Runtime {
@@ -98,25 +119,63 @@ impl Runtime {
             .as_deref()
             .unwrap_or(tensor_blob_artifacts::CHUNKER_WASM);
         let chunker = ChunkerComponent::new(engine, wasm)?;
-        Ok(Runtime {
-            engine: engine.clone(),
+        Ok(Runtime::assemble(
+            engine.clone(),
             chunker,
-            tenants: Tenants::new(root, options.store),
-        })
+            Tenants::new(root, options.store),
+            options.gc,
+        ))
+    }
+
+    /// Puts a runtime together and starts its background GC, if any.
+    fn assemble(
+        engine: Engine,
+        chunker: ChunkerComponent,
+        tenants: Tenants,
+        gc: Option<GcPolicy>,
+    ) -> Self {
+        let tenants = Arc::new(tenants);
+        let maintenance =
+            gc.map(|policy| Arc::new(Maintenance::start(Arc::downgrade(&tenants), policy)));
+        Runtime {
+            maintenance,
+            engine,
+            chunker,
+            tenants,
+        }
     }
 
     /// Like [`Runtime::new`] with an already compiled chunker (compile once,
-    /// open many store roots).
+    /// open many store roots), and background GC with [`GcPolicy::default`].
     pub fn with_chunker(
         chunker: ChunkerComponent,
         root: cap_std::fs::Dir,
         store: StoreOptions,
     ) -> Self {
-        Runtime {
-            engine: chunker.engine().clone(),
+        Runtime::assemble(
+            chunker.engine().clone(),
             chunker,
-            tenants: Tenants::new(root, store),
+            Tenants::new(root, store),
+            Some(GcPolicy::default()),
+        )
+    }
+
+    /// This runtime with its background GC replaced: the old task (of this
+    /// runtime and its clones so far) is stopped, and one with `gc` started
+    /// if it is `Some`.
+    pub fn with_gc(mut self, gc: Option<GcPolicy>) -> Self {
+        if let Some(old) = self.maintenance.take() {
+            old.shutdown();
         }
+        self.maintenance = gc.map(|policy| {
+            Arc::new(Maintenance::start(Arc::downgrade(&self.tenants), policy))
+        });
+        self
+    }
+
+    /// The background GC task, if it runs (see [`RuntimeOptions::gc`]).
+    pub fn maintenance(&self) -> Option<&Maintenance> {
+        self.maintenance.as_deref()
     }
 
     pub fn engine(&self) -> &Engine {

@@ -1,32 +1,58 @@
-//! Garbage collection: drop chunks nothing references or pins, compact
-//! segments that are mostly garbage, then compact `meta.log` if most of it
-//! is deleted artifacts and superseded updates.
+//! Garbage collection: free the records of chunks nothing references or
+//! pins by compacting segments that are mostly dead, one at a time, then
+//! compact `meta.log` if most of it is deleted artifacts and superseded
+//! updates.
 //!
 //! Marking is implicit: reference counts are derived from live manifests
-//! and pins from open uploads, so a chunk with neither is garbage. Sweeping
-//! only forgets index entries; bytes are reclaimed by compaction, which
-//! copies a sealed segment's live records into the active segment, fsyncs
-//! the copies, and only then unlinks the old file. A crash at any point
-//! leaves every live chunk in at least one segment (perhaps two, which the
-//! next open and GC tidy up). Never removes a pinned chunk, never removes
-//! the active segment, never holds the store lock while reading or hashing
-//! chunk bytes.
+//! and pins from open uploads, so a chunk with neither is garbage, and the
+//! index keeps per-segment accounts of live and garbage bytes as they
+//! change ([`super::index`]). A pass therefore never walks the index: it
+//! ranks segments by their accounts (a walk of the segments), and compacts
+//! one by going through that segment's chunks in batches of
+//! [`BATCH_CHUNKS`], taking the store lock per batch (to drop garbage) and
+//! per copied chunk (to append it), never while reading chunk bytes or
+//! syncing. Compaction copies a sealed segment's live records into the
+//! active segment, fsyncs the copies, and only then unlinks the old file.
+//! A crash at any point leaves every live chunk in at least one segment
+//! (perhaps two, which the next open and GC tidy up). Garbage in a segment
+//! not worth compacting stays indexed (and is shown in `Stats` as pending),
+//! so a put of the same bytes still finds it. Never removes a pinned
+//! chunk, never removes the active segment.
 
 use std::collections::BTreeSet;
 
 use super::format::{self, CHUNK_HEADER_BYTES, META_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use super::index::Location;
+use super::types::Hash;
 use super::meta::{self, Artifact};
-use super::{lock, segment, GcReport, Store, StoreError};
+use super::{lock, segment, GcPolicy, GcReport, State, Store, StoreError};
 
-/// Whether a segment (or the metadata log) with `record_bytes` of records,
-/// `live_bytes` of them live, is worth rewriting: all garbage, or more garbage than live.
-fn worth_compacting(record_bytes: u64, live_bytes: u64) -> bool {
-    let garbage_bytes = record_bytes.saturating_sub(live_bytes);
-    garbage_bytes > 0 && (live_bytes == 0 || garbage_bytes > live_bytes)
+/// Chunks of one segment looked at per taking of the store lock while GC
+/// drops garbage: bounds how long a put or get can wait behind GC.
+const BATCH_CHUNKS: usize = 256;
+
+/// Whether `dead_bytes` of `record_bytes` reach `ratio_min`.
+fn worth_compacting(record_bytes: u64, dead_bytes: u64, ratio_min: f64) -> bool {
+    dead_bytes > 0 && dead_bytes as f64 >= ratio_min * record_bytes as f64
 }
 
-pub(super) fn run(store: &Store) -> Result<GcReport, StoreError> {
+/// Segment `id`'s record bytes on disk (holes GC punched excluded) and
+/// how many of them are dead (hold no live record).
+pub(super) fn segment_bytes(state: &State, id: u64) -> (u64, u64) {
+    let Some(segment) = state.segments.segments.get(&id) else {
+        return (0, 0);
+    };
+    let on_disk = segment
+        .file
+        .allocated_bytes()
+        .map_or(segment.len, |allocated| allocated.min(segment.len));
+    let record_bytes = on_disk.saturating_sub(SEGMENT_HEADER_BYTES);
+    let live_bytes = state.index.segment(id).map_or(0, |a| a.live_bytes());
+    (record_bytes, record_bytes.saturating_sub(live_bytes))
+}
+
+/// One pass under `policy` (see [`GcPolicy`]).
+pub(super) fn run(store: &Store, policy: &GcPolicy) -> Result<GcReport, StoreError> {
     let inner = &store.inner;
     let _one_at_a_time = lock(&inner.gc);
     let mut report = GcReport::default();
@@ -34,20 +60,16 @@ pub(super) fn run(store: &Store) -> Result<GcReport, StoreError> {
     let mut written_bytes = 0u64;
     let mut removed_bytes = 0u64;
     let mut sealed = Vec::new();
-    let candidates: Vec<u64> = {
+    let worth = |state: &State, id: u64| {
+        let (record_bytes, dead_bytes) = segment_bytes(state, id);
+        worth_compacting(record_bytes, dead_bytes, policy.segment_dead_ratio_min)
+    };
+    let candidates: Vec<(u64, u64)> = {
         let mut state = lock(&inner.state);
-        report.chunks_removed = state.index.sweep();
-        let live = state.index.live_bytes_by_segment();
-        let worth = |id: u64, len: u64| {
-            worth_compacting(
-                len - SEGMENT_HEADER_BYTES,
-                live.get(&id).copied().unwrap_or(0),
-            )
-        };
+        report.disk_bytes_before = state.segments.disk_bytes();
         let active = state.segments.active;
-        let active_len = state.segments.segments[&active].len;
         let mut punch_active = false;
-        if worth(active, active_len) {
+        if worth(&state, active) {
             // Seal it so its garbage can go too; uploads move on to the next.
             match state.segments.rotate() {
                 Ok(id) => {
@@ -62,20 +84,37 @@ pub(super) fn run(store: &Store) -> Result<GcReport, StoreError> {
         }
         if punch_active {
             drop(state);
-            report.bytes_punched += punch(store, active)?;
+            punch(store, active, &mut report)?;
             state = lock(&inner.state);
         }
         let active = state.segments.active;
-        state
+        // A walk of the segments, not of the index: most dead bytes first.
+        let mut candidates: Vec<(u64, u64, u64)> = state
             .segments
             .segments
-            .iter()
-            .filter(|(&id, segment)| id != active && worth(id, segment.len))
-            .map(|(&id, _)| id)
+            .keys()
+            .filter(|&&id| id != active && worth(&state, id))
+            .map(|&id| {
+                let (record_bytes, dead_bytes) = segment_bytes(&state, id);
+                (id, dead_bytes, record_bytes - dead_bytes)
+            })
+            .collect();
+        candidates.sort_by_key(|&(id, dead_bytes, _)| (std::cmp::Reverse(dead_bytes), id));
+        candidates
+            .into_iter()
+            .map(|(id, _, live_bytes)| (id, live_bytes))
             .collect()
     };
-    let outcome = candidates.into_iter().try_for_each(|id| {
-        match compact(
+    let mut outcome = Ok(());
+    for (done, &(id, live_bytes)) in candidates.iter().enumerate() {
+        // The first segment goes whole whatever its size, so a segment
+        // with more live bytes than the budget is still compacted.
+        if done > 0 && report.bytes_copied.saturating_add(live_bytes) > policy.pass_copy_bytes_max
+        {
+            report.segments_pending = (candidates.len() - done) as u64;
+            break;
+        }
+        outcome = match compact(
             store,
             id,
             &mut report,
@@ -85,13 +124,13 @@ pub(super) fn run(store: &Store) -> Result<GcReport, StoreError> {
         ) {
             // No room to copy the live records out: free the garbage in
             // place, so a full disk still gets space back.
-            Err(StoreError::NoSpace(_)) => {
-                report.bytes_punched += punch(store, id)?;
-                Ok(())
-            }
+            Err(StoreError::NoSpace(_)) => punch(store, id, &mut report),
             other => other,
+        };
+        if outcome.is_err() {
+            break;
         }
-    });
+    }
     // Segments sealed above get their hints (unless compacted meanwhile).
     let outcome = outcome.and_then(|()| {
         sealed
@@ -99,12 +138,19 @@ pub(super) fn run(store: &Store) -> Result<GcReport, StoreError> {
             .try_for_each(|id| store.inner.finish_seal(id))
     });
     report.bytes_reclaimed = removed_bytes.saturating_sub(written_bytes);
-    outcome?;
-    report.meta_bytes_reclaimed = match compact_meta_log(store) {
+    let finish = |report: &mut GcReport| {
+        report.disk_bytes_after = lock(&inner.state).segments.disk_bytes();
+    };
+    if let Err(error) = outcome {
+        finish(&mut report);
+        return Err(error);
+    }
+    report.meta_bytes_reclaimed = match compact_meta_log(store, policy) {
         // The old log stays in force; the next GC tries again.
         Err(StoreError::NoSpace(_)) => 0,
         other => other?,
     };
+    finish(&mut report);
     Ok(report)
 }
 
@@ -114,56 +160,74 @@ pub(super) fn run(store: &Store) -> Result<GcReport, StoreError> {
 /// before them), then the segment's hint is removed and that removal made
 /// durable (a hint listing a punched record would index zeros), then the
 /// holes are punched and the segment synced. Needs no free space. Returns
-/// the bytes punched.
-fn punch(store: &Store, id: u64) -> Result<u64, StoreError> {
+/// the garbage chunks dropped and the bytes punched (what the file's
+/// allocation shrank by, so holes punched before are not counted again).
+fn punch(store: &Store, id: u64, report: &mut GcReport) -> Result<(), StoreError> {
     let inner = &store.inner;
     let plans = lock(&inner.state).segments.sync_plans_all();
     inner.run_sync_plans(plans)?;
     let (file, ranges, writer) = {
         let mut state = lock(&inner.state);
-        let live: Vec<(u64, u32)> = state
-            .index
-            .chunks_in(id)
-            .into_iter()
-            .map(|(_, location, len)| (location.offset, len))
-            .collect();
         let Some(file) = state.segments.handle(id) else {
-            return Ok(0);
+            return Ok(());
         };
+        let mut live: Vec<(u64, u32)> = Vec::new();
+        for (digest, location, len) in state.index.chunks_in(id) {
+            if !drop_if_garbage(&mut state, report, &digest, location) {
+                live.push((location.offset, len));
+            }
+        }
         let ranges = state.segments.dead_ranges(id, &live);
         state.segments.remove_hint(id)?;
         (file, ranges, state.segments.hint_writer())
     };
     inner.note_sync(writer.sync_dir())?;
+    let allocated = |file: &dyn super::backend::BackendFile| {
+        file.allocated_bytes().or_else(|_| file.len()).unwrap_or(0)
+    };
+    let allocated_before = allocated(&*file);
     let mut punched = 0;
+    let mut result = Ok(());
     for (offset, len) in ranges {
         match file.punch_hole(offset, len) {
             Ok(()) => punched += len,
-            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => return Ok(punched),
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => break,
             Err(e) => {
-                return Err(StoreError::io(
+                result = Err(StoreError::io(
                     format!("punching a hole in segment {}", segment::segment_name(id)),
                     e,
-                ))
+                ));
+                break;
             }
         }
+    }
+    if punched > 0 {
+        report.bytes_punched += allocated_before.saturating_sub(allocated(&*file));
+    }
+    result?;
+    if punched == 0 {
+        return Ok(());
     }
     inner.note_sync(inner.fsyncs.data(&*file).map_err(|e| {
         StoreError::io(format!("syncing segment {}", segment::segment_name(id)), e)
     }))?;
-    Ok(punched)
+    Ok(())
 }
 
 /// Rewrites `meta.log` as one commit (and at most one update) per live
-/// artifact, in commit order, when that is less than half its size. Holds
+/// artifact, in commit order, when its dead share reaches
+/// [`GcPolicy::meta_log_dead_ratio_min`] (and it is at least
+/// [`GcPolicy::meta_log_bytes_min`] long). Copying the catalog out is a
+/// walk of the live artifacts under the store lock: a known cost, kept to
+/// passes where the log is long enough to matter. Holds
 /// the log lock throughout, so no commit, delete or update lands meanwhile;
 /// the store lock only while copying the catalog out. A log whose replay
 /// found damage is left alone (see [`MetaLog::damaged`](super::meta::MetaLog::damaged)).
 /// Returns the bytes freed.
-fn compact_meta_log(store: &Store) -> Result<u64, StoreError> {
+fn compact_meta_log(store: &Store, policy: &GcPolicy) -> Result<u64, StoreError> {
     let inner = &store.inner;
     let mut meta_log = lock(&inner.meta_log);
-    if meta_log.damaged() {
+    if meta_log.damaged() || meta_log.len() < policy.meta_log_bytes_min {
         return Ok(0);
     }
     let live: Vec<Artifact> = {
@@ -180,7 +244,12 @@ fn compact_meta_log(store: &Store) -> Result<u64, StoreError> {
         .map(|record| format::meta_record_len(&record))
         .sum();
     let old_len = meta_log.len();
-    if !worth_compacting(old_len - META_HEADER_BYTES, live_bytes) {
+    let record_bytes = old_len - META_HEADER_BYTES;
+    if !worth_compacting(
+        record_bytes,
+        record_bytes.saturating_sub(live_bytes),
+        policy.meta_log_dead_ratio_min,
+    ) {
         return Ok(0);
     }
     let result = meta_log.rewrite(records());
@@ -195,9 +264,21 @@ fn compact_meta_log(store: &Store) -> Result<u64, StoreError> {
     Ok(old_len.saturating_sub(new_len))
 }
 
+/// Drops `digest` from the index if it is garbage still at `from`,
+/// counting it in `report`; whether it was.
+fn drop_if_garbage(state: &mut State, report: &mut GcReport, digest: &Hash, from: Location) -> bool {
+    let dropped = state.index.remove_garbage(digest, from);
+    if let Some(len) = dropped {
+        report.chunks_removed += 1;
+        report.chunk_bytes_removed += u64::from(len);
+    }
+    dropped.is_some()
+}
+
 /// Moves the live records of sealed segment `id` into the active segment
-/// and removes it. A chunk that fails its hash check stays where it is,
-/// with its segment, for `verify` to report.
+/// and removes it; its garbage is dropped from the index on the way, in
+/// batches. A chunk that fails its hash check stays where it is, with its
+/// segment, for `verify` to report.
 fn compact(
     store: &Store,
     id: u64,
@@ -216,25 +297,41 @@ fn compact(
         (state.index.chunks_in(id), file)
     };
     let mut written = BTreeSet::new();
-    for (digest, from, len) in chunks {
-        let bytes = match segment::read_payload(&*file, id, from.offset, &digest, len) {
-            Ok(bytes) => bytes,
-            Err(StoreError::Corrupted(_)) => return Ok(()),
-            Err(e) => return Err(e),
+    for batch in chunks.chunks(BATCH_CHUNKS) {
+        let live: Vec<(Hash, Location, u32)> = {
+            let mut state = lock(&inner.state);
+            batch
+                .iter()
+                .filter(|(digest, from, _)| !drop_if_garbage(&mut state, report, digest, *from))
+                .copied()
+                .collect()
         };
-        let mut state = lock(&inner.state);
-        let active_before = state.segments.active;
-        let (segment, offset, rotated) = state.segments.append(&digest, &bytes)?;
-        if segment != active_before {
-            *written_bytes += SEGMENT_HEADER_BYTES;
+        for (digest, from, len) in live {
+            let bytes = match segment::read_payload(&*file, id, from.offset, &digest, len) {
+                Ok(bytes) => bytes,
+                Err(StoreError::Corrupted(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let mut state = lock(&inner.state);
+            // Deleted and unpinned while we read it: no need to copy.
+            if drop_if_garbage(&mut state, report, &digest, from) {
+                continue;
+            }
+            let active_before = state.segments.active;
+            let (segment, offset, rotated) = state.segments.append(&digest, &bytes)?;
+            if segment != active_before {
+                *written_bytes += SEGMENT_HEADER_BYTES;
+            }
+            sealed.extend(rotated);
+            let moved = state
+                .index
+                .relocate(&digest, from, Location { segment, offset });
+            assert!(moved, "only GC moves or drops chunks, and GC runs alone");
+            written.insert(segment);
+            let record_bytes = CHUNK_HEADER_BYTES + u64::from(len);
+            *written_bytes += record_bytes;
+            report.bytes_copied += record_bytes;
         }
-        sealed.extend(rotated);
-        let moved = state
-            .index
-            .relocate(&digest, from, Location { segment, offset });
-        assert!(moved, "only GC moves or drops chunks, and GC runs alone");
-        written.insert(segment);
-        *written_bytes += CHUNK_HEADER_BYTES + u64::from(len);
     }
     // The copies must be durable before the originals go.
     let plans: Vec<_> = {

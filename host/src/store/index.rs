@@ -5,8 +5,19 @@
 //! reference counts from replaying the metadata log: they are derived, never
 //! stored, so they cannot drift from the manifests. Totals for stats and the
 //! quota are kept up to date on every change. Never touches the disk.
+//!
+//! Garbage collection's accounting lives here too, kept incrementally by
+//! the same few functions that change entries ([`Index::modify`],
+//! `insert`, `relocate`, `remove_garbage`), so it cannot drift either: per
+//! segment, its indexed chunks in file order and the bytes of their
+//! records, and how much of that is garbage (no references, no pins). GC
+//! picks segments and compacts one without walking the whole index:
+//! [`Index::chunks_in`] costs that segment's chunks. Garbage stays indexed
+//! (so a put of the same bytes still deduplicates against it) until GC
+//! frees its record's bytes. [`Index::check_accounting`] recounts it all
+//! from the entries, for tests.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hasher};
 
 use super::format::CHUNK_HEADER_BYTES;
@@ -112,6 +123,31 @@ impl ChunkEntry {
     }
 }
 
+/// The bytes a chunk's record of `len` payload bytes takes in a segment.
+fn record_bytes(len: u32) -> u64 {
+    CHUNK_HEADER_BYTES + u64::from(len)
+}
+
+/// What the index holds in one segment, for GC.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SegmentAccount {
+    /// Indexed chunks whose records are in this segment, by record offset
+    /// (so in file order).
+    chunks: BTreeMap<u64, Hash>,
+    /// Bytes of those records, headers included.
+    pub indexed_bytes: u64,
+    /// Bytes of the records among them that are garbage.
+    pub garbage_bytes: u64,
+}
+
+impl SegmentAccount {
+    /// Bytes of records something references or pins.
+    pub fn live_bytes(&self) -> u64 {
+        // garbage_bytes counts a subset of the records indexed_bytes counts.
+        self.indexed_bytes - self.garbage_bytes
+    }
+}
+
 /// The chunk index with its running totals.
 #[derive(Default)]
 pub struct Index {
@@ -120,6 +156,14 @@ pub struct Index {
     referenced_bytes: u64,
     pinned_only_bytes: u64,
     pinned_only_chunks: u64,
+    /// Per segment id; a segment with no indexed chunk has no account.
+    segments: HashMap<u64, SegmentAccount>,
+    /// Stored chunks that are garbage, and their payload bytes.
+    garbage_chunks: u64,
+    garbage_payload_bytes: u64,
+    /// Bytes of every indexed record, and of the garbage ones among them.
+    indexed_record_bytes: u64,
+    garbage_record_bytes: u64,
 }
 
 impl Index {
@@ -152,10 +196,14 @@ impl Index {
     }
 
     /// Applies `change` to the entry of `digest`, keeping totals right.
+    /// A lost placeholder (no location) that becomes garbage is removed:
+    /// it holds no bytes, so nothing else would ever drop it.
     fn modify<R>(&mut self, digest: &Hash, change: impl FnOnce(&mut ChunkEntry) -> R) -> Option<R> {
         let entry = self.entries.get_mut(digest)?;
+        let before = *entry;
         let (chunks, bytes, pinned) = entry.totals();
         let result = change(entry);
+        let after = *entry;
         let (chunks_after, bytes_after, pinned_after) = entry.totals();
         // Each total is a sum that includes the old contribution: no underflow.
         self.referenced_chunks = self.referenced_chunks - chunks + chunks_after;
@@ -163,6 +211,17 @@ impl Index {
         self.pinned_only_bytes = self.pinned_only_bytes - pinned + pinned_after;
         self.pinned_only_chunks =
             self.pinned_only_chunks - u64::from(pinned > 0) + u64::from(pinned_after > 0);
+        if before.location != after.location || before.len != after.len {
+            self.unaccount(digest, &before);
+            self.account(digest, &after);
+        } else if before.is_garbage() != after.is_garbage() {
+            if let Some(location) = after.location {
+                self.account_garbage(location.segment, after.len, after.is_garbage());
+            }
+        }
+        if after.is_garbage() && after.location.is_none() {
+            self.entries.remove(digest);
+        }
         Some(result)
     }
 
@@ -174,6 +233,68 @@ impl Index {
         self.referenced_bytes += bytes;
         self.pinned_only_bytes += pinned;
         self.pinned_only_chunks += u64::from(pinned > 0);
+        self.account(&digest, &entry);
+    }
+
+    /// Adds `entry`'s record to its segment's account (nothing for a lost
+    /// placeholder).
+    fn account(&mut self, digest: &Hash, entry: &ChunkEntry) {
+        let Some(location) = entry.location else {
+            return;
+        };
+        let bytes = record_bytes(entry.len);
+        let account = self.segments.entry(location.segment).or_default();
+        let previous = account.chunks.insert(location.offset, *digest);
+        assert!(previous.is_none(), "one indexed record per offset");
+        account.indexed_bytes += bytes;
+        self.indexed_record_bytes += bytes;
+        if entry.is_garbage() {
+            self.account_garbage(location.segment, entry.len, true);
+        }
+    }
+
+    /// Takes `entry`'s record out of its segment's account.
+    fn unaccount(&mut self, digest: &Hash, entry: &ChunkEntry) {
+        let Some(location) = entry.location else {
+            return;
+        };
+        if entry.is_garbage() {
+            self.account_garbage(location.segment, entry.len, false);
+        }
+        let bytes = record_bytes(entry.len);
+        let account = self
+            .segments
+            .get_mut(&location.segment)
+            .expect("an indexed record's segment has an account");
+        let removed = account.chunks.remove(&location.offset);
+        assert_eq!(removed.as_ref(), Some(digest), "the account lists the record");
+        account.indexed_bytes -= bytes;
+        self.indexed_record_bytes -= bytes;
+        if account.chunks.is_empty() {
+            assert_eq!(account.indexed_bytes, 0, "an empty account has no bytes");
+            self.segments.remove(&location.segment);
+        }
+    }
+
+    /// Counts a stored chunk of `len` bytes in `segment` into (`garbage`
+    /// true) or out of the garbage totals.
+    fn account_garbage(&mut self, segment: u64, len: u32, garbage: bool) {
+        let bytes = record_bytes(len);
+        let account = self
+            .segments
+            .get_mut(&segment)
+            .expect("an indexed record's segment has an account");
+        if garbage {
+            account.garbage_bytes += bytes;
+            self.garbage_record_bytes += bytes;
+            self.garbage_chunks += 1;
+            self.garbage_payload_bytes += u64::from(len);
+        } else {
+            account.garbage_bytes -= bytes;
+            self.garbage_record_bytes -= bytes;
+            self.garbage_chunks -= 1;
+            self.garbage_payload_bytes -= u64::from(len);
+        }
     }
 
     /// Makes room for `additional` more chunks (open knows counts ahead).
@@ -186,18 +307,19 @@ impl Index {
     /// whether this copy was taken. Found chunks have no references or pins
     /// yet, so the totals do not change.
     pub fn insert_found(&mut self, digest: Hash, location: Location, len: u32) -> bool {
-        match self.entries.entry(digest) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(ChunkEntry {
-                    location: Some(location),
-                    len,
-                    refs: 0,
-                    pins: 0,
-                });
-                true
-            }
+        if self.entries.contains_key(&digest) {
+            return false;
         }
+        self.insert(
+            digest,
+            ChunkEntry {
+                location: Some(location),
+                len,
+                refs: 0,
+                pins: 0,
+            },
+        );
+        true
     }
 
     /// Records a chunk just appended by an upload, pinned once by it. If the
@@ -279,48 +401,101 @@ impl Index {
 
     /// Moves a chunk's record (compaction) if it is still at `from`.
     pub fn relocate(&mut self, digest: &Hash, from: Location, to: Location) -> bool {
-        match self.entries.get_mut(digest) {
-            Some(entry) if entry.location == Some(from) => {
+        self.modify(digest, |entry| {
+            let here = entry.location == Some(from);
+            if here {
                 entry.location = Some(to);
-                true
             }
-            _ => false,
+            here
+        })
+        .unwrap_or(false)
+    }
+
+    /// Drops `digest` from the index if it is garbage and its record is
+    /// still at `at` (GC, once it frees that record's bytes); returns its
+    /// length if it was dropped. A chunk pinned or referenced meanwhile
+    /// stays.
+    pub fn remove_garbage(&mut self, digest: &Hash, at: Location) -> Option<u32> {
+        let entry = *self.entries.get(digest)?;
+        if !entry.is_garbage() || entry.location != Some(at) {
+            return None;
         }
+        self.entries.remove(digest);
+        // Garbage contributes nothing to the reference and pin totals.
+        self.unaccount(digest, &entry);
+        Some(entry.len)
     }
 
-    /// Drops every garbage entry; returns how many.
-    pub fn sweep(&mut self) -> u64 {
-        let before = self.entries.len();
-        self.entries.retain(|_, entry| !entry.is_garbage());
-        (before - self.entries.len()) as u64
+    /// Stored chunks nothing references or pins: how many, and their
+    /// payload bytes.
+    pub fn garbage(&self) -> (u64, u64) {
+        (self.garbage_chunks, self.garbage_payload_bytes)
     }
 
-    /// Bytes of indexed records (header included) per segment.
-    pub fn live_bytes_by_segment(&self) -> HashMap<u64, u64> {
-        let mut live = HashMap::new();
-        for entry in self.entries.values() {
-            if let Some(location) = entry.location {
-                *live.entry(location.segment).or_insert(0) +=
-                    CHUNK_HEADER_BYTES + u64::from(entry.len);
-            }
-        }
-        live
+    /// Bytes of every indexed record, headers included, and of the ones
+    /// among them that something references or pins.
+    pub fn record_bytes(&self) -> (u64, u64) {
+        (
+            self.indexed_record_bytes,
+            self.indexed_record_bytes - self.garbage_record_bytes,
+        )
     }
 
-    /// The chunks whose records are in `segment`, in file order.
+    /// What the index holds in `segment` (`None`: nothing).
+    pub fn segment(&self, segment: u64) -> Option<&SegmentAccount> {
+        self.segments.get(&segment)
+    }
+
+    /// The chunks whose records are in `segment`, in file order. Costs the
+    /// segment's chunk count, not the index's.
     pub fn chunks_in(&self, segment: u64) -> Vec<(Hash, Location, u32)> {
-        let mut chunks: Vec<_> = self
-            .entries
+        let Some(account) = self.segments.get(&segment) else {
+            return Vec::new();
+        };
+        account
+            .chunks
             .iter()
-            .filter_map(|(digest, entry)| match entry.location {
-                Some(location) if location.segment == segment => {
-                    Some((*digest, location, entry.len))
-                }
-                _ => None,
+            .map(|(&offset, digest)| {
+                let entry = &self.entries[digest];
+                (*digest, Location { segment, offset }, entry.len)
             })
-            .collect();
-        chunks.sort_by_key(|(_, location, _)| location.offset);
-        chunks
+            .collect()
+    }
+
+    /// Recounts every running total and per-segment account from the
+    /// entries and compares: `Err` says what drifted. A walk of the whole
+    /// index, for tests (and debugging) only.
+    pub fn check_accounting(&self) -> Result<(), String> {
+        let mut fresh = Index::default();
+        for (digest, entry) in &self.entries {
+            if entry.location.is_none() && entry.is_garbage() {
+                return Err(format!("lost placeholder {digest} is garbage but kept"));
+            }
+            fresh.insert(*digest, *entry);
+        }
+        let totals = |index: &Index| {
+            (
+                index.referenced_chunks,
+                index.referenced_bytes,
+                index.pinned_only_bytes,
+                index.pinned_only_chunks,
+                index.garbage_chunks,
+                index.garbage_payload_bytes,
+                index.indexed_record_bytes,
+                index.garbage_record_bytes,
+            )
+        };
+        if totals(&fresh) != totals(self) {
+            return Err(format!(
+                "totals drifted: kept {:?}, recounted {:?}",
+                totals(self),
+                totals(&fresh)
+            ));
+        }
+        if fresh.segments != self.segments {
+            return Err("per-segment accounts drifted".into());
+        }
+        Ok(())
     }
 }
 
@@ -367,10 +542,27 @@ mod tests {
             (index.referenced_chunks(), index.referenced_bytes()),
             (2, 17)
         );
+        index.check_accounting().unwrap();
         index.unpin(&lost);
         index.drop_ref(&lost);
         index.drop_ref(&a);
-        assert_eq!(index.sweep(), 2);
+        assert_eq!(index.garbage(), (2, 17));
+        assert_eq!(index.chunks_in(1).len(), 2);
+        index.check_accounting().unwrap();
+        assert_eq!(index.remove_garbage(&a, at), Some(10));
+        assert_eq!(
+            index.remove_garbage(&lost, at),
+            None,
+            "not at that location"
+        );
+        let lost_at = Location {
+            segment: 1,
+            offset: 100,
+        };
+        assert_eq!(index.remove_garbage(&lost, lost_at), Some(7));
+        assert_eq!(index.garbage(), (0, 0));
+        assert!(index.segment(1).is_none());
+        index.check_accounting().unwrap();
         assert_eq!(
             (
                 index.referenced_chunks(),
@@ -379,5 +571,58 @@ mod tests {
             ),
             (0, 0, 0)
         );
+    }
+}
+
+#[cfg(test)]
+mod accounting_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Goal: the per-segment accounts and garbage totals GC relies on never
+    /// drift from the entries, whatever sequence of index changes happens.
+    /// Method: random operations (finds, puts, refs, pins, unpins, drops,
+    /// relocations, garbage removal) over a few digests and segments; after
+    /// each, a full recount ([`Index::check_accounting`]) must agree, and
+    /// every segment's live bytes must be what its chunks say.
+    #[test]
+    fn accounting_matches_a_recount_after_random_changes() {
+        proptest!(ProptestConfig::with_cases(256), |(ops in proptest::collection::vec((0u8..8, 0u8..6, 0u64..4, 1u32..50), 1..80))| {
+            let mut index = Index::default();
+            let digests: Vec<Hash> = (0..6u8).map(|i| Hash::of(&[i])).collect();
+            let mut next_offset = 1000u64;
+            for (op, which, segment, len) in ops {
+                let digest = digests[which as usize];
+                let entry = index.get(&digest).copied();
+                next_offset += 100;
+                let at = Location { segment, offset: next_offset };
+                match op {
+                    0 => { index.insert_found(digest, at, len); }
+                    1 if entry.is_none_or(|e| e.location.is_none()) => index.insert_put(digest, at, len),
+                    2 => { index.add_ref(&digest, len); }
+                    3 if entry.is_some_and(|e| e.refs > 0) => index.drop_ref(&digest),
+                    4 => { index.pin(&digest); }
+                    5 if entry.is_some_and(|e| e.pins > 0) => index.unpin(&digest),
+                    6 => if let Some(from) = entry.and_then(|e| e.location) {
+                        index.relocate(&digest, from, at);
+                    },
+                    7 => if let Some(from) = entry.and_then(|e| e.location) {
+                        let removed = index.remove_garbage(&digest, from);
+                        prop_assert_eq!(removed.is_some(), entry.unwrap().is_garbage());
+                    },
+                    _ => {}
+                }
+                prop_assert_eq!(index.check_accounting(), Ok(()));
+                for segment in 0..4 {
+                    let live: u64 = index
+                        .chunks_in(segment)
+                        .iter()
+                        .filter(|(d, _, _)| !index.get(d).unwrap().is_garbage())
+                        .map(|(_, _, len)| record_bytes(*len))
+                        .sum();
+                    prop_assert_eq!(index.segment(segment).map_or(0, |a| a.live_bytes()), live);
+                }
+            }
+        });
     }
 }

@@ -83,7 +83,7 @@ pub use self::format::{
     TAG_BYTES_MAX, UPLOAD_PINS_MAX,
 };
 pub use self::types::{
-    ArtifactId, ChunkRef, Durability, GcReport, Hash, Metadata, MetadataUpdate, NewMetadata,
+    ArtifactId, ChunkRef, Durability, GcPolicy, GcReport, Hash, Metadata, MetadataUpdate, NewMetadata,
     OpenStats, Problem, ProblemKind, RecoveryReport, Stats, StoreOptions, VerifyReport,
 };
 pub use self::upload::Upload;
@@ -95,6 +95,10 @@ use self::group::Group;
 use self::index::Index;
 use self::meta::{Catalog, Manifest, MetaLog};
 use self::segment::Segments;
+
+/// Reads of one chunk [`Store::read_chunk`] tries while GC moves it: GC
+/// moves a record at most once per pass, and one pass runs at a time.
+const READ_CHUNK_ATTEMPTS_MAX: u32 = 4;
 
 /// Name of the segments directory inside the store directory.
 const SEGMENTS_DIR: &str = "segments";
@@ -321,25 +325,46 @@ impl Store {
 
     /// A chunk's bytes, re-hashed: `NotFound` if the store has no such
     /// chunk, `Corrupted` if its stored bytes do not hash to `digest`.
+    ///
+    /// Safe against a concurrent GC: a read that fails while GC moved the
+    /// record (compaction) or dropped it (it was garbage) looks the chunk
+    /// up again, so it returns the right bytes from the new place or
+    /// `NotFound`; never other bytes (every read is re-hashed), and never
+    /// an error caused by GC alone.
     pub fn read_chunk(&self, digest: &Hash) -> Result<Vec<u8>, StoreError> {
-        let (file, location, len) = {
-            let state = lock(&self.inner.state);
-            let entry = state
+        let mut attempt = 0;
+        loop {
+            let (file, location, len) = {
+                let state = lock(&self.inner.state);
+                let entry = state
+                    .index
+                    .get(digest)
+                    .ok_or_else(|| StoreError::NotFound(format!("chunk {digest}")))?;
+                let location = entry.location.ok_or_else(|| {
+                    StoreError::Corrupted(format!(
+                        "chunk {digest}: its bytes were lost from every segment"
+                    ))
+                })?;
+                let file = state
+                    .segments
+                    .handle(location.segment)
+                    .expect("indexed chunks are in open segments");
+                (file, location, entry.len)
+            };
+            let result =
+                segment::read_payload(&*file, location.segment, location.offset, digest, len);
+            attempt += 1;
+            if result.is_ok() || attempt >= READ_CHUNK_ATTEMPTS_MAX {
+                return result;
+            }
+            let moved = lock(&self.inner.state)
                 .index
                 .get(digest)
-                .ok_or_else(|| StoreError::NotFound(format!("chunk {digest}")))?;
-            let location = entry.location.ok_or_else(|| {
-                StoreError::Corrupted(format!(
-                    "chunk {digest}: its bytes were lost from every segment"
-                ))
-            })?;
-            let file = state
-                .segments
-                .handle(location.segment)
-                .expect("indexed chunks are in open segments");
-            (file, location, entry.len)
-        };
-        segment::read_payload(&*file, location.segment, location.offset, digest, len)
+                .is_none_or(|entry| entry.location != Some(location));
+            if !moved {
+                return result;
+            }
+        }
     }
 
     /// Up to `limit` (clamped to [`MANIFEST_PAGE_MAX`]) manifest entries of
@@ -516,13 +541,30 @@ impl Store {
     /// Totals for this store.
     pub fn stats(&self) -> Stats {
         let state = lock(&self.inner.state);
+        let (garbage_chunks, garbage_bytes) = state.index.garbage();
+        let (_, live_record_bytes) = state.index.record_bytes();
+        let disk_bytes = state.segments.disk_bytes();
+        let header_bytes =
+            format::SEGMENT_HEADER_BYTES * state.segments.segments.len() as u64;
         Stats {
             artifacts: state.catalog.artifacts.len() as u64,
             chunks: state.index.referenced_chunks(),
             logical_bytes: state.catalog.logical_bytes,
             physical_bytes: state.index.referenced_bytes(),
-            disk_bytes: state.segments.disk_bytes(),
+            disk_bytes,
+            garbage_chunks,
+            garbage_bytes,
+            dead_bytes: disk_bytes.saturating_sub(header_bytes + live_record_bytes),
         }
+    }
+
+    /// Recounts the index's GC accounting (per-segment live and garbage
+    /// bytes, garbage totals) from scratch and compares it with the running
+    /// one: `Err` says what drifted. A walk of the whole index under the
+    /// store lock: for tests.
+    #[doc(hidden)]
+    pub fn check_gc_accounting(&self) -> Result<(), String> {
+        lock(&self.inner.state).index.check_accounting()
     }
 
     /// Reads and re-hashes every chunk of artifact `id` and the whole
@@ -585,12 +627,22 @@ impl Store {
         report
     }
 
-    /// Drops unreferenced, unpinned chunks from the index and compacts
-    /// segments that are mostly garbage. Never touches a chunk an upload in
-    /// progress has put or pinned.
+    /// One full GC pass ([`GcPolicy::full`]): compacts every segment at
+    /// least half dead, freeing the records of unreferenced, unpinned
+    /// chunks, and `meta.log` if it is at least half dead. Never touches a
+    /// chunk an upload in progress has put or pinned. What `tblob gc` runs.
     pub fn gc(&self) -> Result<GcReport, StoreError> {
+        self.gc_pass(&GcPolicy::full())
+    }
+
+    /// One incremental GC pass under `policy`: compacts the segments worth
+    /// it one at a time, most dead bytes first, until the pass has copied
+    /// `policy.pass_copy_bytes_max` bytes. Puts, gets, deletes and readers
+    /// carry on meanwhile (see [`Store::read_chunk`]). One pass at a time;
+    /// a second caller waits for the first.
+    pub fn gc_pass(&self, policy: &GcPolicy) -> Result<GcReport, StoreError> {
         self.check_writable()?;
-        let report = gc::run(self);
+        let report = gc::run(self, policy);
         self.inner.ensure_reserve();
         report
     }

@@ -208,6 +208,15 @@ pub struct Stats {
     /// Bytes the segment files occupy, garbage and headers included, holes
     /// punched by GC on a full disk excluded.
     pub disk_bytes: u64,
+    /// Pending garbage: stored chunks nothing references or pins, not yet
+    /// collected (GC frees them when it compacts their segment).
+    pub garbage_chunks: u64,
+    /// Payload bytes of [`Stats::garbage_chunks`].
+    pub garbage_bytes: u64,
+    /// Disk bytes of segments that hold no live record: garbage records,
+    /// second copies, damaged and torn records (segment headers excluded).
+    /// What GC could give back if it compacted every segment.
+    pub dead_bytes: u64,
 }
 
 /// When the store forces data to stable storage.
@@ -387,16 +396,94 @@ pub struct VerifyReport {
     pub damaged: Vec<(ArtifactId, String)>,
 }
 
-/// The result of [`Store::gc`](super::Store::gc).
+/// When and how much garbage collection does, for
+/// [`Store::gc_pass`](super::Store::gc_pass) and the background task
+/// (`crate::maintenance`).
+///
+/// A pass compacts sealed segments one at a time, the one with the most
+/// dead bytes first: it copies a segment's live records into the active
+/// segment, syncs the copies, then removes the segment file. A segment is
+/// worth it when its dead bytes (garbage, second copies, damage) are at
+/// least [`GcPolicy::segment_dead_ratio_min`] of its record bytes; the
+/// active segment is sealed first when it is. A pass stops starting new
+/// segments once it has copied [`GcPolicy::pass_copy_bytes_max`] bytes (the
+/// first segment is always done whole, so a large one still goes).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GcPolicy {
+    /// Time between two passes of the background task.
+    pub interval: std::time::Duration,
+    /// Dead bytes / record bytes at which a segment is compacted, in
+    /// (0, 1]. 0.5: when at least half of it is dead.
+    pub segment_dead_ratio_min: f64,
+    /// Most bytes of live records one pass copies (its I/O budget);
+    /// `u64::MAX` is no budget.
+    pub pass_copy_bytes_max: u64,
+    /// Dead share of `meta.log` (deleted artifacts, superseded updates) at
+    /// which a pass rewrites it, in (0, 1].
+    pub meta_log_dead_ratio_min: f64,
+    /// `meta.log` shorter than this is never rewritten by a budgeted pass,
+    /// which spares small stores a catalog walk every interval.
+    pub meta_log_bytes_min: u64,
+}
+
+impl GcPolicy {
+    /// Default time between background passes.
+    pub const INTERVAL_DEFAULT: std::time::Duration = std::time::Duration::from_secs(30);
+    /// Default I/O budget of one pass: 256 MiB, a few seconds of disk
+    /// time at most, so a pass never hogs the disk for long.
+    pub const PASS_COPY_BYTES_MAX_DEFAULT: u64 = 256 << 20;
+    /// Default meta.log size below which budgeted passes leave it alone.
+    pub const META_LOG_BYTES_MIN_DEFAULT: u64 = 1 << 20;
+
+    /// One full pass, what [`Store::gc`](super::Store::gc) runs: every
+    /// segment at least half dead, no budget, `meta.log` whatever its size.
+    pub fn full() -> GcPolicy {
+        GcPolicy {
+            pass_copy_bytes_max: u64::MAX,
+            meta_log_bytes_min: 0,
+            ..GcPolicy::default()
+        }
+    }
+}
+
+impl Default for GcPolicy {
+    fn default() -> Self {
+        GcPolicy {
+            interval: GcPolicy::INTERVAL_DEFAULT,
+            segment_dead_ratio_min: 0.5,
+            pass_copy_bytes_max: GcPolicy::PASS_COPY_BYTES_MAX_DEFAULT,
+            meta_log_dead_ratio_min: 0.5,
+            meta_log_bytes_min: GcPolicy::META_LOG_BYTES_MIN_DEFAULT,
+        }
+    }
+}
+
+/// What one GC pass ([`Store::gc`](super::Store::gc),
+/// [`Store::gc_pass`](super::Store::gc_pass)) did. Everything counts
+/// work done by this pass only: garbage it left where it was (in segments
+/// not worth compacting) is not reported here but stays pending in
+/// [`Stats`], so a second pass right after reports nothing new.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct GcReport {
-    /// Unreferenced, unpinned chunks dropped from the index.
+    /// Garbage chunks whose records this pass freed (their segment was
+    /// compacted away or punched), now forgotten by the index.
     pub chunks_removed: u64,
+    /// Payload bytes of [`GcReport::chunks_removed`].
+    pub chunk_bytes_removed: u64,
     /// Net disk bytes freed: removed segment files minus what GC wrote
     /// (copied live records and headers of segments it began).
     pub bytes_reclaimed: u64,
-    /// Segment files removed.
+    /// Bytes of live records copied out of compacted segments.
+    pub bytes_copied: u64,
+    /// Segments compacted: their live records copied out, the file removed.
     pub segments_removed: u64,
+    /// Segments worth compacting that this pass left for the next one
+    /// (its copy budget was spent).
+    pub segments_pending: u64,
+    /// [`Stats::disk_bytes`] when the pass began and when it ended (other
+    /// writes meanwhile included).
+    pub disk_bytes_before: u64,
+    pub disk_bytes_after: u64,
     /// Bytes `meta.log` shrank by when GC rewrote it without the records
     /// of deleted artifacts and superseded updates (0 if it did not).
     pub meta_bytes_reclaimed: u64,
