@@ -366,7 +366,12 @@ mod tests {
             len: bytes.len() as u32,
         };
         upload
-            .commit(&[chunk], bytes.len() as u64, &digest, NewMetadata::default())
+            .commit(
+                &[chunk],
+                bytes.len() as u64,
+                &digest,
+                NewMetadata::default(),
+            )
             .unwrap()
     }
 
@@ -400,7 +405,10 @@ mod tests {
         for (i, id) in ids.iter().enumerate() {
             let store = tenants.store(&format!("t{i}")).unwrap();
             let chunk = store.manifest(id, 0, 1).unwrap()[0].digest;
-            assert_eq!(store.read_chunk(&chunk).unwrap(), format!("tenant {i}").as_bytes());
+            assert_eq!(
+                store.read_chunk(&chunk).unwrap(),
+                format!("tenant {i}").as_bytes()
+            );
             assert_eq!(store.stats().artifacts, 1);
             drop(store);
             assert!(tenants.open_count() <= CAP, "{} open", tenants.open_count());
@@ -433,4 +441,3 @@ mod tests {
         assert!(tenants.store("held").unwrap().same_store(&held));
     }
 }
-

@@ -320,7 +320,16 @@ fn quota_set_and_show_across_processes() {
     let work = tempfile::tempdir().unwrap();
     ok(&tblob(
         store.path(),
-        &["quota", "set", "--bytes", "10M", "--artifacts", "2", "--writers", "4"],
+        &[
+            "quota",
+            "set",
+            "--bytes",
+            "10M",
+            "--artifacts",
+            "2",
+            "--writers",
+            "4",
+        ],
     ));
     let shown = quota_json(store.path(), "default");
     assert_eq!(shown["quota"]["bytes_max"], 10 << 20);
@@ -329,7 +338,10 @@ fn quota_set_and_show_across_processes() {
     assert!(shown["quota"]["artifact_bytes_max"].is_null());
     assert_eq!(shown["usage"]["artifacts"], 0);
 
-    ok(&tblob(store.path(), &["quota", "set", "--artifact-bytes", "4K"]));
+    ok(&tblob(
+        store.path(),
+        &["quota", "set", "--artifact-bytes", "4K"],
+    ));
     let shown = quota_json(store.path(), "default");
     assert_eq!(shown["quota"]["artifact_bytes_max"], 4096);
     assert_eq!(shown["quota"]["artifacts_max"], 2, "limits not named stay");
@@ -343,9 +355,15 @@ fn quota_set_and_show_across_processes() {
     assert_eq!(refused.status.code(), Some(2));
     let stderr = String::from_utf8(refused.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("quota exceeded: artifact-bytes"), "{stderr}");
+    assert!(
+        stderr.contains("quota exceeded: artifact-bytes"),
+        "{stderr}"
+    );
 
-    ok(&tblob(store.path(), &["quota", "set", "--artifact-bytes", "none"]));
+    ok(&tblob(
+        store.path(),
+        &["quota", "set", "--artifact-bytes", "none"],
+    ));
     put(store.path(), &big, &[]);
     let refused = tblob(store.path(), &["put", big.to_str().unwrap(), "--tag", "x"]);
     let stderr = String::from_utf8(refused.stderr).unwrap();
@@ -360,13 +378,19 @@ fn quota_set_and_show_across_processes() {
 
     // Another tenant has its own (no) quota.
     assert!(quota_json(store.path(), "other")["quota"]["artifacts_max"].is_null());
-    ok(&tblob(store.path(), &["--tenant", "other", "put", big.to_str().unwrap()]));
+    ok(&tblob(
+        store.path(),
+        &["--tenant", "other", "put", big.to_str().unwrap()],
+    ));
 
     for bad in ["12Q", "", "-1", "99999999999T"] {
         let output = tblob(store.path(), &["quota", "set", "--bytes", bad]);
         assert_eq!(output.status.code(), Some(2), "--bytes {bad:?} accepted");
     }
-    assert_eq!(quota_json(store.path(), "default")["quota"]["bytes_max"], 10 << 20);
+    assert_eq!(
+        quota_json(store.path(), "default")["quota"]["bytes_max"],
+        10 << 20
+    );
 }
 
 /// Goal: a quota set by one process is still in force after another
@@ -404,11 +428,17 @@ fn a_quota_stays_in_force_after_a_writer_is_killed() {
     child.wait().unwrap();
     let shown = quota_json(store.path(), "default");
     assert_eq!(shown["quota"]["artifacts_max"], 1);
-    assert_eq!(shown["usage"]["artifacts"], 0, "the killed put left nothing");
+    assert_eq!(
+        shown["usage"]["artifacts"], 0,
+        "the killed put left nothing"
+    );
     let file = work.path().join("one.bin");
     std::fs::write(&file, data(1000, 94)).unwrap();
     put(store.path(), &file, &[]);
-    let refused = tblob(store.path(), &["put", file.to_str().unwrap(), "--tag", "again"]);
+    let refused = tblob(
+        store.path(),
+        &["put", file.to_str().unwrap(), "--tag", "again"],
+    );
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("quota exceeded: artifacts"));
 }

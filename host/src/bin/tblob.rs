@@ -436,16 +436,25 @@ fn quota(runtime: &Runtime, tenant: &str, action: QuotaAction) -> Result<u8> {
                 });
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
-                let show = |max: Option<u64>| max.map_or("unlimited".to_string(), |m| m.to_string());
+                let show =
+                    |max: Option<u64>| max.map_or("unlimited".to_string(), |m| m.to_string());
                 println!("tenant:          {tenant}");
-                println!("bytes:           {} of {}", usage.bytes, show(quota.bytes_max));
+                println!(
+                    "bytes:           {} of {}",
+                    usage.bytes,
+                    show(quota.bytes_max)
+                );
                 println!(
                     "artifacts:       {} of {}",
                     usage.artifacts,
                     show(quota.artifacts_max)
                 );
                 println!("artifact-bytes:  {} each", show(quota.artifact_bytes_max));
-                println!("writers:         {} of {}", usage.writers, show(quota.writers_max));
+                println!(
+                    "writers:         {} of {}",
+                    usage.writers,
+                    show(quota.writers_max)
+                );
             }
         }
     }
@@ -465,7 +474,8 @@ fn parse_limit(text: &str) -> Result<Limit, String> {
         Some(b'T') => (&text[..text.len() - 1], 40),
         _ => (text, 0),
     };
-    let bad = || format!("{text:?}: expected a number with an optional K, M, G or T suffix, or none");
+    let bad =
+        || format!("{text:?}: expected a number with an optional K, M, G or T suffix, or none");
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }

@@ -94,7 +94,10 @@ pub fn decode(bytes: &[u8]) -> Result<TenantPolicy, String> {
         return Err("not a policy file (bad magic)".into());
     }
     if bytes[4] != POLICY_VERSION {
-        return Err(format!("version {}, this build reads {POLICY_VERSION}", bytes[4]));
+        return Err(format!(
+            "version {}, this build reads {POLICY_VERSION}",
+            bytes[4]
+        ));
     }
     let present = u32_at(8);
     if bytes[5..8] != [0; 3] || u32_at(12) != 0 || present >> POLICY_FIELDS != 0 {

@@ -8,9 +8,9 @@ use std::collections::{HashSet, VecDeque};
 use super::format::{self, MetaRecord, MutableFields, CHUNK_HEADER_BYTES};
 use super::index::Location;
 use super::{
-    check_links, group, invalid, lock, now_ms, ArtifactId, ChunkRef, Hash, NewMetadata,
-    QuotaLimit, Store, StoreError, CHUNK_BYTES_MAX, LINKS_MAX, MANIFEST_CHUNKS_MAX,
-    MISSING_BATCH_MAX, UPLOAD_PINS_MAX,
+    check_links, group, invalid, lock, now_ms, ArtifactId, ChunkRef, Hash, NewMetadata, QuotaLimit,
+    Store, StoreError, CHUNK_BYTES_MAX, LINKS_MAX, MANIFEST_CHUNKS_MAX, MISSING_BATCH_MAX,
+    UPLOAD_PINS_MAX,
 };
 
 /// An upload in progress: puts chunks, pins chunks already stored, then
@@ -231,7 +231,11 @@ impl Upload {
         let mut answers = Vec::with_capacity(digests.len());
         for digest in digests {
             if self.pinned.contains(digest) {
-                let len = state.index.get(digest).expect("pinned chunks stay indexed").len;
+                let len = state
+                    .index
+                    .get(digest)
+                    .expect("pinned chunks stay indexed")
+                    .len;
                 self.add_content(len, digest)?;
                 answers.push(false);
                 continue;
@@ -242,7 +246,11 @@ impl Upload {
                 self.pinned.insert(*digest);
                 // Present: its bytes count towards the artifact now (a
                 // missing one's when it is put).
-                let len = state.index.get(digest).expect("pinned chunks stay indexed").len;
+                let len = state
+                    .index
+                    .get(digest)
+                    .expect("pinned chunks stay indexed")
+                    .len;
                 self.add_content(len, digest)?;
             }
             answers.push(!present);
@@ -427,9 +435,8 @@ impl Upload {
             }
             if let Some(max) = self.store.inner.quota().artifact_bytes_max {
                 if size > max {
-                    return Err(QuotaLimit::ArtifactBytes.exceeded(format_args!(
-                        "an artifact of {size} bytes, at most {max}"
-                    )));
+                    return Err(QuotaLimit::ArtifactBytes
+                        .exceeded(format_args!("an artifact of {size} bytes, at most {max}")));
                 }
             }
             check_links(&state.catalog, &meta.links)?;
