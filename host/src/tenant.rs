@@ -5,8 +5,20 @@
 //! the one [`Store`]) and at most once across processes: an exclusive
 //! `flock` on `tenants/<name>/LOCK` is held while it is open, so two
 //! processes can never append to the same logs.
+//!
+//! At most [`Tenants::open_max`] stores are kept open (default
+//! [`TENANTS_OPEN_MAX_DEFAULT`]): past it, the least recently used ones
+//! that nobody else holds are closed (cleanly: checkpointed, then
+//! unlocked) and reopened on their next use. A store someone still holds
+//! (a `Store` clone, an upload, a chunker) is never closed: that would
+//! release its lock while it is still written. So the cap is exceeded only
+//! while more than that many tenants are in use at once.
+//!
+//! Each tenant's [`TenantPolicy`] (quota, plugin limits) lives in its own
+//! directory, kept by its store (see [`Store::set_policy`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cap_std::fs::Dir;
@@ -14,7 +26,12 @@ use cap_std::fs::Dir;
 use crate::error::StoreError;
 use crate::store::backend::cap::CapDir;
 use crate::store::backend::{Backend, EntryKind, LockGuard};
-use crate::store::{Store, StoreOptions};
+use crate::store::{Store, StoreOptions, TenantPolicy};
+
+/// Tenant stores a [`Tenants`] keeps open at most, unless more are in use
+/// at once (see [`Tenants::set_open_max`]): each open store holds a few
+/// file descriptors and its index in memory.
+pub const TENANTS_OPEN_MAX_DEFAULT: usize = 256;
 
 /// Longest tenant name, in bytes.
 pub const TENANT_NAME_BYTES_MAX: usize = 64;
@@ -56,12 +73,28 @@ struct OpenTenant {
 /// one tenant are serialised by its own mutex, never by the registry's.
 type Slot = Arc<Mutex<Option<OpenTenant>>>;
 
+/// A tenant in the registry: its slot and when it was last asked for.
+struct Entry {
+    slot: Slot,
+    used: u64,
+}
+
+/// The tenants known to this process, open or being opened.
+#[derive(Default)]
+struct Registry {
+    entries: HashMap<String, Entry>,
+    /// Ticks at every [`Tenants::store`] call: the LRU order.
+    clock: u64,
+}
+
 /// The tenants of one store root.
 #[derive(Clone)]
 pub struct Tenants {
     root: Arc<dyn Backend>,
     options: StoreOptions,
-    open: Arc<Mutex<HashMap<String, Slot>>>,
+    open: Arc<Mutex<Registry>>,
+    /// See [`Tenants::set_open_max`].
+    open_max: Arc<AtomicUsize>,
 }
 
 impl Tenants {
@@ -75,19 +108,124 @@ impl Tenants {
         Tenants {
             root,
             options,
-            open: Arc::new(Mutex::new(HashMap::new())),
+            open: Arc::new(Mutex::new(Registry::default())),
+            open_max: Arc::new(AtomicUsize::new(TENANTS_OPEN_MAX_DEFAULT)),
         }
+    }
+
+    /// Keeps at most `max` (at least 1) tenant stores open from now on,
+    /// shared by every clone of this `Tenants`.
+    pub fn set_open_max(&self, max: usize) {
+        self.open_max.store(max.max(1), Ordering::Relaxed);
+        self.close_unused();
+    }
+
+    /// The cap on open stores (see [`Tenants::set_open_max`]).
+    pub fn open_max(&self) -> usize {
+        self.open_max.load(Ordering::Relaxed)
+    }
+
+    /// Tenant stores open now (ones being opened included).
+    pub fn open_count(&self) -> usize {
+        let registry = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        registry
+            .entries
+            .values()
+            .filter(|entry| match entry.slot.try_lock() {
+                Ok(slot) => slot.is_some(),
+                Err(_) => true,
+            })
+            .count()
+    }
+
+    /// The store of tenant `name`, created on first use, counted as used
+    /// now; then closes the least recently used stores nobody holds, past
+    /// [`Tenants::open_max`].
+    pub fn store(&self, name: &str) -> Result<Store, StoreError> {
+        let store = self.open_store(name);
+        self.close_unused();
+        store
+    }
+
+    /// Tenant `name`'s policy (see [`Store::policy`]).
+    pub fn policy(&self, name: &str) -> Result<TenantPolicy, StoreError> {
+        Ok(self.store(name)?.policy())
+    }
+
+    /// Replaces tenant `name`'s policy, durably, in force at once (see
+    /// [`Store::set_policy`]).
+    pub fn set_policy(&self, name: &str, policy: TenantPolicy) -> Result<(), StoreError> {
+        self.store(name)?.set_policy(policy)
+    }
+
+    /// Tenant `name`'s slot, marked as used now.
+    fn slot(&self, name: &str) -> Slot {
+        let mut registry = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        registry.clock += 1;
+        let used = registry.clock;
+        let entry = registry
+            .entries
+            .entry(name.to_string())
+            .or_insert_with(|| Entry {
+                slot: Slot::default(),
+                used,
+            });
+        entry.used = used;
+        Arc::clone(&entry.slot)
+    }
+
+    /// Closes least recently used stores until at most
+    /// [`Tenants::open_max`] are known, skipping any in use. Each is closed
+    /// under its own slot's lock, so an open of it meanwhile waits, then
+    /// opens it afresh once its lock is free.
+    fn close_unused(&self) {
+        let max = self.open_max();
+        let victims: Vec<Slot> = {
+            let mut registry = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            forget_empty(&mut registry);
+            let excess = registry.entries.len().saturating_sub(max);
+            if excess == 0 {
+                return;
+            }
+            let mut idle: Vec<(u64, &Slot)> = registry
+                .entries
+                .values()
+                // Another reference to the slot: someone is opening or
+                // asking for it right now.
+                .filter(|entry| Arc::strong_count(&entry.slot) == 1)
+                .filter(|entry| match entry.slot.try_lock() {
+                    Ok(slot) => slot.as_ref().is_none_or(|t| !t.store.is_shared()),
+                    Err(_) => false,
+                })
+                .map(|entry| (entry.used, &entry.slot))
+                .collect();
+            idle.sort_unstable_by_key(|(used, _)| *used);
+            idle.into_iter()
+                .take(excess)
+                .map(|(_, slot)| Arc::clone(slot))
+                .collect()
+        };
+        if victims.is_empty() {
+            return;
+        }
+        for slot in victims {
+            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+            // Asked for since it was picked: it is in use again.
+            if slot.as_ref().is_some_and(|t| t.store.is_shared()) {
+                continue;
+            }
+            // Store first (its clean close), then the lock.
+            drop(slot.take());
+        }
+        forget_empty(&mut self.open.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     /// The store of tenant `name`, created on first use. The registry's lock
     /// is held only to find the tenant's slot: a tenant whose open is slow
     /// (a scan, fsyncs, lock retries) stalls only callers of that tenant.
-    pub fn store(&self, name: &str) -> Result<Store, StoreError> {
+    fn open_store(&self, name: &str) -> Result<Store, StoreError> {
         validate_name(name)?;
-        let slot = {
-            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(open.entry(name.to_string()).or_default())
-        };
+        let slot = self.slot(name);
         let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tenant) = &*slot {
             return Ok(tenant.store.clone());
@@ -166,6 +304,16 @@ impl Tenants {
     }
 }
 
+/// Drops the registry entries of tenants that are not open and that nobody
+/// is asking for (closed by [`Tenants::close_unused`], or whose open
+/// failed), so the registry stays the size of what is open.
+fn forget_empty(registry: &mut Registry) {
+    registry.entries.retain(|_, entry| {
+        Arc::strong_count(&entry.slot) > 1
+            || entry.slot.try_lock().map_or(true, |slot| slot.is_some())
+    });
+}
+
 fn lock(dir: &dyn Backend, name: &str) -> Result<LockGuard, StoreError> {
     // A child process forked by any thread of ours holds a copy of the lock
     // file's descriptor (and so the lock) until it execs and close-on-exec
@@ -226,5 +374,89 @@ mod tests {
         let (a_failed, a_done) = slow.join().unwrap();
         assert!(a_failed, "tenant a is held by the other registry");
         assert!(b_done < a_done, "tenant b waited for tenant a's open");
+    }
+    fn put_one(store: &Store, bytes: &[u8]) -> crate::store::ArtifactId {
+        use crate::store::{ChunkRef, Hash, NewMetadata};
+        let digest = Hash::of(bytes);
+        let mut upload = store.begin_upload();
+        upload.put_chunk(&digest, bytes).unwrap();
+        let chunk = ChunkRef {
+            digest,
+            len: bytes.len() as u32,
+        };
+        upload
+            .commit(
+                &[chunk],
+                bytes.len() as u64,
+                &digest,
+                NewMetadata::default(),
+            )
+            .unwrap()
+    }
+
+    /// Goal: many tenants do not mean as many open stores, and closing the
+    /// least recently used ones loses nothing.
+    /// Method: a cap of 8 (with fsyncs off for speed: durability is not the
+    /// point); 300 tenants opened in turn, each given one artifact; the
+    /// open count is checked after every open, then every tenant is asked
+    /// for again (reopened, for all but the last 8) and its artifact must
+    /// read back, while the count stays at the cap.
+    #[test]
+    fn at_most_the_cap_of_tenants_stay_open_and_closed_ones_reopen_whole() {
+        const TENANTS: usize = 300;
+        const CAP: usize = 8;
+        let dir = tempfile::tempdir().unwrap();
+        let root = Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap();
+        let options = StoreOptions {
+            durability: crate::store::Durability::None,
+            ..StoreOptions::default()
+        };
+        let tenants = Tenants::new(root, options);
+        tenants.set_open_max(CAP);
+        let mut ids = Vec::new();
+        for i in 0..TENANTS {
+            let store = tenants.store(&format!("t{i}")).unwrap();
+            ids.push(put_one(&store, format!("tenant {i}").as_bytes()));
+            drop(store);
+            assert!(tenants.open_count() <= CAP, "{} open", tenants.open_count());
+        }
+        assert_eq!(tenants.open_count(), CAP);
+        for (i, id) in ids.iter().enumerate() {
+            let store = tenants.store(&format!("t{i}")).unwrap();
+            let chunk = store.manifest(id, 0, 1).unwrap()[0].digest;
+            assert_eq!(
+                store.read_chunk(&chunk).unwrap(),
+                format!("tenant {i}").as_bytes()
+            );
+            assert_eq!(store.stats().artifacts, 1);
+            drop(store);
+            assert!(tenants.open_count() <= CAP, "{} open", tenants.open_count());
+        }
+    }
+
+    /// Goal: a store in use (a clone held outside the registry) is never
+    /// closed by the cap: closing it would release its lock while it is
+    /// still written, and the next open would be a second store on the
+    /// same files. Method: hold tenant `held`, open more tenants than the
+    /// cap; asking for `held` again must give the very same store.
+    #[test]
+    fn a_store_in_use_is_never_closed_by_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap();
+        let tenants = Tenants::new(
+            root,
+            StoreOptions {
+                durability: crate::store::Durability::None,
+                ..StoreOptions::default()
+            },
+        );
+        tenants.set_open_max(2);
+        let held = tenants.store("held").unwrap();
+        for i in 0..6 {
+            tenants.store(&format!("other{i}")).unwrap();
+        }
+        assert_eq!(tenants.open_count(), 2);
+        put_one(&held, b"written while others came and went");
+        assert!(tenants.store("held").unwrap().same_store(&held));
     }
 }

@@ -12,6 +12,7 @@ mod hostile_guest;
 mod hostile_plugin;
 mod pipeline;
 mod plugin;
+mod quota;
 mod roundtrip;
 mod sharing;
 mod simulation;

@@ -105,7 +105,7 @@ impl Sim {
         let options = StoreOptions {
             durability,
             segment_bytes_max: 256 << 10,
-            quota_bytes_max: None,
+            quota: Default::default(),
         };
         // A pool of chunks, so artifacts share some (dedup, sharing on
         // delete and GC).

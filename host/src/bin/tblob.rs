@@ -104,7 +104,42 @@ enum Command {
     /// Run the built-in example plugin: stores FILES (read from the current
     /// directory) and reads them back, or with none a dedup demonstration.
     Demo { files: Vec<String> },
+    /// Show or change the tenant's quota (kept durably with the tenant).
+    Quota {
+        #[command(subcommand)]
+        action: QuotaAction,
+    },
 }
+
+#[derive(Subcommand)]
+enum QuotaAction {
+    /// Change the limits named; the others stay. Each takes a number, with
+    /// an optional suffix K, M, G or T (powers of 1024: 10G, 512M, 4096),
+    /// or `none` to remove that limit.
+    Set {
+        /// Everything the tenant may cost on disk (chunk records and metadata).
+        #[arg(long, value_name = "N|none", value_parser = parse_limit)]
+        bytes: Option<Limit>,
+        /// Live artifacts.
+        #[arg(long, value_name = "N|none", value_parser = parse_limit)]
+        artifacts: Option<Limit>,
+        /// Size of one artifact.
+        #[arg(long, value_name = "N|none", value_parser = parse_limit)]
+        artifact_bytes: Option<Limit>,
+        /// Uploads open at once.
+        #[arg(long, value_name = "N|none", value_parser = parse_limit)]
+        writers: Option<Limit>,
+    },
+    /// Print each limit and what is in use.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A quota limit as given on the command line: `None` is `none`.
+#[derive(Clone, Copy)]
+struct Limit(Option<u64>);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -379,7 +414,92 @@ fn run(cli: Cli) -> Result<u8> {
                 None,
             )
         }
+        Command::Quota { action } => quota(&runtime, tenant, action),
     }
+}
+
+/// The `quota` subcommand.
+fn quota(runtime: &Runtime, tenant: &str, action: QuotaAction) -> Result<u8> {
+    let store = runtime.tenant_store(tenant)?;
+    match action {
+        QuotaAction::Set {
+            bytes,
+            artifacts,
+            artifact_bytes,
+            writers,
+        } => {
+            let mut quota = store.quota();
+            for (limit, field) in [
+                (bytes, &mut quota.bytes_max),
+                (artifacts, &mut quota.artifacts_max),
+                (artifact_bytes, &mut quota.artifact_bytes_max),
+                (writers, &mut quota.writers_max),
+            ] {
+                if let Some(Limit(value)) = limit {
+                    *field = value;
+                }
+            }
+            store.set_quota(quota)?;
+        }
+        QuotaAction::Show { json } => {
+            let quota = store.quota();
+            let usage = store.usage();
+            if json {
+                let value = serde_json::json!({
+                    "tenant": tenant,
+                    "quota": quota,
+                    "usage": usage,
+                });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let show =
+                    |max: Option<u64>| max.map_or("unlimited".to_string(), |m| m.to_string());
+                println!("tenant:          {tenant}");
+                println!(
+                    "bytes:           {} of {}",
+                    usage.bytes,
+                    show(quota.bytes_max)
+                );
+                println!(
+                    "artifacts:       {} of {}",
+                    usage.artifacts,
+                    show(quota.artifacts_max)
+                );
+                println!("artifact-bytes:  {} each", show(quota.artifact_bytes_max));
+                println!(
+                    "writers:         {} of {}",
+                    usage.writers,
+                    show(quota.writers_max)
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// A size or count: digits with an optional K, M, G or T suffix (powers of
+/// 1024, either case), or `none` (no limit).
+fn parse_limit(text: &str) -> Result<Limit, String> {
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(Limit(None));
+    }
+    let (digits, shift) = match text.as_bytes().last().map(u8::to_ascii_uppercase) {
+        Some(b'K') => (&text[..text.len() - 1], 10),
+        Some(b'M') => (&text[..text.len() - 1], 20),
+        Some(b'G') => (&text[..text.len() - 1], 30),
+        Some(b'T') => (&text[..text.len() - 1], 40),
+        _ => (text, 0),
+    };
+    let bad =
+        || format!("{text:?}: expected a number with an optional K, M, G or T suffix, or none");
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let value: u64 = digits.parse().map_err(|_| bad())?;
+    value
+        .checked_mul(1 << shift)
+        .map(|v| Limit(Some(v)))
+        .ok_or_else(|| format!("{text:?} does not fit in 64 bits"))
 }
 
 fn open_runtime(cli: &Cli) -> Result<Runtime> {

@@ -187,6 +187,32 @@ impl Runtime {
         self.tenants.store(tenant)
     }
 
+    /// `tenant`'s policy: quota and plugin limits (see
+    /// [`Store::policy`](crate::store::Store::policy)).
+    pub fn tenant_policy(
+        &self,
+        tenant: &str,
+    ) -> Result<crate::store::TenantPolicy, crate::error::StoreError> {
+        self.tenants.policy(tenant)
+    }
+
+    /// Replaces `tenant`'s policy, durably; it applies at once to its
+    /// uploads and to plugin runs started from now on.
+    pub fn set_tenant_policy(
+        &self,
+        tenant: &str,
+        policy: crate::store::TenantPolicy,
+    ) -> Result<(), crate::error::StoreError> {
+        self.tenants.set_policy(tenant, policy)
+    }
+
+    /// Keeps at most `max` tenant stores open (see
+    /// [`Tenants::set_open_max`]; default
+    /// [`TENANTS_OPEN_MAX_DEFAULT`](crate::tenant::TENANTS_OPEN_MAX_DEFAULT)).
+    pub fn set_open_tenants_max(&self, max: usize) {
+        self.tenants.set_open_max(max);
+    }
+
     /// Tenants present on disk.
     pub fn tenants(&self) -> Result<Vec<String>, crate::error::StoreError> {
         self.tenants.names()

@@ -148,12 +148,22 @@ impl Plugin {
         for (host, guest) in &options.read_dirs {
             wasi.preopened_dir(host, guest, FsPerms::ReadOnly)?;
         }
+        // The tighter of the run's options and the tenant's policy.
+        let policy = self.runtime.tenant_policy(tenant)?;
+        let memory_bytes_max = options
+            .memory_bytes_max
+            .unwrap_or(super::limits::PLUGIN_MEMORY_BYTES_MAX)
+            .min(
+                policy
+                    .plugin_memory_bytes_max
+                    .map_or(usize::MAX, |max| usize::try_from(max).unwrap_or(usize::MAX)),
+            );
+        let time_limit = match (options.time_limit, policy.plugin_time_limit) {
+            (Some(run), Some(tenant)) => Some(run.min(tenant)),
+            (run, tenant) => run.or(tenant),
+        };
         let limits = StoreLimitsBuilder::new()
-            .memory_size(
-                options
-                    .memory_bytes_max
-                    .unwrap_or(super::limits::PLUGIN_MEMORY_BYTES_MAX),
-            )
+            .memory_size(memory_bytes_max)
             .build();
         let state = PluginState {
             wasi: wasi.build(),
@@ -165,7 +175,7 @@ impl Plugin {
         let mut store = wasmtime::Store::new(engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_hostcall_fuel(super::limits::PLUGIN_CALL_BYTES_MAX);
-        let _ticker = match options.time_limit {
+        let _ticker = match time_limit {
             Some(limit) => {
                 if !engine.get_epoch_interruption() {
                     return Err(wasmtime::Error::msg(

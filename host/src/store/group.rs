@@ -4,8 +4,10 @@
 //! no leader at work becomes the leader: it takes the whole queue, fsyncs
 //! every segment with unsynced bytes (which covers the chunks of every
 //! queued commit, since they were written before their commit queued),
-//! then, under the log lock, checks each record's links, gives it a fresh
-//! id, writes all of them to `meta.log` in one append, fdatasyncs it once,
+//! then, under the log lock, checks each record's links and the tenant's
+//! quota (artifact count and bytes, counting the records of the batch so
+//! far: commits racing for the last room are decided here, one at a time),
+//! gives it a fresh id, writes all of them to `meta.log` in one append, fdatasyncs it once,
 //! publishes them in queue order, and wakes everyone. Commits that queued
 //! meanwhile form the next batch. A committer returns only once its own
 //! record's fsync completed (or failed), so acknowledged means durable.
@@ -22,7 +24,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Condvar, Mutex};
 
-use super::format::MetaRecord;
+use super::format::{self, MetaRecord};
 use super::{apply, check_links, lock, ArtifactId, Durability, Store, StoreError};
 
 /// The queue of commits waiting for a shared fsync.
@@ -151,8 +153,10 @@ fn run(store: &Store, batch: Vec<Queued>) -> Vec<(u64, Result<ArtifactId, StoreE
     let mut results = Vec::with_capacity(batch.len());
     let mut records = Vec::with_capacity(batch.len());
     let mut accepted = Vec::with_capacity(batch.len());
+    let quota = inner.quota();
+    let mut batch_bytes = 0u64;
     {
-        let state = lock(&inner.state);
+        let mut state = lock(&inner.state);
         let mut assigned = HashSet::new();
         for mut queued in batch {
             // Checked again under the log lock: a link may have gone since
@@ -161,6 +165,20 @@ fn run(store: &Store, batch: Vec<Queued>) -> Vec<(u64, Result<ArtifactId, StoreE
                 results.push((queued.ticket, Err(error)));
                 continue;
             }
+            // The id is a placeholder of the same length: the record's
+            // length is final.
+            let record_bytes = format::meta_record_len(&queued.record);
+            if let Err(error) = inner.check_commit_quota(
+                &state,
+                &quota,
+                records.len() as u64,
+                batch_bytes,
+                record_bytes,
+            ) {
+                results.push((queued.ticket, Err(error)));
+                continue;
+            }
+            batch_bytes += record_bytes;
             let id = loop {
                 let id = ArtifactId::generate();
                 if !state.catalog.seq_of.contains_key(&id) && assigned.insert(id) {
@@ -175,11 +193,13 @@ fn run(store: &Store, batch: Vec<Queued>) -> Vec<(u64, Result<ArtifactId, StoreE
             records.push(queued.record);
             accepted.push((queued.ticket, id));
         }
+        // Counted as used until `log_append` counts them in the log.
+        state.log_bytes_pending += batch_bytes;
     }
     if records.is_empty() {
         return results;
     }
-    if let Err(error) = store.log_append(&mut meta_log, &records) {
+    if let Err(error) = store.log_append(&mut meta_log, &records, batch_bytes) {
         results.extend(
             accepted
                 .into_iter()

@@ -60,6 +60,7 @@ mod gc;
 mod group;
 mod index;
 mod meta;
+mod policy;
 mod read;
 mod segment;
 mod types;
@@ -67,6 +68,8 @@ mod upload;
 
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod quota_tests;
 #[cfg(test)]
 mod tests;
 
@@ -83,8 +86,9 @@ pub use self::format::{
     TAG_BYTES_MAX, UPLOAD_PINS_MAX,
 };
 pub use self::types::{
-    ArtifactId, ChunkRef, Durability, GcPolicy, GcReport, Hash, Metadata, MetadataUpdate, NewMetadata,
-    OpenStats, Problem, ProblemKind, RecoveryReport, Stats, StoreOptions, VerifyReport,
+    ArtifactId, ChunkRef, Durability, GcPolicy, GcReport, Hash, Metadata, MetadataUpdate,
+    NewMetadata, OpenStats, Problem, ProblemKind, Quota, QuotaLimit, QuotaUsage, RecoveryReport,
+    Stats, StoreOptions, TenantPolicy, VerifyReport,
 };
 pub use self::upload::Upload;
 pub use crate::error::StoreError;
@@ -141,14 +145,26 @@ struct Inner {
     dir: Arc<dyn Backend>,
     /// Whether the space reserve ([`RESERVE_NAME`]) exists.
     reserve_present: Mutex<bool>,
-    /// `meta.log`'s length, for quotas without the log lock.
+    /// `meta.log`'s length, for quotas without the log lock. Changed only
+    /// under the state lock, together with [`State::log_bytes_pending`].
     meta_log_bytes: std::sync::atomic::AtomicU64,
+    /// The tenant's policy file as last written or read; `None`: no file,
+    /// so `options.quota` applies. A leaf lock: nothing is taken under it.
+    policy: Mutex<Option<TenantPolicy>>,
+    /// One policy write at a time (file I/O, never under another lock).
+    policy_write: Mutex<()>,
+    /// Uploads holding a writer slot (see [`Quota::writers_max`]).
+    writers_open: std::sync::atomic::AtomicU64,
 }
 
 struct State {
     index: Index,
     segments: Segments,
     catalog: Catalog,
+    /// Bytes of commit records a group-commit leader has checked against
+    /// the quota and is writing to `meta.log`: counted as used until the
+    /// append lands (or fails), so chunk puts racing the commit see them.
+    log_bytes_pending: u64,
 }
 
 /// Locks a mutex. A panic while holding one is a bug in this module; the
@@ -195,6 +211,10 @@ impl Store {
                 .dir(&*dir)
                 .map_err(|e| StoreError::io("syncing the store directory", e))?;
         }
+        // Before anything else: a damaged policy must stop the open, not
+        // leave the tenant unlimited.
+        policy::remove_leftover(&*dir)?;
+        let tenant_policy = policy::read(&*dir)?;
         let segment_bytes_max = options.segment_bytes_max.max(1);
         let mut index = Index::default();
         let (segments, scanned) = Segments::open(
@@ -266,6 +286,7 @@ impl Store {
                     index,
                     segments,
                     catalog,
+                    log_bytes_pending: 0,
                 }),
                 meta_log: Mutex::new(meta_log),
                 gc: Mutex::new(()),
@@ -278,6 +299,9 @@ impl Store {
                 reserve_present: Mutex::new(reserve_in_place(&*dir)),
                 dir,
                 meta_log_bytes: std::sync::atomic::AtomicU64::new(meta_log_len),
+                policy: Mutex::new(tenant_policy),
+                policy_write: Mutex::new(()),
+                writers_open: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         // Best effort, and only if it is missing: opening never needs free
@@ -319,8 +343,93 @@ impl Store {
     }
 
     /// Starts an upload. Nothing it does is visible until it commits.
+    ///
+    /// Infallible: the upload takes its writer slot (see
+    /// [`Quota::writers_max`]) at its first operation, which fails with
+    /// `QuotaExceeded` ("writers: ...") if every slot is taken. Use
+    /// [`Store::try_begin_upload`] to be refused at once.
     pub fn begin_upload(&self) -> Upload {
         Upload::new(self.clone())
+    }
+
+    /// Starts an upload holding one writer slot from now until it commits
+    /// or is dropped; `QuotaExceeded` ("writers: ...") if the tenant's
+    /// [`Quota::writers_max`] uploads are already open.
+    pub fn try_begin_upload(&self) -> Result<Upload, StoreError> {
+        let mut upload = Upload::new(self.clone());
+        upload.take_writer_slot()?;
+        Ok(upload)
+    }
+
+    /// The tenant's policy: its policy file's, or with none the store-wide
+    /// defaults ([`StoreOptions::quota`], no plugin limits).
+    pub fn policy(&self) -> TenantPolicy {
+        lock(&self.inner.policy).unwrap_or(TenantPolicy {
+            quota: self.inner.options.quota,
+            ..TenantPolicy::default()
+        })
+    }
+
+    /// Replaces the tenant's policy, durably (in the durable modes: written
+    /// to a temporary file, synced, renamed into place, the directory
+    /// synced), and applies it at once: the next chunk put, commit or
+    /// upload start is checked against it. Lowering a limit below what is
+    /// in use refuses new writes and keeps what is stored.
+    pub fn set_policy(&self, policy: TenantPolicy) -> Result<(), StoreError> {
+        self.change_policy(|current| *current = policy)
+    }
+
+    /// The tenant's quota (see [`Store::policy`]).
+    pub fn quota(&self) -> Quota {
+        self.policy().quota
+    }
+
+    /// Replaces the tenant's quota and keeps the rest of its policy; as
+    /// [`Store::set_policy`].
+    pub fn set_quota(&self, quota: Quota) -> Result<(), StoreError> {
+        self.change_policy(|current| current.quota = quota)
+    }
+
+    /// Reads, changes and writes the policy under one policy write, so
+    /// concurrent changes of different parts are not lost.
+    fn change_policy(&self, change: impl FnOnce(&mut TenantPolicy)) -> Result<(), StoreError> {
+        self.check_writable()?;
+        let durable = self.inner.options.durability.fsyncs();
+        let _write = lock(&self.inner.policy_write);
+        let mut policy = self.policy();
+        change(&mut policy);
+        policy::write(&*self.inner.dir, &policy, durable, &self.inner.fsyncs)?;
+        // In force from the rename on: that is what a reopen would read.
+        *lock(&self.inner.policy) = Some(policy);
+        if durable {
+            self.inner
+                .note_sync(policy::sync_dir(&*self.inner.dir, &self.inner.fsyncs))?;
+        }
+        Ok(())
+    }
+
+    /// What the tenant uses of its quota now.
+    pub fn usage(&self) -> QuotaUsage {
+        let state = lock(&self.inner.state);
+        QuotaUsage {
+            bytes: self.inner.cost_bytes(&state),
+            artifacts: state.catalog.artifacts.len() as u64,
+            writers: self
+                .inner
+                .writers_open
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// Whether `self` and `other` are clones of one open store.
+    pub fn same_store(&self, other: &Store) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Whether any clone of this store other than `self` exists (another
+    /// handle, an upload, a chunker): then closing it is not ours to do.
+    pub(crate) fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.inner) > 1
     }
 
     /// A chunk's bytes, re-hashed: `NotFound` if the store has no such
@@ -434,7 +543,7 @@ impl Store {
         }
         self.check_writable()?;
         let record = MetaRecord::Delete { id: *id.as_bytes() };
-        self.log_append(&mut meta_log, std::slice::from_ref(&record))?;
+        self.log_append(&mut meta_log, std::slice::from_ref(&record), 0)?;
         let mut state = lock(&self.inner.state);
         let state = &mut *state;
         apply(&mut state.catalog, &mut state.index, record).expect("checked under the log lock");
@@ -479,7 +588,7 @@ impl Store {
             fields,
         };
         self.check_writable()?;
-        self.log_append(&mut meta_log, std::slice::from_ref(&record))?;
+        self.log_append(&mut meta_log, std::slice::from_ref(&record), 0)?;
         let mut state = lock(&self.inner.state);
         let state = &mut *state;
         apply(&mut state.catalog, &mut state.index, record).expect("checked under the log lock");
@@ -544,8 +653,7 @@ impl Store {
         let (garbage_chunks, garbage_bytes) = state.index.garbage();
         let (_, live_record_bytes) = state.index.record_bytes();
         let disk_bytes = state.segments.disk_bytes();
-        let header_bytes =
-            format::SEGMENT_HEADER_BYTES * state.segments.segments.len() as u64;
+        let header_bytes = format::SEGMENT_HEADER_BYTES * state.segments.segments.len() as u64;
         Stats {
             artifacts: state.catalog.artifacts.len() as u64,
             chunks: state.index.referenced_chunks(),
@@ -650,15 +758,27 @@ impl Store {
     /// Appends `records` to the log (durably, in the durable modes). A
     /// failed sync puts the store in read-only mode.
     /// On a full disk a delete or update still lands: the space reserve
-    /// is released for it (see [`RESERVE_BYTES`]).
-    fn log_append(&self, meta_log: &mut MetaLog, records: &[MetaRecord]) -> Result<(), StoreError> {
+    /// is released for it (see [`RESERVE_BYTES`]). `pending_bytes` of
+    /// [`State::log_bytes_pending`] are the records' own: released, under
+    /// the state lock, in the same step that counts the log's new length,
+    /// so a quota check never counts them twice or not at all.
+    fn log_append(
+        &self,
+        meta_log: &mut MetaLog,
+        records: &[MetaRecord],
+        pending_bytes: u64,
+    ) -> Result<(), StoreError> {
         let mut result = meta_log.append_all(records);
         if matches!(result, Err(StoreError::NoSpace(_))) && self.inner.release_reserve() {
             result = meta_log.append_all(records);
         }
-        self.inner
-            .meta_log_bytes
-            .store(meta_log.len(), std::sync::atomic::Ordering::Relaxed);
+        {
+            let mut state = lock(&self.inner.state);
+            state.log_bytes_pending -= pending_bytes;
+            self.inner
+                .meta_log_bytes
+                .store(meta_log.len(), std::sync::atomic::Ordering::Relaxed);
+        }
         if meta_log.sync_failed() {
             return self.inner.note_sync(result);
         }
@@ -679,9 +799,49 @@ impl Inner {
     /// (manifests, metadata, and dead records until GC compacts them).
     fn cost_bytes(&self, state: &State) -> u64 {
         state.index.cost_bytes()
+            + state.log_bytes_pending
             + self
                 .meta_log_bytes
                 .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The quota in force now: the policy file's, else the store default.
+    fn quota(&self) -> Quota {
+        lock(&self.policy)
+            .map(|policy| policy.quota)
+            .unwrap_or(self.options.quota)
+    }
+
+    /// Whether a commit record of `record_bytes` may join a batch that
+    /// already holds `batch_artifacts` commits of `batch_bytes`: the
+    /// artifact count and the bytes quota, checked by the group-commit
+    /// leader under the log lock and the state lock, so commits racing for
+    /// the last room are decided one at a time against the real totals.
+    fn check_commit_quota(
+        &self,
+        state: &State,
+        quota: &Quota,
+        batch_artifacts: u64,
+        batch_bytes: u64,
+        record_bytes: u64,
+    ) -> Result<(), StoreError> {
+        if let Some(max) = quota.artifacts_max {
+            let live = state.catalog.artifacts.len() as u64 + batch_artifacts;
+            if live >= max {
+                return Err(QuotaLimit::Artifacts.exceeded(format_args!(
+                    "{live} of at most {max} artifacts stored or being committed"
+                )));
+            }
+        }
+        if let Some(max) = quota.bytes_max {
+            let used = self.cost_bytes(state) + batch_bytes;
+            if used.saturating_add(record_bytes) > max {
+                return Err(QuotaLimit::Bytes.exceeded(format_args!(
+                    "commit record of {record_bytes} bytes: {used} of {max} bytes in use"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Makes sure the space reserve exists; false if the disk has no room

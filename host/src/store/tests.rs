@@ -994,7 +994,10 @@ fn quota_counts_stored_and_pinned_bytes() {
     let store = open(
         &dir,
         StoreOptions {
-            quota_bytes_max: Some(3000),
+            quota: Quota {
+                bytes_max: Some(3000),
+                ..Quota::default()
+            },
             ..unsynced()
         },
     );
@@ -1020,7 +1023,10 @@ fn quota_charges_record_headers_and_metadata() {
     let store = open(
         &dir,
         StoreOptions {
-            quota_bytes_max: Some(5000),
+            quota: Quota {
+                bytes_max: Some(5000),
+                ..Quota::default()
+            },
             ..unsynced()
         },
     );

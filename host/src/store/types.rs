@@ -262,9 +262,10 @@ pub struct StoreOptions {
     /// Size at which the active segment is sealed and a new one begun. A
     /// segment always takes at least one record, whatever this says.
     pub segment_bytes_max: u64,
-    /// Most physical bytes (see [`Stats::physical_bytes`]) plus bytes
-    /// pinned by uploads in progress; `None` is unlimited.
-    pub quota_bytes_max: Option<u64>,
+    /// The quota of a tenant with no policy of its own (see
+    /// [`Store::set_policy`](super::Store::set_policy)); the default is
+    /// unlimited.
+    pub quota: Quota,
 }
 
 impl Default for StoreOptions {
@@ -272,9 +273,91 @@ impl Default for StoreOptions {
         StoreOptions {
             durability: Durability::Sync,
             segment_bytes_max: super::format::SEGMENT_BYTES_MAX_DEFAULT,
-            quota_bytes_max: None,
+            quota: Quota::default(),
         }
     }
+}
+
+/// Limits on what one tenant may store; each `None` is unlimited. Checked
+/// atomically against concurrent uploads: when several race for the last
+/// room, exactly as many succeed as fit. A refusal is
+/// [`StoreError::QuotaExceeded`] whose message starts with the
+/// [`QuotaLimit`] it hit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Quota {
+    /// Everything the tenant costs on disk: the records of every chunk
+    /// referenced or pinned by an upload (48-byte headers included) and
+    /// `meta.log` (manifests, metadata, and dead records until GC compacts
+    /// them). Checked by every chunk put and every commit.
+    pub bytes_max: Option<u64>,
+    /// Live artifacts (commits in flight count as live).
+    pub artifacts_max: Option<u64>,
+    /// Size of one artifact. Checked as an upload goes (its chunks put and
+    /// found present so far) and exactly at commit.
+    pub artifact_bytes_max: Option<u64>,
+    /// Uploads open at once (a chunker `writer` and an inline put hold one
+    /// each, from `begin-upload` until commit or drop).
+    pub writers_max: Option<u64>,
+}
+
+/// Which limit of a [`Quota`] a write would cross.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QuotaLimit {
+    Bytes,
+    Artifacts,
+    ArtifactBytes,
+    Writers,
+}
+
+impl QuotaLimit {
+    /// The limit's name, as `QuotaExceeded` messages and the CLI spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            QuotaLimit::Bytes => "bytes",
+            QuotaLimit::Artifacts => "artifacts",
+            QuotaLimit::ArtifactBytes => "artifact-bytes",
+            QuotaLimit::Writers => "writers",
+        }
+    }
+
+    /// The `QuotaExceeded` error for this limit: the message starts with
+    /// the limit's name and a colon, so callers can tell which it was.
+    pub(crate) fn exceeded(self, detail: std::fmt::Arguments<'_>) -> StoreError {
+        StoreError::QuotaExceeded(format!("{}: {detail}", self.name()))
+    }
+}
+
+impl fmt::Display for QuotaLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a tenant is allowed: its quota and its plugins' limits. Kept in
+/// the tenant's directory (file `policy`), durably, and applied at once to
+/// an open store. A tenant without a policy file gets the store-wide
+/// defaults: [`StoreOptions::quota`] and the run's own plugin options.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TenantPolicy {
+    pub quota: Quota,
+    /// Linear memory a plugin run as this tenant may use; the tighter of
+    /// this and the run's own limit applies.
+    pub plugin_memory_bytes_max: Option<u64>,
+    /// Wall-clock time a plugin run as this tenant may take; the tighter of
+    /// this and the run's own limit applies (needs an engine with epoch
+    /// interruption). Stored in whole nanoseconds.
+    pub plugin_time_limit: Option<std::time::Duration>,
+}
+
+/// What a tenant uses of its [`Quota`], counted the way the quota counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct QuotaUsage {
+    /// See [`Quota::bytes_max`].
+    pub bytes: u64,
+    /// Live artifacts.
+    pub artifacts: u64,
+    /// Uploads open now.
+    pub writers: u64,
 }
 
 /// What [`Store::open`](super::Store::open) found and repaired or contained.

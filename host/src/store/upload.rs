@@ -8,8 +8,8 @@ use std::collections::{HashSet, VecDeque};
 use super::format::{self, MetaRecord, MutableFields, CHUNK_HEADER_BYTES};
 use super::index::Location;
 use super::{
-    check_links, group, invalid, lock, now_ms, ArtifactId, ChunkRef, Hash, NewMetadata, Store,
-    StoreError, CHUNK_BYTES_MAX, LINKS_MAX, MANIFEST_CHUNKS_MAX, MISSING_BATCH_MAX,
+    check_links, group, invalid, lock, now_ms, ArtifactId, ChunkRef, Hash, NewMetadata, QuotaLimit,
+    Store, StoreError, CHUNK_BYTES_MAX, LINKS_MAX, MANIFEST_CHUNKS_MAX, MISSING_BATCH_MAX,
     UPLOAD_PINS_MAX,
 };
 
@@ -17,11 +17,23 @@ use super::{
 /// commits an artifact made of them. Chunks it put or pinned are safe from
 /// GC until it commits or is dropped. Dropping it without committing
 /// discards it (its chunks become garbage unless something else uses them).
+///
+/// Quotas (see [`Quota`](super::Quota)): an upload holds one writer slot
+/// from its first operation (or from [`Store::try_begin_upload`]) until it
+/// commits or is dropped; each chunk put is checked against the bytes
+/// quota and, with the chunks found present, against the artifact-bytes
+/// quota, so a streaming upload is refused at the first chunk that would
+/// cross either; the commit is checked against all of them.
 pub struct Upload {
     store: Store,
     /// Chunks this upload holds a pin on (each pinned once).
     pinned: HashSet<Hash>,
     closed: bool,
+    /// Whether this upload holds one of the store's writer slots.
+    writer_slot: bool,
+    /// Bytes of content so far, as the artifact-bytes quota counts them:
+    /// every chunk put and every digest `missing` found present.
+    content_bytes: u64,
     /// The whole content hashed as the chunks go by; `None` once anything
     /// did not line up (then commit re-reads the chunks).
     content: Option<Box<ContentHash>>,
@@ -48,6 +60,8 @@ impl Upload {
             store,
             pinned: HashSet::new(),
             closed: false,
+            writer_slot: false,
+            content_bytes: 0,
             content: Some(Box::new(ContentHash {
                 bytes: blake3::Hasher::new(),
                 digests: blake3::Hasher::new(),
@@ -120,6 +134,59 @@ impl Upload {
 }
 
 impl Upload {
+    /// Takes one of the store's writer slots if this upload holds none;
+    /// `QuotaExceeded` ("writers: ...") if all are taken. One atomic step,
+    /// so uploads racing for the last slot get it exactly once.
+    pub(super) fn take_writer_slot(&mut self) -> Result<(), StoreError> {
+        if self.writer_slot {
+            return Ok(());
+        }
+        let max = self.store.inner.quota().writers_max;
+        let open = &self.store.inner.writers_open;
+        open.fetch_update(
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+            |n| match max {
+                Some(max) if n >= max => None,
+                // At most one slot per live upload: no overflow.
+                _ => Some(n + 1),
+            },
+        )
+        .map_err(|n| {
+            QuotaLimit::Writers.exceeded(format_args!(
+                "{n} uploads open, at most {}",
+                max.unwrap_or(u64::MAX)
+            ))
+        })?;
+        self.writer_slot = true;
+        Ok(())
+    }
+
+    fn release_writer_slot(&mut self) {
+        if std::mem::take(&mut self.writer_slot) {
+            self.store
+                .inner
+                .writers_open
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+
+    /// Adds `len` bytes to the content so far; `QuotaExceeded`
+    /// ("artifact-bytes: ...") if that would cross the quota, and then
+    /// nothing is added.
+    fn add_content(&mut self, len: u32, what: &Hash) -> Result<(), StoreError> {
+        let total = self.content_bytes.saturating_add(u64::from(len));
+        if let Some(max) = self.store.inner.quota().artifact_bytes_max {
+            if total > max {
+                return Err(QuotaLimit::ArtifactBytes.exceeded(format_args!(
+                    "chunk {what} of {len} bytes would make the artifact {total} bytes, at most {max}"
+                )));
+            }
+        }
+        self.content_bytes = total;
+        Ok(())
+    }
+
     /// For each digest (at most [`MISSING_BATCH_MAX`]), whether the store
     /// needs its bytes. Chunks reported present are pinned by this upload.
     ///
@@ -158,10 +225,18 @@ impl Upload {
                 digests.len()
             )));
         }
-        let mut state = lock(&self.store.inner.state);
+        self.take_writer_slot()?;
+        let store = self.store.clone();
+        let mut state = lock(&store.inner.state);
         let mut answers = Vec::with_capacity(digests.len());
         for digest in digests {
             if self.pinned.contains(digest) {
+                let len = state
+                    .index
+                    .get(digest)
+                    .expect("pinned chunks stay indexed")
+                    .len;
+                self.add_content(len, digest)?;
                 answers.push(false);
                 continue;
             }
@@ -169,6 +244,14 @@ impl Upload {
             let present = state.index.pin(digest);
             if present {
                 self.pinned.insert(*digest);
+                // Present: its bytes count towards the artifact now (a
+                // missing one's when it is put).
+                let len = state
+                    .index
+                    .get(digest)
+                    .expect("pinned chunks stay indexed")
+                    .len;
+                self.add_content(len, digest)?;
             }
             answers.push(!present);
         }
@@ -226,17 +309,22 @@ impl Upload {
             return Ok(());
         }
         self.check_pin_room()?;
-        let mut state = lock(&self.store.inner.state);
+        self.take_writer_slot()?;
+        let len = bytes.len() as u32;
+        let content_before = self.content_bytes;
+        self.add_content(len, digest)?;
+        let store = self.store.clone();
+        let mut state = lock(&store.inner.state);
         if state.index.pin(digest) {
             self.pinned.insert(*digest);
             return Ok(());
         }
-        let len = bytes.len() as u32;
-        if let Some(quota) = self.store.inner.options.quota_bytes_max {
-            let used = self.store.inner.cost_bytes(&state);
+        if let Some(quota) = store.inner.quota().bytes_max {
+            let used = store.inner.cost_bytes(&state);
             let record = CHUNK_HEADER_BYTES + u64::from(len);
             if used.saturating_add(record) > quota {
-                return Err(StoreError::QuotaExceeded(format!(
+                self.content_bytes = content_before;
+                return Err(QuotaLimit::Bytes.exceeded(format_args!(
                     "chunk {digest} of {len} bytes ({record} on disk): {used} of {quota} bytes in use"
                 )));
             }
@@ -277,8 +365,11 @@ impl Upload {
         }
         self.closed = true;
         let content_digest = self.running_digest(chunks);
-        let result = self.commit_inner(chunks, size, digest, meta, content_digest);
+        let result = self
+            .take_writer_slot()
+            .and_then(|()| self.commit_inner(chunks, size, digest, meta, content_digest));
         self.release_pins();
+        self.release_writer_slot();
         result
     }
 
@@ -342,6 +433,12 @@ impl Upload {
                     "chunks add up to {total} bytes, size says {size}"
                 )));
             }
+            if let Some(max) = self.store.inner.quota().artifact_bytes_max {
+                if size > max {
+                    return Err(QuotaLimit::ArtifactBytes
+                        .exceeded(format_args!("an artifact of {size} bytes, at most {max}")));
+                }
+            }
             check_links(&state.catalog, &meta.links)?;
         }
 
@@ -376,16 +473,8 @@ impl Upload {
             creator: meta.creator,
             fields,
         };
-        if let Some(quota) = self.store.inner.options.quota_bytes_max {
-            // The manifest and metadata cost what their record does.
-            let record_bytes = format::meta_record_len(&record);
-            let used = self.store.inner.cost_bytes(&lock(&self.store.inner.state));
-            if used.saturating_add(record_bytes) > quota {
-                return Err(StoreError::QuotaExceeded(format!(
-                    "commit record of {record_bytes} bytes: {used} of {quota} bytes in use"
-                )));
-            }
-        }
+        // The artifact count and the bytes its record costs are checked by
+        // the commit leader, atomically with the append (see `group`).
         // One commit path for every mode: a batch (of one, under `Sync`).
         group::commit(&self.store, record, meta.links)
     }
@@ -404,5 +493,6 @@ impl Upload {
 impl Drop for Upload {
     fn drop(&mut self) {
         self.release_pins();
+        self.release_writer_slot();
     }
 }

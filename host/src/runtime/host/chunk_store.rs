@@ -431,7 +431,7 @@ impl chunk_store::Host for ChunkerState {
                 "at most {UPLOADS_OPEN_MAX} uploads may be open at once"
             )));
         }
-        let upload = self.store.begin_upload();
+        let upload = self.store.try_begin_upload()?;
         let handle = self.table.push(UploadHandle {
             state: UploadState::Inline(upload),
             chunks_put: 0,
