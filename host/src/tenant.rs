@@ -270,8 +270,9 @@ impl Tenants {
     pub fn open_stores(&self) -> Vec<(String, Store)> {
         let slots: Vec<(String, Slot)> = {
             let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-            open.iter()
-                .map(|(name, slot)| (name.clone(), Arc::clone(slot)))
+            open.entries
+                .iter()
+                .map(|(name, entry)| (name.clone(), Arc::clone(&entry.slot)))
                 .collect()
         };
         slots

@@ -72,7 +72,10 @@ fn background_gc_reclaims_space_with_no_manual_call_and_stops_with_its_runtime()
             stats.disk_bytes * 2 <= stats.physical_bytes * 3
         })
         .unwrap_or_else(|| panic!("no reclaim in time: {:?}", store.stats()));
-    assert!(status.passes > 0 && status.segments_removed > 0, "{status:?}");
+    assert!(
+        status.passes > 0 && status.segments_removed > 0,
+        "{status:?}"
+    );
     assert!(status.errors.is_empty(), "{status:?}");
     for (i, id) in ids.iter().enumerate().step_by(4) {
         assert_eq!(chunker.get(id).unwrap(), contents[i]);
@@ -104,7 +107,8 @@ fn shutdown_stops_the_task_and_status_says_so() {
         .expect("stopped");
     assert_eq!(maintenance.status().passes, stopped.passes);
     assert!(maintenance
-        .wait_until(Duration::from_millis(50), |status| status.passes > stopped.passes)
+        .wait_until(Duration::from_millis(50), |status| status.passes
+            > stopped.passes)
         .is_none());
 }
 
@@ -161,6 +165,9 @@ fn a_reader_of_an_artifact_deleted_and_collected_gets_right_bytes_or_not_found()
         not_found == 1 || offset == doomed.len(),
         "either not-found or all the right bytes"
     );
-    eprintln!("reader after collection: {offset} bytes read, then not-found: {}", not_found == 1);
+    eprintln!(
+        "reader after collection: {offset} bytes read, then not-found: {}",
+        not_found == 1
+    );
     assert_eq!(other.get(&keep_id).unwrap(), keep);
 }

@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use tensor_blob_host::store::backend::sim::{Fault, FaultOp, SimDisk};
 use tensor_blob_host::store::{
-    ArtifactId, ChunkRef, Durability, GcPolicy, Hash, MetadataUpdate, NewMetadata, ProblemKind, Store,
-    StoreError, StoreOptions,
+    ArtifactId, ChunkRef, Durability, GcPolicy, Hash, MetadataUpdate, NewMetadata, ProblemKind,
+    Store, StoreError, StoreOptions,
 };
 use tensor_blob_host::tenant::Tenants;
 

@@ -167,9 +167,8 @@ impl Runtime {
         if let Some(old) = self.maintenance.take() {
             old.shutdown();
         }
-        self.maintenance = gc.map(|policy| {
-            Arc::new(Maintenance::start(Arc::downgrade(&self.tenants), policy))
-        });
+        self.maintenance =
+            gc.map(|policy| Arc::new(Maintenance::start(Arc::downgrade(&self.tenants), policy)));
         self
     }
 

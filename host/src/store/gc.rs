@@ -23,8 +23,8 @@ use std::collections::BTreeSet;
 
 use super::format::{self, CHUNK_HEADER_BYTES, META_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use super::index::Location;
-use super::types::Hash;
 use super::meta::{self, Artifact};
+use super::types::Hash;
 use super::{lock, segment, GcPolicy, GcReport, State, Store, StoreError};
 
 /// Chunks of one segment looked at per taking of the store lock while GC
@@ -109,8 +109,7 @@ pub(super) fn run(store: &Store, policy: &GcPolicy) -> Result<GcReport, StoreErr
     for (done, &(id, live_bytes)) in candidates.iter().enumerate() {
         // The first segment goes whole whatever its size, so a segment
         // with more live bytes than the budget is still compacted.
-        if done > 0 && report.bytes_copied.saturating_add(live_bytes) > policy.pass_copy_bytes_max
-        {
+        if done > 0 && report.bytes_copied.saturating_add(live_bytes) > policy.pass_copy_bytes_max {
             report.segments_pending = (candidates.len() - done) as u64;
             break;
         }
@@ -266,7 +265,12 @@ fn compact_meta_log(store: &Store, policy: &GcPolicy) -> Result<u64, StoreError>
 
 /// Drops `digest` from the index if it is garbage still at `from`,
 /// counting it in `report`; whether it was.
-fn drop_if_garbage(state: &mut State, report: &mut GcReport, digest: &Hash, from: Location) -> bool {
+fn drop_if_garbage(
+    state: &mut State,
+    report: &mut GcReport,
+    digest: &Hash,
+    from: Location,
+) -> bool {
     let dropped = state.index.remove_garbage(digest, from);
     if let Some(len) = dropped {
         report.chunks_removed += 1;

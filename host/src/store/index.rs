@@ -267,7 +267,11 @@ impl Index {
             .get_mut(&location.segment)
             .expect("an indexed record's segment has an account");
         let removed = account.chunks.remove(&location.offset);
-        assert_eq!(removed.as_ref(), Some(digest), "the account lists the record");
+        assert_eq!(
+            removed.as_ref(),
+            Some(digest),
+            "the account lists the record"
+        );
         account.indexed_bytes -= bytes;
         self.indexed_record_bytes -= bytes;
         if account.chunks.is_empty() {

@@ -151,7 +151,11 @@ fn the_segment_with_most_garbage_goes_first() {
             ..GcPolicy::default()
         })
         .unwrap();
-    assert_eq!((report.segments_removed, report.chunks_removed), (1, 9), "{report:?}");
+    assert_eq!(
+        (report.segments_removed, report.chunks_removed),
+        (1, 9),
+        "{report:?}"
+    );
     assert_eq!(report.segments_pending, 1);
     assert_eq!(get(&store, &first[9]).unwrap(), data(3500, 9));
 }
