@@ -69,8 +69,6 @@ mod upload;
 #[cfg(test)]
 mod fuzz_tests;
 #[cfg(test)]
-mod quota_tests;
-#[cfg(test)]
 mod tests;
 
 use std::ops::Bound;
@@ -381,7 +379,7 @@ impl Store {
 
     /// The tenant's quota (see [`Store::policy`]).
     pub fn quota(&self) -> Quota {
-        self.policy().quota
+        self.inner.quota()
     }
 
     /// Replaces the tenant's quota and keeps the rest of its policy; as

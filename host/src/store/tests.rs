@@ -1876,3 +1876,5 @@ fn payloads_cannot_forge_record_headers_for_recovery_to_pick_up() {
 
 /// Incremental, budgeted and online GC (issue 8).
 mod gc_tests;
+/// Per-tenant quotas and the policy file (issue 8).
+mod quota_tests;

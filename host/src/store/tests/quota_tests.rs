@@ -5,51 +5,14 @@
 
 use std::sync::{Arc, Barrier};
 
-use super::backend::sim::SimDisk;
-use super::*;
+use super::{data, open, put_with, unsynced};
+use crate::store::backend::sim::SimDisk;
+use crate::store::*;
 
-fn unsynced() -> StoreOptions {
-    StoreOptions {
-        durability: Durability::None,
-        ..StoreOptions::default()
-    }
-}
-
-fn open(dir: &tempfile::TempDir, options: StoreOptions) -> Store {
-    let dir = Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap();
-    Store::open(dir, options).unwrap()
-}
-
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut out = vec![0; len];
-    fastrand::Rng::with_seed(seed).fill(&mut out);
-    out
-}
-
-/// Puts `bytes` in `chunk_len` chunks the way the chunker does (missing,
-/// then put_chunk for the missing ones), then commits.
+/// [`put_with`] without metadata: the chunker's way (missing, then the
+/// missing chunks), errors returned.
 fn put(store: &Store, bytes: &[u8], chunk_len: usize) -> Result<ArtifactId, StoreError> {
-    let mut upload = store.begin_upload();
-    let chunks: Vec<ChunkRef> = bytes
-        .chunks(chunk_len)
-        .map(|c| ChunkRef {
-            digest: Hash::of(c),
-            len: c.len() as u32,
-        })
-        .collect();
-    let digests: Vec<Hash> = chunks.iter().map(|c| c.digest).collect();
-    let missing = upload.missing(&digests)?;
-    for (piece, missing) in bytes.chunks(chunk_len).zip(missing) {
-        if missing {
-            upload.put_chunk(&Hash::of(piece), piece)?;
-        }
-    }
-    upload.commit(
-        &chunks,
-        bytes.len() as u64,
-        &Hash::of(bytes),
-        NewMetadata::default(),
-    )
+    put_with(store, bytes, chunk_len, NewMetadata::default())
 }
 
 fn limit_of(error: &StoreError) -> &str {
@@ -315,7 +278,8 @@ fn the_policy_survives_reopen_and_power_cuts_and_damage_is_an_error() {
         Vec::new(),
     ] {
         std::fs::write(&path, &damaged).unwrap();
-        let root = Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap();
+        let root =
+            cap_std::fs::Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap();
         match Store::open(root, StoreOptions::default()) {
             Err(StoreError::Corrupted(message)) => assert!(message.contains("policy"), "{message}"),
             Err(other) => panic!("expected corrupted, got {other}"),
