@@ -93,10 +93,11 @@ pub(super) fn run(store: &Store, policy: &GcPolicy) -> Result<GcReport, StoreErr
             .segments
             .segments
             .keys()
-            .filter(|&&id| id != active && worth(&state, id))
-            .map(|&id| {
+            .filter(|&&id| id != active)
+            .filter_map(|&id| {
                 let (record_bytes, dead_bytes) = segment_bytes(&state, id);
-                (id, dead_bytes, record_bytes - dead_bytes)
+                worth_compacting(record_bytes, dead_bytes, policy.segment_dead_ratio_min)
+                    .then_some((id, dead_bytes, record_bytes - dead_bytes))
             })
             .collect();
         candidates.sort_by_key(|&(id, dead_bytes, _)| (std::cmp::Reverse(dead_bytes), id));
@@ -348,7 +349,7 @@ fn compact(
     store.inner.run_sync_plans(plans)?;
     let mut state = lock(&inner.state);
     assert!(
-        state.index.chunks_in(id).is_empty(),
+        state.index.segment(id).is_none(),
         "nothing is added to a sealed segment"
     );
     *removed_bytes += state.segments.remove(id)?;

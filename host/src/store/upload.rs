@@ -171,10 +171,10 @@ impl Upload {
         }
     }
 
-    /// Adds `len` bytes to the content so far; `QuotaExceeded`
-    /// ("artifact-bytes: ...") if that would cross the quota, and then
-    /// nothing is added.
-    fn add_content(&mut self, len: u32, what: &Hash) -> Result<(), StoreError> {
+    /// The content so far plus `len` bytes, checked against the
+    /// artifact-bytes quota: `QuotaExceeded` ("artifact-bytes: ...") if it
+    /// would cross it. The caller stores it once the chunk is in.
+    fn content_with(&self, len: u32, what: &Hash) -> Result<u64, StoreError> {
         let total = self.content_bytes.saturating_add(u64::from(len));
         if let Some(max) = self.store.inner.quota().artifact_bytes_max {
             if total > max {
@@ -183,8 +183,7 @@ impl Upload {
                 )));
             }
         }
-        self.content_bytes = total;
-        Ok(())
+        Ok(total)
     }
 
     /// For each digest (at most [`MISSING_BATCH_MAX`]), whether the store
@@ -226,24 +225,18 @@ impl Upload {
             )));
         }
         self.take_writer_slot()?;
-        let store = self.store.clone();
-        let mut state = lock(&store.inner.state);
+        let mut state = lock(&self.store.inner.state);
         let mut answers = Vec::with_capacity(digests.len());
         for digest in digests {
-            if self.pinned.contains(digest) {
-                let len = state
-                    .index
-                    .get(digest)
-                    .expect("pinned chunks stay indexed")
-                    .len;
-                self.add_content(len, digest)?;
-                answers.push(false);
-                continue;
-            }
-            self.check_pin_room()?;
-            let present = state.index.pin(digest);
+            let present = self.pinned.contains(digest) || {
+                self.check_pin_room()?;
+                let pinned = state.index.pin(digest);
+                if pinned {
+                    self.pinned.insert(*digest);
+                }
+                pinned
+            };
             if present {
-                self.pinned.insert(*digest);
                 // Present: its bytes count towards the artifact now (a
                 // missing one's when it is put).
                 let len = state
@@ -251,7 +244,7 @@ impl Upload {
                     .get(digest)
                     .expect("pinned chunks stay indexed")
                     .len;
-                self.add_content(len, digest)?;
+                self.content_bytes = self.content_with(len, digest)?;
             }
             answers.push(!present);
         }
@@ -311,19 +304,17 @@ impl Upload {
         self.check_pin_room()?;
         self.take_writer_slot()?;
         let len = bytes.len() as u32;
-        let content_before = self.content_bytes;
-        self.add_content(len, digest)?;
-        let store = self.store.clone();
-        let mut state = lock(&store.inner.state);
+        let content_bytes = self.content_with(len, digest)?;
+        let mut state = lock(&self.store.inner.state);
         if state.index.pin(digest) {
             self.pinned.insert(*digest);
+            self.content_bytes = content_bytes;
             return Ok(());
         }
-        if let Some(quota) = store.inner.quota().bytes_max {
-            let used = store.inner.cost_bytes(&state);
+        if let Some(quota) = self.store.inner.quota().bytes_max {
+            let used = self.store.inner.cost_bytes(&state);
             let record = CHUNK_HEADER_BYTES + u64::from(len);
             if used.saturating_add(record) > quota {
-                self.content_bytes = content_before;
                 return Err(QuotaLimit::Bytes.exceeded(format_args!(
                     "chunk {digest} of {len} bytes ({record} on disk): {used} of {quota} bytes in use"
                 )));
@@ -334,6 +325,7 @@ impl Upload {
             .index
             .insert_put(*digest, Location { segment, offset }, len);
         self.pinned.insert(*digest);
+        self.content_bytes = content_bytes;
         // Checkpoint the active segment every ACTIVE_CHECKPOINT_BYTES, so
         // an open after a crash scans at most that much of it.
         let checkpoint_due = state.segments.active_checkpoint_due();
