@@ -9,6 +9,9 @@
 //! tenants anywhere: a test that wants many can share one store and take
 //! a [`TempStore::fresh_tenant`] each.
 //!
+//! Background GC is off ([`Runtime::with_gc`]): what a test measures
+//! changes only by what it does; call `Store::gc` to collect.
+//!
 //! Stores are opened with [`Durability::None`] by default: a test suite's
 //! store never outlives a power cut, and fsyncs would make it many times
 //! slower. Use [`TempStore::with_options`] to test durable behaviour.
@@ -70,7 +73,8 @@ impl TempStore {
     pub fn with_options(options: StoreOptions) -> wasmtime::Result<TempStore> {
         let dir = tempfile::Builder::new().prefix("tblob-test-").tempdir()?;
         let root = cap_std::fs::Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority())?;
-        let runtime = Runtime::with_chunker(shared_chunker()?, root, options);
+        // No background GC: a test's disk figures must not change under it.
+        let runtime = Runtime::with_chunker(shared_chunker()?, root, options).with_gc(None);
         Ok(TempStore { runtime, dir })
     }
 

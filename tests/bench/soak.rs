@@ -28,17 +28,21 @@ use std::time::{Duration, Instant};
 
 use tensor_blob_host::runtime::plugin::{Plugin, PluginOptions};
 use tensor_blob_host::runtime::{self, BlobError, PutOptions, Runtime, RuntimeOptions, WitError};
-use tensor_blob_host::store::{Durability, StoreOptions};
+use tensor_blob_host::store::{Durability, Quota, StoreOptions, TenantPolicy};
 
 /// Bytes of each well-behaved put.
 const ARTIFACT_BYTES: usize = 1 << 20;
 /// The hostile tenant's plugin memory limit.
-const HOSTILE_MEMORY_BYTES: usize = 256 << 20;
+const HOSTILE_MEMORY_BYTES: u64 = 256 << 20;
 /// How long a spinning plugin may run.
 const SPIN_LIMIT: Duration = Duration::from_millis(500);
 /// The hostile tenant's byte quota: its overflow uploads are 4x this.
 const HOSTILE_QUOTA_BYTES: u64 = 2 << 20;
 const HOSTILE: &str = "hostile";
+/// Uploads the hostile tenant may hold open at once.
+const HOSTILE_WRITERS_MAX: u64 = 4;
+/// Longest run of any of the hostile tenant's plugins (its policy).
+const HOSTILE_RUN_LIMIT: Duration = Duration::from_secs(5);
 
 #[derive(Default, Clone)]
 struct TenantResult {
@@ -248,7 +252,6 @@ fn hostile_tenant(
                 .chain(args.iter().copied())
                 .map(String::from)
                 .collect(),
-            memory_bytes_max: Some(HOSTILE_MEMORY_BYTES),
             time_limit: (name == "spin").then_some(SPIN_LIMIT),
             ..PluginOptions::default()
         };
@@ -280,9 +283,22 @@ fn hostile_tenant(
     result
 }
 
-/// The hostile tenant's byte quota.
+/// The hostile tenant's policy: a byte quota (its overflow uploads are 4x
+/// it), a few writers, and plugin memory and time limits that every run
+/// of it gets, whatever the run asks for.
 fn set_hostile_quota(runtime: &Runtime) {
-    let _ = (runtime, HOSTILE_QUOTA_BYTES);
+    let policy = TenantPolicy {
+        quota: Quota {
+            bytes_max: Some(HOSTILE_QUOTA_BYTES),
+            writers_max: Some(HOSTILE_WRITERS_MAX),
+            ..Quota::default()
+        },
+        plugin_memory_bytes_max: Some(HOSTILE_MEMORY_BYTES),
+        plugin_time_limit: Some(HOSTILE_RUN_LIMIT),
+    };
+    runtime
+        .set_tenant_policy(HOSTILE, policy)
+        .expect("set the hostile tenant's policy");
 }
 
 /// Runs `f` with this process's stdout and stderr pointed at /dev/null:
