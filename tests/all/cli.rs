@@ -442,3 +442,60 @@ fn a_quota_stays_in_force_after_a_writer_is_killed() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("quota exceeded: artifacts"));
 }
+
+/// The first number in `line` after `word` (e.g. "freed 3 garbage" → 3).
+fn number_after(text: &str, word: &str) -> u64 {
+    let at = text
+        .find(word)
+        .unwrap_or_else(|| panic!("{word:?} in {text:?}"));
+    text[at + word.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.trim_start_matches('(').parse().ok())
+        .unwrap_or_else(|| panic!("a number after {word:?} in {text:?}"))
+}
+
+#[test]
+fn gc_reports_what_it_did_and_a_second_pass_finds_nothing_new() {
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let big = work.path().join("big.bin");
+    let small = work.path().join("small.bin");
+    std::fs::write(&big, data(6 << 20, 71)).unwrap();
+    let small_bytes = data(300 << 10, 72);
+    std::fs::write(&small, &small_bytes).unwrap();
+    let big_id = put(store.path(), &big, &[]);
+    let small_id = put(store.path(), &small, &[]);
+    ok(&tblob(store.path(), &["rm", &big_id]));
+
+    let stat = ok(&tblob(store.path(), &["stat"]));
+    assert!(
+        stat.contains("garbage"),
+        "stat shows pending garbage: {stat}"
+    );
+
+    let first = ok(&tblob(store.path(), &["gc"]));
+    assert!(number_after(&first, "freed") > 0, "{first}");
+    assert!(number_after(&first, "compacted") >= 1, "{first}");
+    let before = number_after(&first, "disk bytes:");
+    let after = number_after(&first, "before,");
+    assert!(after < before, "disk bytes fall: {first}");
+    assert!(
+        after < 2 << 20,
+        "the 6 MiB of garbage left the disk: {first}"
+    );
+
+    let second = ok(&tblob(store.path(), &["gc"]));
+    assert_eq!(number_after(&second, "freed"), 0, "{second}");
+    assert_eq!(number_after(&second, "compacted"), 0, "{second}");
+    assert_eq!(number_after(&second, "reclaimed"), 0, "{second}");
+    assert_eq!(number_after(&second, "disk bytes:"), after, "{second}");
+    assert_eq!(number_after(&second, "pending:"), 0, "{second}");
+
+    let out = work.path().join("out.bin");
+    ok(&tblob(
+        store.path(),
+        &["get", &small_id, "-o", out.to_str().unwrap()],
+    ));
+    assert_eq!(std::fs::read(&out).unwrap(), small_bytes);
+}
