@@ -470,6 +470,47 @@ mod tests {
         assert!(a_failed, "tenant a is held by the other registry");
         assert!(b_done < a_done, "tenant b waited for tenant a's open");
     }
+    /// Goal: a second writer of a held tenant gets `InUse` naming the
+    /// holder's pid, after waiting about `lock_wait` and no longer; a
+    /// read-only `Tenants` opens the held tenant beside the holder, sees
+    /// what it committed, and creates no tenant it does not find.
+    /// Method: one `Tenants` holds tenant `a` (as another process would);
+    /// a second one with a 100 ms wait, and a read-only third.
+    #[test]
+    fn writers_exclude_each_other_naming_the_holder_and_readers_do_not_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = || Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap();
+        let holder = Tenants::new(root(), StoreOptions::default());
+        let held = holder.store("a").unwrap();
+        let id = put_one(&held, b"committed by the holder");
+        let wait = Duration::from_millis(100);
+        let writer = Tenants::new(root(), StoreOptions::default()).with_access(Access {
+            read_only: false,
+            lock_wait: wait,
+        });
+        let started = Instant::now();
+        match writer.store("a") {
+            Err(StoreError::InUse { tenant, pid }) => {
+                assert_eq!(tenant, "a");
+                assert_eq!(pid, Some(std::process::id()));
+            }
+            other => panic!("expected in-use, got {:?}", other.map(|_| ())),
+        }
+        let waited = started.elapsed();
+        assert!(waited >= wait && waited < wait * 20, "waited {waited:?}");
+
+        let reader = Tenants::new(root(), StoreOptions::default()).with_access(Access {
+            read_only: true,
+            ..Access::default()
+        });
+        let snapshot = reader.store("a").unwrap();
+        assert!(snapshot.exists(&id));
+        assert!(matches!(snapshot.delete(&id), Err(StoreError::ReadOnly(_))));
+        assert!(matches!(reader.store("b"), Err(StoreError::NotFound(_))));
+        assert!(matches!(reader.policy("b"), Err(StoreError::NotFound(_))));
+        assert!(!dir.path().join("tenants/b").exists());
+    }
+
     fn put_one(store: &Store, bytes: &[u8]) -> crate::store::ArtifactId {
         use crate::store::{ChunkRef, Hash, NewMetadata};
         let digest = Hash::of(bytes);

@@ -41,7 +41,7 @@ struct Cli {
     #[arg(long, global = true, hide = true)]
     no_fsync: bool,
     /// Writing commands: wait up to this many seconds for a tenant another
-    /// process is writing, instead of failing at once.
+    /// process is writing (default: about half a second), then fail.
     #[arg(long, global = true, value_name = "SECONDS", value_parser = parse_seconds)]
     wait: Option<std::time::Duration>,
     #[command(subcommand)]

@@ -429,8 +429,8 @@ impl Store {
         }
     }
 
-    /// Whether an fsync failed, so the store refuses writes (see
-    /// [`StoreError::ReadOnly`]).
+    /// Whether the store refuses writes (see [`StoreError::ReadOnly`]): an
+    /// fsync failed, or it was opened with [`Store::open_read_only`].
     pub fn is_read_only(&self) -> bool {
         lock(&self.inner.failed).is_some()
     }
