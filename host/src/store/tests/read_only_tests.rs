@@ -268,3 +268,77 @@ fn readers_beside_a_compacting_writer_never_see_wrong_bytes() {
     eprintln!("{snapshots} snapshots, {reads} artifacts read whole, {failed} reads refused");
     assert!(reads > 0, "no read succeeded in {snapshots} snapshots");
 }
+
+/// Goal: the same as [`a_read_only_open_writes_nothing`], judged by the
+/// simulated disk, which counts every write, sync, directory sync, rename,
+/// remove, create and punch (an fsync changes no byte, so a directory
+/// image alone cannot show one). Method: a durable store on a `SimDisk`
+/// with torn tails added to its active segment and `meta.log`; the disk's
+/// counters, paths and every file's bytes before and after a read-only
+/// open that reads, verifies and tries every write. (Checked to fail with
+/// a writer's open in its place.)
+#[test]
+fn a_read_only_open_makes_no_write_sync_or_directory_change_on_the_simulated_disk() {
+    use crate::store::backend::sim::SimDisk;
+    use crate::store::backend::OpenMode;
+    let disk = SimDisk::new(41);
+    let options = StoreOptions {
+        durability: Durability::Sync,
+        segment_bytes_max: 4096,
+        ..StoreOptions::default()
+    };
+    let store = Store::open_backend(disk.root(), options.clone()).unwrap();
+    let contents: Vec<Vec<u8>> = (0..4).map(|i| data(3000, 200 + i)).collect();
+    let ids: Vec<ArtifactId> = contents.iter().map(|c| put(&store, c, 500)).collect();
+    drop(store);
+    let root = disk.root();
+    let (segments, _) = root.dir("segments", false).unwrap();
+    let mut names: Vec<String> = segments
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
+    names.sort();
+    for (dir, name) in [
+        (&segments, names.last().unwrap().as_str()),
+        (&root, "meta.log"),
+    ] {
+        let file = dir.open(name, OpenMode::Write).unwrap();
+        file.write_all_at(&[0x77; 29], file.len().unwrap()).unwrap();
+    }
+    let counters = |disk: &SimDisk| {
+        let s = disk.stats();
+        [
+            s.writes,
+            s.syncs,
+            s.dir_syncs,
+            s.renames,
+            s.removes,
+            s.creates,
+            s.punches,
+        ]
+    };
+    let contents_of = |disk: &SimDisk| -> Vec<(String, Option<Vec<u8>>)> {
+        disk.paths()
+            .into_iter()
+            .map(|p| (p.clone(), disk.read(&p)))
+            .collect()
+    };
+    let (counted, files) = (counters(&disk), contents_of(&disk));
+
+    let reader = Store::open_read_only(disk.root(), options).unwrap();
+    for (id, content) in ids.iter().zip(&contents) {
+        assert_eq!(&get(&reader, id).unwrap(), content);
+    }
+    assert_eq!(reader.verify_all().damaged, Vec::new());
+    assert_refuses_writes(&reader, &ids[1]);
+    drop(reader);
+    assert_eq!(
+        counters(&disk),
+        counted,
+        "writes, syncs, renames, removes, creates, punches"
+    );
+    assert_eq!(contents_of(&disk), files);
+}
