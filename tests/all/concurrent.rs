@@ -136,7 +136,8 @@ fn readers_run_beside_a_writer_and_a_second_writer_is_refused_naming_it() {
 /// that fails its checks creates neither (issue 8: `tblob --store /typo
 /// stat` made a store skeleton). Method: each reading command on a path
 /// that does not exist and on an unknown tenant of a real store, and puts
-/// with a missing file, a bad link and a bad tenant name on a fresh path;
+/// with a missing file, a bad link, a bad tenant name, chunk sizes out of
+/// range and an empty tag on a fresh path;
 /// each must fail with its one-line error and leave the path absent.
 #[test]
 fn reading_commands_and_failed_puts_create_nothing() {
@@ -183,10 +184,14 @@ fn reading_commands_and_failed_puts_create_nothing() {
     }
 
     let missing = root.path().join("missing.bin");
-    let puts: [&[&str]; 3] = [
+    let file = file.to_str().unwrap();
+    let puts: [&[&str]; 6] = [
         &["put", missing.to_str().unwrap()],
-        &["put", file.to_str().unwrap(), "--link", "not-an-id"],
-        &["--tenant", "Bad/Name", "put", file.to_str().unwrap()],
+        &["put", file, "--link", "not-an-id"],
+        &["--tenant", "Bad/Name", "put", file],
+        &["put", file, "--chunking", "fixed", "--chunk-size", "0"],
+        &["put", file, "--chunk-size", "100000000"],
+        &["put", file, "--tag", ""],
     ];
     for args in puts {
         let output = tblob(&typo, args);

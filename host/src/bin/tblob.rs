@@ -185,7 +185,54 @@ fn reads_only(command: &Command) -> bool {
 /// creates nothing.
 type PutSource = (Box<dyn Read>, Option<u64>);
 
-fn open_put_source(file: &Path, links: &[String]) -> Result<PutSource> {
+/// The chunking `--chunking` and `--chunk-size` ask for (`None`: the
+/// chunker's default), checked against the limits the chunker applies.
+fn put_chunking(mode: ChunkingMode, size: Option<u32>) -> Result<Option<Chunking>> {
+    use tensor_blob_chunking as chunking;
+    let (chunking, check) = match (mode, size) {
+        (ChunkingMode::Fixed, size) => {
+            let size = size.unwrap_or(1 << 16);
+            (Some(Chunking::Fixed(size)), chunking::Chunking::Fixed(size))
+        }
+        (ChunkingMode::Cdc, None) => return Ok(None),
+        (ChunkingMode::Cdc, Some(avg)) => {
+            let (min, max) = ((avg / 4).max(64), avg.saturating_mul(4));
+            let params =
+                runtime::bindings::chunker::tensor::blob::types::CdcParams { min, avg, max };
+            let check = chunking::Chunking::ContentDefined(chunking::CdcParams {
+                min_bytes: min,
+                avg_bytes: avg,
+                max_bytes: max,
+            });
+            (Some(Chunking::ContentDefined(params)), check)
+        }
+    };
+    check
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid argument: --chunk-size: {e}"))?;
+    Ok(chunking)
+}
+
+/// Checks a put's metadata against the store's limits (which the chunker
+/// and the store check again) and opens its input.
+fn open_put_source(
+    file: &Path,
+    strings: [(&str, Option<&String>); 2],
+    tags: &[String],
+    links: &[String],
+) -> Result<PutSource> {
+    use tensor_blob_host::store::{LINKS_MAX, STRING_BYTES_MAX, TAGS_MAX, TAG_BYTES_MAX};
+    for (name, value) in strings {
+        if value.is_some_and(|v| v.len() > STRING_BYTES_MAX) {
+            bail!("invalid argument: {name} is over {STRING_BYTES_MAX} bytes");
+        }
+    }
+    if tags.len() > TAGS_MAX || links.len() > LINKS_MAX {
+        bail!("invalid argument: at most {TAGS_MAX} tags and {LINKS_MAX} links");
+    }
+    if tags.iter().any(|t| t.is_empty() || t.len() > TAG_BYTES_MAX) {
+        bail!("invalid argument: a tag must be 1..={TAG_BYTES_MAX} bytes");
+    }
     for link in links {
         link.parse::<ArtifactId>()
             .with_context(|| format!("--link {link}"))?;
@@ -205,8 +252,27 @@ fn run(cli: Cli) -> Result<u8> {
     // Checked before anything is opened or created: a bad name, a missing
     // input file or link makes no store and no tenant.
     tensor_blob_host::tenant::validate_name(&cli.tenant)?;
-    let mut put_source = match &cli.command {
-        Command::Put { file, links, .. } => Some(open_put_source(file, links)?),
+    let mut put_inputs = match &cli.command {
+        Command::Put {
+            file,
+            name,
+            content_type,
+            tags,
+            links,
+            chunking,
+            chunk_size,
+        } => Some((
+            put_chunking(*chunking, *chunk_size)?,
+            open_put_source(
+                file,
+                [
+                    ("--name", name.as_ref()),
+                    ("--content-type", content_type.as_ref()),
+                ],
+                tags,
+                links,
+            )?,
+        )),
         _ => None,
     };
     let runtime = open_runtime(&cli)?;
@@ -218,20 +284,10 @@ fn run(cli: Cli) -> Result<u8> {
             content_type,
             tags,
             links,
-            chunking,
-            chunk_size,
+            ..
         } => {
-            let chunking = match (chunking, chunk_size) {
-                (ChunkingMode::Fixed, size) => Some(Chunking::Fixed(size.unwrap_or(1 << 16))),
-                (ChunkingMode::Cdc, None) => None,
-                (ChunkingMode::Cdc, Some(avg)) => Some(Chunking::ContentDefined(
-                    runtime::bindings::chunker::tensor::blob::types::CdcParams {
-                        min: (avg / 4).max(64),
-                        avg,
-                        max: avg.saturating_mul(4),
-                    },
-                )),
-            };
+            let (chunking, (mut source, size)) =
+                put_inputs.take().expect("checked before the runtime");
             let filename = name.or_else(|| {
                 (file != Path::new("-"))
                     .then(|| file.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -246,7 +302,6 @@ fn run(cli: Cli) -> Result<u8> {
                 custom: Vec::<KeyValue>::new(),
                 chunking,
             };
-            let (mut source, size) = put_source.take().expect("opened before the runtime");
             let mut chunker = runtime.chunker(tenant)?;
             let bar = progress(size, "put");
             let id = chunker.put_from(&mut source, &options, &mut |n| bar.set_position(n))?;
