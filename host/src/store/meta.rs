@@ -1,7 +1,8 @@
 //! The metadata log (`meta.log`) and the catalog rebuilt from it.
 //!
 //! [`MetaLog`] appends records and fsyncs them; at open it replays every
-//! record, truncating a torn tail and stepping over damage in the middle.
+//! record, truncating a torn tail and stepping over damage in the middle
+//! (a read-only open replays the same way and only stops at a torn tail).
 //! [`Catalog`] is the in-memory result: live artifacts with their manifests,
 //! commit order and a tag index. Reference counts live in the chunk index
 //! and are derived from the catalog's manifests, never stored.
