@@ -59,6 +59,36 @@ fn spawn_holder(store: &Path) -> Child {
     child
 }
 
+/// Where process `pid`'s main thread is blocked in the kernel (`0` while it
+/// runs, or always where the kernel hides it).
+fn wchan(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default()
+}
+
+/// Waits until the `tblob` process `waiter` is between two tries at a held
+/// lock: the only place its main thread sleeps in `nanosleep`. Needs the
+/// kernel to show where processes block: `holder` (blocked reading its
+/// stdin) tells; where it does not, the wait is skipped with a note.
+fn wait_until_retrying_the_lock(waiter: &mut Child, holder: u32) {
+    let shown = (0..10_000).any(|_| !matches!(wchan(holder).as_str(), "" | "0"));
+    if !shown {
+        eprintln!("note: /proc/PID/wchan shows nothing here; not checking that the waiter waits");
+        return;
+    }
+    let deadline = Instant::now() + EVENT_WAIT_MAX;
+    while !wchan(waiter.id()).contains("nanosleep") {
+        assert!(
+            Instant::now() < deadline,
+            "the waiter never retried the lock"
+        );
+        assert!(
+            waiter.try_wait().unwrap().is_none(),
+            "the waiter did not wait"
+        );
+        std::thread::yield_now();
+    }
+}
+
 /// Goal: readers beside a writer process get the committed state, bytes
 /// included; a second writer is refused at once with one line naming the
 /// holder's pid, after `--wait` seconds if given; a writer waiting long
@@ -67,7 +97,9 @@ fn spawn_holder(store: &Path) -> Child {
 /// open); all five reading commands run while it holds the tenant; then
 /// writers without and with a short `--wait` (refused, the latter only
 /// after the wait), and one with a long `--wait` that must succeed once
-/// the holder's stdin is closed and it finishes.
+/// the holder's stdin is closed and it finishes; the holder is released
+/// only once that waiter is seen retrying the lock (its main thread asleep
+/// in `nanosleep`, per `/proc/PID/wchan`).
 #[test]
 fn readers_run_beside_a_writer_and_a_second_writer_is_refused_naming_it() {
     let store = tempfile::tempdir().unwrap();
@@ -112,7 +144,7 @@ fn readers_run_beside_a_writer_and_a_second_writer_is_refused_naming_it() {
     assert_eq!(refused.status.code(), Some(2));
     assert_eq!(stderr(&refused), refusal);
 
-    let waiter = {
+    let mut waiter = {
         let _spawning = spawning();
         Command::new(env!("CARGO_BIN_EXE_tblob"))
             .arg("--store")
@@ -124,6 +156,7 @@ fn readers_run_beside_a_writer_and_a_second_writer_is_refused_naming_it() {
             .spawn()
             .unwrap()
     };
+    wait_until_retrying_the_lock(&mut waiter, holder_pid);
     drop(holder.stdin.take());
     let held = holder.wait_with_output().unwrap();
     assert!(held.status.success(), "{}", stderr(&held));
