@@ -41,6 +41,15 @@ pub enum StoreError {
     /// return them ("fsyncgate"). Reads keep working.
     #[error("read-only: {0}")]
     ReadOnly(String),
+    /// Another process has the tenant open for writing (it holds the
+    /// tenant's lock), and this one waited as long as it was allowed to.
+    #[error("tenant {tenant} is in use by another process{}", pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default())]
+    InUse {
+        tenant: String,
+        /// The holder's process id, as it wrote it into the lock file; `None`
+        /// if it could not be read.
+        pid: Option<u32>,
+    },
     /// The disk could not be read or written.
     #[error("i/o error {context}: {source}")]
     Io {
@@ -77,6 +86,10 @@ impl StoreError {
             StoreError::Closed => StoreError::Closed,
             StoreError::NoSpace(m) => StoreError::NoSpace(m.clone()),
             StoreError::ReadOnly(m) => StoreError::ReadOnly(m.clone()),
+            StoreError::InUse { tenant, pid } => StoreError::InUse {
+                tenant: tenant.clone(),
+                pid: *pid,
+            },
             StoreError::Io { context, source } => StoreError::Io {
                 context: context.clone(),
                 source: std::io::Error::new(source.kind(), source.to_string()),

@@ -2,9 +2,17 @@
 //! with its own [`Store`] and nothing shared with any other tenant.
 //!
 //! A tenant's store is opened at most once per process (all contexts share
-//! the one [`Store`]) and at most once across processes: an exclusive
-//! `flock` on `tenants/<name>/LOCK` is held while it is open, so two
-//! processes can never append to the same logs.
+//! the one [`Store`]) and at most once across processes for writing: an
+//! exclusive `flock` on `tenants/<name>/LOCK` is held while it is open, so
+//! two processes can never append to the same logs. The holder writes its
+//! process id into the lock file, so a refused process can say who holds
+//! it ([`StoreError::InUse`]). How long a refused open keeps trying is
+//! [`Access::lock_wait`].
+//!
+//! A [`Tenants`] with [`Access::read_only`] takes no lock and creates
+//! nothing: each tenant is opened with [`Store::open_read_only`], a
+//! snapshot of what was committed at its first use, beside whichever
+//! process writes it. An unknown tenant is `NotFound`, never made.
 //!
 //! At most [`Tenants::open_max`] stores are kept open (default
 //! [`TENANTS_OPEN_MAX_DEFAULT`]): past it, the least recently used ones
@@ -20,12 +28,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use cap_std::fs::Dir;
 
 use crate::error::StoreError;
 use crate::store::backend::cap::CapDir;
-use crate::store::backend::{Backend, EntryKind, LockGuard};
+use crate::store::backend::{Backend, EntryKind, LockGuard, OpenMode};
 use crate::store::{Store, StoreOptions, TenantPolicy};
 
 /// Tenant stores a [`Tenants`] keeps open at most, unless more are in use
@@ -54,10 +63,35 @@ pub fn validate_name(name: &str) -> Result<(), StoreError> {
     }
 }
 
-/// Tries at taking a tenant's lock, [`LOCK_RETRY_DELAY`] apart: about
-/// half a second in all, far longer than a fork-to-exec window.
-const LOCK_ATTEMPTS_MAX: u32 = 25;
-const LOCK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long a writer's open keeps retrying a held tenant lock unless told
+/// otherwise ([`Access::lock_wait`]): about half a second, far longer than
+/// a fork-to-exec window (see [`lock`]).
+pub const LOCK_WAIT_DEFAULT: Duration = Duration::from_millis(500);
+/// The pause between two tries at a held lock.
+const LOCK_RETRY_DELAY: Duration = Duration::from_millis(20);
+/// Longest process id text read back from a lock file.
+const LOCK_PID_BYTES_MAX: u64 = 20;
+
+/// How a [`Tenants`] opens its tenants' stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// Open each store with [`Store::open_read_only`]: no lock, nothing
+    /// written or created, every write refused.
+    pub read_only: bool,
+    /// How long a writer's open waits for a tenant another process holds
+    /// before it fails with [`StoreError::InUse`]. At least one try is
+    /// always made.
+    pub lock_wait: Duration,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Access {
+            read_only: false,
+            lock_wait: LOCK_WAIT_DEFAULT,
+        }
+    }
+}
 
 /// Name of the directory holding the tenants, under the store root.
 const TENANTS_DIR: &str = "tenants";
@@ -66,7 +100,8 @@ const LOCK_NAME: &str = "LOCK";
 
 struct OpenTenant {
     store: Store,
-    _lock: LockGuard,
+    /// `None` for a read-only store, which takes no lock.
+    _lock: Option<LockGuard>,
 }
 
 /// One tenant's entry in the registry: filled by the first open. Opens of
@@ -92,6 +127,7 @@ struct Registry {
 pub struct Tenants {
     root: Arc<dyn Backend>,
     options: StoreOptions,
+    access: Access,
     open: Arc<Mutex<Registry>>,
     /// See [`Tenants::set_open_max`].
     open_max: Arc<AtomicUsize>,
@@ -108,9 +144,23 @@ impl Tenants {
         Tenants {
             root,
             options,
+            access: Access::default(),
             open: Arc::new(Mutex::new(Registry::default())),
             open_max: Arc::new(AtomicUsize::new(TENANTS_OPEN_MAX_DEFAULT)),
         }
+    }
+
+    /// These tenants opened as `access` says (the default: for writing,
+    /// waiting [`LOCK_WAIT_DEFAULT`] for a held lock). Set before first
+    /// use: stores already open stay as they were opened.
+    pub fn with_access(mut self, access: Access) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// How these tenants are opened.
+    pub fn access(&self) -> Access {
+        self.access
     }
 
     /// Keeps at most `max` (at least 1) tenant stores open from now on,
@@ -230,12 +280,21 @@ impl Tenants {
         if let Some(tenant) = &*slot {
             return Ok(tenant.store.clone());
         }
+        if self.access.read_only {
+            let dir = self.existing_tenant_dir(name)?;
+            let store = Store::open_read_only(dir, self.options.clone())?;
+            *slot = Some(OpenTenant {
+                store: store.clone(),
+                _lock: None,
+            });
+            return Ok(store);
+        }
         let dir = self.tenant_dir(name)?;
-        let lock = lock(&*dir, name)?;
+        let lock = lock(&*dir, name, self.access.lock_wait)?;
         let store = Store::open_backend(dir, self.options.clone())?;
         *slot = Some(OpenTenant {
             store: store.clone(),
-            _lock: lock,
+            _lock: Some(lock),
         });
         Ok(store)
     }
@@ -261,6 +320,26 @@ impl Tenants {
                 .sync()
                 .map_err(|e| io(format!("syncing {TENANTS_DIR}/"), e))?;
         }
+        Ok(dir)
+    }
+
+    /// `tenants/<name>/` if it exists; `NotFound` (naming the tenant) if
+    /// not. Creates and syncs nothing: for read-only opens.
+    fn existing_tenant_dir(&self, name: &str) -> Result<Arc<dyn Backend>, StoreError> {
+        let missing = |e: std::io::Error, what: String| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                StoreError::NotFound(format!("tenant {name}"))
+            } else {
+                io(what, e)
+            }
+        };
+        let (tenants, _) = self
+            .root
+            .dir(TENANTS_DIR, false)
+            .map_err(|e| missing(e, format!("opening {TENANTS_DIR}/")))?;
+        let (dir, _) = tenants
+            .dir(name, false)
+            .map_err(|e| missing(e, format!("opening {TENANTS_DIR}/{name}/")))?;
         Ok(dir)
     }
 
@@ -315,24 +394,39 @@ fn forget_empty(registry: &mut Registry) {
     });
 }
 
-fn lock(dir: &dyn Backend, name: &str) -> Result<LockGuard, StoreError> {
+/// Takes tenant `name`'s lock in its directory `dir`, trying for `wait`.
+fn lock(dir: &dyn Backend, name: &str, wait: Duration) -> Result<LockGuard, StoreError> {
     // A child process forked by any thread of ours holds a copy of the lock
     // file's descriptor (and so the lock) until it execs and close-on-exec
-    // drops it: microseconds. So a refusal is retried for a bounded while
-    // before it is taken to mean that another process has the store open.
-    let mut attempts = 0;
+    // drops it: microseconds. So even the default wait outlasts that, and
+    // a refusal at its end means another process has the store open.
+    let deadline = Instant::now() + wait;
     loop {
         match dir.lock(LOCK_NAME) {
             Ok(guard) => return Ok(guard),
-            Err(e) => {
-                attempts += 1;
-                if e.kind() != std::io::ErrorKind::WouldBlock || attempts >= LOCK_ATTEMPTS_MAX {
-                    return Err(io(format!("tenant {name} is in use by another process"), e));
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(StoreError::InUse {
+                        tenant: name.to_string(),
+                        pid: lock_holder(dir),
+                    });
                 }
-                std::thread::sleep(LOCK_RETRY_DELAY);
+                std::thread::sleep(LOCK_RETRY_DELAY.min(deadline - now));
             }
+            Err(e) => return Err(io(format!("locking tenant {name}"), e)),
         }
     }
+}
+
+/// The process id the holder of a tenant's lock wrote into its lock file,
+/// if there is one to read (the lock file is only ever a few digits).
+fn lock_holder(dir: &dyn Backend) -> Option<u32> {
+    let file = dir.open(LOCK_NAME, OpenMode::Read).ok()?;
+    let len = file.len().ok()?.min(LOCK_PID_BYTES_MAX);
+    let mut bytes = vec![0u8; len as usize];
+    file.read_exact_at(&mut bytes, 0).ok()?;
+    std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
 }
 
 fn io(context: String, source: std::io::Error) -> StoreError {
@@ -376,6 +470,47 @@ mod tests {
         assert!(a_failed, "tenant a is held by the other registry");
         assert!(b_done < a_done, "tenant b waited for tenant a's open");
     }
+    /// Goal: a second writer of a held tenant gets `InUse` naming the
+    /// holder's pid, after waiting about `lock_wait` and no longer; a
+    /// read-only `Tenants` opens the held tenant beside the holder, sees
+    /// what it committed, and creates no tenant it does not find.
+    /// Method: one `Tenants` holds tenant `a` (as another process would);
+    /// a second one with a 100 ms wait, and a read-only third.
+    #[test]
+    fn writers_exclude_each_other_naming_the_holder_and_readers_do_not_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = || Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap();
+        let holder = Tenants::new(root(), StoreOptions::default());
+        let held = holder.store("a").unwrap();
+        let id = put_one(&held, b"committed by the holder");
+        let wait = Duration::from_millis(100);
+        let writer = Tenants::new(root(), StoreOptions::default()).with_access(Access {
+            read_only: false,
+            lock_wait: wait,
+        });
+        let started = Instant::now();
+        match writer.store("a") {
+            Err(StoreError::InUse { tenant, pid }) => {
+                assert_eq!(tenant, "a");
+                assert_eq!(pid, Some(std::process::id()));
+            }
+            other => panic!("expected in-use, got {:?}", other.map(|_| ())),
+        }
+        let waited = started.elapsed();
+        assert!(waited >= wait && waited < wait * 20, "waited {waited:?}");
+
+        let reader = Tenants::new(root(), StoreOptions::default()).with_access(Access {
+            read_only: true,
+            ..Access::default()
+        });
+        let snapshot = reader.store("a").unwrap();
+        assert!(snapshot.exists(&id));
+        assert!(matches!(snapshot.delete(&id), Err(StoreError::ReadOnly(_))));
+        assert!(matches!(reader.store("b"), Err(StoreError::NotFound(_))));
+        assert!(matches!(reader.policy("b"), Err(StoreError::NotFound(_))));
+        assert!(!dir.path().join("tenants/b").exists());
+    }
+
     fn put_one(store: &Store, bytes: &[u8]) -> crate::store::ArtifactId {
         use crate::store::{ChunkRef, Hash, NewMetadata};
         let digest = Hash::of(bytes);

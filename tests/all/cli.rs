@@ -285,21 +285,35 @@ fn demo_and_run_execute_the_example_plugin() {
 #[test]
 fn a_store_open_in_another_process_is_refused_not_shared() {
     // Two processes appending to one tenant's logs would interleave records;
-    // the second must get a clear error instead.
+    // the second writer must get a clear error instead (a reader is let in:
+    // see `concurrent.rs`).
     let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("f");
+    std::fs::write(&file, b"bytes").unwrap();
     let runtime = crate::common::open_runtime(
         store.path(),
         tensor_blob_host::store::StoreOptions::default(),
     );
     let _held = runtime.tenant_store("default").unwrap();
-    let output = tblob(store.path(), &["ls"]);
+    let output = tblob(store.path(), &["put", file.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(stderr.contains("in use by another process"), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "tblob: tenant default is in use by another process (pid {})\n",
+            std::process::id()
+        )
+    );
+    assert!(tblob(store.path(), &["ls"]).status.success());
     // Another tenant of the same root is independent.
-    assert!(tblob(store.path(), &["--tenant", "other", "ls"])
-        .status
-        .success());
+    assert!(tblob(
+        store.path(),
+        &["--tenant", "other", "put", file.to_str().unwrap()]
+    )
+    .status
+    .success());
 }
 
 fn quota_json(store: &Path, tenant: &str) -> serde_json::Value {
@@ -376,12 +390,16 @@ fn quota_set_and_show_across_processes() {
     let used = shown["usage"]["bytes"].as_u64().unwrap();
     assert!(used > 4096 + 8192, "usage counts what is stored: {used}");
 
-    // Another tenant has its own (no) quota.
-    assert!(quota_json(store.path(), "other")["quota"]["artifacts_max"].is_null());
+    // Another tenant has its own (no) quota. `quota show` only reads: it
+    // does not make the tenant, a put does.
+    let unknown = tblob(store.path(), &["--tenant", "other", "quota", "show"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(!store.path().join("tenants/other").exists());
     ok(&tblob(
         store.path(),
         &["--tenant", "other", "put", big.to_str().unwrap()],
     ));
+    assert!(quota_json(store.path(), "other")["quota"]["artifacts_max"].is_null());
 
     for bad in ["12Q", "", "-1", "99999999999T"] {
         let output = tblob(store.path(), &["quota", "set", "--bytes", bad]);

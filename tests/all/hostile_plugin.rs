@@ -195,6 +195,8 @@ fn an_abandoned_upload_never_becomes_visible_and_gc_reclaims_it() {
     let store = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let plugin = plugin_file(work.path());
+    // A write makes the (empty) tenant: reading commands create nothing.
+    ok(&tblob(store.path(), &["gc"]));
     let empty = stat_json(store.path(), "default");
     let outcomes = attack(store.path(), &plugin, "default", &["abandon", "5000000"]);
     assert_eq!(

@@ -4,6 +4,7 @@
 mod common;
 
 mod cli;
+mod concurrent;
 mod crash;
 mod disk_faults;
 mod fixtures;

@@ -192,6 +192,7 @@ fn open_runtime(store: &std::path::Path, durability: Durability) -> Result<Runti
         },
         chunker_wasm: None,
         gc: Some(budgeted_gc()),
+        ..RuntimeOptions::default()
     };
     Ok(Runtime::new(&engine, root, options)?)
 }

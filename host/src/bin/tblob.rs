@@ -5,6 +5,13 @@
 //! prints only the id; `get` writes exactly the stored bytes; errors are one
 //! line on stderr. Exit codes: 0 success, 1 a negative answer (`exists`:
 //! absent; `verify`: damage found), 2 an error.
+//!
+//! Commands that only read (`ls`, `stat`, `get`, `exists`, `verify`,
+//! `quota show`) open the tenant read-only: they run beside a writer
+//! process, see what was committed when they started, and create nothing
+//! (a missing store or tenant is an error). Commands that write wait for a
+//! tenant another process writes at most `--wait` seconds (default: about
+//! half a second), then fail naming its holder.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -15,6 +22,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tensor_blob_host::runtime::plugin::{Plugin, PluginOptions, TimeLimitExceeded};
 use tensor_blob_host::runtime::{self, Chunking, KeyValue, PutOptions, Runtime, RuntimeOptions};
 use tensor_blob_host::store::{ArtifactId, Durability, GcPolicy, StoreOptions};
+use tensor_blob_host::tenant::{Access, LOCK_WAIT_DEFAULT};
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +40,10 @@ struct Cli {
     /// Skip fsync (only for throwaway stores: an acknowledged write may be lost).
     #[arg(long, global = true, hide = true)]
     no_fsync: bool,
+    /// Writing commands: wait up to this many seconds for a tenant another
+    /// process is writing (default: about half a second), then fail.
+    #[arg(long, global = true, value_name = "SECONDS", value_parser = parse_seconds)]
+    wait: Option<std::time::Duration>,
     #[command(subcommand)]
     command: Command,
 }
@@ -152,7 +164,117 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether `command` only reads, so it opens its tenant read-only.
+fn reads_only(command: &Command) -> bool {
+    match command {
+        Command::Get { .. }
+        | Command::Exists { .. }
+        | Command::Stat { .. }
+        | Command::Ls { .. }
+        | Command::Verify { .. } => true,
+        Command::Quota { action } => matches!(action, QuotaAction::Show { .. }),
+        Command::Put { .. }
+        | Command::Rm { .. }
+        | Command::Gc
+        | Command::Run { .. }
+        | Command::Demo { .. } => false,
+    }
+}
+
+/// A put's input, opened before the store is: a put that cannot start
+/// creates nothing.
+type PutSource = (Box<dyn Read>, Option<u64>);
+
+/// The chunking `--chunking` and `--chunk-size` ask for (`None`: the
+/// chunker's default), checked against the limits the chunker applies.
+fn put_chunking(mode: ChunkingMode, size: Option<u32>) -> Result<Option<Chunking>> {
+    use tensor_blob_chunking as chunking;
+    let (chunking, check) = match (mode, size) {
+        (ChunkingMode::Fixed, size) => {
+            let size = size.unwrap_or(1 << 16);
+            (Some(Chunking::Fixed(size)), chunking::Chunking::Fixed(size))
+        }
+        (ChunkingMode::Cdc, None) => return Ok(None),
+        (ChunkingMode::Cdc, Some(avg)) => {
+            let (min, max) = ((avg / 4).max(64), avg.saturating_mul(4));
+            let params =
+                runtime::bindings::chunker::tensor::blob::types::CdcParams { min, avg, max };
+            let check = chunking::Chunking::ContentDefined(chunking::CdcParams {
+                min_bytes: min,
+                avg_bytes: avg,
+                max_bytes: max,
+            });
+            (Some(Chunking::ContentDefined(params)), check)
+        }
+    };
+    check
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid argument: --chunk-size: {e}"))?;
+    Ok(chunking)
+}
+
+/// Checks a put's metadata against the store's limits (which the chunker
+/// and the store check again) and opens its input.
+fn open_put_source(
+    file: &Path,
+    strings: [(&str, Option<&String>); 2],
+    tags: &[String],
+    links: &[String],
+) -> Result<PutSource> {
+    use tensor_blob_host::store::{LINKS_MAX, STRING_BYTES_MAX, TAGS_MAX, TAG_BYTES_MAX};
+    for (name, value) in strings {
+        if value.is_some_and(|v| v.len() > STRING_BYTES_MAX) {
+            bail!("invalid argument: {name} is over {STRING_BYTES_MAX} bytes");
+        }
+    }
+    if tags.len() > TAGS_MAX || links.len() > LINKS_MAX {
+        bail!("invalid argument: at most {TAGS_MAX} tags and {LINKS_MAX} links");
+    }
+    if tags.iter().any(|t| t.is_empty() || t.len() > TAG_BYTES_MAX) {
+        bail!("invalid argument: a tag must be 1..={TAG_BYTES_MAX} bytes");
+    }
+    for link in links {
+        link.parse::<ArtifactId>()
+            .with_context(|| format!("--link {link}"))?;
+    }
+    if file == Path::new("-") {
+        return Ok((Box::new(std::io::stdin().lock()), None));
+    }
+    let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let metadata = f.metadata()?;
+    if metadata.is_dir() {
+        bail!("{} is a directory", file.display());
+    }
+    Ok((Box::new(f), Some(metadata.len())))
+}
+
 fn run(cli: Cli) -> Result<u8> {
+    // Checked before anything is opened or created: a bad name, a missing
+    // input file or link makes no store and no tenant.
+    tensor_blob_host::tenant::validate_name(&cli.tenant)?;
+    let mut put_inputs = match &cli.command {
+        Command::Put {
+            file,
+            name,
+            content_type,
+            tags,
+            links,
+            chunking,
+            chunk_size,
+        } => Some((
+            put_chunking(*chunking, *chunk_size)?,
+            open_put_source(
+                file,
+                [
+                    ("--name", name.as_ref()),
+                    ("--content-type", content_type.as_ref()),
+                ],
+                tags,
+                links,
+            )?,
+        )),
+        _ => None,
+    };
     let runtime = open_runtime(&cli)?;
     let tenant = cli.tenant.as_str();
     match cli.command {
@@ -162,20 +284,10 @@ fn run(cli: Cli) -> Result<u8> {
             content_type,
             tags,
             links,
-            chunking,
-            chunk_size,
+            ..
         } => {
-            let chunking = match (chunking, chunk_size) {
-                (ChunkingMode::Fixed, size) => Some(Chunking::Fixed(size.unwrap_or(1 << 16))),
-                (ChunkingMode::Cdc, None) => None,
-                (ChunkingMode::Cdc, Some(avg)) => Some(Chunking::ContentDefined(
-                    runtime::bindings::chunker::tensor::blob::types::CdcParams {
-                        min: (avg / 4).max(64),
-                        avg,
-                        max: avg.saturating_mul(4),
-                    },
-                )),
-            };
+            let (chunking, (mut source, size)) =
+                put_inputs.take().expect("checked before the runtime");
             let filename = name.or_else(|| {
                 (file != Path::new("-"))
                     .then(|| file.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -189,14 +301,6 @@ fn run(cli: Cli) -> Result<u8> {
                 links,
                 custom: Vec::<KeyValue>::new(),
                 chunking,
-            };
-            let (mut source, size): (Box<dyn Read>, Option<u64>) = if file == Path::new("-") {
-                (Box::new(std::io::stdin().lock()), None)
-            } else {
-                let f = std::fs::File::open(&file)
-                    .with_context(|| format!("opening {}", file.display()))?;
-                let size = f.metadata().ok().map(|m| m.len());
-                (Box::new(f), size)
             };
             let mut chunker = runtime.chunker(tenant)?;
             let bar = progress(size, "put");
@@ -502,15 +606,32 @@ fn parse_limit(text: &str) -> Result<Limit, String> {
         .ok_or_else(|| format!("{text:?} does not fit in 64 bits"))
 }
 
+/// The store root, as a capability: the CLI is the one place that turns a
+/// path into one. Writing commands create it if missing (each new
+/// directory fsynced into its parent, so a power cut cannot take the store
+/// directory away from under synced data). Reading commands create
+/// nothing: a missing store or tenant is an error naming it.
+fn open_root(cli: &Cli) -> Result<cap_std::fs::Dir> {
+    let path = &cli.store;
+    if !reads_only(&cli.command) {
+        return tensor_blob_host::store::backend::cap::create_ambient_dir(
+            path,
+            cap_std::ambient_authority(),
+        )
+        .with_context(|| format!("opening store directory {}", path.display()));
+    }
+    if !path.is_dir() {
+        bail!("no store at {}", path.display());
+    }
+    if !path.join("tenants").join(&cli.tenant).is_dir() {
+        bail!("no tenant {} in store {}", cli.tenant, path.display());
+    }
+    cap_std::fs::Dir::open_ambient_dir(path, cap_std::ambient_authority())
+        .with_context(|| format!("opening store directory {}", path.display()))
+}
+
 fn open_runtime(cli: &Cli) -> Result<Runtime> {
-    // The CLI is the one place that turns a path into a capability. New
-    // directories are fsynced into their parents, so a power cut cannot
-    // take the store directory away from under synced data.
-    let root = tensor_blob_host::store::backend::cap::create_ambient_dir(
-        &cli.store,
-        cap_std::ambient_authority(),
-    )
-    .with_context(|| format!("opening store directory {}", cli.store.display()))?;
+    let root = open_root(cli)?;
     let mut config = runtime::default_config();
     if let Command::Run {
         time_limit: Some(_),
@@ -540,6 +661,10 @@ fn open_runtime(cli: &Cli) -> Result<Runtime> {
         // Background GC only where the process lives on: a plugin run.
         // One-shot commands leave it to `tblob gc`.
         gc: matches!(cli.command, Command::Run { .. }).then(GcPolicy::default),
+        access: Access {
+            read_only: reads_only(&cli.command),
+            lock_wait: cli.wait.unwrap_or(LOCK_WAIT_DEFAULT),
+        },
     };
     Ok(Runtime::new(&engine, root, options)?)
 }

@@ -58,7 +58,7 @@ pub use self::error::BlobError;
 pub use self::host::blobs::BlobCtx;
 use crate::maintenance::Maintenance;
 use crate::store::{GcPolicy, Store, StoreOptions};
-use crate::tenant::Tenants;
+use crate::tenant::{Access, Tenants};
 
 /// A wasmtime configuration suited to tensor-blob: stack sizes that leave
 /// room for a chunker call nested in a plugin's async host call.
@@ -82,6 +82,10 @@ pub struct RuntimeOptions {
     /// default with [`GcPolicy::default`]. `None`: only explicit
     /// [`Store::gc`] calls collect (the CLI's one-shot commands).
     pub gc: Option<GcPolicy>,
+    /// Whether tenants are opened for writing (the default) or read-only
+    /// beside another process's writer, and how long a writer's open waits
+    /// for a tenant another process holds (see [`Access`]).
+    pub access: Access,
 }
 
 impl Default for RuntimeOptions {
@@ -90,6 +94,7 @@ impl Default for RuntimeOptions {
             store: StoreOptions::default(),
             chunker_wasm: None,
             gc: Some(GcPolicy::default()),
+            access: Access::default(),
         }
     }
 }
@@ -122,7 +127,7 @@ impl Runtime {
         Ok(Runtime::assemble(
             engine.clone(),
             chunker,
-            Tenants::new(root, options.store),
+            Tenants::new(root, options.store).with_access(options.access),
             options.gc,
         ))
     }

@@ -1,7 +1,8 @@
 //! The metadata log (`meta.log`) and the catalog rebuilt from it.
 //!
 //! [`MetaLog`] appends records and fsyncs them; at open it replays every
-//! record, truncating a torn tail and stepping over damage in the middle.
+//! record, truncating a torn tail and stepping over damage in the middle
+//! (a read-only open replays the same way and only stops at a torn tail).
 //! [`Catalog`] is the in-memory result: live artifacts with their manifests,
 //! commit order and a tag index. Reference counts live in the chunk index
 //! and are derived from the catalog's manifests, never stored.
@@ -58,14 +59,160 @@ fn io(context: impl FnOnce() -> String) -> impl FnOnce(std::io::Error) -> StoreE
     move |source| StoreError::io(context(), source)
 }
 
+/// How far a replay got (see [`replay`]).
+struct Replayed {
+    /// Where the last valid record ends: the log's length to append at.
+    end: u64,
+    /// Nothing valid from here to the end: a torn tail, and why.
+    torn: Option<(u64, String)>,
+    /// A damaged or undecodable record was stepped over.
+    damaged: bool,
+    /// The last record is a checkpoint (or there is none).
+    checkpointed: bool,
+}
+
+/// Replays the records of a log of `len` bytes (its header checked) in
+/// order into `apply`, stepping over damage in the middle (into
+/// `outcome`); reads only, so the writer's open and a read-only one share
+/// it and differ in what they do about a torn tail.
+fn replay(
+    file: &dyn BackendFile,
+    len: u64,
+    outcome: &mut ReplayOutcome,
+    mut apply: impl FnMut(u64, MetaRecord),
+) -> Result<Replayed, StoreError> {
+    let mut replayed = Replayed {
+        end: len,
+        torn: None,
+        damaged: false,
+        checkpointed: true,
+    };
+    let mut at = META_HEADER_BYTES;
+    // One buffer for every payload: replay allocates per record only
+    // what the decoded record keeps.
+    let mut payload = Vec::new();
+    let mut reader = Reader::new(file, len);
+    while at < len {
+        match record_at(&mut reader, at, len, &mut payload)? {
+            Ok(header) => {
+                let next = at + META_RECORD_HEADER_BYTES + u64::from(header.payload_len);
+                match format::decode_meta_payload(header.kind, &payload) {
+                    Ok(record) => {
+                        outcome.records += 1;
+                        replayed.checkpointed = record == MetaRecord::Checkpoint;
+                        apply(at, record)
+                    }
+                    Err(reason) => {
+                        replayed.damaged = true;
+                        outcome.problems.push(Problem::new(
+                            ProblemKind::InvalidRecord,
+                            format!("{META_LOG_NAME}: record at offset {at} undecodable ({reason}); skipped"),
+                        ))
+                    }
+                }
+                at = next;
+            }
+            Err(reason) => {
+                match next_record(&mut reader, at + 1, len, &mut payload)? {
+                    Some(next) => {
+                        replayed.damaged = true;
+                        outcome.problems.push(Problem::new(
+                        ProblemKind::Damaged,
+                        format!("{META_LOG_NAME}: bytes {at}..{next} unreadable ({reason}); skipped"),
+                    ));
+                        at = next;
+                    }
+                    None => {
+                        replayed.torn = Some((at, reason));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    replayed.end = at.min(len);
+    Ok(replayed)
+}
+
 impl MetaLog {
     /// Opens (or creates) `meta.log` in `dir` and hands every valid record,
     /// in order, to `apply` with its offset.
+    ///
+    /// With `read_only` (a reader beside a writer process) nothing is
+    /// created, removed, cut or synced: a missing log is `NotFound`, a log
+    /// shorter than its header holds nothing yet, and a torn tail (most
+    /// likely an append the writer is making now) is where the replay stops.
+    /// The result must then never be appended to.
     pub fn open(
         dir: &Arc<dyn Backend>,
         durability: Durability,
         fsyncs: Fsyncs,
-        mut apply: impl FnMut(u64, MetaRecord),
+        read_only: bool,
+        apply: impl FnMut(u64, MetaRecord),
+    ) -> Result<(MetaLog, ReplayOutcome), StoreError> {
+        if read_only {
+            return MetaLog::open_read_only(dir, durability, fsyncs, apply);
+        }
+        MetaLog::open_to_write(dir, durability, fsyncs, apply)
+    }
+
+    /// [`MetaLog::open`] with `read_only`.
+    fn open_read_only(
+        dir: &Arc<dyn Backend>,
+        durability: Durability,
+        fsyncs: Fsyncs,
+        apply: impl FnMut(u64, MetaRecord),
+    ) -> Result<(MetaLog, ReplayOutcome), StoreError> {
+        let mut outcome = ReplayOutcome::default();
+        let dir = Arc::clone(dir);
+        let file = dir
+            .open(META_LOG_NAME, OpenMode::Read)
+            .map_err(io(|| format!("opening {META_LOG_NAME}")))?;
+        let len = file
+            .len()
+            .map_err(io(|| format!("reading size of {META_LOG_NAME}")))?;
+        let mut log = MetaLog {
+            dir,
+            file,
+            len,
+            durability,
+            fsyncs,
+            damaged: false,
+            sync_failed: false,
+            checkpointed: true,
+        };
+        if len < META_HEADER_BYTES {
+            // Being created by the writer: nothing in it yet.
+            return Ok((log, outcome));
+        }
+        let mut header = [0u8; META_HEADER_BYTES as usize];
+        log.file
+            .read_exact_at(&mut header, 0)
+            .map_err(io(|| format!("reading header of {META_LOG_NAME}")))?;
+        format::decode_meta_header(&header)
+            .map_err(|reason| StoreError::Corrupted(format!("{META_LOG_NAME}: {reason}")))?;
+        let replayed = replay(&*log.file, len, &mut outcome, apply)?;
+        log.damaged = replayed.damaged;
+        if let Some((at, reason)) = replayed.torn {
+            outcome.truncated_bytes += len - at;
+            outcome.problems.push(Problem::new(
+                ProblemKind::TornTail,
+                format!(
+                    "{META_LOG_NAME}: torn tail at offset {at} ({reason}); {} bytes ignored (read-only)",
+                    len - at
+                ),
+            ));
+        }
+        log.len = replayed.end;
+        Ok((log, outcome))
+    }
+
+    /// [`MetaLog::open`] for the writer: creates, repairs and syncs.
+    fn open_to_write(
+        dir: &Arc<dyn Backend>,
+        durability: Durability,
+        fsyncs: Fsyncs,
+        apply: impl FnMut(u64, MetaRecord),
     ) -> Result<(MetaLog, ReplayOutcome), StoreError> {
         let mut outcome = ReplayOutcome::default();
         match dir.remove(META_COMPACT_NAME) {
@@ -120,59 +267,21 @@ impl MetaLog {
         format::decode_meta_header(&header)
             .map_err(|reason| StoreError::Corrupted(format!("{META_LOG_NAME}: {reason}")))?;
 
-        let mut damaged = false;
-        let mut checkpointed = true;
-        let mut at = META_HEADER_BYTES;
-        // One buffer for every payload: replay allocates per record only
-        // what the decoded record keeps.
-        let mut payload = Vec::new();
-        let mut reader = Reader::new(&*file, len);
-        while at < len {
-            match record_at(&mut reader, at, len, &mut payload)? {
-                Ok(header) => {
-                    let next = at + META_RECORD_HEADER_BYTES + u64::from(header.payload_len);
-                    match format::decode_meta_payload(header.kind, &payload) {
-                        Ok(record) => {
-                            outcome.records += 1;
-                            checkpointed = record == MetaRecord::Checkpoint;
-                            apply(at, record)
-                        }
-                        Err(reason) => {
-                            damaged = true;
-                            outcome.problems.push(Problem::new(
-                                ProblemKind::InvalidRecord,
-                                format!("{META_LOG_NAME}: record at offset {at} undecodable ({reason}); skipped"),
-                            ))
-                        }
-                    }
-                    at = next;
-                }
-                Err(reason) => match next_record(&mut reader, at + 1, len, &mut payload)? {
-                    Some(next) => {
-                        damaged = true;
-                        outcome.problems.push(Problem::new(
-                            ProblemKind::Damaged,
-                            format!("{META_LOG_NAME}: bytes {at}..{next} unreadable ({reason}); skipped"),
-                        ));
-                        at = next;
-                    }
-                    None => {
-                        file.set_len(at)
-                            .map_err(io(|| format!("truncating {META_LOG_NAME} at {at}")))?;
-                        outcome.truncated_bytes += len - at;
-                        outcome.problems.push(Problem::new(
-                            ProblemKind::TornTail,
-                            format!(
-                                "{META_LOG_NAME}: torn tail at offset {at} ({reason}); {} bytes truncated",
-                                len - at
-                            ),
-                        ));
-                        break;
-                    }
-                },
-            }
+        let replayed = replay(&*file, len, &mut outcome, apply)?;
+        if let Some((at, reason)) = replayed.torn {
+            file.set_len(at)
+                .map_err(io(|| format!("truncating {META_LOG_NAME} at {at}")))?;
+            outcome.truncated_bytes += len - at;
+            outcome.problems.push(Problem::new(
+                ProblemKind::TornTail,
+                format!(
+                    "{META_LOG_NAME}: torn tail at offset {at} ({reason}); {} bytes truncated",
+                    len - at
+                ),
+            ));
         }
-        let len = at.min(len);
+        let (damaged, checkpointed) = (replayed.damaged, replayed.checkpointed);
+        let len = replayed.end;
         if durability.fsyncs() {
             // What a crashed process wrote without fsync (and a truncation)
             // is made durable before anything new depends on it.

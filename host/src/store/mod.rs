@@ -102,6 +102,11 @@ use self::segment::Segments;
 /// moves a record at most once per pass, and one pass runs at a time.
 const READ_CHUNK_ATTEMPTS_MAX: u32 = 4;
 
+/// Whole opens [`Store::open_read_only`] tries while it races a writer's
+/// compaction: each race needs a compaction to finish between two steps of
+/// one open, so a few in a row mean something else is wrong.
+pub const READ_ONLY_OPEN_ATTEMPTS_MAX: u32 = 8;
+
 /// Name of the segments directory inside the store directory.
 const SEGMENTS_DIR: &str = "segments";
 
@@ -136,9 +141,13 @@ struct Inner {
     fsyncs: Fsyncs,
     recovery: RecoveryReport,
     open_stats: OpenStats,
-    /// Set by the first failed fsync: why the store refuses writes until
-    /// it is reopened (see [`StoreError::ReadOnly`]).
+    /// Set by the first failed fsync, or from the start by a read-only
+    /// open: why the store refuses writes until it is reopened (see
+    /// [`StoreError::ReadOnly`]). Every write path, the clean close and
+    /// checkpoints check it, so a read-only store writes nothing.
     failed: Mutex<Option<String>>,
+    /// Opened with [`Store::open_read_only`].
+    snapshot: bool,
     /// The store directory, for the space reserve.
     dir: Arc<dyn Backend>,
     /// Whether the space reserve ([`RESERVE_NAME`]) exists.
@@ -197,55 +206,153 @@ impl Store {
 
     /// [`Store::open`] on any [`Backend`]: the store's directory is `dir`.
     pub fn open_backend(dir: Arc<dyn Backend>, options: StoreOptions) -> Result<Store, StoreError> {
+        Store::open_with(dir, options, false)
+    }
+
+    /// Opens the store in `dir` for reading only, beside a writer that may
+    /// be using it from another process (see ARCHITECTURE.md, "Concurrent
+    /// access"). Writes nothing at all: no repair, no truncation, no
+    /// leftover removal, no hint, no fsync, no lock; a store that is not
+    /// there is `NotFound`, never created.
+    ///
+    /// The store is a snapshot: what was committed when it opened. The log
+    /// is read before the segments (a commit record is appended only once
+    /// its chunks are synced, so every chunk it names is found); a torn
+    /// tail is taken for an append in progress and left out. An open that
+    /// races a compaction of the writer's (a file gone between listing and
+    /// opening, or a committed chunk found in no segment) is retried whole,
+    /// up to [`READ_ONLY_OPEN_ATTEMPTS_MAX`] times.
+    ///
+    /// Reads re-hash as always; a chunk the writer has since moved is
+    /// still read from the segment this snapshot opened (an unlinked file
+    /// stays readable through an open handle); one whose space the writer
+    /// freed in place (a full-disk GC) reads as `Corrupted`, never as other
+    /// bytes. Every write is refused with [`StoreError::ReadOnly`].
+    pub fn open_read_only(
+        dir: Arc<dyn Backend>,
+        options: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        // No store here is an answer, not a race to retry: a writer's first
+        // open makes `segments/` and then `meta.log`, neither ever removed.
+        let entries = dir
+            .list()
+            .map_err(|e| StoreError::io("listing the store directory", e))?;
+        for (name, kind) in [
+            (SEGMENTS_DIR, backend::EntryKind::Dir),
+            (meta::META_LOG_NAME, backend::EntryKind::File),
+        ] {
+            if !entries.iter().any(|e| e.name == name && e.kind == kind) {
+                return Err(StoreError::NotFound(format!(
+                    "no store here (no {name}): a read-only open creates nothing"
+                )));
+            }
+        }
+        let mut attempt = 1;
+        loop {
+            let result = Store::open_with(Arc::clone(&dir), options.clone(), true);
+            let raced = match &result {
+                Ok(store) => store
+                    .inner
+                    .recovery
+                    .problems
+                    .iter()
+                    .any(|problem| problem.kind == ProblemKind::MissingChunk),
+                Err(StoreError::Io { source, .. }) => source.kind() == std::io::ErrorKind::NotFound,
+                Err(_) => false,
+            };
+            if !raced || attempt >= READ_ONLY_OPEN_ATTEMPTS_MAX {
+                return result;
+            }
+            // Whatever raced (a compaction's copy and unlink) finishes in
+            // moments; a short, growing pause keeps the retries from
+            // spinning through it.
+            std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
+            attempt += 1;
+        }
+    }
+
+    /// Whether this store was opened with [`Store::open_read_only`].
+    pub fn is_snapshot(&self) -> bool {
+        self.inner.snapshot
+    }
+
+    fn open_with(
+        dir: Arc<dyn Backend>,
+        options: StoreOptions,
+        read_only: bool,
+    ) -> Result<Store, StoreError> {
         let fsyncs = Fsyncs::default();
         let (segments_dir, _) = dir
-            .dir(SEGMENTS_DIR, true)
+            .dir(SEGMENTS_DIR, !read_only)
             .map_err(|e| StoreError::io(format!("opening {SEGMENTS_DIR}/"), e))?;
         // Synced on every open, not only when `segments/` is new: a crash
         // between a create and its sync leaves an entry that exists but may
         // not survive a power cut, and this repairs it.
-        if options.durability.fsyncs() {
+        if options.durability.fsyncs() && !read_only {
             fsyncs
                 .dir(&*dir)
                 .map_err(|e| StoreError::io("syncing the store directory", e))?;
         }
         // Before anything else: a damaged policy must stop the open, not
         // leave the tenant unlimited.
-        policy::remove_leftover(&*dir)?;
+        if !read_only {
+            policy::remove_leftover(&*dir)?;
+        }
         let tenant_policy = policy::read(&*dir)?;
         let segment_bytes_max = options.segment_bytes_max.max(1);
         let mut index = Index::default();
-        let (segments, scanned) = Segments::open(
-            segments_dir,
-            segment_bytes_max,
-            options.durability,
-            fsyncs.clone(),
-            &mut index,
-        )?;
+        let mut catalog = Catalog::default();
+        let mut replay_problems = Vec::new();
+        let mut replay = |catalog: &mut Catalog, index: &mut Index, offset, record| {
+            if let Err(problem) = apply(catalog, index, record) {
+                replay_problems.push(Problem::new(
+                    ProblemKind::InvalidRecord,
+                    format!(
+                        "{}: record at offset {offset}: {problem}",
+                        meta::META_LOG_NAME
+                    ),
+                ));
+            }
+        };
+        let open_segments = |index: &mut Index| {
+            Segments::open(
+                segments_dir,
+                segment_bytes_max,
+                options.durability,
+                fsyncs.clone(),
+                read_only,
+                index,
+            )
+        };
+        let ((segments, scanned), (mut meta_log, replayed)) = if read_only {
+            // The log first: every chunk a commit it holds names was synced
+            // into a segment before the commit was appended, so the
+            // segments listed after it hold them all.
+            let mut records = Vec::new();
+            let log = MetaLog::open(&dir, options.durability, fsyncs.clone(), true, |at, r| {
+                records.push((at, r))
+            })?;
+            let segments = open_segments(&mut index)?;
+            for (offset, record) in records {
+                replay(&mut catalog, &mut index, offset, record);
+            }
+            (segments, log)
+        } else {
+            let segments = open_segments(&mut index)?;
+            let log = MetaLog::open(
+                &dir,
+                options.durability,
+                fsyncs.clone(),
+                false,
+                |offset, record| replay(&mut catalog, &mut index, offset, record),
+            )?;
+            (segments, log)
+        };
         let mut recovery = RecoveryReport {
             truncated_bytes: scanned.truncated_bytes,
             problems: scanned.problems,
         };
         let mut open_stats = scanned.stats;
-
-        let mut catalog = Catalog::default();
-        let mut replay_problems = Vec::new();
-        let (mut meta_log, replayed) = MetaLog::open(
-            &dir,
-            options.durability,
-            fsyncs.clone(),
-            |offset, record| {
-                if let Err(problem) = apply(&mut catalog, &mut index, record) {
-                    replay_problems.push(Problem::new(
-                        ProblemKind::InvalidRecord,
-                        format!(
-                            "{}: record at offset {offset}: {problem}",
-                            meta::META_LOG_NAME
-                        ),
-                    ));
-                }
-            },
-        )?;
         if !replay_problems.is_empty() {
             meta_log.mark_damaged();
         }
@@ -293,7 +400,10 @@ impl Store {
                 fsyncs,
                 recovery,
                 open_stats,
-                failed: Mutex::new(None),
+                failed: Mutex::new(read_only.then(|| {
+                    "opened read-only, as a snapshot beside any writer process; open it again for writing".to_string()
+                })),
+                snapshot: read_only,
                 reserve_present: Mutex::new(reserve_in_place(&*dir)),
                 dir,
                 meta_log_bytes: std::sync::atomic::AtomicU64::new(meta_log_len),
@@ -304,7 +414,9 @@ impl Store {
         };
         // Best effort, and only if it is missing: opening never needs free
         // space, and an open that finds the reserve writes nothing.
-        store.inner.ensure_reserve();
+        if !read_only {
+            store.inner.ensure_reserve();
+        }
         Ok(store)
     }
 
@@ -317,8 +429,8 @@ impl Store {
         }
     }
 
-    /// Whether an fsync failed, so the store refuses writes (see
-    /// [`StoreError::ReadOnly`]).
+    /// Whether the store refuses writes (see [`StoreError::ReadOnly`]): an
+    /// fsync failed, or it was opened with [`Store::open_read_only`].
     pub fn is_read_only(&self) -> bool {
         lock(&self.inner.failed).is_some()
     }

@@ -57,7 +57,8 @@ pub struct ScanOutcome {
 pub struct Segments {
     dir: Arc<dyn Backend>,
     pub segments: BTreeMap<u64, Segment>,
-    /// The segment appended to; always a key of `segments`.
+    /// The segment appended to; always a key of `segments`, except in a
+    /// read-only open that found no usable segment (it never appends).
     pub active: u64,
     /// Every record of the active segment, in file order: its hint when it
     /// is checkpointed or sealed, without reading it back.
@@ -175,11 +176,19 @@ impl Segments {
     /// the first segment if there is none. In the durable modes, everything
     /// a crashed process may have left unsynced is synced before this
     /// returns, so no new commit depends on bytes that are not durable.
+    ///
+    /// With `read_only` (a reader beside a writer process, see
+    /// `Store::open_read_only`) nothing is written, removed, cut or synced:
+    /// a torn tail is left where it is and only ignored (the writer may be
+    /// appending to it right now), a segment with a torn header is skipped,
+    /// no hint is written, no first segment is created. The result must
+    /// then never be appended to.
     pub fn open(
         dir: Arc<dyn Backend>,
         segment_bytes_max: u64,
         durability: Durability,
         fsyncs: Fsyncs,
+        read_only: bool,
         index: &mut Index,
     ) -> Result<(Segments, ScanOutcome), StoreError> {
         let mut ids = Vec::new();
@@ -199,16 +208,18 @@ impl Segments {
                 temporaries.push(name.to_string());
             }
         }
-        // A hint write a crash interrupted; the segment is scanned instead.
-        for name in temporaries {
-            let _ = dir.remove(&name);
-        }
         ids.sort_unstable();
-        // A hint whose segment is gone (compaction raced the hint write,
-        // or a crash fell between the two unlinks) describes nothing.
-        for &id in &hinted {
-            if ids.binary_search(&id).is_err() {
-                let _ = dir.remove(&hint_name(id));
+        if !read_only {
+            // A hint write a crash interrupted; the segment is scanned instead.
+            for name in temporaries {
+                let _ = dir.remove(&name);
+            }
+            // A hint whose segment is gone (compaction raced the hint write,
+            // or a crash fell between the two unlinks) describes nothing.
+            for &id in &hinted {
+                if ids.binary_search(&id).is_err() {
+                    let _ = dir.remove(&hint_name(id));
+                }
             }
         }
         let mut outcome = ScanOutcome::default();
@@ -220,7 +231,7 @@ impl Segments {
         for &id in &ids {
             let name = segment_name(id);
             let active = Some(id) == newest;
-            let mode = if active {
+            let mode = if active && !read_only {
                 OpenMode::Write
             } else {
                 OpenMode::Read
@@ -259,8 +270,11 @@ impl Segments {
                         // or grows again, a stale hint could line up with
                         // it by chance and be trusted. (The directory sync
                         // at the end of open makes the removal durable
-                        // before anything is appended.)
-                        let _ = dir.remove(&hint_name(id));
+                        // before anything is appended.) A reader leaves
+                        // it: the writer may be replacing it right now.
+                        if !read_only {
+                            let _ = dir.remove(&hint_name(id));
+                        }
                         outcome.problems.push(Problem::new(
                             ProblemKind::HintRejected,
                             format!(
@@ -288,6 +302,15 @@ impl Segments {
                 // reached the disk): nothing in it was ever synced, since a
                 // sync would have taken the header along, so nothing in it
                 // was acknowledged. Unless a hint vouches for it.
+                Err(reason) if read_only && hinted_len == 0 && header.iter().all(|&b| b == 0) => {
+                    // Being created by the writer (or torn by a crash the
+                    // writer's next open repairs): nothing in it is committed.
+                    outcome.problems.push(Problem::new(
+                        ProblemKind::TornHeader,
+                        format!("segment {name}: {reason}; skipped (read-only)"),
+                    ));
+                    continue;
+                }
                 Err(reason) if !active && hinted_len == 0 && header.iter().all(|&b| b == 0) => {
                     drop(file);
                     let _ = dir.remove(&name);
@@ -340,7 +363,18 @@ impl Segments {
                     // Past every byte known synced, so nothing acknowledged:
                     // the tail of an append a crash interrupted.
                     outcome.truncated_bytes += len - at;
-                    if active {
+                    if active && read_only {
+                        // Most likely an append the writer is making now;
+                        // the snapshot ends before it, the file is left.
+                        outcome.problems.push(Problem::new(
+                            ProblemKind::TornTail,
+                            format!(
+                                "segment {name}: torn tail at offset {at} ({reason}); {} bytes ignored (read-only)",
+                                len - at
+                            ),
+                        ));
+                        len = at;
+                    } else if active {
                         file.set_len(at)
                             .map_err(io(|| format!("truncating segment {name} at {at}")))?;
                         outcome.problems.push(Problem::new(
@@ -401,7 +435,7 @@ impl Segments {
             if active {
                 active_records = records;
                 active_hinted_len = hinted_len;
-            } else if clean && hinted_len != len {
+            } else if clean && hinted_len != len && !read_only {
                 // A damaged sealed segment gets no hint, so every open scans
                 // and reports the damage again.
                 hints_to_write.push((id, len, records));
@@ -413,8 +447,9 @@ impl Segments {
                     key,
                     len,
                     // What a hint vouches for; the rest is unknown: a
-                    // crashed process may not have synced it.
-                    synced_len: synced_len.min(len),
+                    // crashed process may not have synced it. A reader
+                    // never syncs, so it plans none.
+                    synced_len: if read_only { len } else { synced_len.min(len) },
                     dir_synced: true,
                 },
             );
@@ -436,11 +471,20 @@ impl Segments {
                 store.active_records = active_records;
                 store.active_hinted_len = active_hinted_len;
             }
+            // A reader creates nothing: with no usable segment `active`
+            // names none, which only appends (never made) would look up.
+            _ if read_only => {
+                store.active = newest.unwrap_or(0);
+                return Ok((store, outcome));
+            }
             // No segment, or the newest is unusable: begin a fresh one.
             _ => {
                 let id = newest.map_or(1, |id| id + 1);
                 store.create(id)?;
             }
+        }
+        if read_only {
+            return Ok((store, outcome));
         }
         if durability.fsyncs() {
             // What a crashed process appended without fsync becomes durable

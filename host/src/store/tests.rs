@@ -1878,3 +1878,5 @@ fn payloads_cannot_forge_record_headers_for_recovery_to_pick_up() {
 mod gc_tests;
 /// Per-tenant quotas and the policy file (issue 8).
 mod quota_tests;
+/// Read-only opens beside a writer (issue 8).
+mod read_only_tests;

@@ -159,6 +159,12 @@ impl Backend for CapDir {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
+        // Who holds it, for the message of a process refused it. Best
+        // effort: the lock is what excludes, the id only explains.
+        let pid = std::process::id().to_string();
+        let _ = file
+            .set_len(0)
+            .and_then(|()| file.write_all_at(pid.as_bytes(), 0));
         // The lock lives as long as the descriptor.
         Ok(Box::new(file) as Box<dyn Any + Send + Sync>)
     }

@@ -118,7 +118,9 @@ pub trait Backend: Send + Sync {
     /// removal in it before the call survives a power cut.
     fn sync(&self) -> io::Result<()>;
     /// Takes the exclusive lock named `name` in this directory (creating its
-    /// lock file if needed), or fails with `WouldBlock` if it is held.
+    /// lock file if needed), or fails with `WouldBlock` if it is held. A
+    /// backend shared between processes writes the taker's process id
+    /// (decimal) into the lock file, for messages about who holds it.
     fn lock(&self, name: &str) -> io::Result<LockGuard>;
 }
 
