@@ -14,7 +14,8 @@
 //!   the host refuses it before it reaches the chunker;
 //! - `abandon BYTES`: writes BYTES to a writer and exits without finishing;
 //! - `memory-bomb`: grows its memory until the host refuses;
-//! - `spin`: loops forever, calling nothing.
+//! - `spin`: loops forever, calling nothing;
+//! - `panic`: panics at once (a plain trap, no limit involved).
 
 wit_bindgen::generate!({
     path: "../../../wit",
@@ -41,9 +42,10 @@ fn main() {
         ),
         Some("memory-bomb") => memory_bomb(),
         Some("spin") => spin(),
+        Some("panic") => panic!("hostile-plugin panics on purpose"),
         _ => {
             eprintln!(
-                "usage: hostile-plugin foreign ID | limits | huge BYTES | abandon BYTES | memory-bomb | spin"
+                "usage: hostile-plugin foreign ID | limits | huge BYTES | abandon BYTES | memory-bomb | spin | panic"
             );
             std::process::exit(2);
         }
