@@ -492,7 +492,11 @@ fn the_compile_cache_is_per_user_not_per_store() {
     let third = work.path().join("third");
     put_with(&third, &["--no-cache"], &elsewhere);
     assert!(!elsewhere.exists());
-    put_with(&third, &["--cache-dir", elsewhere.to_str().unwrap()], &cache);
+    put_with(
+        &third,
+        &["--cache-dir", elsewhere.to_str().unwrap()],
+        &cache,
+    );
     assert_eq!(count(&elsewhere), cached);
     assert!(!third.join("cache").exists());
 }

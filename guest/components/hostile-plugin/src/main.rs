@@ -15,7 +15,8 @@
 //! - `abandon BYTES`: writes BYTES to a writer and exits without finishing;
 //! - `memory-bomb`: grows its memory until the host refuses;
 //! - `spin`: loops forever, calling nothing;
-//! - `panic`: panics at once (a plain trap, no limit involved).
+//! - `panic`: panics at once (a plain trap, no limit involved);
+//! - `noop`: returns at once, printing nothing (start-up benchmarks).
 
 wit_bindgen::generate!({
     path: "../../../wit",
@@ -43,9 +44,10 @@ fn main() {
         Some("memory-bomb") => memory_bomb(),
         Some("spin") => spin(),
         Some("panic") => panic!("hostile-plugin panics on purpose"),
+        Some("noop") => {}
         _ => {
             eprintln!(
-                "usage: hostile-plugin foreign ID | limits | huge BYTES | abandon BYTES | memory-bomb | spin | panic"
+                "usage: hostile-plugin foreign ID | limits | huge BYTES | abandon BYTES | memory-bomb | spin | panic | noop"
             );
             std::process::exit(2);
         }
