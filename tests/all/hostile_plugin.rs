@@ -327,7 +327,10 @@ fn a_trap_names_its_cause_and_the_limit_in_force() {
     assert!(held <= 3, "held {held} blocks under a 256 MiB limit");
     let stderr = String::from_utf8_lossy(&bomb.stderr);
     assert_eq!(
-        stderr.lines().filter(|l| l.starts_with("tblob:")).collect::<Vec<_>>(),
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("tblob:"))
+            .collect::<Vec<_>>(),
         ["tblob: the plugin exceeded its memory limit of 256 MiB"],
         "{stderr}"
     );
@@ -337,12 +340,18 @@ fn a_trap_names_its_cause_and_the_limit_in_force() {
     let stderr = String::from_utf8_lossy(&panic.stderr);
     let ours: Vec<&str> = stderr.lines().filter(|l| l.starts_with("tblob:")).collect();
     assert_eq!(ours.len(), 1, "{stderr}");
-    assert!(ours[0].starts_with("tblob: the plugin trapped: "), "{stderr}");
+    assert!(
+        ours[0].starts_with("tblob: the plugin trapped: "),
+        "{stderr}"
+    );
     assert!(!ours[0].contains("memory"), "{stderr}");
     assert!(stderr.contains("panics on purpose"), "{stderr}");
 
     for bad in ["0", "none", "lots", "-1"] {
-        let refused = tblob(store.path(), &["run", "--memory-limit", bad, plugin, "panic"]);
+        let refused = tblob(
+            store.path(),
+            &["run", "--memory-limit", bad, plugin, "panic"],
+        );
         assert_eq!(refused.status.code(), Some(2), "--memory-limit {bad}");
         assert!(refused.stdout.is_empty());
     }

@@ -534,7 +534,9 @@ fn open_runtime(cli: &Cli) -> Result<Runtime> {
     let cache = if cli.no_cache {
         CompileCache::Off
     } else {
-        cli.cache_dir.clone().map_or(CompileCache::User, CompileCache::Dir)
+        cli.cache_dir
+            .clone()
+            .map_or(CompileCache::User, CompileCache::Dir)
     };
     let engine = runtime::new_engine(&EngineOptions {
         pooling: None,

@@ -25,7 +25,8 @@ use super::check;
 use super::error::BlobError;
 use super::host::chunk_store::ChunkerState;
 use super::limits::{
-    GuestLimiter, CHUNKER_MEMORY_BYTES_MAX, FAR_EPOCH_DEADLINE, INLINE_BYTES_MAX, IO_BYTES_MAX, LIST_IDS_MAX,
+    GuestLimiter, CHUNKER_MEMORY_BYTES_MAX, FAR_EPOCH_DEADLINE, INLINE_BYTES_MAX, IO_BYTES_MAX,
+    LIST_IDS_MAX,
 };
 use crate::store;
 

@@ -75,8 +75,7 @@ impl Default for PoolingOptions {
             core_instances_total: 2000,
             memories_total: 400,
             tables_total: 1000,
-            memory_bytes_max: limits::CHUNKER_MEMORY_BYTES_MAX
-                .max(limits::PLUGIN_MEMORY_BYTES_MAX),
+            memory_bytes_max: limits::CHUNKER_MEMORY_BYTES_MAX.max(limits::PLUGIN_MEMORY_BYTES_MAX),
             table_elements_max: limits::TABLE_ELEMENTS_MAX,
         }
     }
@@ -164,10 +163,7 @@ pub fn new_engine(options: &EngineOptions) -> wasmtime::Result<NewEngine> {
             Ok(cache) => {
                 config.cache(Some(cache));
             }
-            Err(error) => warnings.push(format!(
-                "no compile cache: {}: {error:#}",
-                dir.display()
-            )),
+            Err(error) => warnings.push(format!("no compile cache: {}: {error:#}", dir.display())),
         }
     }
     if let Some(pooling) = &options.pooling {
@@ -229,7 +225,11 @@ mod tests {
         assert!(made.warnings.is_empty(), "{:?}", made.warnings);
         wasmtime::component::Component::new(&made.engine, tensor_blob_artifacts::CHUNKER_WASM)
             .unwrap();
-        assert!(files_under(&cache) > 0, "nothing cached in {}", cache.display());
+        assert!(
+            files_under(&cache) > 0,
+            "nothing cached in {}",
+            cache.display()
+        );
     }
 
     fn files_under(dir: &std::path::Path) -> usize {

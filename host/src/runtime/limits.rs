@@ -221,7 +221,12 @@ impl GuestLimiter {
 
     /// This limiter with tighter counts of instances, tables and memories
     /// (a store past one fails to instantiate, with wasmtime's error).
-    pub fn with_counts(mut self, instances_max: usize, tables_max: usize, memories_max: usize) -> Self {
+    pub fn with_counts(
+        mut self,
+        instances_max: usize,
+        tables_max: usize,
+        memories_max: usize,
+    ) -> Self {
         self.instances_max = instances_max.min(PLUGIN_INSTANCES_MAX);
         self.tables_max = tables_max.min(TABLES_MAX);
         self.memories_max = memories_max.min(MEMORIES_MAX);

@@ -532,7 +532,9 @@ mod tests {
             dir,
             ChunkerState::new(
                 store,
-                crate::runtime::limits::GuestLimiter::new(crate::runtime::limits::CHUNKER_MEMORY_BYTES_MAX),
+                crate::runtime::limits::GuestLimiter::new(
+                    crate::runtime::limits::CHUNKER_MEMORY_BYTES_MAX,
+                ),
             ),
         )
     }
