@@ -16,7 +16,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use super::limits;
 
 /// How an engine allocates instances, caches compiled code and interrupts
-/// guests.
+/// guests. The default: on-demand allocation, the per-user compile cache,
+/// no epoch interruption.
 #[derive(Clone, Debug, Default)]
 pub struct EngineOptions {
     /// Pre-reserved instance slots (fast instantiation for many concurrent
