@@ -51,7 +51,9 @@ fn shared_chunker() -> wasmtime::Result<ChunkerComponent> {
     if let Some(chunker) = SHARED.get() {
         return Ok(chunker.clone());
     }
-    let engine = wasmtime::Engine::new(&runtime::default_config())?;
+    // The per-user compile cache: each test process compiles the chunker
+    // only if no earlier one did.
+    let engine = runtime::new_engine(&runtime::EngineOptions::default())?.engine;
     let chunker = ChunkerComponent::new(&engine, tensor_blob_artifacts::CHUNKER_WASM)?;
     // Two tests racing here compile twice; both results work, one is kept.
     Ok(SHARED.get_or_init(|| chunker).clone())

@@ -517,3 +517,78 @@ fn gc_reports_what_it_did_and_a_second_pass_finds_nothing_new() {
     ));
     assert_eq!(std::fs::read(&out).unwrap(), small_bytes);
 }
+
+/// Regression: the compiled-component cache lived in `<store>/cache`, so
+/// every new store (every test suite's) compiled the chunker again. Now it
+/// is per user ($TBLOB_CACHE_DIR here), shared by every store, and nothing
+/// of it lands in the store directory; `--no-cache` uses none.
+#[test]
+fn the_compile_cache_is_per_user_not_per_store() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("user-cache");
+    let file = work.path().join("small.bin");
+    std::fs::write(&file, data(10_000, 33)).unwrap();
+    let put_with = |store: &Path, extra: &[&str], cache: &Path| {
+        let output = Command::new(env!("CARGO_BIN_EXE_tblob"))
+            .arg("--store")
+            .arg(store)
+            .args(extra)
+            .args(["put", file.to_str().unwrap()])
+            .env_remove("TBLOB_STORE")
+            .env("TBLOB_CACHE_DIR", cache)
+            .output()
+            .expect("tblob runs");
+        ok(&output);
+    };
+    // Compiled entries only: wasmtime's cache worker also writes usage
+    // statistics (`*.stats`) and cleanup markers (`.cleanup*`) on its own.
+    let count = |dir: &Path| {
+        walk(dir)
+            .iter()
+            .filter(|path| {
+                let name = path.file_name().unwrap().to_string_lossy();
+                !name.ends_with(".stats") && !name.starts_with('.')
+            })
+            .count()
+    };
+
+    let first = work.path().join("first");
+    put_with(&first, &[], &cache);
+    assert!(!first.join("cache").exists());
+    let cached = count(&cache);
+    assert!(cached > 0, "nothing cached in {}", cache.display());
+    // A second, new store reuses the entry: nothing new is compiled.
+    let second = work.path().join("second");
+    put_with(&second, &[], &cache);
+    assert!(!second.join("cache").exists());
+    assert_eq!(count(&cache), cached);
+
+    let elsewhere = work.path().join("elsewhere");
+    let third = work.path().join("third");
+    put_with(&third, &["--no-cache"], &elsewhere);
+    assert!(!elsewhere.exists());
+    put_with(
+        &third,
+        &["--cache-dir", elsewhere.to_str().unwrap()],
+        &cache,
+    );
+    assert_eq!(count(&elsewhere), cached);
+    assert!(!third.join("cache").exists());
+}
+
+/// Every file under `dir` (none if it does not exist).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flat_map(|entry| {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path)
+            } else {
+                vec![path]
+            }
+        })
+        .collect()
+}

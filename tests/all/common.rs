@@ -9,7 +9,11 @@ use tensor_blob_host::store::{Durability, StoreOptions};
 
 pub fn engine() -> &'static wasmtime::Engine {
     static ENGINE: OnceLock<wasmtime::Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| wasmtime::Engine::new(&runtime::default_config()).expect("engine"))
+    ENGINE.get_or_init(|| {
+        runtime::new_engine(&runtime::EngineOptions::default())
+            .expect("engine")
+            .engine
+    })
 }
 
 pub fn chunker_component() -> &'static ChunkerComponent {

@@ -237,7 +237,10 @@ fn a_memory_bomb_ends_only_its_own_run() {
     let stderr = String::from_utf8_lossy(&bomb.stderr);
     let ours: Vec<&str> = stderr.lines().filter(|l| l.starts_with("tblob:")).collect();
     assert_eq!(ours.len(), 1, "{stderr}");
-    assert!(ours[0].contains("the plugin trapped"), "{stderr}");
+    assert_eq!(
+        ours[0], "tblob: the plugin exceeded its memory limit of 1024 MiB",
+        "{stderr}"
+    );
     assert!(!stderr.contains("backtrace:"), "{stderr}");
 
     assert_eq!(tblob(store.path(), &["get", id]).stdout, bytes);
@@ -273,7 +276,7 @@ fn a_plugin_that_spins_is_stopped_at_its_time_limit() {
     let stderr = String::from_utf8_lossy(&spin.stderr);
     assert_eq!(
         stderr.trim_end(),
-        "tblob: the plugin ran past its time limit of 0.500 s"
+        "tblob: the plugin ran out of time (limit 0.500 s)"
     );
     // Stopped, not run to some other end: well under a minute even on a
     // loaded machine (the limit is wall-clock, checked every 10 ms).
@@ -303,4 +306,79 @@ fn a_plugin_that_spins_is_stopped_at_its_time_limit() {
         &["run", "--time-limit", "-1", plugin.to_str().unwrap()],
     );
     assert_eq!(bad.status.code(), Some(2));
+}
+
+/// Regression: every trap said "(its memory is limited to 1024 MiB)",
+/// whatever its cause and whatever the limit was. Now the message names
+/// the limit the plugin ran into, with the limit in force (here set by
+/// `--memory-limit`), and a plain trap is only the trap.
+#[test]
+fn a_trap_names_its_cause_and_the_limit_in_force() {
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let plugin = plugin_file(work.path());
+    let plugin = plugin.to_str().unwrap();
+
+    let bomb = tblob(
+        store.path(),
+        &["run", "--memory-limit", "256M", plugin, "memory-bomb"],
+    );
+    assert_eq!(bomb.status.code(), Some(2));
+    // 64 MiB blocks: at most three fit beside the plugin's own memory.
+    let held = String::from_utf8_lossy(&bomb.stdout).lines().count();
+    assert!(held <= 3, "held {held} blocks under a 256 MiB limit");
+    let stderr = String::from_utf8_lossy(&bomb.stderr);
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("tblob:"))
+            .collect::<Vec<_>>(),
+        ["tblob: the plugin exceeded its memory limit of 256 MiB"],
+        "{stderr}"
+    );
+
+    let panic = tblob(store.path(), &["run", plugin, "panic"]);
+    assert_eq!(panic.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&panic.stderr);
+    let ours: Vec<&str> = stderr.lines().filter(|l| l.starts_with("tblob:")).collect();
+    assert_eq!(ours.len(), 1, "{stderr}");
+    assert!(
+        ours[0].starts_with("tblob: the plugin trapped: "),
+        "{stderr}"
+    );
+    assert!(!ours[0].contains("memory"), "{stderr}");
+    assert!(stderr.contains("panics on purpose"), "{stderr}");
+
+    for bad in ["0", "none", "lots", "-1"] {
+        let refused = tblob(
+            store.path(),
+            &["run", "--memory-limit", bad, plugin, "panic"],
+        );
+        assert_eq!(refused.status.code(), Some(2), "--memory-limit {bad}");
+        assert!(refused.stdout.is_empty());
+    }
+}
+
+/// Goal: a tenant policy's time limit stops a plugin even when `tblob run`
+/// is given none (the engine always has epoch interruption for plugins).
+#[test]
+fn a_tenant_time_limit_applies_without_a_run_flag() {
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let plugin = plugin_file(work.path());
+    {
+        let runtime = crate::common::open_runtime(
+            store.path(),
+            tensor_blob_host::store::StoreOptions::default(),
+        );
+        let mut policy = runtime.tenant_policy("default").unwrap();
+        policy.plugin_time_limit = Some(std::time::Duration::from_millis(300));
+        runtime.set_tenant_policy("default", policy).unwrap();
+    }
+    let spin = tblob(store.path(), &["run", plugin.to_str().unwrap(), "spin"]);
+    assert_eq!(spin.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&spin.stderr).trim_end(),
+        "tblob: the plugin ran out of time (limit 0.300 s)"
+    );
 }

@@ -92,3 +92,52 @@ fn a_time_limit_on_an_engine_without_epoch_interruption_is_refused() {
     let stats = store.runtime.tenant_store("default").unwrap().stats();
     assert_eq!(stats.artifacts, 0, "refused before it ran");
 }
+
+/// Goal: the pooling allocator's slots fit what we run: a chunker and a
+/// real plugin (a wasip2 command with its adapter's tables) instantiate
+/// and work in a small pool, and a pool full of live instances refuses the
+/// next one with an error, not a crash.
+/// Method: a pool of 3 component instances; hold one chunker per tenant
+/// while the example plugin (which makes its own chunker) runs; then fill
+/// the pool with chunkers and ask for one more.
+#[test]
+fn chunker_and_plugin_run_in_a_small_pool() {
+    use tensor_blob_host::runtime::{self, CompileCache, EngineOptions, PoolingOptions};
+    let made = runtime::new_engine(&EngineOptions {
+        pooling: Some(PoolingOptions {
+            component_instances_total: 3,
+            core_instances_total: 60,
+            memories_total: 6,
+            tables_total: 20,
+            ..PoolingOptions::default()
+        }),
+        cache: CompileCache::Off,
+        epoch_interruption: false,
+    })
+    .unwrap();
+    assert!(made.warnings.is_empty(), "{:?}", made.warnings);
+    let dir = tempfile::tempdir().unwrap();
+    let root =
+        cap_std::fs::Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap();
+    let rt = runtime::Runtime::new(&made.engine, root, runtime::RuntimeOptions::default())
+        .unwrap()
+        .with_gc(None);
+    let mut held = rt.chunker("a").unwrap();
+    let id = held.put(b"pooled", &Default::default()).unwrap();
+    let plugin = Plugin::new(&rt, tensor_blob_artifacts::EXAMPLE_PLUGIN_WASM).unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let options = PluginOptions {
+        args: vec!["example".into()],
+        ..PluginOptions::default()
+    };
+    assert_eq!(tokio.block_on(plugin.run("b", &options)).unwrap(), 0);
+    assert_eq!(held.get(&id).unwrap(), b"pooled");
+
+    let _second = rt.chunker("b").unwrap();
+    let _third = rt.chunker("c").unwrap();
+    let refused = rt.chunker("d").err().expect("the pool is full");
+    assert!(format!("{refused:#}").contains("concurrent"), "{refused:#}");
+}

@@ -169,21 +169,19 @@ fn run(args: &Args) -> Result<()> {
 }
 
 /// Like `tblob`'s `open_runtime`: default store options but `durability`,
-/// and the compiled chunker cached under the store root, so each new worker
-/// process does not compile it again.
+/// and the compiled chunker in the per-user compile cache, so each new
+/// worker process does not compile it again.
 fn open_runtime(store: &std::path::Path, durability: Durability) -> Result<Runtime> {
     let root = tensor_blob_host::store::backend::cap::create_ambient_dir(
         store,
         cap_std::ambient_authority(),
     )
     .with_context(|| format!("opening store directory {}", store.display()))?;
-    let mut config = runtime::default_config();
-    let mut cache = wasmtime::CacheConfig::new();
-    cache.with_directory(store.join("cache"));
-    if let Ok(cache) = wasmtime::Cache::new(cache) {
-        config.cache(Some(cache));
+    let engine = runtime::new_engine(&runtime::EngineOptions::default())?;
+    for warning in &engine.warnings {
+        eprintln!("tblob-crash-worker: warning: {warning}");
     }
-    let engine = wasmtime::Engine::new(&config)?;
+    let engine = engine.engine;
     let options = RuntimeOptions {
         store: StoreOptions {
             durability,

@@ -19,8 +19,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use tensor_blob_host::runtime::plugin::{Plugin, PluginOptions, TimeLimitExceeded};
-use tensor_blob_host::runtime::{self, Chunking, KeyValue, PutOptions, Runtime, RuntimeOptions};
+use tensor_blob_host::runtime::plugin::{LimitExceeded, Plugin, PluginOptions, TimeLimitExceeded};
+use tensor_blob_host::runtime::{
+    self, Chunking, CompileCache, EngineOptions, KeyValue, PutOptions, Runtime, RuntimeOptions,
+};
 use tensor_blob_host::store::{ArtifactId, Durability, GcPolicy, StoreOptions};
 use tensor_blob_host::tenant::{Access, LOCK_WAIT_DEFAULT};
 
@@ -44,6 +46,15 @@ struct Cli {
     /// process is writing (default: about half a second), then fail.
     #[arg(long, global = true, value_name = "SECONDS", value_parser = parse_seconds)]
     wait: Option<std::time::Duration>,
+    /// Directory for compiled components, shared by every store (default:
+    /// $TBLOB_CACHE_DIR, else $XDG_CACHE_HOME/tensor-blob, else
+    /// ~/.cache/tensor-blob).
+    #[arg(long, global = true, value_name = "DIR", env = "TBLOB_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile components afresh, without reading or writing the cache
+    /// (overrides --cache-dir and $TBLOB_CACHE_DIR).
+    #[arg(long, global = true)]
+    no_cache: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -109,6 +120,10 @@ enum Command {
         /// Stop the plugin if it runs longer than this many seconds.
         #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
         time_limit: Option<std::time::Duration>,
+        /// Largest linear memory the plugin may grow to, with an optional
+        /// K, M or G suffix (default 1G; a tenant policy may lower it).
+        #[arg(long, value_name = "SIZE", value_parser = parse_memory_limit)]
+        memory_limit: Option<usize>,
         /// Arguments passed to the plugin.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -498,13 +513,18 @@ fn run(cli: Cli) -> Result<u8> {
             plugin,
             dirs,
             time_limit,
+            memory_limit,
             args,
         } => {
             let wasm =
                 std::fs::read(&plugin).with_context(|| format!("reading {}", plugin.display()))?;
             let mut argv = vec![plugin.display().to_string()];
             argv.extend(args);
-            run_plugin(&runtime, tenant, &wasm, argv, &dirs, time_limit)
+            let limits = RunLimits {
+                time: time_limit,
+                memory_bytes_max: memory_limit,
+            };
+            run_plugin(&runtime, tenant, &wasm, argv, &dirs, limits)
         }
         Command::Demo { files } => {
             let mut argv = vec!["example-plugin".to_string()];
@@ -515,7 +535,7 @@ fn run(cli: Cli) -> Result<u8> {
                 tensor_blob_artifacts::EXAMPLE_PLUGIN_WASM,
                 argv,
                 &[".".to_string()],
-                None,
+                RunLimits::default(),
             )
         }
         Command::Quota { action } => quota(&runtime, tenant, action),
@@ -632,21 +652,25 @@ fn open_root(cli: &Cli) -> Result<cap_std::fs::Dir> {
 
 fn open_runtime(cli: &Cli) -> Result<Runtime> {
     let root = open_root(cli)?;
-    let mut config = runtime::default_config();
-    if let Command::Run {
-        time_limit: Some(_),
-        ..
-    } = &cli.command
-    {
-        // Only then: the checks cost a little on every loop.
-        config.epoch_interruption(true);
+    let cache = if cli.no_cache {
+        CompileCache::Off
+    } else {
+        cli.cache_dir
+            .clone()
+            .map_or(CompileCache::User, CompileCache::Dir)
+    };
+    let engine = runtime::new_engine(&EngineOptions {
+        pooling: None,
+        cache,
+        // Where plugins run: a tenant's policy may set a time limit even
+        // when the command line does not. Elsewhere the checks would cost
+        // a little on every loop for nothing.
+        epoch_interruption: matches!(cli.command, Command::Run { .. } | Command::Demo { .. }),
+    })?;
+    for warning in &engine.warnings {
+        eprintln!("tblob: warning: {warning}");
     }
-    let mut cache = wasmtime::CacheConfig::new();
-    cache.with_directory(cli.store.join("cache"));
-    if let Ok(cache) = wasmtime::Cache::new(cache) {
-        config.cache(Some(cache));
-    }
-    let engine = wasmtime::Engine::new(&config)?;
+    let engine = engine.engine;
     let store = StoreOptions {
         durability: if cli.no_fsync {
             Durability::None
@@ -669,13 +693,20 @@ fn open_runtime(cli: &Cli) -> Result<Runtime> {
     Ok(Runtime::new(&engine, root, options)?)
 }
 
+/// `tblob run`'s own limits; a tenant's policy may be tighter.
+#[derive(Default)]
+struct RunLimits {
+    time: Option<std::time::Duration>,
+    memory_bytes_max: Option<usize>,
+}
+
 fn run_plugin(
     runtime: &Runtime,
     tenant: &str,
     wasm: &[u8],
     args: Vec<String>,
     dirs: &[String],
-    time_limit: Option<std::time::Duration>,
+    limits: RunLimits,
 ) -> Result<u8> {
     let read_dirs = dirs
         .iter()
@@ -687,8 +718,8 @@ fn run_plugin(
     let options = PluginOptions {
         args,
         read_dirs,
-        memory_bytes_max: None,
-        time_limit,
+        memory_bytes_max: limits.memory_bytes_max,
+        time_limit: limits.time,
     };
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -704,18 +735,30 @@ fn run_plugin(
     Ok(code as u8)
 }
 
-/// A plugin's trap as one line: what trapped, without the wasm backtrace
-/// (the plugin's own stderr, above, says why it stopped).
+/// A plugin's failure as one line: its cause (a limit it ran into) or the
+/// trap, without the wasm backtrace (the plugin's own stderr, above, says
+/// why it stopped).
 fn plugin_failure(error: wasmtime::Error) -> anyhow::Error {
     if let Some(limit) = error.downcast_ref::<TimeLimitExceeded>() {
         return anyhow::anyhow!("{limit}");
     }
+    if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
+        return anyhow::anyhow!("{limit}");
+    }
     match error.downcast_ref::<wasmtime::Trap>() {
-        Some(trap) => anyhow::anyhow!(
-            "the plugin trapped: {trap} (its memory is limited to {} MiB)",
-            runtime::limits::PLUGIN_MEMORY_BYTES_MAX >> 20
-        ),
+        Some(trap) => anyhow::anyhow!("the plugin trapped: {trap}"),
         None => error.into(),
+    }
+}
+
+/// A memory size for `--memory-limit`: like a quota size, but neither
+/// `none` nor zero, and within the address space.
+fn parse_memory_limit(text: &str) -> Result<usize, String> {
+    match parse_limit(text)? {
+        Limit(Some(bytes)) if bytes > 0 => {
+            usize::try_from(bytes).map_err(|_| format!("{text:?} is too large"))
+        }
+        _ => Err(format!("{text:?} is not a positive size")),
     }
 }
 

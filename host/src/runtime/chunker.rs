@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use wasmtime::component::{
     Component, ComponentNamedList, HasSelf, Lift, Linker, Lower, ResourceAny,
 };
-use wasmtime::{Engine, StoreLimitsBuilder};
+use wasmtime::Engine;
 
 use super::bindings::chunker::exports::tensor::blob::blobs::Guest as BlobsExports;
 use super::bindings::chunker::{Chunker as ChunkerBindings, ChunkerPre};
@@ -25,7 +25,8 @@ use super::check;
 use super::error::BlobError;
 use super::host::chunk_store::ChunkerState;
 use super::limits::{
-    CHUNKER_MEMORY_BYTES_MAX, FAR_EPOCH_DEADLINE, INLINE_BYTES_MAX, IO_BYTES_MAX, LIST_IDS_MAX,
+    GuestLimiter, CHUNKER_MEMORY_BYTES_MAX, FAR_EPOCH_DEADLINE, INLINE_BYTES_MAX, IO_BYTES_MAX,
+    LIST_IDS_MAX,
 };
 use crate::store;
 
@@ -102,12 +103,7 @@ impl Chunker {
         if self.instance.is_some() {
             return Ok(());
         }
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(CHUNKER_MEMORY_BYTES_MAX)
-            .instances(4)
-            .tables(16)
-            .memories(4)
-            .build();
+        let limits = GuestLimiter::new(CHUNKER_MEMORY_BYTES_MAX).with_counts(4, 16, 4);
         let state = ChunkerState::new(self.tenant_store.clone(), limits);
         let mut store = wasmtime::Store::new(&self.component.engine, state);
         store.limiter(|state| &mut state.limits);

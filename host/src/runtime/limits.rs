@@ -147,3 +147,185 @@ pub const WASM_STACK_BYTES_MAX: usize = 1 << 20;
 pub const ASYNC_STACK_BYTES: usize = 4 * WASM_STACK_BYTES_MAX;
 
 const _: () = assert!(ASYNC_STACK_BYTES >= 2 * WASM_STACK_BYTES_MAX + (512 << 10));
+
+/// Wasm instances (core and component) one plugin or chunker store may
+/// create. A plugin is one component of a handful of core modules; the
+/// count bounds what a component that nests instances could make the host
+/// allocate per store (wasmtime's own default is 10,000).
+pub const PLUGIN_INSTANCES_MAX: usize = 64;
+
+/// Tables one store may create (wasmtime's default: 10,000).
+pub const TABLES_MAX: usize = 64;
+
+/// Linear memories one store may create (wasmtime's default: 10,000).
+/// Each may grow only to its store's memory limit, which bounds them all
+/// together: the limiter sees each memory's growth on its own.
+pub const MEMORIES_MAX: usize = 16;
+
+/// Elements one table may grow to (a pointer each, so 800 KB on 64-bit
+/// hosts). Function tables of ordinary guests hold a few thousand; without
+/// a cap `table.grow` is bounded only by host memory.
+pub const TABLE_ELEMENTS_MAX: usize = 100_000;
+
+/// The cap that stopped a guest, as recorded by [`GuestLimiter`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestLimit {
+    /// A memory was refused growth past this many bytes.
+    Memory { bytes_max: usize },
+    /// A table was refused growth past this many elements.
+    TableElements { elements_max: usize },
+}
+
+impl std::fmt::Display for GuestLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GuestLimit::Memory { bytes_max } => {
+                write!(f, "its memory limit of {} MiB", bytes_max >> 20)
+            }
+            GuestLimit::TableElements { elements_max } => {
+                write!(f, "its table limit of {elements_max} elements")
+            }
+        }
+    }
+}
+
+/// The [`wasmtime::ResourceLimiter`] of every plugin and chunker store:
+/// caps memory, tables and instance counts, and remembers the first growth
+/// it refused. A refused `memory.grow` is not a trap (the guest sees -1,
+/// and typically aborts a little later with an unrelated-looking trap), so
+/// without the record a trap could not say what caused it.
+#[derive(Debug)]
+pub struct GuestLimiter {
+    memory_bytes_max: usize,
+    table_elements_max: usize,
+    instances_max: usize,
+    tables_max: usize,
+    memories_max: usize,
+    hit: Option<GuestLimit>,
+}
+
+impl GuestLimiter {
+    /// Memory capped at `memory_bytes_max` per linear memory; tables at
+    /// [`TABLE_ELEMENTS_MAX`]; counts at [`PLUGIN_INSTANCES_MAX`],
+    /// [`TABLES_MAX`] and [`MEMORIES_MAX`].
+    pub fn new(memory_bytes_max: usize) -> Self {
+        GuestLimiter {
+            memory_bytes_max,
+            table_elements_max: TABLE_ELEMENTS_MAX,
+            instances_max: PLUGIN_INSTANCES_MAX,
+            tables_max: TABLES_MAX,
+            memories_max: MEMORIES_MAX,
+            hit: None,
+        }
+    }
+
+    /// This limiter with tighter counts of instances, tables and memories
+    /// (a store past one fails to instantiate, with wasmtime's error).
+    pub fn with_counts(
+        mut self,
+        instances_max: usize,
+        tables_max: usize,
+        memories_max: usize,
+    ) -> Self {
+        self.instances_max = instances_max.min(PLUGIN_INSTANCES_MAX);
+        self.tables_max = tables_max.min(TABLES_MAX);
+        self.memories_max = memories_max.min(MEMORIES_MAX);
+        self
+    }
+
+    /// This limiter with tables capped at `elements_max` instead.
+    pub fn with_table_elements_max(mut self, elements_max: usize) -> Self {
+        self.table_elements_max = elements_max;
+        self
+    }
+
+    pub fn memory_bytes_max(&self) -> usize {
+        self.memory_bytes_max
+    }
+
+    /// The first limit a growth request ran into, if any.
+    pub fn hit(&self) -> Option<GuestLimit> {
+        self.hit
+    }
+
+    fn refuse(&mut self, limit: GuestLimit) -> bool {
+        self.hit.get_or_insert(limit);
+        false
+    }
+}
+
+impl wasmtime::ResourceLimiter for GuestLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes_max {
+            return Ok(self.refuse(GuestLimit::Memory {
+                bytes_max: self.memory_bytes_max,
+            }));
+        }
+        // The memory's own declared maximum is the guest's choice, not ours.
+        Ok(maximum.is_none_or(|max| desired <= max))
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.table_elements_max {
+            return Ok(self.refuse(GuestLimit::TableElements {
+                elements_max: self.table_elements_max,
+            }));
+        }
+        Ok(maximum.is_none_or(|max| desired <= max))
+    }
+
+    fn instances(&self) -> usize {
+        self.instances_max
+    }
+
+    fn tables(&self) -> usize {
+        self.tables_max
+    }
+
+    fn memories(&self) -> usize {
+        self.memories_max
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::ResourceLimiter;
+
+    /// Goal: the limiter refuses exactly past its caps, and records the
+    /// first cap hit (so a later trap can name it), not a later one.
+    #[test]
+    fn the_limiter_refuses_past_its_caps_and_records_the_first() {
+        let mut limiter = GuestLimiter::new(64 << 20).with_table_elements_max(10);
+        assert!(limiter.memory_growing(0, 64 << 20, None).unwrap());
+        assert!(limiter.table_growing(0, 10, None).unwrap());
+        assert_eq!(limiter.hit(), None);
+        // A guest's own declared maximum refuses without counting as ours.
+        assert!(!limiter.memory_growing(0, 2 << 20, Some(1 << 20)).unwrap());
+        assert_eq!(limiter.hit(), None);
+
+        assert!(!limiter.table_growing(10, 11, None).unwrap());
+        assert!(!limiter.memory_growing(0, (64 << 20) + 65536, None).unwrap());
+        assert_eq!(
+            limiter.hit(),
+            Some(GuestLimit::TableElements { elements_max: 10 })
+        );
+        assert_eq!(
+            GuestLimit::Memory {
+                bytes_max: 64 << 20
+            }
+            .to_string(),
+            "its memory limit of 64 MiB"
+        );
+    }
+}

@@ -40,6 +40,7 @@ pub mod bindings;
 mod check;
 pub mod chunker;
 mod convert;
+pub mod engine;
 pub mod error;
 pub mod host;
 pub mod limits;
@@ -48,27 +49,21 @@ pub mod plugin;
 use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker};
-use wasmtime::{Config, Engine};
+use wasmtime::Engine;
 
 pub use self::bindings::{
     Chunking, KeyValue, Metadata, MetadataUpdate, PutOptions, StoreStats, WitError,
 };
 pub use self::chunker::{Chunker, ChunkerComponent};
+pub use self::engine::{
+    default_config, new_engine, user_cache_dir, CompileCache, EngineOptions, NewEngine,
+    PoolingOptions,
+};
 pub use self::error::BlobError;
 pub use self::host::blobs::BlobCtx;
 use crate::maintenance::Maintenance;
 use crate::store::{GcPolicy, Store, StoreOptions};
 use crate::tenant::{Access, Tenants};
-
-/// A wasmtime configuration suited to tensor-blob: stack sizes that leave
-/// room for a chunker call nested in a plugin's async host call.
-pub fn default_config() -> Config {
-    let mut config = Config::new();
-    config.wasm_component_model(true);
-    config.max_wasm_stack(limits::WASM_STACK_BYTES_MAX);
-    config.async_stack_size(limits::ASYNC_STACK_BYTES);
-    config
-}
 
 /// Options of a [`Runtime`].
 #[derive(Clone)]

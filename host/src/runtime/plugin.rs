@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Engine, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Engine, UpdateDeadline};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::limits::FAR_EPOCH_DEADLINE;
+use super::limits::{GuestLimit, GuestLimiter, FAR_EPOCH_DEADLINE};
 use super::{BlobCtx, BlobView, Runtime};
 
 /// What a plugin run is granted.
@@ -27,6 +27,8 @@ pub struct PluginOptions {
     /// Host directories mapped read-only into the plugin: (host path, guest path).
     pub read_dirs: Vec<(std::path::PathBuf, String)>,
     /// Linear memory limit; `None` is [`PLUGIN_MEMORY_BYTES_MAX`](super::limits::PLUGIN_MEMORY_BYTES_MAX).
+    /// A run that fails after being refused memory fails with
+    /// [`LimitExceeded`] as its error's context.
     pub memory_bytes_max: Option<usize>,
     /// Wall-clock time the run may take; past it the plugin is stopped at
     /// its next loop or call and the run fails with [`TimeLimitExceeded`].
@@ -43,13 +45,26 @@ impl std::fmt::Display for TimeLimitExceeded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "the plugin ran past its time limit of {:.3} s",
+            "the plugin ran out of time (limit {:.3} s)",
             self.0.as_secs_f64()
         )
     }
 }
 
 impl std::error::Error for TimeLimitExceeded {}
+
+/// The context of a run's error when the plugin had been refused growth by
+/// one of its limits before it failed: a refused `memory.grow` returns -1
+/// to the guest, which then typically traps on its own (Rust aborts), so
+/// the trap itself (the error's source) does not say why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitExceeded(pub GuestLimit);
+
+impl std::fmt::Display for LimitExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the plugin exceeded {}", self.0)
+    }
+}
 
 /// How often a running plugin checks its time limit.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -96,7 +111,7 @@ struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
     blobs: BlobCtx,
-    limits: wasmtime::StoreLimits,
+    limits: GuestLimiter,
 }
 
 impl WasiView for PluginState {
@@ -162,9 +177,7 @@ impl Plugin {
             (Some(run), Some(tenant)) => Some(run.min(tenant)),
             (run, tenant) => run.or(tenant),
         };
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(memory_bytes_max)
-            .build();
+        let limits = GuestLimiter::new(memory_bytes_max);
         let state = PluginState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -200,14 +213,26 @@ impl Plugin {
                 None
             }
         };
-        let command = self.pre.instantiate_async(&mut store).await?;
-        match command.wasi_cli_run().call_run(&mut store).await {
+        let outcome = match self.pre.instantiate_async(&mut store).await {
+            Ok(command) => command.wasi_cli_run().call_run(&mut store).await,
+            Err(error) => Err(error),
+        };
+        match outcome {
             Ok(Ok(())) => Ok(0),
             Ok(Err(())) => Ok(1),
-            Err(error) => match error.downcast_ref::<wasmtime_wasi::I32Exit>() {
-                Some(exit) => Ok(exit.0),
-                None => Err(error),
-            },
+            Err(error) => {
+                if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                    return Ok(exit.0);
+                }
+                match store.data().limits.hit() {
+                    // A time-out names itself; otherwise a refused growth
+                    // is the likeliest cause of the trap.
+                    Some(hit) if error.downcast_ref::<TimeLimitExceeded>().is_none() => {
+                        Err(error.context(LimitExceeded(hit)))
+                    }
+                    _ => Err(error),
+                }
+            }
         }
     }
 }

@@ -14,7 +14,9 @@
 //!   the host refuses it before it reaches the chunker;
 //! - `abandon BYTES`: writes BYTES to a writer and exits without finishing;
 //! - `memory-bomb`: grows its memory until the host refuses;
-//! - `spin`: loops forever, calling nothing.
+//! - `spin`: loops forever, calling nothing;
+//! - `panic`: panics at once (a plain trap, no limit involved);
+//! - `noop`: returns at once, printing nothing (start-up benchmarks).
 
 wit_bindgen::generate!({
     path: "../../../wit",
@@ -41,9 +43,11 @@ fn main() {
         ),
         Some("memory-bomb") => memory_bomb(),
         Some("spin") => spin(),
+        Some("panic") => panic!("hostile-plugin panics on purpose"),
+        Some("noop") => {}
         _ => {
             eprintln!(
-                "usage: hostile-plugin foreign ID | limits | huge BYTES | abandon BYTES | memory-bomb | spin"
+                "usage: hostile-plugin foreign ID | limits | huge BYTES | abandon BYTES | memory-bomb | spin | panic | noop"
             );
             std::process::exit(2);
         }

@@ -271,14 +271,14 @@ fn check_chunk_len(len: usize) -> Result<(), BlobError> {
 pub struct ChunkerState {
     pub(crate) store: store::Store,
     pub(crate) table: ResourceTable,
-    pub(crate) limits: wasmtime::StoreLimits,
+    pub(crate) limits: crate::runtime::limits::GuestLimiter,
     uploads_open: usize,
     /// Bytes queued to this instance's upload workers.
     budget: std::sync::Arc<Budget>,
 }
 
 impl ChunkerState {
-    pub fn new(store: store::Store, limits: wasmtime::StoreLimits) -> Self {
+    pub fn new(store: store::Store, limits: crate::runtime::limits::GuestLimiter) -> Self {
         ChunkerState {
             store,
             table: ResourceTable::new(),
@@ -530,7 +530,12 @@ mod tests {
         let store = store::Store::open(root, options).unwrap();
         (
             dir,
-            ChunkerState::new(store, wasmtime::StoreLimits::default()),
+            ChunkerState::new(
+                store,
+                crate::runtime::limits::GuestLimiter::new(
+                    crate::runtime::limits::CHUNKER_MEMORY_BYTES_MAX,
+                ),
+            ),
         )
     }
 
