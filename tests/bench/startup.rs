@@ -46,8 +46,8 @@ fn store_options() -> RuntimeOptions {
             durability: Durability::None,
             ..StoreOptions::default()
         },
-        chunker_wasm: None,
         gc: None,
+        ..RuntimeOptions::default()
     }
 }
 
