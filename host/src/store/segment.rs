@@ -363,24 +363,21 @@ impl Segments {
                     // Past every byte known synced, so nothing acknowledged:
                     // the tail of an append a crash interrupted.
                     outcome.truncated_bytes += len - at;
-                    if active && read_only {
-                        // Most likely an append the writer is making now;
-                        // the snapshot ends before it, the file is left.
+                    if active {
+                        let done = if read_only {
+                            // Most likely an append the writer is making
+                            // now; the snapshot ends before it, the file
+                            // is left.
+                            "ignored (read-only)"
+                        } else {
+                            file.set_len(at)
+                                .map_err(io(|| format!("truncating segment {name} at {at}")))?;
+                            "truncated"
+                        };
                         outcome.problems.push(Problem::new(
                             ProblemKind::TornTail,
                             format!(
-                                "segment {name}: torn tail at offset {at} ({reason}); {} bytes ignored (read-only)",
-                                len - at
-                            ),
-                        ));
-                        len = at;
-                    } else if active {
-                        file.set_len(at)
-                            .map_err(io(|| format!("truncating segment {name} at {at}")))?;
-                        outcome.problems.push(Problem::new(
-                            ProblemKind::TornTail,
-                            format!(
-                                "segment {name}: torn tail at offset {at} ({reason}); {} bytes truncated",
+                                "segment {name}: torn tail at offset {at} ({reason}); {} bytes {done}",
                                 len - at
                             ),
                         ));
