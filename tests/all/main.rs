@@ -13,6 +13,7 @@ mod hostile_guest;
 mod hostile_plugin;
 mod pipeline;
 mod plugin;
+mod python;
 mod quota;
 mod roundtrip;
 mod sharing;
