@@ -232,11 +232,180 @@ fn verify_reports_a_damaged_metadata_record_and_the_rest_still_reads() {
     assert!(!listed.contains(&ids[1]), "{listed}");
     for i in [0, 2] {
         assert_eq!(tblob(store.path(), &["get", &ids[i]]).stdout, contents[i]);
+        // The artifact itself is intact (nothing on stdout), but the store
+        // has damage: verify counts it (issue 9: this exited 0).
+        let verify = tblob(store.path(), &["verify", &ids[i]]);
+        assert_eq!(verify.status.code(), Some(1));
+        assert!(verify.stdout.is_empty());
+        let stderr = String::from_utf8_lossy(&verify.stderr);
         assert_eq!(
-            tblob(store.path(), &["verify", &ids[i]]).status.code(),
-            Some(0)
+            stderr.matches("tblob: store damage: meta.log").count(),
+            1,
+            "{stderr}"
         );
     }
+}
+
+/// Regression (issue 9): on a damaged store the exit codes and stderr
+/// followed no rule: `verify` of an unknown id printed it as damaged and
+/// exited 1, `verify ID` exited 0 although the open found damage, and the
+/// lock error printed its OS cause twice. The rule now (README, `--help`):
+/// 0 success, 1 "no" (`exists` absent, `verify` found damage), 2 an error
+/// in one stderr line; damage found at open is one warning line, once,
+/// before a command's own output, and `verify` lists it and fails.
+#[test]
+fn exit_codes_and_stderr_follow_one_rule() {
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("f");
+    std::fs::write(&file, data(10_000, 70)).unwrap();
+    let meta_log = store.path().join("tenants/default/meta.log");
+    let first = put(store.path(), &file, &[]);
+    let second_at = std::fs::metadata(&meta_log).unwrap().len() as usize;
+    std::fs::write(&file, data(10_000, 71)).unwrap();
+    let second = put(store.path(), &file, &[]);
+    std::fs::write(&file, data(10_000, 72)).unwrap();
+    let third = put(store.path(), &file, &[]);
+    let unknown = "0123456789abcdef0123456789abcdef";
+    let code = |args: &[&str]| tblob(store.path(), args).status.code();
+    let one_error_line = |args: &[&str], needle: &str| {
+        let output = tblob(store.path(), args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(output.stdout.is_empty(), "{args:?}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("tblob: ") && stderr.contains(needle),
+            "{args:?}: {stderr}"
+        );
+    };
+
+    // An intact store.
+    assert_eq!(code(&["verify"]), Some(0));
+    assert_eq!(code(&["verify", &first]), Some(0));
+    assert_eq!(code(&["exists", &first]), Some(0));
+    assert_eq!(code(&["exists", unknown]), Some(1));
+    one_error_line(&["verify", unknown], "not found");
+    one_error_line(&["verify", "nope"], "invalid argument");
+    one_error_line(&["exists", "nope"], "invalid argument");
+    for args in [vec!["ls"], vec!["stat"], vec!["stat", &first]] {
+        let output = tblob(store.path(), &args);
+        assert_eq!(output.status.code(), Some(0));
+        assert!(output.stderr.is_empty(), "{args:?}");
+    }
+
+    // Damage the second commit's record: the open steps over it.
+    let mut bytes = std::fs::read(&meta_log).unwrap();
+    bytes[second_at + 40] ^= 0x10;
+    std::fs::write(&meta_log, &bytes).unwrap();
+    let warning = "tblob: warning: store damage: 1 problem(s) found opening tenant default; \
+                   `tblob verify` lists them\n";
+    for args in [
+        vec!["ls"],
+        vec!["stat"],
+        vec!["stat", &first],
+        vec!["get", &third],
+        vec!["quota", "show"],
+    ] {
+        let output = tblob(store.path(), &args);
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&output.stderr), warning, "{args:?}");
+        assert!(!output.stdout.is_empty(), "{args:?}");
+    }
+    let exists = tblob(store.path(), &["exists", &third]);
+    assert_eq!(exists.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&exists.stderr), warning);
+    assert_eq!(code(&["exists", &second]), Some(1));
+    // An error after the warning is still one line of its own.
+    let output = tblob(store.path(), &["verify", unknown]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].starts_with("tblob: store damage: meta.log"),
+        "{stderr}"
+    );
+    assert_eq!(lines[1], format!("tblob: not found: artifact {unknown}"));
+    for args in [vec!["verify"], vec!["verify", &first]] {
+        let output = tblob(store.path(), &args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        assert!(output.stdout.is_empty(), "{args:?}: no artifact is damaged");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 2, "{stderr}");
+        assert!(
+            lines[0].starts_with("tblob: store damage: meta.log"),
+            "{stderr}"
+        );
+        assert!(lines[1].ends_with("0 damaged; 1 problems found in the store files"));
+    }
+
+    // A lock that fails for another reason than a holder: its OS error once.
+    let lock = store.path().join("tenants/default/LOCK");
+    std::fs::remove_file(&lock).unwrap();
+    std::fs::create_dir(&lock).unwrap();
+    let output = tblob(store.path(), &["put", file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("locking tenant default"), "{stderr}");
+    assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
+
+    let help = ok(&tblob(store.path(), &["--help"]));
+    assert!(
+        help.contains("Exit codes:") && help.contains("store damage"),
+        "{help}"
+    );
+}
+
+/// Regression (issue 9): `tblob ls` printed filenames raw, so a newline
+/// in a name split its entry over two lines. Text output escapes control
+/// characters (and backslashes, so the escaping reads back); `--json`
+/// stays exact.
+#[test]
+fn text_output_escapes_control_characters_and_json_stays_exact() {
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("f");
+    std::fs::write(&file, b"bytes").unwrap();
+    let name = "two\nlines\\and\ttab\u{1b}[31m";
+    let escaped = "two\\nlines\\\\and\\ttab\\u{1b}[31m";
+    let id = put(
+        store.path(),
+        &file,
+        &[
+            "--name",
+            name,
+            "--tag",
+            "t\rag",
+            "--content-type",
+            "a\u{7f}b",
+        ],
+    );
+    let plain = put(store.path(), &file, &["--name", "plain"]);
+
+    let listed = ok(&tblob(store.path(), &["ls"]));
+    assert_eq!(
+        listed,
+        format!("{id}             5  {escaped}\n{plain}             5  plain\n")
+    );
+    let stat = ok(&tblob(store.path(), &["stat", &id]));
+    assert!(
+        stat.contains(&format!("filename:     {escaped}\n")),
+        "{stat}"
+    );
+    assert!(stat.contains("tags:         t\\rag\n"), "{stat}");
+    assert!(stat.contains("content-type: a\\u{7f}b\n"), "{stat}");
+    assert!(!stat.contains('\u{1b}') && !stat.contains('\r'), "{stat}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&tblob(store.path(), &["ls", "--json"]))).unwrap();
+    assert_eq!(json[0]["filename"], name);
+    let meta: serde_json::Value =
+        serde_json::from_str(&ok(&tblob(store.path(), &["stat", &id, "--json"]))).unwrap();
+    assert_eq!(meta["tags"][0], "t\rag");
+    assert_eq!(meta["content_type"], "a\u{7f}b");
 }
 
 #[test]

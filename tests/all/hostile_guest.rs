@@ -334,8 +334,17 @@ fn the_host_bounds_every_argument_before_the_chunker_sees_it() {
         Err(BlobError::Blob(WitError::NotFound(_))) => {}
         other => panic!("update at the limits: {other:?}"),
     }
-    // A list limit over 65536 is clamped by the host, not forwarded.
-    assert!(chunker.list(None, u32::MAX).unwrap().is_empty());
+    // A list limit over 65536 and an empty tag are refused by the host,
+    // not forwarded (issue 9: the limit was clamped, the tag answered).
+    refused(
+        "list limit",
+        chunker.list(None, 65_537).map(|_| String::new()),
+    );
+    refused(
+        "empty tag query",
+        chunker.find_by_tag("").map(|_| String::new()),
+    );
+    assert!(chunker.list(None, 65_536).unwrap().is_empty());
 }
 
 fn no_change() -> MetadataUpdate {

@@ -31,7 +31,7 @@ fn example_plugin_stores_and_fetches_a_real_file() {
     };
     assert_eq!(run(&store, options), 0);
     let tenant = store.runtime.tenant_store("default").unwrap();
-    let ids = tenant.list(None, 10);
+    let ids = tenant.list(None, 10).unwrap();
     assert_eq!(ids.len(), 1);
     let meta = tenant.metadata(&ids[0]).unwrap();
     assert_eq!(meta.size, bytes.len() as u64);

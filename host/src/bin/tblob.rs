@@ -2,9 +2,9 @@
 //!
 //! Every put and get goes through the chunker component, exactly as a
 //! plugin's would. Output contract (tests and scripts rely on it): `put`
-//! prints only the id; `get` writes exactly the stored bytes; errors are one
-//! line on stderr. Exit codes: 0 success, 1 a negative answer (`exists`:
-//! absent; `verify`: damage found), 2 an error.
+//! prints only the id; `get` writes exactly the stored bytes; text output
+//! escapes control characters in user strings (`--json` is exact). Exit
+//! codes and stderr follow one rule, [`EXIT_CODES`] (also in `--help`).
 //!
 //! Commands that only read (`ls`, `stat`, `get`, `exists`, `verify`,
 //! `quota show`) open the tenant read-only: they run beside a writer
@@ -23,14 +23,30 @@ use tensor_blob_host::runtime::plugin::{LimitExceeded, Plugin, PluginOptions, Ti
 use tensor_blob_host::runtime::{
     self, Chunking, CompileCache, EngineOptions, KeyValue, PutOptions, Runtime, RuntimeOptions,
 };
-use tensor_blob_host::store::{ArtifactId, Durability, GcPolicy, StoreOptions};
+use tensor_blob_host::store::{ArtifactId, Durability, GcPolicy, StoreError, StoreOptions};
 use tensor_blob_host::tenant::{Access, LOCK_WAIT_DEFAULT};
+
+/// The exit-code and stderr rule of every command (`tblob --help`).
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (`exists`: present; `verify`: no damage found)
+  1  the answer is no: `exists`: absent; `verify`: damage found (a damaged
+     artifact, or damage found in the store files when opening)
+  2  an error (bad arguments, unknown id, data that fails verification on
+     `get`, I/O, a tenant in use): one line on stderr, `tblob: <message>`
+
+Damage found when opening a tenant's store is reported once, on stderr,
+before the command's own output: one line `tblob: warning: store damage: ...`
+(`verify` instead lists each problem as `tblob: store damage: <problem>`).
+Text output escapes control characters and backslashes in stored strings
+(\\n, \\t, \\\\, \\u{1b}); `--json` output is exact.";
 
 #[derive(Parser)]
 #[command(
     name = "tblob",
     version,
-    about = "A content-addressable blob store for WebAssembly components"
+    about = "A content-addressable blob store for WebAssembly components",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     /// Store directory (default: $TBLOB_STORE, else ./.tblob).
@@ -107,7 +123,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Re-hash every chunk of one or all artifacts; exit 1 and print damaged ids.
+    /// Re-hash every chunk of one or all artifacts; exit 1 and print damaged
+    /// ids if any fails, or if the open found damage in the store files (an
+    /// unknown id is an error, exit 2).
     Verify { id: Option<String> },
     /// Reclaim space held by chunks no artifact references.
     Gc,
@@ -173,10 +191,56 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            eprintln!("tblob: {error:#}");
+            eprintln!("tblob: {}", error_line(&error));
             ExitCode::from(2)
         }
     }
+}
+
+/// `error` and its causes as one line. A cause whose text the line already
+/// holds is left out: an I/O error's message quotes its OS error, which is
+/// also its source, and printing both said the cause twice.
+fn error_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    escape(&line, false).into_owned()
+}
+
+/// `text` with its control characters escaped as in Rust strings (`\n`,
+/// `\t`, `\r`, `\u{1b}`), so a newline in a stored filename cannot split an
+/// entry of text output; with `backslashes`, `\` is doubled too, so the
+/// escaped text reads back unambiguously.
+fn escape(text: &str, backslashes: bool) -> std::borrow::Cow<'_, str> {
+    let needs = |c: char| c.is_control() || (backslashes && c == '\\');
+    if !text.chars().any(needs) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\\' if backslashes => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// A stored string (filename, tag, custom pair...) for text output.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    escape(text, true)
 }
 
 /// Whether `command` only reads, so it opens its tenant read-only.
@@ -292,6 +356,22 @@ fn run(cli: Cli) -> Result<u8> {
     };
     let runtime = open_runtime(&cli)?;
     let tenant = cli.tenant.as_str();
+    // Damage the open found and stepped over (a bad metadata record,
+    // unreadable segment bytes, a lost chunk), reported once and before
+    // the command's own output: `verify` lists it and fails on it, every
+    // other command says in one line that there is some.
+    let store_damage: Vec<String> = runtime
+        .tenant_store(tenant)?
+        .recovery_report()
+        .damage()
+        .map(|problem| escape(&problem.to_string(), false).into_owned())
+        .collect();
+    if !store_damage.is_empty() && !matches!(cli.command, Command::Verify { .. }) {
+        eprintln!(
+            "tblob: warning: store damage: {} problem(s) found opening tenant {tenant}; `tblob verify` lists them",
+            store_damage.len()
+        );
+    }
     match cli.command {
         Command::Put {
             file,
@@ -372,23 +452,24 @@ fn run(cli: Cli) -> Result<u8> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&meta)?);
             } else {
+                fn text(value: Option<&str>) -> std::borrow::Cow<'_, str> {
+                    value.map_or("-".into(), printable)
+                }
                 println!("id:           {}", meta.id);
-                println!("filename:     {}", meta.filename.as_deref().unwrap_or("-"));
-                println!(
-                    "content-type: {}",
-                    meta.content_type.as_deref().unwrap_or("-")
-                );
-                println!("creator:      {}", meta.creator.as_deref().unwrap_or("-"));
+                println!("filename:     {}", text(meta.filename.as_deref()));
+                println!("content-type: {}", text(meta.content_type.as_deref()));
+                println!("creator:      {}", text(meta.creator.as_deref()));
                 println!("size:         {}", meta.size);
                 println!("digest:       {}", meta.digest);
                 println!("chunks:       {}", meta.chunk_count);
                 println!("created-ms:   {}", meta.created_ms);
                 println!("modified-ms:  {}", meta.modified_ms);
-                println!("tags:         {}", meta.tags.join(", "));
+                let tags: Vec<_> = meta.tags.iter().map(|tag| printable(tag)).collect();
+                println!("tags:         {}", tags.join(", "));
                 let links: Vec<String> = meta.links.iter().map(|l| l.to_string()).collect();
                 println!("links:        {}", links.join(", "));
                 for (key, value) in &meta.custom {
-                    println!("custom:       {key}={value}");
+                    println!("custom:       {}={}", printable(key), printable(value));
                 }
             }
             Ok(0)
@@ -433,7 +514,7 @@ fn run(cli: Cli) -> Result<u8> {
                         "{}  {:>12}  {}",
                         meta.id,
                         meta.size,
-                        meta.filename.as_deref().unwrap_or("-")
+                        meta.filename.as_deref().map_or("-".into(), printable)
                     );
                 }
             }
@@ -441,44 +522,39 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Verify { id } => {
             let store = runtime.tenant_store(tenant)?;
-            // Damage the open found and stepped over (a bad metadata record,
-            // unreadable segment bytes): on stderr, and it fails a full verify.
-            let recovery = store.recovery_report();
-            let store_damage: Vec<_> = recovery.damage().collect();
             for problem in &store_damage {
                 eprintln!("tblob: store damage: {problem}");
             }
-            match id {
+            // Checked before the verdict: an unknown or malformed id is an
+            // error (exit 2), not damage.
+            let (checked, damaged) = match id {
                 Some(id) => {
                     let id: ArtifactId = id.parse()?;
                     match store.verify(&id) {
-                        Ok(()) => Ok(0),
-                        Err(e) => {
-                            println!("{id}");
-                            eprintln!("tblob: {id}: {e}");
-                            Ok(1)
-                        }
+                        Ok(()) => (1, Vec::new()),
+                        Err(e @ StoreError::NotFound(_)) => return Err(e.into()),
+                        Err(e) => (1, vec![(id, e.to_string())]),
                     }
                 }
                 None => {
                     let report = store.verify_all();
-                    for (id, why) in &report.damaged {
-                        println!("{id}");
-                        eprintln!("tblob: {id}: {why}");
-                    }
-                    eprintln!(
-                        "tblob: verified {} artifacts, {} damaged; {} problems found in the store files",
-                        report.artifacts_checked,
-                        report.damaged.len(),
-                        store_damage.len()
-                    );
-                    Ok(if report.damaged.is_empty() && store_damage.is_empty() {
-                        0
-                    } else {
-                        1
-                    })
+                    (report.artifacts_checked, report.damaged)
                 }
+            };
+            for (id, why) in &damaged {
+                println!("{id}");
+                eprintln!("tblob: {id}: {}", escape(why, false));
             }
+            eprintln!(
+                "tblob: verified {checked} artifacts, {} damaged; {} problems found in the store files",
+                damaged.len(),
+                store_damage.len()
+            );
+            Ok(if damaged.is_empty() && store_damage.is_empty() {
+                0
+            } else {
+                1
+            })
         }
         Command::Gc => {
             let report = runtime.tenant_store(tenant)?.gc()?;

@@ -11,7 +11,7 @@
 use super::bindings::{KeyValue, MetadataUpdate, PutOptions, WitError};
 use super::error::BlobError;
 use super::limits::{
-    INLINE_BYTES_MAX, IO_BYTES_MAX, META_CUSTOM_KEY_BYTES_MAX, META_CUSTOM_PAIRS_MAX,
+    INLINE_BYTES_MAX, IO_BYTES_MAX, LIST_IDS_MAX, META_CUSTOM_KEY_BYTES_MAX, META_CUSTOM_PAIRS_MAX,
     META_CUSTOM_VALUE_BYTES_MAX, META_LINKS_MAX, META_STRING_BYTES_MAX, META_TAGS_MAX,
     META_TAG_BYTES_MAX,
 };
@@ -55,16 +55,32 @@ pub fn artifact_id(id: &str) -> Result<(), BlobError> {
     Ok(())
 }
 
-/// A `find-by-tag` query: no artifact carries a tag over
-/// [`META_TAG_BYTES_MAX`] bytes, so a longer one is refused.
+/// A `find-by-tag` query: no artifact carries an empty tag or one over
+/// [`META_TAG_BYTES_MAX`] bytes, so such a query is refused (the WIT says
+/// so) rather than answered with nothing.
 pub fn tag_query(tag: &str) -> Result<(), BlobError> {
-    if tag.len() > META_TAG_BYTES_MAX {
+    if tag.is_empty() || tag.len() > META_TAG_BYTES_MAX {
         return Err(invalid(format!(
-            "tag of {} bytes, at most {META_TAG_BYTES_MAX}",
+            "tag of {} bytes, must be 1..={META_TAG_BYTES_MAX}",
             tag.len()
         )));
     }
     Ok(())
+}
+
+/// The `limit` of a `list` (or `read-manifest`): at most `max` entries per
+/// page. A larger one is `invalid-argument`, as the WIT header promises for
+/// every length over its limit, not silently clamped.
+pub fn page_limit(what: &str, limit: u32, max: usize) -> Result<(), BlobError> {
+    if limit as usize > max {
+        return Err(invalid(format!("{what} limit {limit}, at most {max}")));
+    }
+    Ok(())
+}
+
+/// The `limit` of `list`: at most [`LIST_IDS_MAX`].
+pub fn list_limit(limit: u32) -> Result<(), BlobError> {
+    page_limit("list", limit, LIST_IDS_MAX)
 }
 
 fn string(name: &str, value: Option<&str>) -> Result<(), BlobError> {
@@ -210,8 +226,23 @@ mod tests {
             Err(BlobError::Blob(WitError::TooLarge(_)))
         ));
         tag_query(&"t".repeat(META_TAG_BYTES_MAX)).unwrap();
-        tag_query("").unwrap();
+        tag_query("t").unwrap();
+        list_limit(LIST_IDS_MAX as u32).unwrap();
         io_len(IO_BYTES_MAX as usize).unwrap();
         assert!(io_len(IO_BYTES_MAX as usize + 1).is_err());
+    }
+
+    /// Regression (issue 9): `list` with a `limit` over 65536 was silently
+    /// clamped and `find-by-tag("")` answered an empty list, although the
+    /// WIT promises `invalid-argument` for a length outside its limits.
+    #[test]
+    fn just_past_each_limit_is_invalid_argument_not_clamped() {
+        let refused = |result: Result<(), BlobError>| {
+            matches!(result, Err(BlobError::Blob(WitError::InvalidArgument(_))))
+        };
+        assert!(refused(tag_query("")));
+        assert!(refused(tag_query(&"t".repeat(META_TAG_BYTES_MAX + 1))));
+        assert!(refused(list_limit(LIST_IDS_MAX as u32 + 1)));
+        assert!(refused(list_limit(u32::MAX)));
     }
 }

@@ -26,7 +26,6 @@ use super::error::BlobError;
 use super::host::chunk_store::ChunkerState;
 use super::limits::{
     GuestLimiter, CHUNKER_MEMORY_BYTES_MAX, FAR_EPOCH_DEADLINE, INLINE_BYTES_MAX, IO_BYTES_MAX,
-    LIST_IDS_MAX,
 };
 use crate::store;
 
@@ -191,12 +190,14 @@ impl Chunker {
         self.call(|b, s| b.call_update(s, &id.to_owned(), change))
     }
 
-    /// Up to `limit` ids; a `limit` over [`LIST_IDS_MAX`] is clamped to it.
+    /// Up to `limit` ids; a `limit` over
+    /// [`LIST_IDS_MAX`](super::limits::LIST_IDS_MAX) is
+    /// `invalid-argument`, an `after` this tenant never committed `not-found`.
     pub fn list(&mut self, after: Option<&str>, limit: u32) -> Result<Vec<String>, BlobError> {
         if let Some(after) = after {
             check::artifact_id(after)?;
         }
-        let limit = limit.min(LIST_IDS_MAX as u32);
+        check::list_limit(limit)?;
         self.call(|b, s| b.call_list(s, after.map(str::to_owned).as_ref(), limit))
     }
 

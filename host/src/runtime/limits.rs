@@ -10,7 +10,9 @@ use crate::store::format;
 /// the whole store.
 pub const UPLOADS_OPEN_MAX: usize = 64;
 
-/// Ids returned by one `list` or `find-by-tag` call (the WIT doc's 65536).
+/// Ids returned by one `list` or `find-by-tag` call (the WIT doc's 65536):
+/// a larger `list` limit is `invalid-argument` (`check::list_limit`), and
+/// `find-by-tag` answers the oldest this many.
 pub const LIST_IDS_MAX: usize = 65_536;
 
 /// Bytes of chunks one chunker instance may have queued to its upload

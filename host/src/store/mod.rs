@@ -718,7 +718,9 @@ impl Store {
                 after = Some(id);
                 return Some(id);
             }
-            let next = self.list(after.as_ref(), PAGE);
+            // `after` came from the previous page and the catalog never
+            // forgets an id it holds, so `NotFound` cannot happen here.
+            let next = self.list(after.as_ref(), PAGE).unwrap_or_default();
             if next.is_empty() {
                 return None;
             }
@@ -727,23 +729,31 @@ impl Store {
     }
 
     /// Up to `limit` artifact ids in commit order, oldest first, starting
-    /// after `after` (which may since have been deleted).
-    pub fn list(&self, after: Option<&ArtifactId>, limit: usize) -> Vec<ArtifactId> {
+    /// after `after` (which may since have been deleted). An `after` this
+    /// store never committed is `NotFound`, not an empty page: a caller
+    /// paging with a mistyped or foreign id learns so. (A deleted id is
+    /// remembered until a `meta.log` compaction drops it and the store is
+    /// reopened.)
+    pub fn list(
+        &self,
+        after: Option<&ArtifactId>,
+        limit: usize,
+    ) -> Result<Vec<ArtifactId>, StoreError> {
         let state = lock(&self.inner.state);
         let catalog = &state.catalog;
         let from = match after {
             None => Bound::Unbounded,
             Some(after) => match catalog.seq_of.get(after) {
                 Some(&seq) => Bound::Excluded(seq),
-                None => return Vec::new(),
+                None => return Err(not_found(after)),
             },
         };
-        catalog
+        Ok(catalog
             .order
             .range((from, Bound::Unbounded))
             .take(limit)
             .map(|(_, id)| *id)
-            .collect()
+            .collect())
     }
 
     /// Ids of the artifacts tagged `tag`, in commit order.

@@ -234,7 +234,19 @@ fn limits() {
     report("not-an-id", blobs::get("../../etc/passwd"), |b| {
         format!("{} bytes", b.len())
     });
+    report("list-limit-65536", blobs::list(None, 65536), |ids| {
+        format!("{} ids", ids.len())
+    });
     report("list-limit-max", blobs::list(None, u32::MAX), |ids| {
+        format!("{} ids", ids.len())
+    });
+    let unknown = "0123456789abcdef0123456789abcdef".to_string();
+    report(
+        "list-after-unknown",
+        blobs::list(Some(&unknown), 10),
+        |ids| format!("{} ids", ids.len()),
+    );
+    report("find-by-empty-tag", blobs::find_by_tag(""), |ids| {
         format!("{} ids", ids.len())
     });
     report("stats", blobs::stats(), |s| {

@@ -453,7 +453,7 @@ impl chunk_store::Host for ChunkerState {
         limit: u32,
     ) -> Result<Vec<ChunkRef>, BlobError> {
         let id = convert::artifact_id(&id)?;
-        let limit = limit.min(MANIFEST_PAGE_MAX);
+        check::page_limit("read-manifest", limit, MANIFEST_PAGE_MAX as usize)?;
         let page = self.store.manifest(&id, start, limit)?;
         Ok(page.iter().map(convert::wit_chunk_ref).collect())
     }
@@ -487,8 +487,8 @@ impl chunk_store::Host for ChunkerState {
 
     fn list(&mut self, after: Option<String>, limit: u32) -> Result<Vec<String>, BlobError> {
         let after = after.as_deref().map(convert::artifact_id).transpose()?;
-        let limit = (limit as usize).min(LIST_IDS_MAX);
-        let ids = self.store.list(after.as_ref(), limit);
+        check::list_limit(limit)?;
+        let ids = self.store.list(after.as_ref(), limit as usize)?;
         Ok(ids.iter().map(|id| id.to_string()).collect())
     }
 
@@ -667,6 +667,56 @@ mod tests {
             .unwrap();
         state.store.verify(&id.parse().unwrap()).unwrap();
         assert_eq!(*state.budget.queued.lock().unwrap(), 0);
+    }
+
+    /// Regression (issue 9): `list` and `read-manifest` clamped a `limit`
+    /// over 65536, `find-by-tag("")` answered an empty list and `list`
+    /// after an unknown id an empty page, where the WIT promises
+    /// `invalid-argument` and `not-found`. The chunker reaches these
+    /// directly, past the plugin-side checks of `runtime::chunker`.
+    #[test]
+    fn chunk_store_refuses_limits_past_their_maximum_and_unknown_cursors() {
+        let (_dir, mut state) = state();
+        let handle = state.begin_upload().unwrap();
+        let id = put_all(&mut state, &handle, &[chunk(1, 100)]).unwrap();
+        HostUpload::drop(&mut state, handle).unwrap();
+        let invalid = |what: &str, result: Result<usize, BlobError>| match result {
+            Err(BlobError::Blob(types::Error::InvalidArgument(_))) => {}
+            other => panic!("{what}: {other:?}"),
+        };
+        let max = LIST_IDS_MAX as u32;
+        assert_eq!(state.list(None, max).unwrap(), vec![id.clone()]);
+        invalid("list", state.list(None, max + 1).map(|ids| ids.len()));
+        invalid("list", state.list(None, u32::MAX).map(|ids| ids.len()));
+        assert_eq!(
+            state
+                .read_manifest(id.clone(), 0, MANIFEST_PAGE_MAX)
+                .unwrap()
+                .len(),
+            1
+        );
+        invalid(
+            "read-manifest",
+            state
+                .read_manifest(id.clone(), 0, MANIFEST_PAGE_MAX + 1)
+                .map(|refs| refs.len()),
+        );
+        invalid(
+            "find-by-tag",
+            state.find_by_tag(String::new()).map(|ids| ids.len()),
+        );
+        assert!(state.find_by_tag("t".into()).unwrap().is_empty());
+        // Paging ends with an empty page after the newest id; an id never
+        // committed here is `not-found`, a malformed one `invalid-argument`.
+        assert!(state.list(Some(id), 10).unwrap().is_empty());
+        match state.list(Some("0123456789abcdef0123456789abcdef".into()), 10) {
+            Err(BlobError::Blob(types::Error::NotFound(_))) => {}
+            other => panic!("list after an unknown id: {other:?}"),
+        }
+        invalid(
+            "list",
+            state.list(Some("nope".into()), 10).map(|ids| ids.len()),
+        );
     }
 
     #[test]

@@ -57,7 +57,7 @@ fn the_bytes_quota_stops_an_upload_at_the_first_crossing_chunk() {
     assert_eq!(store.usage().bytes, before + 10 * record);
     drop(upload);
     assert_eq!(store.stats().artifacts, 1);
-    assert_eq!(store.list(None, 10), vec![kept]);
+    assert_eq!(store.list(None, 10).unwrap(), vec![kept]);
     // Unpinned, its chunks are garbage the quota no longer charges; GC
     // then removes them from the index.
     assert_eq!(store.usage().bytes, before);
