@@ -36,6 +36,7 @@ const BUILDS: &[WasmBuild] = &[
             "tensor_blob_rogue_chunker.wasm",
             "tensor-blob-bench-plugin.wasm",
             "tensor-blob-hostile-plugin.wasm",
+            "tensor-blob-blobstore-client.wasm",
         ],
     },
     WasmBuild {
@@ -62,6 +63,9 @@ const RERUN_IF_CHANGED: &[&str] = &[
     "guest/components/bench-plugin/Cargo.toml",
     "guest/components/hostile-plugin/src",
     "guest/components/hostile-plugin/Cargo.toml",
+    "guest/components/blobstore-client/src",
+    "guest/components/blobstore-client/wit",
+    "guest/components/blobstore-client/Cargo.toml",
     "examples/plugin/src",
     "examples/plugin/Cargo.toml",
     "examples/plugin/Cargo.lock",
