@@ -1178,6 +1178,59 @@ mod tests {
     }
 
     #[test]
+    fn name_records_and_bound_commits_round_trip_and_reject_every_truncation() {
+        let names = MetaRecord::Names {
+            ops: vec![
+                NameOp::CreateContainer {
+                    container: "c".into(),
+                    created_ms: 7,
+                },
+                NameOp::Move {
+                    from_container: "c".into(),
+                    from_name: "a".into(),
+                    to_container: "d".into(),
+                    to_name: "b".into(),
+                },
+                NameOp::Unbind {
+                    container: "c".into(),
+                    name: "x".into(),
+                },
+                NameOp::ClearContainer {
+                    container: "c".into(),
+                },
+                NameOp::DeleteContainer {
+                    container: "d".into(),
+                },
+            ],
+        };
+        let bound = MetaRecord::Commit {
+            id: [1; 16],
+            size: 10,
+            digest: [2; 32],
+            created_ms: 5,
+            chunks: vec![([3; 32], 10)],
+            creator: None,
+            fields: MutableFields::default(),
+            bound: Some(("c".into(), "name".into())),
+        };
+        for record in [names, bound] {
+            let bytes = encode_meta_record(&record);
+            assert_eq!(decode_whole(&bytes).unwrap(), record);
+            for len in 0..bytes.len() {
+                assert!(decode_whole(&bytes[..len]).is_err());
+            }
+        }
+        // Names over their limits are refused when decoded.
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&1u32.to_le_bytes());
+        payload.push(NAME_OP_DELETE);
+        payload.extend_from_slice(&0u32.to_le_bytes());
+        payload.push(0);
+        let error = decode_meta_payload(META_KIND_NAMES, &payload).unwrap_err();
+        assert!(error.contains("container name"), "{error}");
+    }
+
+    #[test]
     fn huge_counts_are_errors_not_allocations() {
         // A crc-valid payload claiming 2^24 chunks but holding none.
         let mut payload = vec![0u8; 16 + 8 + 32 + 8];
@@ -1213,7 +1266,7 @@ mod tests {
         }
 
         #[test]
-        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), kind in 0u8..5) {
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), kind in 0u8..8) {
             let _ = decode_meta_payload(kind, &bytes);
             let _ = decode_chunk_header(&RecordKey::from_salt(&[1; 16]), &bytes);
         }
