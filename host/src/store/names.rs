@@ -327,6 +327,24 @@ impl Store {
             return Ok(());
         }
         let record = MetaRecord::Names { ops };
+        // Ops that only release (unbind, clear, delete) always land, so a
+        // tenant at its quota can make room; the rest count against it.
+        let grows = matches!(
+            &record,
+            MetaRecord::Names { ops } if ops.iter().any(|op| matches!(
+                op,
+                NameOp::CreateContainer { .. } | NameOp::Move { .. }
+            ))
+        );
+        if let (true, Some(max)) = (grows, self.inner.quota().bytes_max) {
+            let record_bytes = format::meta_record_len(&record);
+            let used = self.inner.cost_bytes(&lock(&self.inner.state));
+            if used.saturating_add(record_bytes) > max {
+                return Err(super::QuotaLimit::Bytes.exceeded(format_args!(
+                    "name record of {record_bytes} bytes: {used} of {max} bytes in use"
+                )));
+            }
+        }
         self.log_append(&mut meta_log, std::slice::from_ref(&record), 0)?;
         let mut state = lock(&self.inner.state);
         let state = &mut *state;

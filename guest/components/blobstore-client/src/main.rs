@@ -553,6 +553,20 @@ fn hostile() {
     expect(names == ["o"] && end, "one name");
     let (skipped, end) = ok(stream.skip_stream_object_names(u64::MAX), "skip u64::MAX");
     expect(skipped == 0 && end, "nothing more");
+    // A write over the check-write permit fails the value, not the plugin.
+    let value = OutgoingValue::new_outgoing_value();
+    ok(c.write_data("big-write", &value), "write-data big-write");
+    let stream = value.outgoing_value_write_body().unwrap();
+    expect(
+        stream.write(&vec![0u8; 2 << 20]).is_err(),
+        "a write over check-write fails",
+    );
+    drop(stream);
+    expect_err(OutgoingValue::finish(value), "finish after a failed write");
+    expect(
+        !ok(c.has_object("big-write"), "has"),
+        "a failed value stores nothing",
+    );
     // Many values at once: past the limit each is an error, never a trap.
     let mut held = Vec::new();
     let mut refused = 0;

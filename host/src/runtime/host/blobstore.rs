@@ -710,15 +710,20 @@ impl Pollable for BodyStream {
 #[async_trait::async_trait]
 impl OutputStream for BodyStream {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        if bytes.len() > WRITE_PERMIT_BYTES {
-            return Err(StreamError::trap(
-                "write of more bytes than check-write permitted",
-            ));
-        }
         let mut body = self.body();
         let body = &mut *body;
         if let Some(error) = &body.error {
             return Err(failed(error.clone()));
+        }
+        if bytes.len() > WRITE_PERMIT_BYTES {
+            // A guest mistake: the value fails (so `finish` does too), the
+            // plugin does not trap.
+            let message = format!(
+                "a write of {} bytes, over the {WRITE_PERMIT_BYTES} check-write permitted",
+                bytes.len()
+            );
+            body.error = Some(message.clone());
+            return Err(failed(message));
         }
         if bytes.is_empty() {
             return Ok(());

@@ -295,3 +295,28 @@ fn on_the_simulated_disk_a_replace_is_old_or_new_after_any_failed_sync_and_power
     assert!(acknowledged_once, "some run got past every injected fault");
     assert!(refused_once, "some injected fault failed the replace");
 }
+
+#[test]
+fn name_records_count_against_the_bytes_quota_but_releases_always_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, unsynced());
+    store.create_container("c").unwrap();
+    put_bound(&store, "c", "o", &data(5000, 1)).unwrap();
+    let used = store.usage().bytes;
+    store
+        .set_quota(Quota {
+            bytes_max: Some(used),
+            ..Quota::default()
+        })
+        .unwrap();
+    match store.create_container("d") {
+        Err(StoreError::QuotaExceeded(message)) => {
+            assert!(message.starts_with("bytes"), "{message}")
+        }
+        other => panic!("expected a bytes quota error, got {other:?}"),
+    }
+    assert!(!store.container_exists("d").unwrap());
+    store.delete_objects("c", &["o".to_string()]).unwrap();
+    store.delete_container("c").unwrap();
+    assert_eq!(store.stats().artifacts, 0);
+}
