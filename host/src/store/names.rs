@@ -83,6 +83,14 @@ impl Names {
     }
 }
 
+/// The live artifact a name binds. Always there (see the module doc); an
+/// error rather than a panic all the same.
+fn live<'a>(catalog: &'a Catalog, id: &ArtifactId) -> Result<&'a Artifact, StoreError> {
+    catalog.artifacts.get(id).ok_or_else(|| {
+        StoreError::Corrupted(format!("a name binds artifact {id}, which is not live"))
+    })
+}
+
 fn container_not_found(container: &str) -> StoreError {
     StoreError::NotFound(format!("container {container:?}"))
 }
@@ -436,7 +444,7 @@ impl Store {
         let id = names
             .get(container, name)
             .ok_or_else(|| object_not_found(container, name))?;
-        let meta = &state.catalog.artifacts[&id].meta;
+        let meta = &live(&state.catalog, &id)?.meta;
         Ok(ObjectInfo {
             container: container.to_owned(),
             name: name.to_owned(),
@@ -565,7 +573,7 @@ impl Store {
             if from == to {
                 return Ok(id);
             }
-            let artifact = &state.catalog.artifacts[&id];
+            let artifact = live(&state.catalog, &id)?;
             let meta = &artifact.meta;
             let mut fields = Catalog::fields_of(meta);
             fields.links.clear();
