@@ -37,6 +37,7 @@ const BUILDS: &[WasmBuild] = &[
             "tensor-blob-bench-plugin.wasm",
             "tensor-blob-hostile-plugin.wasm",
             "tensor-blob-blobstore-client.wasm",
+            "tensor-blob-dual-plugin.wasm",
         ],
     },
     WasmBuild {
@@ -66,6 +67,8 @@ const RERUN_IF_CHANGED: &[&str] = &[
     "guest/components/blobstore-client/src",
     "guest/components/blobstore-client/wit",
     "guest/components/blobstore-client/Cargo.toml",
+    "guest/components/dual-plugin/src",
+    "guest/components/dual-plugin/Cargo.toml",
     "examples/plugin/src",
     "examples/plugin/Cargo.toml",
     "examples/plugin/Cargo.lock",

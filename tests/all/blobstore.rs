@@ -190,3 +190,15 @@ fn a_damaged_chunk_is_an_error_string_never_wrong_bytes() {
     assert!(stdout.contains("corrupted"), "{stdout}");
     assert!(!stdout.contains("ok"), "{stdout}");
 }
+
+#[test]
+fn a_component_importing_both_interfaces_sees_one_store() {
+    let store = tempfile::tempdir().unwrap();
+    let plugin = store.path().join("dual-plugin.wasm");
+    std::fs::write(&plugin, tensor_blob_artifacts::DUAL_PLUGIN_WASM).unwrap();
+    assert_eq!(
+        ok(&tblob(store.path(), &["run", plugin.to_str().unwrap()])),
+        "ok dual\n"
+    );
+    assert_eq!(ok(&tblob(store.path(), &["ls"])), "");
+}

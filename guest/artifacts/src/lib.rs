@@ -62,6 +62,11 @@ pub const BLOBSTORE_CLIENT_WASM: &[u8] = include_bytes!(concat!(
 pub const BLOBSTORE_CLIENT_WASM_PATH: &str =
     concat!(env!("OUT_DIR"), "/tensor-blob-blobstore-client.wasm");
 
+/// A test plugin (a WASI command) importing both `tensor:blob/blobs` and
+/// `wasi:blobstore`: checks that they see one store. Prints `ok dual`.
+pub const DUAL_PLUGIN_WASM: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/tensor-blob-dual-plugin.wasm"));
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +80,7 @@ mod tests {
             EXAMPLE_PLUGIN_WASM,
             HOSTILE_PLUGIN_WASM,
             BLOBSTORE_CLIENT_WASM,
+            DUAL_PLUGIN_WASM,
         ] {
             assert_eq!(&wasm[..4], b"\0asm");
             assert_eq!(&wasm[6..8], &[0x01, 0x00], "component layer");
