@@ -3,6 +3,7 @@
 
 mod common;
 
+mod blobstore;
 mod cli;
 mod concurrent;
 mod crash;

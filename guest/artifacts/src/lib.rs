@@ -50,6 +50,23 @@ pub const BENCH_PLUGIN_WASM_PATH: &str = concat!(env!("OUT_DIR"), "/tensor-blob-
 pub const HOSTILE_PLUGIN_WASM: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/tensor-blob-hostile-plugin.wasm"));
 
+/// A `wasi:blobstore@0.2.0-draft` client (a WASI command) built from the
+/// pristine upstream WIT alone: `all` exercises every function and exits
+/// nonzero on any mismatch; see its source for the other modes. For tests.
+pub const BLOBSTORE_CLIENT_WASM: &[u8] = include_bytes!(concat!(
+    env!("OUT_DIR"),
+    "/tensor-blob-blobstore-client.wasm"
+));
+
+/// Path of the file [`BLOBSTORE_CLIENT_WASM`] was embedded from.
+pub const BLOBSTORE_CLIENT_WASM_PATH: &str =
+    concat!(env!("OUT_DIR"), "/tensor-blob-blobstore-client.wasm");
+
+/// A test plugin (a WASI command) importing both `tensor:blob/blobs` and
+/// `wasi:blobstore`: checks that they see one store. Prints `ok dual`.
+pub const DUAL_PLUGIN_WASM: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/tensor-blob-dual-plugin.wasm"));
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,6 +79,8 @@ mod tests {
             ROGUE_CHUNKER_WASM,
             EXAMPLE_PLUGIN_WASM,
             HOSTILE_PLUGIN_WASM,
+            BLOBSTORE_CLIENT_WASM,
+            DUAL_PLUGIN_WASM,
         ] {
             assert_eq!(&wasm[..4], b"\0asm");
             assert_eq!(&wasm[6..8], &[0x01, 0x00], "component layer");

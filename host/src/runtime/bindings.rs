@@ -60,3 +60,24 @@ pub use chunker::tensor::blob::types::{
     ChunkRef, Chunking, Error as WitError, KeyValue, Metadata, MetadataUpdate, PutOptions,
     StoreStats,
 };
+
+/// The host side of `wasi:blobstore@0.2.0-draft` (world
+/// `wasi:blobstore/imports`, vendored under `wit/deps/blobstore`),
+/// implemented by [`super::host::blobstore`]. `wasi:io` is wasmtime-wasi's,
+/// so the value streams are its `DynOutputStream`/`DynInputStream` in the
+/// WASI resource table, served by its `wasi:io/streams` host.
+pub mod blobstore {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "wasi:blobstore/imports",
+        imports: { default: async | trappable },
+        with: {
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
+            "wasi:blobstore/container.container": crate::runtime::host::blobstore::Container,
+            "wasi:blobstore/container.stream-object-names": crate::runtime::host::blobstore::StreamObjectNames,
+            "wasi:blobstore/types.outgoing-value": crate::runtime::host::blobstore::OutgoingValue,
+            "wasi:blobstore/types.incoming-value": crate::runtime::host::blobstore::IncomingValue,
+        },
+        require_store_data_send: true,
+    });
+}

@@ -230,6 +230,28 @@ impl Chunker {
         self.call(|b, s| b.writer().call_finish(s, resource))
     }
 
+    /// [`Chunker::writer_finish`] whose commit also binds the artifact to
+    /// object `name` of `container` in the same durable record (see
+    /// [`store::Upload::bind_to`]). The binding is handed to the chunk
+    /// store's `commit` through the instance's state: set just before the
+    /// synchronous `finish` call, cleared after it, so no other commit can
+    /// pick it up.
+    pub fn writer_finish_bound(
+        &mut self,
+        handle: &ChunkerResource,
+        container: &str,
+        name: &str,
+    ) -> Result<String, BlobError> {
+        let resource = self.live(handle)?;
+        let instance = self.instance.as_mut().expect("live checked it");
+        instance.store.data_mut().binding = Some((container.to_owned(), name.to_owned()));
+        let result = self.call(|b, s| b.writer().call_finish(s, resource));
+        if let Some(instance) = self.instance.as_mut() {
+            instance.store.data_mut().binding = None;
+        }
+        result
+    }
+
     pub fn writer_abort(&mut self, handle: &ChunkerResource) -> Result<(), BlobError> {
         let resource = self.live(handle)?;
         self.call(|b, s| b.writer().call_abort(s, resource).map(Ok))

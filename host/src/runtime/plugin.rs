@@ -1,5 +1,5 @@
 //! Running a plugin: a WASI command component (`wasi:cli/run`) that
-//! imports `tensor:blob/blobs`.
+//! imports `tensor:blob/blobs`, `wasi:blobstore@0.2.0-draft`, or both.
 //!
 //! A plugin gets the blob store of its tenant and, from WASI, only what
 //! [`PluginOptions`] grants: its arguments, stdout/stderr, and read-only
@@ -16,6 +16,7 @@ use wasmtime::{Engine, UpdateDeadline};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::host::blobstore::{BlobstoreCtx, BlobstoreView, BlobstoreViewSource};
 use super::limits::{GuestLimit, GuestLimiter, FAR_EPOCH_DEADLINE};
 use super::{BlobCtx, BlobView, Runtime};
 
@@ -111,7 +112,17 @@ struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
     blobs: BlobCtx,
+    blobstore: BlobstoreCtx,
     limits: GuestLimiter,
+}
+
+impl BlobstoreViewSource for PluginState {
+    fn blobstore(&mut self) -> BlobstoreView<'_> {
+        BlobstoreView {
+            ctx: &mut self.blobstore,
+            table: &mut self.table,
+        }
+    }
 }
 
 impl WasiView for PluginState {
@@ -143,6 +154,7 @@ impl Plugin {
         let mut linker: Linker<PluginState> = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         super::add_to_linker(&mut linker)?;
+        super::host::blobstore::add_to_linker(&mut linker)?;
         let pre = CommandPre::new(linker.instantiate_pre(&component)?)?;
         Ok(Plugin {
             runtime: runtime.clone(),
@@ -182,6 +194,7 @@ impl Plugin {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             blobs: self.runtime.context(tenant)?,
+            blobstore: BlobstoreCtx::new(&self.runtime, tenant)?,
             limits,
         };
         let engine = self.runtime.engine();

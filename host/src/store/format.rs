@@ -450,6 +450,26 @@ pub const META_KIND_UPDATE: u8 = 3;
 /// is damage, never a torn tail: see ARCHITECTURE.md, "Bit rot is not a
 /// torn write".
 pub const META_KIND_CHECKPOINT: u8 = 4;
+/// Name-index changes (`wasi:blobstore` containers and object names): a
+/// list of [`NameOp`]s, applied in order. See ARCHITECTURE.md, "The name
+/// index".
+pub const META_KIND_NAMES: u8 = 5;
+/// A commit that also binds the new artifact to an object name (replacing,
+/// and deleting, whatever artifact the name held): the commit payload, then
+/// container and object name. One record, so a crash leaves the old
+/// object or the new one, never neither, and never an unbound artifact.
+pub const META_KIND_COMMIT_BOUND: u8 = 6;
+
+/// Longest container name, in bytes (names must also be non-empty).
+pub const CONTAINER_NAME_BYTES_MAX: usize = 256;
+/// Longest object name, in bytes (names must also be non-empty): S3's key limit.
+pub const OBJECT_NAME_BYTES_MAX: usize = 1024;
+/// Most name operations in one [`META_KIND_NAMES`] record: bounds what a
+/// decoder allocates and what one live change (`delete-objects`) may ask.
+pub const NAME_OPS_MAX: usize = 4096;
+const NAME_OP_BYTES_MAX: u64 =
+    1 + 2 * (4 + CONTAINER_NAME_BYTES_MAX as u64) + 2 * (4 + OBJECT_NAME_BYTES_MAX as u64) + 8;
+const _: () = assert!(4 + NAME_OPS_MAX as u64 * NAME_OP_BYTES_MAX <= META_RECORD_BYTES_MAX);
 
 const OPTION_STRING_BYTES_MAX: u64 = 1 + 4 + STRING_BYTES_MAX as u64;
 const MUTABLE_METADATA_BYTES_MAX: u64 = 2 * OPTION_STRING_BYTES_MAX
@@ -470,7 +490,11 @@ pub const META_RECORD_BYTES_MAX: u64 = 16
     + 4
     + MANIFEST_CHUNKS_MAX * MANIFEST_ENTRY_BYTES
     + OPTION_STRING_BYTES_MAX
-    + MUTABLE_METADATA_BYTES_MAX;
+    + MUTABLE_METADATA_BYTES_MAX
+    + 4
+    + CONTAINER_NAME_BYTES_MAX as u64
+    + 4
+    + OBJECT_NAME_BYTES_MAX as u64;
 const _: () = assert!(META_RECORD_BYTES_MAX <= u32::MAX as u64);
 
 /// The mutable metadata of an artifact, as stored in commit and update
@@ -496,7 +520,12 @@ pub enum MetaRecord {
         chunks: Vec<([u8; 32], u32)>,
         creator: Option<String>,
         fields: MutableFields,
+        /// `Some((container, object name))`: the artifact is bound to that
+        /// name as it is committed (kind [`META_KIND_COMMIT_BOUND`]).
+        bound: Option<(String, String)>,
     },
+    /// Changes to the name index, applied in order.
+    Names { ops: Vec<NameOp> },
     /// An artifact deleted.
     Delete { id: [u8; 16] },
     /// New mutable metadata of an artifact, replacing all of the old.
@@ -507,6 +536,56 @@ pub enum MetaRecord {
     },
     /// Written on a clean close, after everything before it was synced.
     Checkpoint,
+}
+
+/// One change to the name index. Every op that drops a binding deletes the
+/// artifact it held (an artifact is bound by at most one name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NameOp {
+    /// A new, empty container.
+    CreateContainer { container: String, created_ms: u64 },
+    /// A container and every object in it (their artifacts deleted).
+    DeleteContainer { container: String },
+    /// Every object of a container (their artifacts deleted); it stays.
+    ClearContainer { container: String },
+    /// One object's binding (its artifact deleted).
+    Unbind { container: String, name: String },
+    /// An object's artifact rebound to another name (whose previous
+    /// artifact, if any, is deleted).
+    Move {
+        from_container: String,
+        from_name: String,
+        to_container: String,
+        to_name: String,
+    },
+}
+
+const NAME_OP_CREATE: u8 = 1;
+const NAME_OP_DELETE: u8 = 2;
+const NAME_OP_CLEAR: u8 = 3;
+const NAME_OP_UNBIND: u8 = 4;
+const NAME_OP_MOVE: u8 = 5;
+
+/// Checks a container name against its limits.
+pub fn check_container_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > CONTAINER_NAME_BYTES_MAX {
+        return Err(format!(
+            "container name of {} bytes, must be 1..={CONTAINER_NAME_BYTES_MAX}",
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an object name against its limits.
+pub fn check_object_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > OBJECT_NAME_BYTES_MAX {
+        return Err(format!(
+            "object name of {} bytes, must be 1..={OBJECT_NAME_BYTES_MAX}",
+            name.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the metadata limits; the message names the offending field.
@@ -601,6 +680,7 @@ fn encode_meta_payload(out: &mut Encoder, record: &MetaRecord) -> u8 {
             chunks,
             creator,
             fields,
+            bound,
         } => {
             out.bytes(id);
             out.u64(*size);
@@ -613,7 +693,55 @@ fn encode_meta_payload(out: &mut Encoder, record: &MetaRecord) -> u8 {
             }
             out.option_string(creator.as_deref());
             out.fields(fields);
-            META_KIND_COMMIT
+            match bound {
+                None => META_KIND_COMMIT,
+                Some((container, name)) => {
+                    out.string(container);
+                    out.string(name);
+                    META_KIND_COMMIT_BOUND
+                }
+            }
+        }
+        MetaRecord::Names { ops } => {
+            out.count(ops.len());
+            for op in ops {
+                match op {
+                    NameOp::CreateContainer {
+                        container,
+                        created_ms,
+                    } => {
+                        out.bytes(&[NAME_OP_CREATE]);
+                        out.string(container);
+                        out.u64(*created_ms);
+                    }
+                    NameOp::DeleteContainer { container } => {
+                        out.bytes(&[NAME_OP_DELETE]);
+                        out.string(container);
+                    }
+                    NameOp::ClearContainer { container } => {
+                        out.bytes(&[NAME_OP_CLEAR]);
+                        out.string(container);
+                    }
+                    NameOp::Unbind { container, name } => {
+                        out.bytes(&[NAME_OP_UNBIND]);
+                        out.string(container);
+                        out.string(name);
+                    }
+                    NameOp::Move {
+                        from_container,
+                        from_name,
+                        to_container,
+                        to_name,
+                    } => {
+                        out.bytes(&[NAME_OP_MOVE]);
+                        out.string(from_container);
+                        out.string(from_name);
+                        out.string(to_container);
+                        out.string(to_name);
+                    }
+                }
+            }
+            META_KIND_NAMES
         }
         MetaRecord::Delete { id } => {
             out.bytes(id);
@@ -721,7 +849,7 @@ pub fn decode_meta_payload(kind: u8, payload: &[u8]) -> Result<MetaRecord, Strin
         at: 0,
     };
     let record = match kind {
-        META_KIND_COMMIT => {
+        META_KIND_COMMIT | META_KIND_COMMIT_BOUND => {
             let id = input.array::<16>()?;
             let size = input.u64()?;
             let digest = input.array::<32>()?;
@@ -748,6 +876,11 @@ pub fn decode_meta_payload(kind: u8, payload: &[u8]) -> Result<MetaRecord, Strin
             let creator = input.option_string(STRING_BYTES_MAX)?;
             let fields = input.fields()?;
             check_metadata_limits(creator.as_deref(), &fields)?;
+            let bound = if kind == META_KIND_COMMIT_BOUND {
+                Some((input.container_name()?, input.object_name()?))
+            } else {
+                None
+            };
             MetaRecord::Commit {
                 id,
                 size,
@@ -756,7 +889,40 @@ pub fn decode_meta_payload(kind: u8, payload: &[u8]) -> Result<MetaRecord, Strin
                 chunks,
                 creator,
                 fields,
+                bound,
             }
+        }
+        META_KIND_NAMES => {
+            // An op is at least a tag and one non-empty name (6 bytes).
+            let count = input.count(NAME_OPS_MAX, 6)?;
+            let mut ops = Vec::with_capacity(count);
+            for _ in 0..count {
+                let op = match input.u8()? {
+                    NAME_OP_CREATE => NameOp::CreateContainer {
+                        container: input.container_name()?,
+                        created_ms: input.u64()?,
+                    },
+                    NAME_OP_DELETE => NameOp::DeleteContainer {
+                        container: input.container_name()?,
+                    },
+                    NAME_OP_CLEAR => NameOp::ClearContainer {
+                        container: input.container_name()?,
+                    },
+                    NAME_OP_UNBIND => NameOp::Unbind {
+                        container: input.container_name()?,
+                        name: input.object_name()?,
+                    },
+                    NAME_OP_MOVE => NameOp::Move {
+                        from_container: input.container_name()?,
+                        from_name: input.object_name()?,
+                        to_container: input.container_name()?,
+                        to_name: input.object_name()?,
+                    },
+                    other => return Err(format!("unknown name operation {other}")),
+                };
+                ops.push(op);
+            }
+            MetaRecord::Names { ops }
         }
         META_KIND_DELETE => MetaRecord::Delete {
             id: input.array::<16>()?,
@@ -896,6 +1062,16 @@ impl Decoder<'_> {
         let bytes = self.take(len)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| "string is not UTF-8".to_string())
     }
+    fn container_name(&mut self) -> Result<String, String> {
+        let name = self.string(CONTAINER_NAME_BYTES_MAX)?;
+        check_container_name(&name)?;
+        Ok(name)
+    }
+    fn object_name(&mut self) -> Result<String, String> {
+        let name = self.string(OBJECT_NAME_BYTES_MAX)?;
+        check_object_name(&name)?;
+        Ok(name)
+    }
     fn option_string(&mut self, max: usize) -> Result<Option<String>, String> {
         match self.u8()? {
             0 => Ok(None),
@@ -992,12 +1168,66 @@ mod tests {
                 links: vec![[4; 16]],
                 custom: vec![("k".into(), "v".into())],
             },
+            bound: None,
         };
         let bytes = encode_meta_record(&record);
         assert_eq!(decode_whole(&bytes).unwrap(), record);
         for len in 0..bytes.len() {
             assert!(decode_whole(&bytes[..len]).is_err());
         }
+    }
+
+    #[test]
+    fn name_records_and_bound_commits_round_trip_and_reject_every_truncation() {
+        let names = MetaRecord::Names {
+            ops: vec![
+                NameOp::CreateContainer {
+                    container: "c".into(),
+                    created_ms: 7,
+                },
+                NameOp::Move {
+                    from_container: "c".into(),
+                    from_name: "a".into(),
+                    to_container: "d".into(),
+                    to_name: "b".into(),
+                },
+                NameOp::Unbind {
+                    container: "c".into(),
+                    name: "x".into(),
+                },
+                NameOp::ClearContainer {
+                    container: "c".into(),
+                },
+                NameOp::DeleteContainer {
+                    container: "d".into(),
+                },
+            ],
+        };
+        let bound = MetaRecord::Commit {
+            id: [1; 16],
+            size: 10,
+            digest: [2; 32],
+            created_ms: 5,
+            chunks: vec![([3; 32], 10)],
+            creator: None,
+            fields: MutableFields::default(),
+            bound: Some(("c".into(), "name".into())),
+        };
+        for record in [names, bound] {
+            let bytes = encode_meta_record(&record);
+            assert_eq!(decode_whole(&bytes).unwrap(), record);
+            for len in 0..bytes.len() {
+                assert!(decode_whole(&bytes[..len]).is_err());
+            }
+        }
+        // Names over their limits are refused when decoded.
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&1u32.to_le_bytes());
+        payload.push(NAME_OP_DELETE);
+        payload.extend_from_slice(&0u32.to_le_bytes());
+        payload.push(0);
+        let error = decode_meta_payload(META_KIND_NAMES, &payload).unwrap_err();
+        assert!(error.contains("container name"), "{error}");
     }
 
     #[test]
@@ -1036,7 +1266,7 @@ mod tests {
         }
 
         #[test]
-        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), kind in 0u8..5) {
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), kind in 0u8..8) {
             let _ = decode_meta_payload(kind, &bytes);
             let _ = decode_chunk_header(&RecordKey::from_salt(&[1; 16]), &bytes);
         }

@@ -296,6 +296,12 @@ fn check_record_limits(record: &MetaRecord) -> Result<(), String> {
             check_metadata_limits(creator.as_deref(), fields)
         }
         MetaRecord::Update { fields, .. } => check_metadata_limits(None, fields),
+        MetaRecord::Names { ops } => {
+            if ops.len() > crate::store::format::NAME_OPS_MAX {
+                return Err(format!("accepted {} name operations", ops.len()));
+            }
+            Ok(())
+        }
         MetaRecord::Delete { .. } | MetaRecord::Checkpoint => Ok(()),
     }
 }
@@ -394,6 +400,7 @@ fn commit_record() -> impl Strategy<Value = MetaRecord> {
                 chunks,
                 creator,
                 fields,
+                bound: None,
             }
         })
 }
@@ -745,7 +752,7 @@ fn length_field_offsets(record: &MetaRecord) -> Vec<usize> {
             at += 16 + 8;
             fields(&mut at, &mut out, f);
         }
-        MetaRecord::Delete { .. } | MetaRecord::Checkpoint => {}
+        MetaRecord::Delete { .. } | MetaRecord::Checkpoint | MetaRecord::Names { .. } => {}
     }
     out
 }
@@ -769,6 +776,7 @@ fn length_field_offsets_match_the_encoder() {
             links: vec![[5; 16]],
             custom: vec![("k".into(), "value".into())],
         },
+        bound: None,
     };
     let payload = encode_meta_record(&record)[META_RECORD_HEADER..].to_vec();
     let values: Vec<u32> = length_field_offsets(&record)
@@ -868,6 +876,7 @@ fn valid_commit() -> MetaRecord {
             links: vec![[4; 16]],
             custom: vec![("k".into(), "v".into())],
         },
+        bound: None,
     }
 }
 

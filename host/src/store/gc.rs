@@ -21,9 +21,12 @@
 
 use std::collections::BTreeSet;
 
-use super::format::{self, CHUNK_HEADER_BYTES, META_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use super::format::{
+    self, MetaRecord, CHUNK_HEADER_BYTES, META_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+};
 use super::index::Location;
 use super::meta::{self, Artifact};
+use super::names;
 use super::types::Hash;
 use super::{lock, segment, GcPolicy, GcReport, State, Store, StoreError};
 
@@ -230,16 +233,29 @@ fn compact_meta_log(store: &Store, policy: &GcPolicy) -> Result<u64, StoreError>
     if meta_log.damaged() || meta_log.len() < policy.meta_log_bytes_min {
         return Ok(0);
     }
-    let live: Vec<Artifact> = {
+    // Containers first: the bound commits that follow need them.
+    type Named = (Artifact, Option<(String, String)>);
+    let (containers, live): (Vec<MetaRecord>, Vec<Named>) = {
         let state = lock(&inner.state);
         let catalog = &state.catalog;
-        catalog
+        let live = catalog
             .order
             .values()
-            .map(|id| catalog.artifacts[id].clone())
-            .collect()
+            .map(|id| {
+                (
+                    catalog.artifacts[id].clone(),
+                    catalog.names.bound.get(id).cloned(),
+                )
+            })
+            .collect();
+        (names::snapshot_records(&catalog.names), live)
     };
-    let records = || live.iter().flat_map(meta::snapshot_records);
+    let records = || {
+        containers.iter().cloned().chain(
+            live.iter()
+                .flat_map(|(artifact, bound)| meta::snapshot_records(artifact, bound.as_ref())),
+        )
+    };
     let live_bytes: u64 = records()
         .map(|record| format::meta_record_len(&record))
         .sum();

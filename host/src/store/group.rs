@@ -165,6 +165,17 @@ fn run(store: &Store, batch: Vec<Queued>) -> Vec<(u64, Result<ArtifactId, StoreE
                 results.push((queued.ticket, Err(error)));
                 continue;
             }
+            // The container too: it may have been deleted since.
+            if let MetaRecord::Commit {
+                bound: Some((container, _)),
+                ..
+            } = &queued.record
+            {
+                if let Err(error) = state.catalog.names.check_container(container) {
+                    results.push((queued.ticket, Err(error)));
+                    continue;
+                }
+            }
             // The id is a placeholder of the same length: the record's
             // length is final.
             let record_bytes = format::meta_record_len(&queued.record);

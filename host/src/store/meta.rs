@@ -572,13 +572,24 @@ pub struct Catalog {
     /// Tag -> commit positions of live artifacts carrying it.
     pub tags: HashMap<String, BTreeSet<u64>>,
     pub logical_bytes: u64,
+    /// `wasi:blobstore` containers and object names ([`super::names`]).
+    pub names: super::names::Names,
+    /// Live [`Hold`](super::Hold)s per artifact (in memory only).
+    pub holds: HashMap<ArtifactId, u32>,
+    /// Artifacts deleted while held: still readable through their holds,
+    /// their chunk references kept until the last hold goes.
+    pub retained: HashMap<ArtifactId, Artifact>,
     next_seq: u64,
 }
 
 /// The records that rebuild one live artifact at replay: its commit, with
 /// the mutable fields it has now, then, if it was modified since, an update
 /// that carries the modification time. What a compaction writes.
-pub fn snapshot_records(artifact: &Artifact) -> impl Iterator<Item = MetaRecord> {
+/// `bound` is the object name bound to it, if any.
+pub fn snapshot_records(
+    artifact: &Artifact,
+    bound: Option<&(String, String)>,
+) -> impl Iterator<Item = MetaRecord> {
     let meta = &artifact.meta;
     let fields = Catalog::fields_of(meta);
     let update = (meta.modified_ms != meta.created_ms).then(|| MetaRecord::Update {
@@ -599,6 +610,7 @@ pub fn snapshot_records(artifact: &Artifact) -> impl Iterator<Item = MetaRecord>
             .collect(),
         creator: meta.creator.clone(),
         fields,
+        bound: bound.cloned(),
     };
     std::iter::once(commit).chain(update)
 }
@@ -628,6 +640,11 @@ impl Catalog {
             },
         );
         true
+    }
+
+    /// A live artifact, or one deleted while held (still readable).
+    pub fn lookup(&self, id: &ArtifactId) -> Option<&Artifact> {
+        self.artifacts.get(id).or_else(|| self.retained.get(id))
     }
 
     /// Removes a live artifact; the caller drops its chunk references.

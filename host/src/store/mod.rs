@@ -60,6 +60,7 @@ mod gc;
 mod group;
 mod index;
 mod meta;
+mod names;
 mod policy;
 mod read;
 mod segment;
@@ -83,6 +84,7 @@ pub use self::format::{
     MANIFEST_CHUNKS_MAX, MANIFEST_PAGE_MAX, MISSING_BATCH_MAX, STRING_BYTES_MAX, TAGS_MAX,
     TAG_BYTES_MAX, UPLOAD_PINS_MAX,
 };
+pub use self::names::{ContainerInfo, Hold, ObjectInfo, DELETE_OBJECTS_MAX, LIST_OBJECTS_PAGE_MAX};
 pub use self::types::{
     ArtifactId, ChunkRef, Durability, GcPolicy, GcReport, Hash, Metadata, MetadataUpdate,
     NewMetadata, OpenStats, Problem, ProblemKind, Quota, QuotaLimit, QuotaUsage, RecoveryReport,
@@ -596,11 +598,8 @@ impl Store {
     ) -> Result<Vec<ChunkRef>, StoreError> {
         let limit = limit.min(MANIFEST_PAGE_MAX) as usize;
         let state = lock(&self.inner.state);
-        let artifact = state
-            .catalog
-            .artifacts
-            .get(id)
-            .ok_or_else(|| not_found(id))?;
+        // A deleted artifact still held (see [`Hold`]) reads on.
+        let artifact = state.catalog.lookup(id).ok_or_else(|| not_found(id))?;
         let chunks = &artifact.manifest.chunks;
         let start = usize::try_from(start)
             .unwrap_or(usize::MAX)
@@ -614,11 +613,8 @@ impl Store {
     /// artifact's size.
     pub fn locate(&self, id: &ArtifactId, offset: u64) -> Result<(u64, u64), StoreError> {
         let state = lock(&self.inner.state);
-        let artifact = state
-            .catalog
-            .artifacts
-            .get(id)
-            .ok_or_else(|| not_found(id))?;
+        // A deleted artifact still held (see [`Hold`]) reads on.
+        let artifact = state.catalog.lookup(id).ok_or_else(|| not_found(id))?;
         if offset >= artifact.meta.size {
             return Err(invalid(format!(
                 "artifact {id}: offset {offset} is not below its size {}",
@@ -631,11 +627,8 @@ impl Store {
     /// An artifact's metadata.
     pub fn metadata(&self, id: &ArtifactId) -> Result<Metadata, StoreError> {
         let state = lock(&self.inner.state);
-        let artifact = state
-            .catalog
-            .artifacts
-            .get(id)
-            .ok_or_else(|| not_found(id))?;
+        // A deleted artifact still held (see [`Hold`]) reads on.
+        let artifact = state.catalog.lookup(id).ok_or_else(|| not_found(id))?;
         Ok(artifact.meta.clone())
     }
 
@@ -1138,8 +1131,18 @@ fn apply(catalog: &mut Catalog, index: &mut Index, record: MetaRecord) -> Result
             chunks,
             creator,
             fields,
+            bound,
         } => {
             let id = ArtifactId::from_bytes(id);
+            // Checked before anything changes: a bound commit applies whole
+            // or not at all.
+            if let Some((container, _)) = &bound {
+                if !catalog.names.containers.contains_key(container) {
+                    return Err(format!(
+                        "commit of artifact {id} bound in container {container:?}, which does not exist; ignored"
+                    ));
+                }
+            }
             let chunks: Vec<ChunkRef> = chunks
                 .into_iter()
                 .map(|(digest, len)| ChunkRef {
@@ -1178,18 +1181,21 @@ fn apply(catalog: &mut Catalog, index: &mut Index, record: MetaRecord) -> Result
             for chunk in &manifest.chunks {
                 index.add_ref(&chunk.digest, chunk.len);
             }
-            Ok(())
+            match bound {
+                Some((container, name)) => names::bind(catalog, index, &container, &name, id),
+                None => Ok(()),
+            }
         }
         MetaRecord::Delete { id } => {
             let id = ArtifactId::from_bytes(id);
+            catalog.names.forget_artifact(&id);
             let artifact = catalog
                 .remove(&id)
                 .ok_or_else(|| format!("delete of artifact {id}, which is not live; ignored"))?;
-            for chunk in &artifact.manifest.chunks {
-                index.drop_ref(&chunk.digest);
-            }
+            names::drop_artifact(catalog, index, artifact);
             Ok(())
         }
+        MetaRecord::Names { ops } => names::apply_ops(catalog, index, ops),
         MetaRecord::Checkpoint => Ok(()),
         MetaRecord::Update {
             id,

@@ -1888,6 +1888,8 @@ fn payloads_cannot_forge_record_headers_for_recovery_to_pick_up() {
 
 /// Incremental, budgeted and online GC (issue 8).
 mod gc_tests;
+/// The wasi:blobstore name index (issue 9).
+mod names_tests;
 /// Per-tenant quotas and the policy file (issue 8).
 mod quota_tests;
 /// Read-only opens beside a writer (issue 8).

@@ -37,6 +37,9 @@ pub struct Upload {
     /// The whole content hashed as the chunks go by; `None` once anything
     /// did not line up (then commit re-reads the chunks).
     content: Option<Box<ContentHash>>,
+    /// The object name (container, name) the commit binds the artifact to,
+    /// in the same record (see [`Upload::bind_to`]).
+    bound: Option<Box<(String, String)>>,
 }
 
 /// The running whole-content hash of an upload (see [`Upload`]'s
@@ -69,6 +72,7 @@ impl Upload {
                 pending: VecDeque::new(),
                 put: HashSet::new(),
             })),
+            bound: None,
         }
     }
 
@@ -339,6 +343,16 @@ impl Upload {
         Ok(())
     }
 
+    /// Makes the commit bind the new artifact to object `name` of
+    /// `container` (a `wasi:blobstore` name), replacing and deleting the
+    /// artifact that name held, all in the commit's one record: after a
+    /// crash the old object or the new one is there, never neither, and no
+    /// unbound artifact is left. The container must exist at commit
+    /// (checked under the log lock); `None` commits an unnamed artifact.
+    pub fn bind_to(&mut self, bound: Option<(String, String)>) {
+        self.bound = bound.map(Box::new);
+    }
+
     /// Publishes an artifact made of `chunks` in order, once it is durable,
     /// and returns its id. Every chunk must have been put or pinned by this
     /// upload with the length given; `size` must be their total and
@@ -464,6 +478,7 @@ impl Upload {
                 .collect(),
             creator: meta.creator,
             fields,
+            bound: self.bound.take().map(|bound| *bound),
         };
         // The artifact count and the bytes its record costs are checked by
         // the commit leader, atomically with the append (see `group`).

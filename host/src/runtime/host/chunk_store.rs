@@ -124,6 +124,7 @@ struct CommitRequest {
     size: u64,
     digest: store::Hash,
     meta: store::NewMetadata,
+    bound: Option<(String, String)>,
 }
 
 /// Name of every upload worker thread (what a panic message names).
@@ -179,10 +180,17 @@ impl Pipeline {
                     Request::Commit(commit, reply) => {
                         let result = match failed_already() {
                             Some(error) => Err(error),
-                            None => upload
-                                .commit(&commit.chunks, commit.size, &commit.digest, commit.meta)
-                                .map(|id| id.to_string())
-                                .map_err(error::to_wit),
+                            None => {
+                                upload.bind_to(commit.bound);
+                                upload.commit(
+                                    &commit.chunks,
+                                    commit.size,
+                                    &commit.digest,
+                                    commit.meta,
+                                )
+                            }
+                            .map(|id| id.to_string())
+                            .map_err(error::to_wit),
                         };
                         let _ = reply.send(result);
                         return;
@@ -275,6 +283,11 @@ pub struct ChunkerState {
     uploads_open: usize,
     /// Bytes queued to this instance's upload workers.
     budget: std::sync::Arc<Budget>,
+    /// The object name the next commit binds its artifact to: set by the
+    /// host just before it calls the chunker's `writer.finish` (chunker
+    /// calls are synchronous), taken by that call's `commit`, and cleared
+    /// after it whatever happened (see `Chunker::writer_finish_bound`).
+    pub(crate) binding: Option<(String, String)>,
 }
 
 impl ChunkerState {
@@ -285,6 +298,7 @@ impl ChunkerState {
             limits,
             uploads_open: 0,
             budget: std::sync::Arc::default(),
+            binding: None,
         }
     }
 }
@@ -395,8 +409,10 @@ impl chunk_store::HostUpload for ChunkerState {
         let chunks = convert::chunk_refs(chunks)?;
         let digest = convert::hash(&digest)?;
         let meta = convert::new_metadata(options)?;
+        let bound = self.binding.take();
         match state {
             UploadState::Inline(mut upload) => {
+                upload.bind_to(bound);
                 Ok(upload.commit(&chunks, size, &digest, meta)?.to_string())
             }
             UploadState::Piped(pipeline) => {
@@ -406,6 +422,7 @@ impl chunk_store::HostUpload for ChunkerState {
                     size,
                     digest,
                     meta,
+                    bound,
                 });
                 pipeline.ask(|reply| Request::Commit(commit, reply))
             }
