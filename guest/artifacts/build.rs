@@ -36,6 +36,7 @@ const BUILDS: &[WasmBuild] = &[
             "tensor_blob_rogue_chunker.wasm",
             "tensor-blob-bench-plugin.wasm",
             "tensor-blob-hostile-plugin.wasm",
+            "tensor-blob-stream-plugin.wasm",
         ],
     },
     WasmBuild {
@@ -62,6 +63,8 @@ const RERUN_IF_CHANGED: &[&str] = &[
     "guest/components/bench-plugin/Cargo.toml",
     "guest/components/hostile-plugin/src",
     "guest/components/hostile-plugin/Cargo.toml",
+    "guest/components/stream-plugin/src",
+    "guest/components/stream-plugin/Cargo.toml",
     "examples/plugin/src",
     "examples/plugin/Cargo.toml",
     "examples/plugin/Cargo.lock",

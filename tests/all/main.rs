@@ -17,3 +17,4 @@ mod quota;
 mod roundtrip;
 mod sharing;
 mod simulation;
+mod streams;

@@ -50,6 +50,17 @@ pub const BENCH_PLUGIN_WASM_PATH: &str = concat!(env!("OUT_DIR"), "/tensor-blob-
 pub const HOSTILE_PLUGIN_WASM: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/tensor-blob-hostile-plugin.wasm"));
 
+/// The stream test plugin (world `stream-plugin-command`, a WASI command
+/// importing `stream-blobs`): `stream-plugin MODE ARGS...` puts or gets
+/// through WASI 0.3 streams (whole, ranged, dropped halfway, cancelled) and
+/// prints the outcome. Source: guest/components/stream-plugin.
+pub const STREAM_PLUGIN_WASM: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/tensor-blob-stream-plugin.wasm"));
+
+/// Path of the file [`STREAM_PLUGIN_WASM`] was embedded from (for `tblob run`).
+pub const STREAM_PLUGIN_WASM_PATH: &str =
+    concat!(env!("OUT_DIR"), "/tensor-blob-stream-plugin.wasm");
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,6 +73,7 @@ mod tests {
             ROGUE_CHUNKER_WASM,
             EXAMPLE_PLUGIN_WASM,
             HOSTILE_PLUGIN_WASM,
+            STREAM_PLUGIN_WASM,
         ] {
             assert_eq!(&wasm[..4], b"\0asm");
             assert_eq!(&wasm[6..8], &[0x01, 0x00], "component layer");

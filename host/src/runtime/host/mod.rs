@@ -1,3 +1,4 @@
 //! Host implementations, one file per WIT interface.
 pub mod blobs;
 pub mod chunk_store;
+pub mod streams;
