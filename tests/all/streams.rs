@@ -398,3 +398,49 @@ fn tblob_run_runs_a_stream_plugin_in_a_real_process() {
         "{stdout}"
     );
 }
+
+#[test]
+fn stream_operations_in_progress_are_capped_per_plugin() {
+    // Gets of an artifact larger than the read-ahead, none read: each
+    // worker waits on its full queue, so all stay in progress.
+    let store = TestStore::unsynced();
+    let len = 10 * MIB;
+    let put = run_plugin(&store.runtime, &["put", "6", &len.to_string(), "-"]);
+    let id = field(&put, "put", "id").to_string();
+    let many = run_plugin(&store.runtime, &["get-many", &id, "20"]);
+    assert_eq!(many.outcome, Ok(0), "{}", many.stdout);
+    assert_eq!(
+        field(&many, "get-many", "opened"),
+        tensor_blob_host::runtime::limits::STREAM_OPERATIONS_MAX.to_string()
+    );
+    assert_eq!(field(&many, "get-many", "error"), "invalid-argument");
+}
+
+#[test]
+fn a_time_limit_stops_a_stream_plugin_and_its_put_stores_nothing() {
+    // A put of 64 GiB cannot finish in 0.5 s: the run is stopped at its
+    // limit (wasmtime's concurrent event loop, epoch interruption) and the
+    // process ends without committing.
+    let store = tempfile::tempdir().unwrap();
+    let huge = (64u64 << 30).to_string();
+    let run = crate::cli::tblob(
+        store.path(),
+        &[
+            "run",
+            "--time-limit",
+            "0.5",
+            tensor_blob_artifacts::STREAM_PLUGIN_WASM_PATH,
+            "put",
+            "1",
+            &huge,
+            "-",
+        ],
+    );
+    assert_eq!(run.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("ran out of time"), "{stderr}");
+    assert_eq!(
+        crate::cli::ok(&crate::cli::tblob(store.path(), &["ls"])),
+        ""
+    );
+}

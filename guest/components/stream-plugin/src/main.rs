@@ -24,6 +24,8 @@
 //! - `get ID`, `get-range ID OFFSET LEN`: reads the stream to its end, then
 //!   the future; prints `ok bytes=N blake3=HEX seconds=S` with the future's
 //!   `result=ok` or `result=CASE`, or `error=CASE` if the call failed.
+//! - `get-many ID N`: opens N gets of ID at once, reading none; prints
+//!   `get-many ok opened=K error=CASE` (the first refusal, or `none`).
 //! - `get-drop ID BYTES`: reads at least BYTES (whole reads), drops the
 //!   stream, awaits the future; prints `get-drop ok bytes=N result=CASE`.
 
@@ -76,6 +78,7 @@ impl exports::tensor::blob::stream_run::Guest for Plugin {
             "get" => get(arg(2), None, u64::MAX).await,
             "get-range" => get(arg(2), Some((number(3), number(4))), u64::MAX).await,
             "get-drop" => get(arg(2), None, number(3)).await,
+            "get-many" => get_many(arg(2), number(3)).await,
             other => panic!("unknown mode {other}"),
         };
         println!("{} {line}", arg(1));
@@ -239,6 +242,21 @@ async fn get(id: &str, range: Option<(u64, u64)>, stop_after: u64) -> String {
         "ok bytes={bytes} blake3={digest} result={result} seconds={}",
         started.elapsed().as_secs_f64()
     )
+}
+
+async fn get_many(id: &str, count: u64) -> String {
+    let mut open = Vec::new();
+    let mut refused = "none";
+    for _ in 0..count {
+        match stream_blobs::get(id.to_string()).await {
+            Ok(pair) => open.push(pair),
+            Err(error) => {
+                refused = case(&error);
+                break;
+            }
+        }
+    }
+    format!("ok opened={} error={refused}", open.len())
 }
 
 /// Reads until the end or until at least `stop_after` bytes, then drops
