@@ -505,3 +505,24 @@ fn a_streamed_put_and_get_use_memory_bounded_by_the_queues_not_the_artifact() {
     assert!(extra_put_mib < 48, "put: {extra_put_mib} MiB more");
     assert!(extra_get_mib < 48, "get: {extra_get_mib} MiB more");
 }
+
+#[test]
+fn a_streamed_put_past_the_tenants_quota_is_refused_and_leaves_nothing() {
+    // An artifact-size quota of 2 MiB: a 16 MiB stream is refused with
+    // `quota-exceeded` (the host stops reading; the plugin's writes see
+    // the stream dropped) and nothing of it stays visible or open.
+    let store = TestStore::unsynced();
+    let tenant = store.runtime.tenant_store("default").unwrap();
+    tenant
+        .set_quota(tensor_blob_host::store::Quota {
+            artifact_bytes_max: Some(2 * MIB),
+            ..Default::default()
+        })
+        .unwrap();
+    let refused = run_plugin(&store.runtime, &["put", "12", &(16 * MIB).to_string(), "-"]);
+    assert_eq!(field(&refused, "put", "error"), "quota-exceeded");
+    assert_nothing_visible(&store.runtime, &[]);
+    let fits = run_plugin(&store.runtime, &["put", "12", &MIB.to_string(), "-"]);
+    assert_eq!(fits.outcome, Ok(0), "{}", fits.stdout);
+    field(&fits, "put", "id");
+}

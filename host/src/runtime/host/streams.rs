@@ -715,3 +715,70 @@ impl<T> stream_blobs::HostWithStore<T> for HasStreams {
         Self::open_get(accessor, id, offset, len).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Wakes (unparks) the thread that made it.
+    struct Unpark(std::thread::Thread);
+
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    /// Goal: the queue never holds more than its bound, and the reading
+    /// side going away releases a worker waiting for room.
+    /// Method: a worker pushes one piece past the bound; once the queue is
+    /// full (observed under the lock) the reading side refuses: the
+    /// waiting push returns `false` and the queue is emptied.
+    #[test]
+    fn a_full_queue_holds_the_worker_until_the_reader_refuses() {
+        let pipe = Pipe::new();
+        let worker_pipe = Arc::clone(&pipe);
+        let worker = std::thread::spawn(move || {
+            (0..=STREAM_QUEUE_PIECES)
+                .map(|i| worker_pipe.push_blocking(vec![i as u8; 16]))
+                .collect::<Vec<bool>>()
+        });
+        // Wait as the store side does: register a waker, which each push
+        // wakes.
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        loop {
+            let mut state = lock(&pipe.state);
+            assert!(state.pieces.len() <= STREAM_QUEUE_PIECES);
+            if state.pieces.len() == STREAM_QUEUE_PIECES {
+                break;
+            }
+            state.waker = Some(waker.clone());
+            drop(state);
+            std::thread::park();
+        }
+        pipe.refuse();
+        let pushed = worker.join().unwrap();
+        assert_eq!(pushed.iter().filter(|&&ok| ok).count(), STREAM_QUEUE_PIECES);
+        assert!(
+            !pushed[STREAM_QUEUE_PIECES],
+            "the piece past the bound was refused"
+        );
+        assert!(lock(&pipe.state).pieces.is_empty());
+    }
+
+    /// Goal: a put's worker sees the data's end only after every piece,
+    /// and a cancel wins over queued pieces (they are never committed).
+    #[test]
+    fn pieces_come_before_the_end_and_cancel_discards_them() {
+        let pipe = Pipe::new();
+        lock(&pipe.state).pieces.push_back(vec![1]);
+        pipe.end();
+        assert!(matches!(pipe.pop_blocking(), Pop::Piece(piece) if piece == vec![1]));
+        assert!(matches!(pipe.pop_blocking(), Pop::Ended));
+
+        let pipe = Pipe::new();
+        lock(&pipe.state).pieces.push_back(vec![2]);
+        pipe.cancel();
+        assert!(matches!(pipe.pop_blocking(), Pop::Cancelled));
+    }
+}
