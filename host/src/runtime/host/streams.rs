@@ -616,8 +616,13 @@ impl HasStreams {
                 result_tx,
             )
         })?;
-        // If this call is cancelled here, `opened` fails in the worker,
-        // which then stops.
+        // Made before the wait: if this call is cancelled during it, the
+        // producer's drop refuses the pipe, so a worker that opened its
+        // reader meanwhile stops instead of waiting for room forever.
+        let producer = GetProducer {
+            pipe,
+            current: None,
+        };
         match opened_rx.await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => return Err(BlobError::Blob(error)),
@@ -628,13 +633,7 @@ impl HasStreams {
             }
         }
         accessor.with(|mut access| {
-            let stream = StreamReader::new(
-                &mut access,
-                GetProducer {
-                    pipe,
-                    current: None,
-                },
-            )?;
+            let stream = StreamReader::new(&mut access, producer)?;
             let result = FutureReader::new(&mut access, async move {
                 // A worker that ended without a result (it panicked) is an
                 // `io` error, not a trap.
