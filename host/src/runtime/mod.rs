@@ -15,6 +15,10 @@
 //! any language) runs unmodified. The cost is one extra copy of each
 //! argument across the host (tens of GB/s, see TOOLCHAIN.md).
 //!
+//! `stream-blobs` (WASI 0.3 streams) is the exception to the nesting: each
+//! stream put or get runs a chunker instance of its own on a worker thread,
+//! so the plugin and the chunker overlap ([`host::streams`]).
+//!
 //! # Embedding
 //! ```no_run
 //! use tensor_blob_host::runtime::{self, BlobCtx, BlobView, Runtime, RuntimeOptions};
@@ -32,6 +36,9 @@
 //! let mut linker: Linker<MyState> = Linker::new(&engine);
 //! runtime::add_to_linker(&mut linker)?;
 //! let state = MyState { blobs: rt.context("my-tenant")? };
+//! // For `stream-blobs` too: a `StreamCtx` from `rt.stream_context(..)`,
+//! // `runtime::add_streams_to_linker`, and `StreamCtx::workers().join()`
+//! // after the store is dropped.
 //! # let _ = state; Ok(())
 //! # }
 //! ```
