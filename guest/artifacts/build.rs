@@ -38,6 +38,7 @@ const BUILDS: &[WasmBuild] = &[
             "tensor-blob-hostile-plugin.wasm",
             "tensor-blob-blobstore-client.wasm",
             "tensor-blob-dual-plugin.wasm",
+            "tensor-blob-stream-plugin.wasm",
         ],
     },
     WasmBuild {
@@ -69,6 +70,8 @@ const RERUN_IF_CHANGED: &[&str] = &[
     "guest/components/blobstore-client/Cargo.toml",
     "guest/components/dual-plugin/src",
     "guest/components/dual-plugin/Cargo.toml",
+    "guest/components/stream-plugin/src",
+    "guest/components/stream-plugin/Cargo.toml",
     "examples/plugin/src",
     "examples/plugin/Cargo.toml",
     "examples/plugin/Cargo.lock",

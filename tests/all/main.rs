@@ -19,3 +19,4 @@ mod quota;
 mod roundtrip;
 mod sharing;
 mod simulation;
+mod streams;

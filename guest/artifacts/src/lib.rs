@@ -66,6 +66,16 @@ pub const BLOBSTORE_CLIENT_WASM_PATH: &str =
 /// `wasi:blobstore`: checks that they see one store. Prints `ok dual`.
 pub const DUAL_PLUGIN_WASM: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/tensor-blob-dual-plugin.wasm"));
+/// The stream test plugin (world `stream-plugin-command`, a WASI command
+/// importing `stream-blobs`): `stream-plugin MODE ARGS...` puts or gets
+/// through WASI 0.3 streams (whole, ranged, dropped halfway, cancelled) and
+/// prints the outcome. Source: guest/components/stream-plugin.
+pub const STREAM_PLUGIN_WASM: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/tensor-blob-stream-plugin.wasm"));
+
+/// Path of the file [`STREAM_PLUGIN_WASM`] was embedded from (for `tblob run`).
+pub const STREAM_PLUGIN_WASM_PATH: &str =
+    concat!(env!("OUT_DIR"), "/tensor-blob-stream-plugin.wasm");
 
 #[cfg(test)]
 mod tests {
@@ -81,6 +91,7 @@ mod tests {
             HOSTILE_PLUGIN_WASM,
             BLOBSTORE_CLIENT_WASM,
             DUAL_PLUGIN_WASM,
+            STREAM_PLUGIN_WASM,
         ] {
             assert_eq!(&wasm[..4], b"\0asm");
             assert_eq!(&wasm[6..8], &[0x01, 0x00], "component layer");

@@ -129,7 +129,9 @@ enum Command {
     Verify { id: Option<String> },
     /// Reclaim space held by chunks no artifact references.
     Gc,
-    /// Run a plugin component against the store.
+    /// Run a plugin component against the store: a WASI 0.2 command
+    /// (`wasi:cli/run`), or one exporting `tensor:blob/stream-run` (world
+    /// `stream-plugin-command`), which is then called instead.
     Run {
         plugin: PathBuf,
         /// Grant read access to a host directory: PATH, or HOST::GUEST.

@@ -8,6 +8,11 @@
 //!   implemented asynchronously by [`super::host::blobs`], which forwards each
 //!   call to a chunker instance. Types are shared with [`chunker`] through
 //!   `with`, so values pass between the two worlds without conversion.
+//! - [`streams`]: the host side of the `stream-plugin` world; new in it
+//!   are the `stream-blobs` imports (implemented by
+//!   [`super::host::streams`]: async functions with store access, over WASI
+//!   0.3 streams) and the `stream-run` export (the entry point
+//!   [`super::plugin::Plugin`] calls); `types` and `blobs` are [`plugin`]'s.
 
 pub mod chunker {
     wasmtime::component::bindgen!({
@@ -36,6 +41,27 @@ pub mod plugin {
             "tensor:blob/types": super::chunker::tensor::blob::types,
             "tensor:blob/blobs.writer": crate::runtime::host::blobs::WriterHandle,
             "tensor:blob/blobs.reader": crate::runtime::host::blobs::ReaderHandle,
+        },
+        require_store_data_send: true,
+    });
+}
+
+pub mod streams {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "stream-plugin",
+        // `stream-blobs`' functions are WIT `async func`s, which bindgen
+        // gives store access (`&Accessor`) on top of these flags.
+        imports: { default: async | trappable },
+        // `stream-run.run`, the entry point, is called inside
+        // `run_concurrent`.
+        exports: { default: async },
+        trappable_error_type: {
+            "tensor:blob/types.error" => crate::runtime::error::BlobError,
+        },
+        with: {
+            "tensor:blob/types": super::chunker::tensor::blob::types,
+            "tensor:blob/blobs": super::plugin::tensor::blob::blobs,
         },
         require_store_data_send: true,
     });

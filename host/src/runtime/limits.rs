@@ -29,6 +29,28 @@ const _: () = assert!(PIPELINE_BYTES_MAX >= format::CHUNK_BYTES_MAX as usize);
 /// chunk); [`CHUNKER_MEMORY_BYTES_MAX`] has room for all of them.
 pub const HANDLES_OPEN_MAX: usize = 16;
 
+/// Stream puts and gets (`stream-blobs`) one plugin may have in progress
+/// at once. Each runs on a worker thread of its own with its own chunker
+/// instance and holds at most [`STREAM_QUEUE_BYTES_MAX`] in its queue.
+pub const STREAM_OPERATIONS_MAX: usize = 16;
+
+/// Largest piece of a stream the host queues as one unit: a put takes at
+/// most this much of one guest write at a time, a get reads at most this
+/// much per chunker call.
+pub const STREAM_PIECE_BYTES: usize = 1 << 20;
+
+/// Pieces queued between a plugin's stream and its worker: a put's bytes
+/// written but not yet chunked, a get's verified bytes read ahead.
+pub const STREAM_QUEUE_PIECES: usize = 8;
+
+/// Bytes one stream operation queues at most (8 MiB); the chunker's own
+/// buffers come on top. All of a plugin's stream operations together:
+/// [`STREAM_OPERATIONS_MAX`] x this (128 MiB).
+pub const STREAM_QUEUE_BYTES_MAX: usize = STREAM_QUEUE_PIECES * STREAM_PIECE_BYTES;
+
+// A piece is one chunker call's worth.
+const _: () = assert!(STREAM_PIECE_BYTES as u64 <= IO_BYTES_MAX as u64);
+
 /// Largest `write` or `read` a plugin may ask for in one call (the WIT doc's
 /// 16 MiB): bounds the bytes copied across the boundary per call.
 pub const IO_BYTES_MAX: u32 = 16 << 20;

@@ -15,6 +15,10 @@
 //! any language) runs unmodified. The cost is one extra copy of each
 //! argument across the host (tens of GB/s, see TOOLCHAIN.md).
 //!
+//! `stream-blobs` (WASI 0.3 streams) is the exception to the nesting: each
+//! stream put or get runs a chunker instance of its own on a worker thread,
+//! so the plugin and the chunker overlap ([`host::streams`]).
+//!
 //! # Embedding
 //! ```no_run
 //! use tensor_blob_host::runtime::{self, BlobCtx, BlobView, Runtime, RuntimeOptions};
@@ -32,6 +36,9 @@
 //! let mut linker: Linker<MyState> = Linker::new(&engine);
 //! runtime::add_to_linker(&mut linker)?;
 //! let state = MyState { blobs: rt.context("my-tenant")? };
+//! // For `stream-blobs` too: a `StreamCtx` from `rt.stream_context(..)`,
+//! // `runtime::add_streams_to_linker`, and `StreamCtx::workers().join()`
+//! // after the store is dropped.
 //! # let _ = state; Ok(())
 //! # }
 //! ```
@@ -61,6 +68,7 @@ pub use self::engine::{
 };
 pub use self::error::BlobError;
 pub use self::host::blobs::BlobCtx;
+pub use self::host::streams::{StreamCtx, StreamWorkers};
 use crate::maintenance::Maintenance;
 use crate::store::{GcPolicy, Store, StoreOptions};
 use crate::tenant::{Access, Tenants};
@@ -227,6 +235,13 @@ impl Runtime {
     pub fn context(&self, tenant: &str) -> wasmtime::Result<BlobCtx> {
         Ok(BlobCtx::new(self.chunker(tenant)?))
     }
+
+    /// A context for one plugin instance's `stream-blobs` imports, acting
+    /// as `tenant` (opened now, so a bad tenant fails here, not mid-stream).
+    pub fn stream_context(&self, tenant: &str) -> wasmtime::Result<StreamCtx> {
+        self.tenants.store(tenant)?;
+        Ok(StreamCtx::new(self.clone(), tenant.to_string()))
+    }
 }
 
 /// Reaches the [`BlobCtx`] inside a store's data, like `wasmtime_wasi::WasiView`.
@@ -247,4 +262,23 @@ impl HasData for HasBlobs {
 pub fn add_to_linker<T: BlobView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     bindings::plugin::tensor::blob::types::add_to_linker::<T, HasBlobs>(linker, |t| t.blobs())?;
     bindings::plugin::tensor::blob::blobs::add_to_linker::<T, HasBlobs>(linker, |t| t.blobs())
+}
+
+/// Reaches the [`StreamCtx`] inside a store's data.
+pub trait StreamView: Send {
+    fn streams(&mut self) -> &mut StreamCtx;
+}
+
+/// Adds `tensor:blob/stream-blobs` to `linker` (beside [`add_to_linker`],
+/// which provides the `types` and `blobs` it uses); calls act on `T`'s
+/// [`StreamCtx`]. Its functions are WIT `async func`s over streams: call
+/// the plugin with the `_async` or `_concurrent` APIs, and after its store
+/// is dropped, join [`StreamCtx::workers`] so no worker outlives the run.
+pub fn add_streams_to_linker<T: StreamView + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
+    bindings::streams::tensor::blob::stream_blobs::add_to_linker::<T, host::streams::HasStreams>(
+        linker,
+        |t| t.streams(),
+    )
 }

@@ -1,5 +1,9 @@
 //! Running a plugin: a WASI command component (`wasi:cli/run`) that
-//! imports `tensor:blob/blobs`, `wasi:blobstore@0.2.0-draft`, or both.
+//! imports `tensor:blob/blobs`, `wasi:blobstore@0.2.0-draft`, or both; or
+//! (world `stream-plugin-command`) one that also imports
+//! `tensor:blob/stream-blobs` and exports the async entry point
+//! `tensor:blob/stream-run`, which is then called instead, inside
+//! `run_concurrent`. Every plugin gets all three interfaces linked.
 //!
 //! A plugin gets the blob store of its tenant and, from WASI, only what
 //! [`PluginOptions`] grants: its arguments, stdout/stderr, and read-only
@@ -13,12 +17,13 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, UpdateDeadline};
+use wasmtime_wasi::cli::StdoutStream;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::host::blobstore::{BlobstoreCtx, BlobstoreView, BlobstoreViewSource};
 use super::limits::{GuestLimit, GuestLimiter, FAR_EPOCH_DEADLINE};
-use super::{BlobCtx, BlobView, Runtime};
+use super::{BlobCtx, BlobView, Runtime, StreamCtx, StreamView};
 
 /// What a plugin run is granted.
 #[derive(Clone, Debug, Default)]
@@ -113,6 +118,7 @@ struct PluginState {
     table: ResourceTable,
     blobs: BlobCtx,
     blobstore: BlobstoreCtx,
+    streams: StreamCtx,
     limits: GuestLimiter,
 }
 
@@ -140,10 +146,24 @@ impl BlobView for PluginState {
     }
 }
 
+impl StreamView for PluginState {
+    fn streams(&mut self) -> &mut StreamCtx {
+        &mut self.streams
+    }
+}
+
 /// A plugin compiled and linked once, ready to run many times.
 pub struct Plugin {
     runtime: Runtime,
-    pre: CommandPre<PluginState>,
+    entry: Entry,
+}
+
+/// Which export a run calls.
+enum Entry {
+    /// `wasi:cli/run` (a `plugin-command` component).
+    Command(CommandPre<PluginState>),
+    /// `tensor:blob/stream-run` (a `stream-plugin-command` component).
+    StreamRun(super::bindings::streams::StreamPluginPre<PluginState>),
 }
 
 impl Plugin {
@@ -155,19 +175,50 @@ impl Plugin {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         super::add_to_linker(&mut linker)?;
         super::host::blobstore::add_to_linker(&mut linker)?;
-        let pre = CommandPre::new(linker.instantiate_pre(&component)?)?;
+        super::add_streams_to_linker(&mut linker)?;
+        let pre = linker.instantiate_pre(&component)?;
+        let entry = match super::bindings::streams::StreamPluginPre::new(pre.clone()) {
+            Ok(stream_run) => Entry::StreamRun(stream_run),
+            Err(_) => Entry::Command(CommandPre::new(pre)?),
+        };
         Ok(Plugin {
             runtime: runtime.clone(),
-            pre,
+            entry,
         })
     }
 
-    /// Runs the plugin's `main` as `tenant`; returns its exit code.
+    /// Runs the plugin's `main` (or `stream-run`) as `tenant`; returns its
+    /// exit code. Returns once every stream worker the run started has
+    /// ended (its chunkers released, unfinished puts aborted).
     pub async fn run(&self, tenant: &str, options: &PluginOptions) -> wasmtime::Result<i32> {
+        self.run_inner(tenant, options, None).await
+    }
+
+    /// As [`Plugin::run`], with the plugin's stdout going to `stdout`
+    /// instead of the caller's (tests read it).
+    pub async fn run_with_stdout(
+        &self,
+        tenant: &str,
+        options: &PluginOptions,
+        stdout: impl StdoutStream + Sync + 'static,
+    ) -> wasmtime::Result<i32> {
+        self.run_inner(tenant, options, Some(Box::new(stdout)))
+            .await
+    }
+
+    async fn run_inner(
+        &self,
+        tenant: &str,
+        options: &PluginOptions,
+        stdout: Option<Box<dyn StdoutStream + Sync>>,
+    ) -> wasmtime::Result<i32> {
         let mut wasi = WasiCtxBuilder::new();
+        match stdout {
+            Some(stdout) => wasi.stdout(stdout),
+            None => wasi.inherit_stdout(),
+        };
         // Explicitly no network (the defaults already refuse every address).
         wasi.args(&options.args)
-            .inherit_stdout()
             .inherit_stderr()
             .allow_tcp(false)
             .allow_udp(false)
@@ -195,6 +246,7 @@ impl Plugin {
             table: ResourceTable::new(),
             blobs: self.runtime.context(tenant)?,
             blobstore: BlobstoreCtx::new(&self.runtime, tenant)?,
+            streams: self.runtime.stream_context(tenant)?,
             limits,
         };
         let engine = self.runtime.engine();
@@ -226,10 +278,29 @@ impl Plugin {
                 None
             }
         };
-        let outcome = match self.pre.instantiate_async(&mut store).await {
-            Ok(command) => command.wasi_cli_run().call_run(&mut store).await,
-            Err(error) => Err(error),
+        let workers = store.data().streams.workers();
+        let outcome = match &self.entry {
+            Entry::Command(pre) => match pre.instantiate_async(&mut store).await {
+                Ok(command) => command.wasi_cli_run().call_run(&mut store).await,
+                Err(error) => Err(error),
+            },
+            Entry::StreamRun(pre) => match pre.instantiate_async(&mut store).await {
+                Ok(plugin) => store
+                    .run_concurrent(async move |accessor| {
+                        plugin.tensor_blob_stream_run().call_run(accessor).await
+                    })
+                    .await
+                    .and_then(|result| result),
+                Err(error) => Err(error),
+            },
         };
+        let limit_hit = store.data().limits.hit();
+        // Dropping the store drops every stream end and call of the
+        // plugin, which makes its stream workers release their chunkers
+        // (an unfinished put is aborted) and end: join them, so the run
+        // leaves nothing behind.
+        drop(store);
+        workers.join();
         match outcome {
             Ok(Ok(())) => Ok(0),
             Ok(Err(())) => Ok(1),
@@ -237,7 +308,7 @@ impl Plugin {
                 if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
                     return Ok(exit.0);
                 }
-                match store.data().limits.hit() {
+                match limit_hit {
                     // A time-out names itself; otherwise a refused growth
                     // is the likeliest cause of the trap.
                     Some(hit) if error.downcast_ref::<TimeLimitExceeded>().is_none() => {

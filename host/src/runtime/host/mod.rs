@@ -2,3 +2,4 @@
 pub mod blobs;
 pub mod blobstore;
 pub mod chunk_store;
+pub mod streams;
