@@ -133,7 +133,11 @@ const MIB: u64 = 1 << 20;
 /// as before, and no upload open (the worker aborted and released it).
 fn assert_nothing_visible(runtime: &Runtime, before: &[tensor_blob_host::store::ArtifactId]) {
     let tenant = runtime.tenant_store("default").unwrap();
-    assert_eq!(tenant.list(None, 1000), before, "no artifact appeared");
+    assert_eq!(
+        tenant.list(None, 1000).unwrap(),
+        before,
+        "no artifact appeared"
+    );
     assert_eq!(tenant.usage().writers, 0, "the upload was released");
 }
 
@@ -225,7 +229,8 @@ fn a_stream_that_ends_short_or_runs_long_of_its_expected_size_stores_nothing() {
         .runtime
         .tenant_store("default")
         .unwrap()
-        .list(None, 1000);
+        .list(None, 1000)
+        .unwrap();
     let stats_before = store.runtime.tenant_store("default").unwrap().stats();
     // The producer stops halfway (drops its writer after 5 of 10 MiB).
     let short = run_plugin(
@@ -253,7 +258,8 @@ fn a_cancelled_put_and_a_plugin_exiting_mid_put_store_nothing() {
         .runtime
         .tenant_store("default")
         .unwrap()
-        .list(None, 1000);
+        .list(None, 1000)
+        .unwrap();
     // The call is cancelled (its future dropped) after 4 MiB were written.
     let cancelled = run_plugin(&store.runtime, &["put-cancel", "5", &(4 * MIB).to_string()]);
     assert_eq!(cancelled.outcome, Ok(0), "{}", cancelled.stdout);
