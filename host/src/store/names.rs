@@ -108,6 +108,14 @@ pub(super) fn release(catalog: &mut Catalog, index: &mut Index, id: &ArtifactId)
     }
 }
 
+/// Releases every artifact of a container's objects, already taken out of
+/// the container (`release` forgets each one's binding).
+fn release_all(catalog: &mut Catalog, index: &mut Index, objects: BTreeMap<String, ArtifactId>) {
+    for id in objects.values() {
+        release(catalog, index, id);
+    }
+}
+
 /// Drops a removed artifact's chunk references, unless a [`Hold`] keeps
 /// it readable: then it is retained until the last hold goes.
 pub(super) fn drop_artifact(catalog: &mut Catalog, index: &mut Index, artifact: Artifact) {
@@ -216,10 +224,7 @@ fn apply_op(catalog: &mut Catalog, index: &mut Index, op: NameOp) -> Result<(), 
                 .containers
                 .remove(&container)
                 .ok_or_else(|| format!("container {container:?} does not exist"))?;
-            for id in entry.objects.values() {
-                catalog.names.bound.remove(id);
-                release(catalog, index, id);
-            }
+            release_all(catalog, index, entry.objects);
             Ok(())
         }
         NameOp::ClearContainer { container } => {
@@ -229,10 +234,7 @@ fn apply_op(catalog: &mut Catalog, index: &mut Index, op: NameOp) -> Result<(), 
                 .get_mut(&container)
                 .ok_or_else(|| format!("container {container:?} does not exist"))?;
             let objects = std::mem::take(&mut entry.objects);
-            for id in objects.values() {
-                catalog.names.bound.remove(id);
-                release(catalog, index, id);
-            }
+            release_all(catalog, index, objects);
             Ok(())
         }
         NameOp::Unbind { container, name } => {
