@@ -38,6 +38,7 @@ pub fn new_metadata(options: PutOptions) -> Result<store::NewMetadata, StoreErro
         creator: options.creator,
         tags: options.tags,
         links: ids(options.links)?,
+        external_links: Vec::new(),
         custom: key_values(options.custom),
     })
 }
@@ -48,6 +49,7 @@ pub fn metadata_update(change: MetadataUpdate) -> Result<store::MetadataUpdate, 
         content_type: change.content_type,
         tags: change.tags,
         links: change.links.map(ids).transpose()?,
+        external_links: None,
         custom: change.custom.map(key_values),
     })
 }

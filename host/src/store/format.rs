@@ -38,6 +38,14 @@ pub const TAG_BYTES_MAX: usize = 256;
 pub const TAGS_MAX: usize = 256;
 /// Most links from one artifact.
 pub const LINKS_MAX: usize = 256;
+/// Most external links (entity ids) on one artifact.
+pub const EXTERNAL_LINKS_MAX: usize = 256;
+/// Longest external link, in bytes (they must also be non-empty).
+pub const EXTERNAL_LINK_BYTES_MAX: usize = 256;
+/// Most conditions in one query.
+pub const QUERY_CONDITIONS_MAX: usize = 32;
+/// Most ids one query page (or `list` page) returns.
+pub const QUERY_PAGE_MAX: usize = 65536;
 /// Most custom key/value pairs on one artifact.
 pub const CUSTOM_PAIRS_MAX: usize = 256;
 /// Longest custom key, in bytes (keys must also be non-empty).

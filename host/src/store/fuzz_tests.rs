@@ -1928,6 +1928,7 @@ fn build_base(disk: Disk) -> Base {
             creator: Some("fuzz ✓".into()),
             tags: vec![format!("tag{}", i % 3), "all".into()],
             links: live.last().copied().into_iter().collect(),
+            external_links: vec![],
             custom: vec![("k".into(), "v".repeat(i))],
         };
         let id = put(&store, &bytes, [300, 450, 1000][i % 3], meta);

@@ -121,6 +121,7 @@ fn round_trip_including_the_empty_artifact() {
         creator: Some("trainer".into()),
         tags: vec!["ckpt".into(), "v1".into()],
         links: vec![],
+        external_links: vec![],
         custom: vec![("step".into(), "100".into())],
     };
     let id = put_with(&store, &bytes, 1000, meta).unwrap();
@@ -235,6 +236,7 @@ fn metadata_tags_links_and_custom_survive_reopen() {
         creator: Some("alice".into()),
         tags: vec!["a".into(), "b".into()],
         links: vec![parent],
+        external_links: vec![],
         custom: vec![("k".into(), "v".into()), ("empty".into(), String::new())],
     };
     let child = put_with(&store, &data(2000, 6), 1024, meta).unwrap();
@@ -1890,6 +1892,8 @@ fn payloads_cannot_forge_record_headers_for_recovery_to_pick_up() {
 mod gc_tests;
 /// The wasi:blobstore name index (issue 9).
 mod names_tests;
+/// Metadata queries (issue 10).
+mod query_tests;
 /// Per-tenant quotas and the policy file (issue 8).
 mod quota_tests;
 /// Read-only opens beside a writer (issue 8).

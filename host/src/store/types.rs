@@ -163,6 +163,9 @@ pub struct NewMetadata {
     pub creator: Option<String>,
     pub tags: Vec<String>,
     pub links: Vec<ArtifactId>,
+    /// Links to things that are not artifacts of this store (a run, a
+    /// user, a dataset elsewhere): opaque entity ids, never checked.
+    pub external_links: Vec<String>,
     pub custom: Vec<(String, String)>,
 }
 
@@ -180,6 +183,7 @@ pub struct Metadata {
     pub modified_ms: u64,
     pub tags: Vec<String>,
     pub links: Vec<ArtifactId>,
+    pub external_links: Vec<String>,
     pub custom: Vec<(String, String)>,
 }
 
@@ -191,7 +195,77 @@ pub struct MetadataUpdate {
     pub content_type: Option<Option<String>>,
     pub tags: Option<Vec<String>>,
     pub links: Option<Vec<ArtifactId>>,
+    pub external_links: Option<Vec<String>>,
     pub custom: Option<Vec<(String, String)>>,
+}
+
+/// One condition of a [`Query`]. A query matches the artifacts that meet
+/// every one of its conditions. Values are compared exactly (bytes), never
+/// as prefixes or patterns, except [`Condition::FilenamePrefix`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// Carries this tag.
+    Tag(String),
+    /// Links to this artifact (its `links` include the id).
+    LinksTo(ArtifactId),
+    /// Is one of the artifacts this artifact links to.
+    LinkedFrom(ArtifactId),
+    /// Its `external_links` include this entity id.
+    LinksToExternal(String),
+    ContentType(String),
+    Creator(String),
+    /// Filename equal to this.
+    Filename(String),
+    /// Filename starting with these bytes (an empty prefix matches every
+    /// artifact that has a filename).
+    FilenamePrefix(String),
+    /// `from_ms <= created_ms < to_ms`.
+    Created(TimeRange),
+    /// `from_ms <= modified_ms < to_ms`.
+    Modified(TimeRange),
+    /// Has a custom pair with this key.
+    CustomKey(String),
+    /// Has this custom pair (key, value).
+    Custom(String, String),
+}
+
+/// A half-open range of milliseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeRange {
+    pub from_ms: u64,
+    pub to_ms: u64,
+}
+
+/// The order of a query's results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Order {
+    /// Commit order, oldest first.
+    #[default]
+    OldestFirst,
+    /// Reverse commit order, newest first.
+    NewestFirst,
+}
+
+/// A metadata query: the artifacts matching all `conditions` (every
+/// artifact if there are none), in `order`, at most `limit` of them,
+/// starting after the artifact `after` in that order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Query {
+    pub conditions: Vec<Condition>,
+    pub order: Order,
+    /// Continue after this id (the previous page's `next`). It may have
+    /// been deleted since; an id this store never committed is `NotFound`.
+    pub after: Option<ArtifactId>,
+    pub limit: usize,
+}
+
+/// One page of a query's results.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueryPage {
+    pub ids: Vec<ArtifactId>,
+    /// Pass as [`Query::after`] for the next page; `None` when this page
+    /// holds the last match.
+    pub next: Option<ArtifactId>,
 }
 
 /// Totals for one store.

@@ -400,6 +400,9 @@ impl Upload {
                 meta.links.len()
             )));
         }
+        if !meta.external_links.is_empty() {
+            return Err(invalid("external links are not stored yet".to_string()));
+        }
         let fields = MutableFields {
             filename: meta.filename,
             content_type: meta.content_type,
