@@ -51,6 +51,7 @@ pub fn metadata_update(change: MetadataUpdate) -> Result<store::MetadataUpdate, 
         links: change.links.map(ids).transpose()?,
         external_links: None,
         custom: change.custom.map(key_values),
+        ..store::MetadataUpdate::default()
     })
 }
 

@@ -684,7 +684,38 @@ impl Store {
             if let Some(custom) = change.custom {
                 fields.custom = custom;
             }
-            if change.external_links.is_some_and(|links| !links.is_empty()) {
+            fields.tags.retain(|tag| !change.remove_tags.contains(tag));
+            for tag in change.add_tags {
+                if !fields.tags.contains(&tag) {
+                    fields.tags.push(tag);
+                }
+            }
+            let removed: Vec<[u8; 16]> = change
+                .remove_links
+                .iter()
+                .map(|id| *id.as_bytes())
+                .collect();
+            fields.links.retain(|link| !removed.contains(link));
+            let mut added = Vec::new();
+            for link in change.add_links {
+                if !fields.links.contains(link.as_bytes()) {
+                    fields.links.push(*link.as_bytes());
+                    added.push(link);
+                }
+            }
+            check_links(&state.catalog, &added)?;
+            fields
+                .custom
+                .retain(|(key, _)| !change.unset_custom.contains(key));
+            for (key, value) in change.set_custom {
+                match fields.custom.iter_mut().find(|(k, _)| *k == key) {
+                    Some(pair) => pair.1 = value,
+                    None => fields.custom.push((key, value)),
+                }
+            }
+            if change.external_links.is_some_and(|links| !links.is_empty())
+                || !change.add_external_links.is_empty()
+            {
                 return Err(invalid("external links are not stored yet".to_string()));
             }
             format::check_metadata_limits(None, &fields)

@@ -187,8 +187,11 @@ pub struct Metadata {
     pub custom: Vec<(String, String)>,
 }
 
-/// A change to an artifact's mutable metadata: `None` keeps a field,
-/// `Some` replaces it whole.
+/// A change to an artifact's mutable metadata, applied atomically: first
+/// the replacements (`None` keeps a field, `Some` replaces it whole), then
+/// the removals, then the additions (adding a tag or link already there,
+/// or removing one that is not, changes nothing; `set_custom` replaces the
+/// value of a key it names).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MetadataUpdate {
     pub filename: Option<Option<String>>,
@@ -197,6 +200,16 @@ pub struct MetadataUpdate {
     pub links: Option<Vec<ArtifactId>>,
     pub external_links: Option<Vec<String>>,
     pub custom: Option<Vec<(String, String)>>,
+    pub remove_tags: Vec<String>,
+    pub add_tags: Vec<String>,
+    pub remove_links: Vec<ArtifactId>,
+    pub add_links: Vec<ArtifactId>,
+    pub remove_external_links: Vec<String>,
+    pub add_external_links: Vec<String>,
+    /// Custom keys to remove.
+    pub unset_custom: Vec<String>,
+    /// Custom pairs to add, or whose key's value to replace.
+    pub set_custom: Vec<(String, String)>,
 }
 
 /// One condition of a [`Query`]. A query matches the artifacts that meet

@@ -83,3 +83,48 @@ fn conditions_combine_with_and_and_pages_follow_the_order() {
         .unwrap_err();
     assert!(matches!(error, StoreError::InvalidArgument(_)), "{error}");
 }
+
+#[test]
+fn incremental_updates_add_and_remove_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, StoreOptions::default());
+    let parent = put_with(&store, &data(100, 1), 64, meta(&[], "p")).unwrap();
+    let id = put_with(&store, &data(100, 2), 64, meta(&["a", "b"], "c")).unwrap();
+    let updated = store
+        .update(
+            &id,
+            MetadataUpdate {
+                remove_tags: vec!["a".into(), "absent".into()],
+                add_tags: vec!["b".into(), "c".into(), "c".into()],
+                add_links: vec![parent, parent],
+                set_custom: vec![("k".into(), "1".into()), ("k".into(), "2".into())],
+                ..MetadataUpdate::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(updated.tags, ["b", "c"]);
+    assert_eq!(updated.links, [parent]);
+    assert_eq!(updated.custom, [("k".to_string(), "2".to_string())]);
+    let missing = ArtifactId::generate();
+    let error = store
+        .update(
+            &id,
+            MetadataUpdate {
+                add_links: vec![missing],
+                ..MetadataUpdate::default()
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(error, StoreError::InvalidArgument(_)), "{error}");
+    let updated = store
+        .update(
+            &id,
+            MetadataUpdate {
+                remove_links: vec![parent],
+                unset_custom: vec!["k".into()],
+                ..MetadataUpdate::default()
+            },
+        )
+        .unwrap();
+    assert!(updated.links.is_empty() && updated.custom.is_empty());
+}
