@@ -42,6 +42,15 @@
 //! Chunks are distinct, 16..=64 bytes (40 on average): the artifact's
 //! index, the chunk's index, a marker, then pseudo-random filler.
 //!
+//! Measured 2026-12-03 (2 shared cores, release, against the scanning
+//! `Store::query`; 100,000 artifacts, 1,000,000 chunks; the 1 M run was
+//! not made: the shared disk had 650 MB free, the 1 M stores need about
+//! 2.4 GB): generation 6.6 s (15,000 artifacts/s); disk 193 MiB
+//! (meta.log 67, segments 84, hints 42); open median 2.63 s (target 1 s),
+//! the one-chunk store 0.88 s; RSS after open 512 MiB, 346 bytes per
+//! chunk and 1,883 per artifact; first-page p99 2-90 ms for every kind
+//! but "no condition" (5 us), against the 1 ms target.
+//!
 //! Generation uses `Durability::None` (then one clean open and close with
 //! the default durability, which checkpoints the active segment and the
 //! log as any clean close does); every measured open uses the default.
