@@ -43,6 +43,10 @@ pub struct MetaLog {
     /// The last record is a [`MetaRecord::Checkpoint`] (or the log is
     /// empty): a clean close has nothing to add.
     checkpointed: bool,
+    /// The log's format version (its header's): what its records are
+    /// decoded and appended as. [`format::META_VERSION`] for a new or
+    /// rewritten log; an older one until the open upgrades it.
+    version: u8,
 }
 
 /// What replaying the log found.
@@ -77,6 +81,7 @@ struct Replayed {
 /// it and differ in what they do about a torn tail.
 fn replay(
     file: &dyn BackendFile,
+    version: u8,
     len: u64,
     outcome: &mut ReplayOutcome,
     mut apply: impl FnMut(u64, MetaRecord),
@@ -96,7 +101,7 @@ fn replay(
         match record_at(&mut reader, at, len, &mut payload)? {
             Ok(header) => {
                 let next = at + META_RECORD_HEADER_BYTES + u64::from(header.payload_len);
-                match format::decode_meta_payload(header.kind, &payload) {
+                match format::decode_meta_payload_in(version, header.kind, &payload) {
                     Ok(record) => {
                         outcome.records += 1;
                         replayed.checkpointed = record == MetaRecord::Checkpoint;
@@ -180,6 +185,7 @@ impl MetaLog {
             damaged: false,
             sync_failed: false,
             checkpointed: true,
+            version: format::META_VERSION,
         };
         if len < META_HEADER_BYTES {
             // Being created by the writer: nothing in it yet.
@@ -189,9 +195,9 @@ impl MetaLog {
         log.file
             .read_exact_at(&mut header, 0)
             .map_err(io(|| format!("reading header of {META_LOG_NAME}")))?;
-        format::decode_meta_header(&header)
+        log.version = format::decode_meta_header_version(&header)
             .map_err(|reason| StoreError::Corrupted(format!("{META_LOG_NAME}: {reason}")))?;
-        let replayed = replay(&*log.file, len, &mut outcome, apply)?;
+        let replayed = replay(&*log.file, log.version, len, &mut outcome, apply)?;
         log.damaged = replayed.damaged;
         if let Some((at, reason)) = replayed.torn {
             outcome.truncated_bytes += len - at;
@@ -258,16 +264,17 @@ impl MetaLog {
                 damaged: false,
                 sync_failed: false,
                 checkpointed: true,
+                version: format::META_VERSION,
             };
             return Ok((log, outcome));
         }
         let mut header = [0u8; META_HEADER_BYTES as usize];
         file.read_exact_at(&mut header, 0)
             .map_err(io(|| format!("reading header of {META_LOG_NAME}")))?;
-        format::decode_meta_header(&header)
+        let version = format::decode_meta_header_version(&header)
             .map_err(|reason| StoreError::Corrupted(format!("{META_LOG_NAME}: {reason}")))?;
 
-        let replayed = replay(&*file, len, &mut outcome, apply)?;
+        let replayed = replay(&*file, version, len, &mut outcome, apply)?;
         if let Some((at, reason)) = replayed.torn {
             file.set_len(at)
                 .map_err(io(|| format!("truncating {META_LOG_NAME} at {at}")))?;
@@ -299,9 +306,15 @@ impl MetaLog {
                 damaged,
                 sync_failed: false,
                 checkpointed,
+                version,
             },
             outcome,
         ))
+    }
+
+    /// The log's format version (see [`format::META_VERSION`]).
+    pub fn version(&self) -> u8 {
+        self.version
     }
 
     /// Bytes in the log, header included.
@@ -325,7 +338,8 @@ impl MetaLog {
         self.damaged = true;
     }
 
-    /// Replaces the whole log by `records`, atomically: they are written to
+    /// Replaces the whole log by `records`, in the current format version
+    /// (so this is also how an older log is upgraded), atomically: they are written to
     /// [`META_COMPACT_NAME`] and (in the durable modes) fsynced, and only
     /// then is that file renamed over `meta.log` and the directory fsynced.
     /// A crash before the rename leaves the old log in force; after it, the
@@ -354,6 +368,7 @@ impl MetaLog {
         self.file = file;
         self.len = len;
         self.checkpointed = false;
+        self.version = format::META_VERSION;
         if self.durability.fsyncs() {
             if let Err(source) = self.fsyncs.dir(&*self.dir) {
                 // Until the rename is durable a crash may bring the old log
@@ -410,7 +425,13 @@ impl MetaLog {
     pub fn append_all(&mut self, records: &[MetaRecord]) -> Result<(), StoreError> {
         let mut bytes = Vec::new();
         for record in records {
-            bytes.extend_from_slice(&format::encode_meta_record(record));
+            if !format::fields_fit_version(self.version, record) {
+                return Err(StoreError::InvalidArgument(format!(
+                    "external links cannot be stored yet: {META_LOG_NAME} is still format version {} (replay found damage there, so it was not upgraded; see tblob verify)",
+                    self.version
+                )));
+            }
+            bytes.extend_from_slice(&format::encode_meta_record_in(self.version, record));
         }
         let at = self.len;
         if let Err(source) = self.file.write_all_at(&bytes, at) {
@@ -692,6 +713,7 @@ impl Catalog {
             .map(ArtifactId::from_bytes)
             .collect();
         meta.custom = fields.custom;
+        meta.external_links = fields.external_links;
         meta.modified_ms = modified_ms;
         Some(meta.clone())
     }
@@ -704,6 +726,7 @@ impl Catalog {
             tags: meta.tags.clone(),
             links: meta.links.iter().map(|id| *id.as_bytes()).collect(),
             custom: meta.custom.clone(),
+            external_links: meta.external_links.clone(),
         }
     }
 }

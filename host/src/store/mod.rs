@@ -329,7 +329,7 @@ impl Store {
                 index,
             )
         };
-        let ((segments, scanned), (mut meta_log, replayed)) = if read_only {
+        let ((segments, scanned), (mut meta_log, mut replayed)) = if read_only {
             // The log first: every chunk a commit it holds names was synced
             // into a segment before the commit was appended, so the
             // segments listed after it hold them all.
@@ -360,6 +360,32 @@ impl Store {
         let mut open_stats = scanned.stats;
         if !replay_problems.is_empty() {
             meta_log.mark_damaged();
+        }
+        let mut failed = read_only.then(|| {
+            "opened read-only, as a snapshot beside any writer process; open it again for writing".to_string()
+        });
+        // A log of an older format version is upgraded by rewriting it
+        // whole, as a compaction does (crash-safe: the old log stays in
+        // force until the rename). A damaged one is kept as it is, so its
+        // damage stays on disk to be reported; it is appended to in its
+        // own version, which refuses what that cannot hold.
+        if !read_only && meta_log.version() < format::META_VERSION && !meta_log.damaged() {
+            let from = meta_log.version();
+            if let Err(error) = meta_log.rewrite(gc::Snapshot::of(&catalog).records()) {
+                if meta_log.sync_failed() {
+                    failed = Some(format!(
+                        "an fsync failed ({error}); the store refuses writes until it is reopened"
+                    ));
+                }
+                replayed.problems.push(Problem::new(
+                    ProblemKind::LogNotUpgraded,
+                    format!(
+                        "{}: format version {from} not upgraded to {} ({error}); the next open tries again",
+                        meta::META_LOG_NAME,
+                        format::META_VERSION
+                    ),
+                ));
+            }
         }
         open_stats.meta_records = replayed.records;
         recovery.truncated_bytes += replayed.truncated_bytes;
@@ -405,9 +431,7 @@ impl Store {
                 fsyncs,
                 recovery,
                 open_stats,
-                failed: Mutex::new(read_only.then(|| {
-                    "opened read-only, as a snapshot beside any writer process; open it again for writing".to_string()
-                })),
+                failed: Mutex::new(failed),
                 snapshot: read_only,
                 reserve_present: Mutex::new(reserve_in_place(&*dir)),
                 dir,
@@ -713,10 +737,16 @@ impl Store {
                     None => fields.custom.push((key, value)),
                 }
             }
-            if change.external_links.is_some_and(|links| !links.is_empty())
-                || !change.add_external_links.is_empty()
-            {
-                return Err(invalid("external links are not stored yet".to_string()));
+            if let Some(external_links) = change.external_links {
+                fields.external_links = external_links;
+            }
+            fields
+                .external_links
+                .retain(|link| !change.remove_external_links.contains(link));
+            for link in change.add_external_links {
+                if !fields.external_links.contains(&link) {
+                    fields.external_links.push(link);
+                }
             }
             format::check_metadata_limits(None, &fields)
                 .map_err(|e| invalid(format!("artifact {id}: {e}")))?;
@@ -1209,9 +1239,7 @@ fn apply(catalog: &mut Catalog, index: &mut Index, record: MetaRecord) -> Result
                     .into_iter()
                     .map(ArtifactId::from_bytes)
                     .collect(),
-                // Not stored yet: refused at put and update until the
-                // metadata format carries them.
-                external_links: Vec::new(),
+                external_links: fields.external_links,
                 custom: fields.custom,
             };
             let manifest = Arc::new(manifest);

@@ -400,15 +400,13 @@ impl Upload {
                 meta.links.len()
             )));
         }
-        if !meta.external_links.is_empty() {
-            return Err(invalid("external links are not stored yet".to_string()));
-        }
         let fields = MutableFields {
             filename: meta.filename,
             content_type: meta.content_type,
             tags: meta.tags,
             links: meta.links.iter().map(|id| *id.as_bytes()).collect(),
             custom: meta.custom,
+            external_links: meta.external_links,
         };
         format::check_metadata_limits(meta.creator.as_deref(), &fields).map_err(invalid)?;
         for (i, chunk) in chunks.iter().enumerate() {
