@@ -9,7 +9,7 @@
 //! The log is the only place metadata is made durable; nothing here touches
 //! segment files.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::backend::{Backend, BackendFile, OpenMode};
@@ -636,6 +636,45 @@ pub fn snapshot_records(
     std::iter::once(commit).chain(update)
 }
 
+/// Makes the set-valued fields sets: tags, links and external links keep
+/// the first occurrence of each value, in order; custom keys are unique,
+/// each keeping the place of its first occurrence and the value of its
+/// last. Commits and updates are normalized before they are written;
+/// replay normalizes again, since records written by older code may hold
+/// duplicates.
+pub fn normalize_fields(fields: &mut MutableFields) {
+    fn dedup<T: Eq + std::hash::Hash + Clone>(values: &mut Vec<T>) {
+        let mut seen = HashSet::with_capacity(values.len());
+        values.retain(|value| seen.insert(value.clone()));
+    }
+    dedup(&mut fields.tags);
+    dedup(&mut fields.links);
+    dedup(&mut fields.external_links);
+    if duplicate_custom_key(&fields.custom).is_some() {
+        let mut at: HashMap<String, usize> = HashMap::with_capacity(fields.custom.len());
+        let mut unique: Vec<(String, String)> = Vec::with_capacity(fields.custom.len());
+        for (key, value) in std::mem::take(&mut fields.custom) {
+            match at.get(&key) {
+                Some(&i) => unique[i].1 = value,
+                None => {
+                    at.insert(key.clone(), unique.len());
+                    unique.push((key, value));
+                }
+            }
+        }
+        fields.custom = unique;
+    }
+}
+
+/// The first custom key given twice, if any.
+pub fn duplicate_custom_key(custom: &[(String, String)]) -> Option<&str> {
+    let mut seen = HashSet::with_capacity(custom.len());
+    custom
+        .iter()
+        .find(|(key, _)| !seen.insert(key.as_str()))
+        .map(|(key, _)| key.as_str())
+}
+
 impl Catalog {
     /// Adds a committed artifact. The caller adds the chunk references.
     /// Returns false (and changes nothing) if the id was ever used before.
@@ -688,13 +727,15 @@ impl Catalog {
         }
     }
 
-    /// Replaces the mutable metadata of a live artifact.
+    /// Replaces the mutable metadata of a live artifact (normalized: see
+    /// [`normalize_fields`]).
     pub fn update(
         &mut self,
         id: &ArtifactId,
         modified_ms: u64,
-        fields: MutableFields,
+        mut fields: MutableFields,
     ) -> Option<Metadata> {
+        normalize_fields(&mut fields);
         let artifact = self.artifacts.get(id)?;
         let seq = artifact.seq;
         let old_tags = artifact.meta.tags.clone();

@@ -706,6 +706,11 @@ impl Store {
                 fields.links = links.iter().map(|id| *id.as_bytes()).collect();
             }
             if let Some(custom) = change.custom {
+                if let Some(key) = meta::duplicate_custom_key(&custom) {
+                    return Err(invalid(format!(
+                        "artifact {id}: custom key {key:?} given twice"
+                    )));
+                }
                 fields.custom = custom;
             }
             fields.tags.retain(|tag| !change.remove_tags.contains(tag));
@@ -748,6 +753,7 @@ impl Store {
                     fields.external_links.push(link);
                 }
             }
+            meta::normalize_fields(&mut fields);
             format::check_metadata_limits(None, &fields)
                 .map_err(|e| invalid(format!("artifact {id}: {e}")))?;
             (fields, artifact.meta.created_ms)
@@ -1197,10 +1203,11 @@ fn apply(catalog: &mut Catalog, index: &mut Index, record: MetaRecord) -> Result
             created_ms,
             chunks,
             creator,
-            fields,
+            mut fields,
             bound,
         } => {
             let id = ArtifactId::from_bytes(id);
+            meta::normalize_fields(&mut fields);
             // Checked before anything changes: a bound commit applies whole
             // or not at all.
             if let Some((container, _)) = &bound {

@@ -474,3 +474,144 @@ fn external_links_are_checked_against_their_limits() {
     let id = put_links(most.clone()).unwrap();
     assert_eq!(store.metadata(&id).unwrap().external_links, most);
 }
+
+// ---------------------------------------------------------------------------
+// Tags, links and external links are sets; custom keys are unique.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn regression_a_tag_or_link_given_twice_is_stored_once() {
+    // The bug (tensor_blob 0.4.0, re-created by the seed): `--tag t --tag
+    // t` stored the tags ["t", "t"], and a link given twice was kept twice,
+    // so the artifact showed the duplicate in `stat`, and removing the tag
+    // once left it tagged. Tags, links and external links are sets: a
+    // value given twice is stored once, in the order of first occurrence,
+    // at put and at update (replacing or adding).
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, unsynced());
+    let z = put_with(&store, &data(10, 1), 64, NewMetadata::default()).unwrap();
+    let y = put_with(&store, &data(10, 2), 64, NewMetadata::default()).unwrap();
+    let id = put_with(
+        &store,
+        &data(10, 3),
+        64,
+        NewMetadata {
+            tags: vec!["t".into(), "t".into(), "u".into(), "t".into()],
+            links: vec![z, y, z],
+            external_links: vec!["e".into(), "e".into()],
+            ..NewMetadata::default()
+        },
+    )
+    .unwrap();
+    let stored = store.metadata(&id).unwrap();
+    assert_eq!(stored.tags, ["t", "u"]);
+    assert_eq!(stored.links, [z, y]);
+    assert_eq!(stored.external_links, ["e"]);
+    let updated = store
+        .update(
+            &id,
+            MetadataUpdate {
+                tags: Some(vec!["v".into(), "v".into()]),
+                links: Some(vec![y, y]),
+                external_links: Some(vec!["f".into(), "g".into(), "f".into()]),
+                ..MetadataUpdate::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(updated.tags, ["v"]);
+    assert_eq!(updated.links, [y]);
+    assert_eq!(updated.external_links, ["f", "g"]);
+    let updated = store
+        .update(
+            &id,
+            MetadataUpdate {
+                remove_tags: vec!["v".into()],
+                ..MetadataUpdate::default()
+            },
+        )
+        .unwrap();
+    assert!(updated.tags.is_empty(), "one removal untags");
+    assert_eq!(store.find_by_tag("t"), Vec::<ArtifactId>::new());
+}
+
+#[test]
+fn a_custom_key_given_twice_is_invalid_at_put_and_at_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, unsynced());
+    let twice = vec![("k".to_string(), "1".to_string()), ("k".into(), "2".into())];
+    let error = put_with(
+        &store,
+        &data(10, 1),
+        64,
+        NewMetadata {
+            custom: twice.clone(),
+            ..NewMetadata::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(error, StoreError::InvalidArgument(_)), "{error}");
+    assert_eq!(store.ids().count(), 0, "nothing committed");
+    let id = put_with(&store, &data(10, 1), 64, NewMetadata::default()).unwrap();
+    let error = store
+        .update(
+            &id,
+            MetadataUpdate {
+                custom: Some(twice),
+                ..MetadataUpdate::default()
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(error, StoreError::InvalidArgument(_)), "{error}");
+    assert!(store.metadata(&id).unwrap().custom.is_empty());
+}
+
+#[test]
+fn duplicates_written_by_older_code_are_dropped_at_replay() {
+    // Goal: records from before the set rule (version 1, as 0.4.0's
+    // successor wrote them) may hold a tag, link or custom key twice;
+    // replay keeps the first occurrence of each value and the last value
+    // of each key. Method: a version-1 log written by hand with such a
+    // commit and update.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, StoreOptions::default());
+    let z = put_with(&store, &data(10, 1), 64, NewMetadata::default()).unwrap();
+    let id = put_with(&store, &data(10, 2), 64, NewMetadata::default()).unwrap();
+    drop(store);
+    let log = std::fs::read(dir.path().join("meta.log")).unwrap();
+    let mut records: Vec<format::MetaRecord> = records_of(&log)
+        .into_iter()
+        .filter(|r| *r != format::MetaRecord::Checkpoint)
+        .collect();
+    if let format::MetaRecord::Commit { fields, .. } = &mut records[1] {
+        fields.tags = vec!["t".into(), "u".into(), "t".into()];
+        fields.links = vec![*z.as_bytes(), *z.as_bytes()];
+        fields.custom = vec![("k".into(), "1".into()), ("k".into(), "2".into())];
+    }
+    records.push(format::MetaRecord::Update {
+        id: *z.as_bytes(),
+        modified_ms: u64::MAX / 2,
+        fields: format::MutableFields {
+            tags: vec!["a".into(), "a".into()],
+            custom: vec![
+                ("x".into(), "1".into()),
+                ("y".into(), "2".into()),
+                ("x".into(), "3".into()),
+            ],
+            ..format::MutableFields::default()
+        },
+    });
+    std::fs::write(dir.path().join("meta.log"), v1::log(&records)).unwrap();
+    let store = open(&dir, StoreOptions::default());
+    assert!(store.recovery_report().problems.is_empty());
+    let meta = store.metadata(&id).unwrap();
+    assert_eq!(meta.tags, ["t", "u"]);
+    assert_eq!(meta.links, [z]);
+    assert_eq!(meta.custom, [("k".to_string(), "2".to_string())]);
+    let meta = store.metadata(&z).unwrap();
+    assert_eq!(meta.tags, ["a"]);
+    assert_eq!(
+        meta.custom,
+        [("x".to_string(), "3".to_string()), ("y".into(), "2".into())]
+    );
+    assert_eq!(store.find_by_tag("t"), [id]);
+}
