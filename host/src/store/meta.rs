@@ -9,12 +9,13 @@
 //! The log is the only place metadata is made durable; nothing here touches
 //! segment files.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::backend::{Backend, BackendFile, OpenMode};
 use super::format::{self, MetaRecord, MutableFields, META_HEADER_BYTES, META_RECORD_HEADER_BYTES};
 use super::fsync::Fsyncs;
+use super::meta_index::{Key, MetaIndex};
 use super::read::Reader;
 use super::types::{ArtifactId, ChunkRef, Durability, Metadata, Problem, ProblemKind};
 use crate::error::StoreError;
@@ -590,8 +591,8 @@ pub struct Catalog {
     /// Commit position of every id ever committed, deleted ones included,
     /// so paging can continue after a deleted id and ids are never reused.
     pub seq_of: HashMap<ArtifactId, u64>,
-    /// Tag -> commit positions of live artifacts carrying it.
-    pub tags: HashMap<String, BTreeSet<u64>>,
+    /// The query indexes over the live artifacts' metadata.
+    pub index: MetaIndex,
     pub logical_bytes: u64,
     /// `wasi:blobstore` containers and object names ([`super::names`]).
     pub names: super::names::Names,
@@ -687,9 +688,7 @@ impl Catalog {
         self.next_seq += 1;
         self.seq_of.insert(id, seq);
         self.order.insert(seq, id);
-        for tag in &meta.tags {
-            self.tags.entry(tag.clone()).or_default().insert(seq);
-        }
+        self.index.add(seq, &meta);
         self.logical_bytes += meta.size;
         self.artifacts.insert(
             id,
@@ -708,23 +707,32 @@ impl Catalog {
     }
 
     /// Removes a live artifact; the caller drops its chunk references.
+    ///
+    /// Links to it are dropped: every live artifact linking to it loses
+    /// that link (its `modified_ms` unchanged), so no link dangles and an
+    /// update passing an artifact's links back unchanged never fails on
+    /// one. Done here, where every delete path (a delete, a name replaced
+    /// or released, replay) ends, so live changes and replay agree.
     pub fn remove(&mut self, id: &ArtifactId) -> Option<Artifact> {
         let artifact = self.artifacts.remove(id)?;
         self.order.remove(&artifact.seq);
-        self.untag(artifact.seq, &artifact.meta.tags);
+        self.index.remove(artifact.seq, &artifact.meta);
         self.logical_bytes -= artifact.meta.size;
-        Some(artifact)
-    }
-
-    fn untag(&mut self, seq: u64, tags: &[String]) {
-        for tag in tags {
-            if let Some(seqs) = self.tags.get_mut(tag) {
-                seqs.remove(&seq);
-                if seqs.is_empty() {
-                    self.tags.remove(tag);
-                }
-            }
+        let key = Key::LinksTo(*id);
+        let sources: Vec<u64> = self
+            .index
+            .postings(&key)
+            .map(|postings| postings.iter().collect())
+            .unwrap_or_default();
+        for seq in sources {
+            let source = self.order[&seq];
+            let source = self.artifacts.get_mut(&source).expect("indexed is live");
+            self.index.remove(seq, &source.meta);
+            source.meta.links.retain(|link| link != id);
+            self.index.add(seq, &source.meta);
         }
+        assert!(self.index.postings(&key).is_none(), "no link to it is left");
+        Some(artifact)
     }
 
     /// Replaces the mutable metadata of a live artifact (normalized: see
@@ -736,14 +744,9 @@ impl Catalog {
         mut fields: MutableFields,
     ) -> Option<Metadata> {
         normalize_fields(&mut fields);
-        let artifact = self.artifacts.get(id)?;
+        let artifact = self.artifacts.get_mut(id)?;
         let seq = artifact.seq;
-        let old_tags = artifact.meta.tags.clone();
-        self.untag(seq, &old_tags);
-        for tag in &fields.tags {
-            self.tags.entry(tag.clone()).or_default().insert(seq);
-        }
-        let artifact = self.artifacts.get_mut(id).expect("checked above");
+        self.index.remove(seq, &artifact.meta);
         let meta = &mut artifact.meta;
         meta.filename = fields.filename;
         meta.content_type = fields.content_type;
@@ -756,6 +759,7 @@ impl Catalog {
         meta.custom = fields.custom;
         meta.external_links = fields.external_links;
         meta.modified_ms = modified_ms;
+        self.index.add(seq, meta);
         Some(meta.clone())
     }
 

@@ -60,6 +60,7 @@ mod gc;
 mod group;
 mod index;
 mod meta;
+mod meta_index;
 mod names;
 mod policy;
 mod query;
@@ -827,9 +828,9 @@ impl Store {
         let state = lock(&self.inner.state);
         let catalog = &state.catalog;
         catalog
-            .tags
-            .get(tag)
-            .map(|seqs| seqs.iter().map(|seq| catalog.order[seq]).collect())
+            .index
+            .postings(&meta_index::Key::Tag(tag.to_string()))
+            .map(|seqs| seqs.iter().map(|seq| catalog.order[&seq]).collect())
             .unwrap_or_default()
     }
 
@@ -862,7 +863,8 @@ impl Store {
     }
 
     /// Reads and re-hashes every chunk of artifact `id` and the whole
-    /// content: `Corrupted`, naming the artifact and chunk, on any damage.
+    /// content: `Corrupted`, naming the artifact and chunk, on any damage;
+    /// also `Corrupted` if it links to an artifact that is not live.
     pub fn verify(&self, id: &ArtifactId) -> Result<(), StoreError> {
         let (manifest, digest, size) = {
             let state = lock(&self.inner.state);
@@ -871,6 +873,18 @@ impl Store {
                 .artifacts
                 .get(id)
                 .ok_or_else(|| not_found(id))?;
+            // Deleting an artifact drops the links to it, so a link to
+            // something not live can only come from damage or a bug.
+            if let Some(target) = artifact
+                .meta
+                .links
+                .iter()
+                .find(|target| !state.catalog.artifacts.contains_key(target))
+            {
+                return Err(StoreError::Corrupted(format!(
+                    "artifact {id}: links to artifact {target}, which does not exist"
+                )));
+            }
             (
                 Arc::clone(&artifact.manifest),
                 artifact.meta.digest,
