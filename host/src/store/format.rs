@@ -431,8 +431,21 @@ pub fn decode_hint(bytes: &[u8], segment: u64, segment_len: u64) -> Result<Hint<
 
 /// First four bytes of `meta.log` ("TBML").
 pub const META_MAGIC: u32 = u32::from_le_bytes(*b"TBML");
-/// Metadata log format version. History: 1 = first release.
-pub const META_VERSION: u8 = 1;
+/// Metadata log format version, the one every new or rewritten log is
+/// written in. History: 1 = first release (mutable fields end with the
+/// custom pairs); 2 = mutable fields end with an external links list too.
+/// A log is one version throughout (the version is in its header, never
+/// per record), so a version-1 binary refuses a version-2 log at open
+/// rather than taking its records for damage or a torn tail. A writable
+/// open upgrades a version-1 log by rewriting it whole through the
+/// compaction path (see `MetaLog::rewrite`); a read-only open reads both.
+pub const META_VERSION: u8 = 2;
+/// The oldest metadata log version still read.
+pub const META_VERSION_MIN: u8 = 1;
+/// The version whose mutable fields carry external links.
+pub const META_VERSION_EXTERNAL_LINKS: u8 = 2;
+const _: () = assert!(META_VERSION_MIN <= META_VERSION_EXTERNAL_LINKS);
+const _: () = assert!(META_VERSION_EXTERNAL_LINKS <= META_VERSION);
 /// `meta.log` header: magic u32, version u8, 3 reserved zero bytes.
 pub const META_HEADER_BYTES: u64 = 8;
 
@@ -486,7 +499,9 @@ const MUTABLE_METADATA_BYTES_MAX: u64 = 2 * OPTION_STRING_BYTES_MAX
     + 4
     + LINKS_MAX as u64 * 16
     + 4
-    + CUSTOM_PAIRS_MAX as u64 * (8 + CUSTOM_KEY_BYTES_MAX as u64 + CUSTOM_VALUE_BYTES_MAX as u64);
+    + CUSTOM_PAIRS_MAX as u64 * (8 + CUSTOM_KEY_BYTES_MAX as u64 + CUSTOM_VALUE_BYTES_MAX as u64)
+    + 4
+    + EXTERNAL_LINKS_MAX as u64 * (4 + EXTERNAL_LINK_BYTES_MAX as u64);
 /// Bytes of one manifest entry on disk: digest 32 + length u32.
 pub const MANIFEST_ENTRY_BYTES: u64 = 36;
 /// Largest metadata record payload: a commit of the largest manifest with
@@ -514,6 +529,8 @@ pub struct MutableFields {
     pub tags: Vec<String>,
     pub links: Vec<[u8; 16]>,
     pub custom: Vec<(String, String)>,
+    /// Entity ids (version 2 on; a version-1 log holds none).
+    pub external_links: Vec<String>,
 }
 
 /// One metadata log record.
@@ -627,6 +644,20 @@ pub fn check_metadata_limits(creator: Option<&str>, fields: &MutableFields) -> R
     if fields.links.len() > LINKS_MAX {
         return Err(format!("{} links, at most {LINKS_MAX}", fields.links.len()));
     }
+    if fields.external_links.len() > EXTERNAL_LINKS_MAX {
+        return Err(format!(
+            "{} external links, at most {EXTERNAL_LINKS_MAX}",
+            fields.external_links.len()
+        ));
+    }
+    for link in &fields.external_links {
+        if link.is_empty() || link.len() > EXTERNAL_LINK_BYTES_MAX {
+            return Err(format!(
+                "external link of {} bytes, must be 1..={EXTERNAL_LINK_BYTES_MAX}",
+                link.len()
+            ));
+        }
+    }
     if fields.custom.len() > CUSTOM_PAIRS_MAX {
         return Err(format!(
             "{} custom pairs, at most {CUSTOM_PAIRS_MAX}",
@@ -650,16 +681,28 @@ pub fn check_metadata_limits(creator: Option<&str>, fields: &MutableFields) -> R
     Ok(())
 }
 
-/// Encodes the `meta.log` file header.
+/// Encodes the `meta.log` file header of the current version.
 pub fn encode_meta_header() -> [u8; META_HEADER_BYTES as usize] {
+    encode_meta_header_in(META_VERSION)
+}
+
+/// Encodes a `meta.log` file header of `version` (older ones: for tests
+/// of the upgrade).
+pub fn encode_meta_header_in(version: u8) -> [u8; META_HEADER_BYTES as usize] {
     let mut header = [0u8; META_HEADER_BYTES as usize];
     header[0..4].copy_from_slice(&META_MAGIC.to_le_bytes());
-    header[4] = META_VERSION;
+    header[4] = version;
     header
 }
 
 /// Checks the `meta.log` file header.
 pub fn decode_meta_header(bytes: &[u8]) -> Result<(), String> {
+    decode_meta_header_version(bytes).map(|_| ())
+}
+
+/// Checks the `meta.log` file header; the log's version, one of
+/// [`META_VERSION_MIN`]..=[`META_VERSION`].
+pub fn decode_meta_header_version(bytes: &[u8]) -> Result<u8, String> {
     if bytes.len() < META_HEADER_BYTES as usize {
         return Err(format!(
             "meta.log header is {} bytes, expected {META_HEADER_BYTES}",
@@ -670,13 +713,12 @@ pub fn decode_meta_header(bytes: &[u8]) -> Result<(), String> {
     if magic != META_MAGIC {
         return Err(format!("bad meta.log magic {magic:#010x}"));
     }
-    if bytes[4] != META_VERSION {
+    if !(META_VERSION_MIN..=META_VERSION).contains(&bytes[4]) {
         return Err(format!("unsupported meta.log version {}", bytes[4]));
     }
-    Ok(())
+    Ok(bytes[4])
 }
 
-/// Encodes a whole metadata record: header then payload.
 /// Writes a record's payload to `out`; returns its kind.
 fn encode_meta_payload(out: &mut Encoder, record: &MetaRecord) -> u8 {
     match record {
@@ -772,13 +814,26 @@ fn encode_meta_payload(out: &mut Encoder, record: &MetaRecord) -> u8 {
 /// Bytes [`encode_meta_record`] would produce for `record`, counted
 /// without encoding it (a commit's manifest can be hundreds of MiB).
 pub fn meta_record_len(record: &MetaRecord) -> u64 {
-    let mut out = Encoder::counting();
+    meta_record_len_in(META_VERSION, record)
+}
+
+/// [`meta_record_len`] in a log of `version`.
+pub fn meta_record_len_in(version: u8, record: &MetaRecord) -> u64 {
+    let mut out = Encoder::counting(version);
     encode_meta_payload(&mut out, record);
     META_RECORD_HEADER_BYTES + out.len
 }
 
+/// Encodes a whole record (header, then payload) in the current version.
 pub fn encode_meta_record(record: &MetaRecord) -> Vec<u8> {
-    let mut out = Encoder::writing();
+    encode_meta_record_in(META_VERSION, record)
+}
+
+/// Encodes a whole record for a log of `version`. A version-1 record has
+/// no place for external links: the caller must have refused any (see
+/// [`fields_fit_version`]); it asserts so.
+pub fn encode_meta_record_in(version: u8, record: &MetaRecord) -> Vec<u8> {
+    let mut out = Encoder::writing(version);
     out.bytes(&[0u8; META_HEADER_END]);
     let kind = encode_meta_payload(&mut out, record);
     let mut bytes = out.buffer;
@@ -850,11 +905,30 @@ pub fn check_meta_crc(header: &MetaHeader, payload: &[u8]) -> Result<(), String>
     Ok(())
 }
 
-/// Decodes a crc-checked record payload of the given kind.
+/// Whether a record fits a log of `version`: a version-1 log cannot hold
+/// external links.
+pub fn fields_fit_version(version: u8, record: &MetaRecord) -> bool {
+    match record {
+        MetaRecord::Commit { fields, .. } | MetaRecord::Update { fields, .. } => {
+            version >= META_VERSION_EXTERNAL_LINKS || fields.external_links.is_empty()
+        }
+        _ => true,
+    }
+}
+
+/// Decodes a crc-checked record payload of the given kind, in the current
+/// version.
 pub fn decode_meta_payload(kind: u8, payload: &[u8]) -> Result<MetaRecord, String> {
+    decode_meta_payload_in(META_VERSION, kind, payload)
+}
+
+/// Decodes a crc-checked record payload of the given kind from a log of
+/// `version`.
+pub fn decode_meta_payload_in(version: u8, kind: u8, payload: &[u8]) -> Result<MetaRecord, String> {
     let mut input = Decoder {
         bytes: payload,
         at: 0,
+        version,
     };
     let record = match kind {
         META_KIND_COMMIT | META_KIND_COMMIT_BOUND => {
@@ -964,20 +1038,23 @@ struct Encoder {
     /// Bytes written or counted.
     len: u64,
     counting: bool,
+    /// The log version written.
+    version: u8,
 }
 
 impl Encoder {
-    fn writing() -> Encoder {
+    fn writing(version: u8) -> Encoder {
         Encoder {
             buffer: Vec::new(),
             len: 0,
             counting: false,
+            version,
         }
     }
-    fn counting() -> Encoder {
+    fn counting(version: u8) -> Encoder {
         Encoder {
             counting: true,
-            ..Encoder::writing()
+            ..Encoder::writing(version)
         }
     }
     fn bytes(&mut self, bytes: &[u8]) {
@@ -1025,12 +1102,25 @@ impl Encoder {
             self.string(key);
             self.string(value);
         }
+        if self.version >= META_VERSION_EXTERNAL_LINKS {
+            self.count(fields.external_links.len());
+            for link in &fields.external_links {
+                self.string(link);
+            }
+        } else {
+            assert!(
+                fields.external_links.is_empty(),
+                "external links refused before a version-1 log is written"
+            );
+        }
     }
 }
 
 struct Decoder<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// The version of the log the bytes come from.
+    version: u8,
 }
 
 impl Decoder<'_> {
@@ -1115,12 +1205,21 @@ impl Decoder<'_> {
             let value = self.string(CUSTOM_VALUE_BYTES_MAX)?;
             custom.push((key, value));
         }
+        let mut external_links = Vec::new();
+        if self.version >= META_VERSION_EXTERNAL_LINKS {
+            let count = self.count(EXTERNAL_LINKS_MAX, 4)?;
+            external_links.reserve(count);
+            for _ in 0..count {
+                external_links.push(self.string(EXTERNAL_LINK_BYTES_MAX)?);
+            }
+        }
         Ok(MutableFields {
             filename,
             content_type,
             tags,
             links,
             custom,
+            external_links,
         })
     }
 }
@@ -1175,6 +1274,7 @@ mod tests {
                 tags: vec!["t".into()],
                 links: vec![[4; 16]],
                 custom: vec![("k".into(), "v".into())],
+                external_links: vec!["run:1".into()],
             },
             bound: None,
         };
@@ -1183,6 +1283,48 @@ mod tests {
         for len in 0..bytes.len() {
             assert!(decode_whole(&bytes[..len]).is_err());
         }
+    }
+
+    #[test]
+    fn version_1_records_have_no_external_links_and_decode_only_as_version_1() {
+        // Goal: a version-1 payload (fields ending with the custom pairs)
+        // decodes in a version-1 log, and the same bytes are refused as
+        // version 2 (short of the external links count), so a log is read
+        // by its header's version only.
+        let record = MetaRecord::Update {
+            id: [1; 16],
+            modified_ms: 3,
+            fields: MutableFields {
+                tags: vec!["t".into()],
+                custom: vec![("k".into(), "v".into())],
+                ..MutableFields::default()
+            },
+        };
+        let bytes = encode_meta_record_in(1, &record);
+        assert_eq!(bytes.len() + 4, encode_meta_record(&record).len());
+        assert_eq!(meta_record_len_in(1, &record), bytes.len() as u64);
+        let header = decode_meta_header_record(&bytes).unwrap();
+        let payload = &bytes[META_HEADER_END..];
+        assert_eq!(
+            decode_meta_payload_in(1, header.kind, payload).unwrap(),
+            record
+        );
+        assert!(decode_meta_payload_in(2, header.kind, payload).is_err());
+        assert_eq!(decode_meta_header_version(&encode_meta_header_in(1)), Ok(1));
+        assert_eq!(decode_meta_header_version(&encode_meta_header()), Ok(2));
+        assert!(decode_meta_header_version(&encode_meta_header_in(3)).is_err());
+        assert!(decode_meta_header_version(&encode_meta_header_in(0)).is_err());
+        let with_links = MetaRecord::Update {
+            id: [1; 16],
+            modified_ms: 3,
+            fields: MutableFields {
+                external_links: vec!["e".into()],
+                ..MutableFields::default()
+            },
+        };
+        assert!(!fields_fit_version(1, &with_links));
+        assert!(fields_fit_version(2, &with_links));
+        assert!(fields_fit_version(1, &record));
     }
 
     #[test]
@@ -1254,14 +1396,16 @@ mod tests {
             proptest::collection::vec(".{1,10}", 0..4),
             proptest::collection::vec(any::<[u8; 16]>(), 0..4),
             proptest::collection::vec((".{1,8}", ".{0,8}"), 0..4),
+            proptest::collection::vec(".{1,10}", 0..4),
         )
             .prop_map(
-                |(filename, content_type, tags, links, custom)| MutableFields {
+                |(filename, content_type, tags, links, custom, external_links)| MutableFields {
                     filename,
                     content_type,
                     tags,
                     links,
                     custom,
+                    external_links,
                 },
             )
     }

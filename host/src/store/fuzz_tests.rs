@@ -355,14 +355,16 @@ fn fields_strategy() -> impl Strategy<Value = MutableFields> {
             ),
             0..5,
         ),
+        proptest::collection::vec(string_up_to(1, EXTERNAL_LINK_BYTES_MAX), 0..5),
     )
         .prop_map(
-            |(filename, content_type, tags, links, custom)| MutableFields {
+            |(filename, content_type, tags, links, custom, external_links)| MutableFields {
                 filename,
                 content_type,
                 tags,
                 links,
                 custom,
+                external_links,
             },
         )
 }
@@ -732,6 +734,11 @@ fn length_field_offsets(record: &MetaRecord) -> Vec<usize> {
             string(at, out, key);
             string(at, out, value);
         }
+        out.push(*at);
+        *at += 4;
+        for link in &f.external_links {
+            string(at, out, link);
+        }
     }
     let mut out = Vec::new();
     let mut at = 0;
@@ -775,6 +782,7 @@ fn length_field_offsets_match_the_encoder() {
             tags: vec!["t1".into(), "tag2".into()],
             links: vec![[5; 16]],
             custom: vec![("k".into(), "value".into())],
+            external_links: vec!["run:7".into()],
         },
         bound: None,
     };
@@ -783,8 +791,9 @@ fn length_field_offsets_match_the_encoder() {
         .into_iter()
         .map(|at| u32::from_le_bytes(payload[at..at + 4].try_into().unwrap()))
         .collect();
-    // chunks, creator, filename, tags, "t1", "tag2", links, custom, "k", "value"
-    assert_eq!(values, [2, 2, 6, 2, 2, 4, 1, 1, 1, 5]);
+    // chunks, creator, filename, tags, "t1", "tag2", links, custom, "k",
+    // "value", external links, "run:7"
+    assert_eq!(values, [2, 2, 6, 2, 2, 4, 1, 1, 1, 5, 1, 5]);
 }
 
 // ---------------------------------------------------------------------------
@@ -857,7 +866,7 @@ impl Enc {
         self.u8(0).empty_fields()
     }
     fn empty_fields(self) -> Self {
-        self.u8(0).u8(0).u32(0).u32(0).u32(0)
+        self.u8(0).u8(0).u32(0).u32(0).u32(0).u32(0)
     }
 }
 
@@ -875,6 +884,7 @@ fn valid_commit() -> MetaRecord {
             tags: vec!["t".into()],
             links: vec![[4; 16]],
             custom: vec![("k".into(), "v".into())],
+            external_links: vec!["e".into()],
         },
         bound: None,
     }
@@ -937,6 +947,7 @@ fn corpus() -> Vec<(&'static str, Target, Vec<u8>, bool)> {
             .u32(0)
             .u32(0)
             .u32(0)
+            .u32(0)
             .0
     };
     let with_tags = |count: u32, tags: &[&[u8]]| {
@@ -944,7 +955,7 @@ fn corpus() -> Vec<(&'static str, Target, Vec<u8>, bool)> {
         for tag in tags {
             p = p.string(tag);
         }
-        p.u32(0).u32(0).0
+        p.u32(0).u32(0).u32(0).0
     };
     // Segment of 8 + 2 records of 48 + 10 = 124 bytes.
     let two = [(24u64, 10u32), (82, 10)];
@@ -961,8 +972,8 @@ fn corpus() -> Vec<(&'static str, Target, Vec<u8>, bool)> {
     fix_chunk_crc(&mut chunk_v2);
     let mut segment_reserved = encode_segment_header(&TEST_SALT).to_vec();
     segment_reserved[5] = 1;
-    let mut meta_v2 = encode_meta_header().to_vec();
-    meta_v2[4] = 2;
+    let mut meta_v3 = encode_meta_header().to_vec();
+    meta_v3[4] = 3;
     let mut commit_trailing = commit_payload.clone();
     commit_trailing.push(0);
     let mut commit_bad_crc = commit.clone();
@@ -1237,7 +1248,7 @@ fn corpus() -> Vec<(&'static str, Target, Vec<u8>, bool)> {
         ("meta.log: all 0xFF", Log, vec![0xFF; 8], false),
         ("meta.log: all zeros", Log, vec![0; 8], false),
         ("meta.log: valid", Log, encode_meta_header().to_vec(), true),
-        ("meta.log: version 2", Log, meta_v2, false),
+        ("meta.log: version 3", Log, meta_v3, false),
         (
             "meta.log: segment magic",
             Log,

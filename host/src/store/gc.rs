@@ -233,29 +233,8 @@ fn compact_meta_log(store: &Store, policy: &GcPolicy) -> Result<u64, StoreError>
     if meta_log.damaged() || meta_log.len() < policy.meta_log_bytes_min {
         return Ok(0);
     }
-    // Containers first: the bound commits that follow need them.
-    type Named = (Artifact, Option<(String, String)>);
-    let (containers, live): (Vec<MetaRecord>, Vec<Named>) = {
-        let state = lock(&inner.state);
-        let catalog = &state.catalog;
-        let live = catalog
-            .order
-            .values()
-            .map(|id| {
-                (
-                    catalog.artifacts[id].clone(),
-                    catalog.names.bound.get(id).cloned(),
-                )
-            })
-            .collect();
-        (names::snapshot_records(&catalog.names), live)
-    };
-    let records = || {
-        containers.iter().cloned().chain(
-            live.iter()
-                .flat_map(|(artifact, bound)| meta::snapshot_records(artifact, bound.as_ref())),
-        )
-    };
+    let snapshot = Snapshot::of(&lock(&inner.state).catalog);
+    let records = || snapshot.records();
     let live_bytes: u64 = records()
         .map(|record| format::meta_record_len(&record))
         .sum();
@@ -278,6 +257,42 @@ fn compact_meta_log(store: &Store, policy: &GcPolicy) -> Result<u64, StoreError>
         result?
     };
     Ok(old_len.saturating_sub(new_len))
+}
+
+/// The catalog as a compacted `meta.log` holds it: every container first
+/// (the bound commits that follow need them), then each live artifact's
+/// commit (with its binding) and update, in commit order. Copied out under
+/// the store lock; the records are made from it as they are written.
+pub(super) struct Snapshot {
+    containers: Vec<MetaRecord>,
+    live: Vec<(Artifact, Option<(String, String)>)>,
+}
+
+impl Snapshot {
+    pub(super) fn of(catalog: &super::meta::Catalog) -> Snapshot {
+        let live = catalog
+            .order
+            .values()
+            .map(|id| {
+                (
+                    catalog.artifacts[id].clone(),
+                    catalog.names.bound.get(id).cloned(),
+                )
+            })
+            .collect();
+        Snapshot {
+            containers: names::snapshot_records(&catalog.names),
+            live,
+        }
+    }
+
+    pub(super) fn records(&self) -> impl Iterator<Item = MetaRecord> + '_ {
+        self.containers.iter().cloned().chain(
+            self.live
+                .iter()
+                .flat_map(|(artifact, bound)| meta::snapshot_records(artifact, bound.as_ref())),
+        )
+    }
 }
 
 /// Drops `digest` from the index if it is garbage still at `from`,

@@ -165,6 +165,18 @@ fn run(store: &Store, batch: Vec<Queued>) -> Vec<(u64, Result<ArtifactId, StoreE
                 results.push((queued.ticket, Err(error)));
                 continue;
             }
+            // A log still in format version 1 (damaged, so not upgraded at
+            // open) has no place for external links.
+            if !format::fields_fit_version(meta_log.version(), &queued.record) {
+                results.push((
+                    queued.ticket,
+                    Err(StoreError::InvalidArgument(format!(
+                        "external links cannot be stored yet: meta.log is still format version {} (replay found damage there, so it was not upgraded; see tblob verify)",
+                        meta_log.version()
+                    ))),
+                ));
+                continue;
+            }
             // The container too: it may have been deleted since.
             if let MetaRecord::Commit {
                 bound: Some((container, _)),
@@ -178,7 +190,7 @@ fn run(store: &Store, batch: Vec<Queued>) -> Vec<(u64, Result<ArtifactId, StoreE
             }
             // The id is a placeholder of the same length: the record's
             // length is final.
-            let record_bytes = format::meta_record_len(&queued.record);
+            let record_bytes = format::meta_record_len_in(meta_log.version(), &queued.record);
             if let Err(error) = inner.check_commit_quota(
                 &state,
                 &quota,

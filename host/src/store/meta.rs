@@ -9,12 +9,13 @@
 //! The log is the only place metadata is made durable; nothing here touches
 //! segment files.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::backend::{Backend, BackendFile, OpenMode};
 use super::format::{self, MetaRecord, MutableFields, META_HEADER_BYTES, META_RECORD_HEADER_BYTES};
 use super::fsync::Fsyncs;
+use super::meta_index::{Key, MetaIndex};
 use super::read::Reader;
 use super::types::{ArtifactId, ChunkRef, Durability, Metadata, Problem, ProblemKind};
 use crate::error::StoreError;
@@ -43,6 +44,10 @@ pub struct MetaLog {
     /// The last record is a [`MetaRecord::Checkpoint`] (or the log is
     /// empty): a clean close has nothing to add.
     checkpointed: bool,
+    /// The log's format version (its header's): what its records are
+    /// decoded and appended as. [`format::META_VERSION`] for a new or
+    /// rewritten log; an older one until the open upgrades it.
+    version: u8,
 }
 
 /// What replaying the log found.
@@ -77,6 +82,7 @@ struct Replayed {
 /// it and differ in what they do about a torn tail.
 fn replay(
     file: &dyn BackendFile,
+    version: u8,
     len: u64,
     outcome: &mut ReplayOutcome,
     mut apply: impl FnMut(u64, MetaRecord),
@@ -96,7 +102,7 @@ fn replay(
         match record_at(&mut reader, at, len, &mut payload)? {
             Ok(header) => {
                 let next = at + META_RECORD_HEADER_BYTES + u64::from(header.payload_len);
-                match format::decode_meta_payload(header.kind, &payload) {
+                match format::decode_meta_payload_in(version, header.kind, &payload) {
                     Ok(record) => {
                         outcome.records += 1;
                         replayed.checkpointed = record == MetaRecord::Checkpoint;
@@ -180,6 +186,7 @@ impl MetaLog {
             damaged: false,
             sync_failed: false,
             checkpointed: true,
+            version: format::META_VERSION,
         };
         if len < META_HEADER_BYTES {
             // Being created by the writer: nothing in it yet.
@@ -189,9 +196,9 @@ impl MetaLog {
         log.file
             .read_exact_at(&mut header, 0)
             .map_err(io(|| format!("reading header of {META_LOG_NAME}")))?;
-        format::decode_meta_header(&header)
+        log.version = format::decode_meta_header_version(&header)
             .map_err(|reason| StoreError::Corrupted(format!("{META_LOG_NAME}: {reason}")))?;
-        let replayed = replay(&*log.file, len, &mut outcome, apply)?;
+        let replayed = replay(&*log.file, log.version, len, &mut outcome, apply)?;
         log.damaged = replayed.damaged;
         if let Some((at, reason)) = replayed.torn {
             outcome.truncated_bytes += len - at;
@@ -258,16 +265,17 @@ impl MetaLog {
                 damaged: false,
                 sync_failed: false,
                 checkpointed: true,
+                version: format::META_VERSION,
             };
             return Ok((log, outcome));
         }
         let mut header = [0u8; META_HEADER_BYTES as usize];
         file.read_exact_at(&mut header, 0)
             .map_err(io(|| format!("reading header of {META_LOG_NAME}")))?;
-        format::decode_meta_header(&header)
+        let version = format::decode_meta_header_version(&header)
             .map_err(|reason| StoreError::Corrupted(format!("{META_LOG_NAME}: {reason}")))?;
 
-        let replayed = replay(&*file, len, &mut outcome, apply)?;
+        let replayed = replay(&*file, version, len, &mut outcome, apply)?;
         if let Some((at, reason)) = replayed.torn {
             file.set_len(at)
                 .map_err(io(|| format!("truncating {META_LOG_NAME} at {at}")))?;
@@ -299,9 +307,15 @@ impl MetaLog {
                 damaged,
                 sync_failed: false,
                 checkpointed,
+                version,
             },
             outcome,
         ))
+    }
+
+    /// The log's format version (see [`format::META_VERSION`]).
+    pub fn version(&self) -> u8 {
+        self.version
     }
 
     /// Bytes in the log, header included.
@@ -325,7 +339,8 @@ impl MetaLog {
         self.damaged = true;
     }
 
-    /// Replaces the whole log by `records`, atomically: they are written to
+    /// Replaces the whole log by `records`, in the current format version
+    /// (so this is also how an older log is upgraded), atomically: they are written to
     /// [`META_COMPACT_NAME`] and (in the durable modes) fsynced, and only
     /// then is that file renamed over `meta.log` and the directory fsynced.
     /// A crash before the rename leaves the old log in force; after it, the
@@ -354,6 +369,7 @@ impl MetaLog {
         self.file = file;
         self.len = len;
         self.checkpointed = false;
+        self.version = format::META_VERSION;
         if self.durability.fsyncs() {
             if let Err(source) = self.fsyncs.dir(&*self.dir) {
                 // Until the rename is durable a crash may bring the old log
@@ -410,7 +426,13 @@ impl MetaLog {
     pub fn append_all(&mut self, records: &[MetaRecord]) -> Result<(), StoreError> {
         let mut bytes = Vec::new();
         for record in records {
-            bytes.extend_from_slice(&format::encode_meta_record(record));
+            if !format::fields_fit_version(self.version, record) {
+                return Err(StoreError::InvalidArgument(format!(
+                    "external links cannot be stored yet: {META_LOG_NAME} is still format version {} (replay found damage there, so it was not upgraded; see tblob verify)",
+                    self.version
+                )));
+            }
+            bytes.extend_from_slice(&format::encode_meta_record_in(self.version, record));
         }
         let at = self.len;
         if let Err(source) = self.file.write_all_at(&bytes, at) {
@@ -569,8 +591,8 @@ pub struct Catalog {
     /// Commit position of every id ever committed, deleted ones included,
     /// so paging can continue after a deleted id and ids are never reused.
     pub seq_of: HashMap<ArtifactId, u64>,
-    /// Tag -> commit positions of live artifacts carrying it.
-    pub tags: HashMap<String, BTreeSet<u64>>,
+    /// The query indexes over the live artifacts' metadata.
+    pub index: MetaIndex,
     pub logical_bytes: u64,
     /// `wasi:blobstore` containers and object names ([`super::names`]).
     pub names: super::names::Names,
@@ -615,6 +637,45 @@ pub fn snapshot_records(
     std::iter::once(commit).chain(update)
 }
 
+/// Makes the set-valued fields sets: tags, links and external links keep
+/// the first occurrence of each value, in order; custom keys are unique,
+/// each keeping the place of its first occurrence and the value of its
+/// last. Commits and updates are normalized before they are written;
+/// replay normalizes again, since records written by older code may hold
+/// duplicates.
+pub fn normalize_fields(fields: &mut MutableFields) {
+    fn dedup<T: Eq + std::hash::Hash + Clone>(values: &mut Vec<T>) {
+        let mut seen = HashSet::with_capacity(values.len());
+        values.retain(|value| seen.insert(value.clone()));
+    }
+    dedup(&mut fields.tags);
+    dedup(&mut fields.links);
+    dedup(&mut fields.external_links);
+    if duplicate_custom_key(&fields.custom).is_some() {
+        let mut at: HashMap<String, usize> = HashMap::with_capacity(fields.custom.len());
+        let mut unique: Vec<(String, String)> = Vec::with_capacity(fields.custom.len());
+        for (key, value) in std::mem::take(&mut fields.custom) {
+            match at.get(&key) {
+                Some(&i) => unique[i].1 = value,
+                None => {
+                    at.insert(key.clone(), unique.len());
+                    unique.push((key, value));
+                }
+            }
+        }
+        fields.custom = unique;
+    }
+}
+
+/// The first custom key given twice, if any.
+pub fn duplicate_custom_key(custom: &[(String, String)]) -> Option<&str> {
+    let mut seen = HashSet::with_capacity(custom.len());
+    custom
+        .iter()
+        .find(|(key, _)| !seen.insert(key.as_str()))
+        .map(|(key, _)| key.as_str())
+}
+
 impl Catalog {
     /// Adds a committed artifact. The caller adds the chunk references.
     /// Returns false (and changes nothing) if the id was ever used before.
@@ -627,9 +688,7 @@ impl Catalog {
         self.next_seq += 1;
         self.seq_of.insert(id, seq);
         self.order.insert(seq, id);
-        for tag in &meta.tags {
-            self.tags.entry(tag.clone()).or_default().insert(seq);
-        }
+        self.index.add(seq, &meta);
         self.logical_bytes += meta.size;
         self.artifacts.insert(
             id,
@@ -648,40 +707,46 @@ impl Catalog {
     }
 
     /// Removes a live artifact; the caller drops its chunk references.
+    ///
+    /// Links to it are dropped: every live artifact linking to it loses
+    /// that link (its `modified_ms` unchanged), so no link dangles and an
+    /// update passing an artifact's links back unchanged never fails on
+    /// one. Done here, where every delete path (a delete, a name replaced
+    /// or released, replay) ends, so live changes and replay agree.
     pub fn remove(&mut self, id: &ArtifactId) -> Option<Artifact> {
         let artifact = self.artifacts.remove(id)?;
         self.order.remove(&artifact.seq);
-        self.untag(artifact.seq, &artifact.meta.tags);
+        self.index.remove(artifact.seq, &artifact.meta);
         self.logical_bytes -= artifact.meta.size;
+        let key = Key::LinksTo(*id);
+        let sources: Vec<u64> = self
+            .index
+            .postings(&key)
+            .map(|postings| postings.iter().collect())
+            .unwrap_or_default();
+        for seq in sources {
+            let source = self.order[&seq];
+            let source = self.artifacts.get_mut(&source).expect("indexed is live");
+            self.index.remove(seq, &source.meta);
+            source.meta.links.retain(|link| link != id);
+            self.index.add(seq, &source.meta);
+        }
+        assert!(self.index.postings(&key).is_none(), "no link to it is left");
         Some(artifact)
     }
 
-    fn untag(&mut self, seq: u64, tags: &[String]) {
-        for tag in tags {
-            if let Some(seqs) = self.tags.get_mut(tag) {
-                seqs.remove(&seq);
-                if seqs.is_empty() {
-                    self.tags.remove(tag);
-                }
-            }
-        }
-    }
-
-    /// Replaces the mutable metadata of a live artifact.
+    /// Replaces the mutable metadata of a live artifact (normalized: see
+    /// [`normalize_fields`]).
     pub fn update(
         &mut self,
         id: &ArtifactId,
         modified_ms: u64,
-        fields: MutableFields,
+        mut fields: MutableFields,
     ) -> Option<Metadata> {
-        let artifact = self.artifacts.get(id)?;
+        normalize_fields(&mut fields);
+        let artifact = self.artifacts.get_mut(id)?;
         let seq = artifact.seq;
-        let old_tags = artifact.meta.tags.clone();
-        self.untag(seq, &old_tags);
-        for tag in &fields.tags {
-            self.tags.entry(tag.clone()).or_default().insert(seq);
-        }
-        let artifact = self.artifacts.get_mut(id).expect("checked above");
+        self.index.remove(seq, &artifact.meta);
         let meta = &mut artifact.meta;
         meta.filename = fields.filename;
         meta.content_type = fields.content_type;
@@ -692,7 +757,9 @@ impl Catalog {
             .map(ArtifactId::from_bytes)
             .collect();
         meta.custom = fields.custom;
+        meta.external_links = fields.external_links;
         meta.modified_ms = modified_ms;
+        self.index.add(seq, meta);
         Some(meta.clone())
     }
 
@@ -704,6 +771,7 @@ impl Catalog {
             tags: meta.tags.clone(),
             links: meta.links.iter().map(|id| *id.as_bytes()).collect(),
             custom: meta.custom.clone(),
+            external_links: meta.external_links.clone(),
         }
     }
 }

@@ -60,6 +60,7 @@ mod gc;
 mod group;
 mod index;
 mod meta;
+mod meta_index;
 mod names;
 mod policy;
 mod query;
@@ -329,7 +330,7 @@ impl Store {
                 index,
             )
         };
-        let ((segments, scanned), (mut meta_log, replayed)) = if read_only {
+        let ((segments, scanned), (mut meta_log, mut replayed)) = if read_only {
             // The log first: every chunk a commit it holds names was synced
             // into a segment before the commit was appended, so the
             // segments listed after it hold them all.
@@ -360,6 +361,32 @@ impl Store {
         let mut open_stats = scanned.stats;
         if !replay_problems.is_empty() {
             meta_log.mark_damaged();
+        }
+        let mut failed = read_only.then(|| {
+            "opened read-only, as a snapshot beside any writer process; open it again for writing".to_string()
+        });
+        // A log of an older format version is upgraded by rewriting it
+        // whole, as a compaction does (crash-safe: the old log stays in
+        // force until the rename). A damaged one is kept as it is, so its
+        // damage stays on disk to be reported; it is appended to in its
+        // own version, which refuses what that cannot hold.
+        if !read_only && meta_log.version() < format::META_VERSION && !meta_log.damaged() {
+            let from = meta_log.version();
+            if let Err(error) = meta_log.rewrite(gc::Snapshot::of(&catalog).records()) {
+                if meta_log.sync_failed() {
+                    failed = Some(format!(
+                        "an fsync failed ({error}); the store refuses writes until it is reopened"
+                    ));
+                }
+                replayed.problems.push(Problem::new(
+                    ProblemKind::LogNotUpgraded,
+                    format!(
+                        "{}: format version {from} not upgraded to {} ({error}); the next open tries again",
+                        meta::META_LOG_NAME,
+                        format::META_VERSION
+                    ),
+                ));
+            }
         }
         open_stats.meta_records = replayed.records;
         recovery.truncated_bytes += replayed.truncated_bytes;
@@ -405,9 +432,7 @@ impl Store {
                 fsyncs,
                 recovery,
                 open_stats,
-                failed: Mutex::new(read_only.then(|| {
-                    "opened read-only, as a snapshot beside any writer process; open it again for writing".to_string()
-                })),
+                failed: Mutex::new(failed),
                 snapshot: read_only,
                 reserve_present: Mutex::new(reserve_in_place(&*dir)),
                 dir,
@@ -682,6 +707,11 @@ impl Store {
                 fields.links = links.iter().map(|id| *id.as_bytes()).collect();
             }
             if let Some(custom) = change.custom {
+                if let Some(key) = meta::duplicate_custom_key(&custom) {
+                    return Err(invalid(format!(
+                        "artifact {id}: custom key {key:?} given twice"
+                    )));
+                }
                 fields.custom = custom;
             }
             fields.tags.retain(|tag| !change.remove_tags.contains(tag));
@@ -713,11 +743,18 @@ impl Store {
                     None => fields.custom.push((key, value)),
                 }
             }
-            if change.external_links.is_some_and(|links| !links.is_empty())
-                || !change.add_external_links.is_empty()
-            {
-                return Err(invalid("external links are not stored yet".to_string()));
+            if let Some(external_links) = change.external_links {
+                fields.external_links = external_links;
             }
+            fields
+                .external_links
+                .retain(|link| !change.remove_external_links.contains(link));
+            for link in change.add_external_links {
+                if !fields.external_links.contains(&link) {
+                    fields.external_links.push(link);
+                }
+            }
+            meta::normalize_fields(&mut fields);
             format::check_metadata_limits(None, &fields)
                 .map_err(|e| invalid(format!("artifact {id}: {e}")))?;
             (fields, artifact.meta.created_ms)
@@ -791,9 +828,9 @@ impl Store {
         let state = lock(&self.inner.state);
         let catalog = &state.catalog;
         catalog
-            .tags
-            .get(tag)
-            .map(|seqs| seqs.iter().map(|seq| catalog.order[seq]).collect())
+            .index
+            .postings(&meta_index::Key::Tag(tag.to_string()))
+            .map(|seqs| seqs.iter().map(|seq| catalog.order[&seq]).collect())
             .unwrap_or_default()
     }
 
@@ -826,7 +863,8 @@ impl Store {
     }
 
     /// Reads and re-hashes every chunk of artifact `id` and the whole
-    /// content: `Corrupted`, naming the artifact and chunk, on any damage.
+    /// content: `Corrupted`, naming the artifact and chunk, on any damage;
+    /// also `Corrupted` if it links to an artifact that is not live.
     pub fn verify(&self, id: &ArtifactId) -> Result<(), StoreError> {
         let (manifest, digest, size) = {
             let state = lock(&self.inner.state);
@@ -835,6 +873,18 @@ impl Store {
                 .artifacts
                 .get(id)
                 .ok_or_else(|| not_found(id))?;
+            // Deleting an artifact drops the links to it, so a link to
+            // something not live can only come from damage or a bug.
+            if let Some(target) = artifact
+                .meta
+                .links
+                .iter()
+                .find(|target| !state.catalog.artifacts.contains_key(target))
+            {
+                return Err(StoreError::Corrupted(format!(
+                    "artifact {id}: links to artifact {target}, which does not exist"
+                )));
+            }
             (
                 Arc::clone(&artifact.manifest),
                 artifact.meta.digest,
@@ -1167,10 +1217,11 @@ fn apply(catalog: &mut Catalog, index: &mut Index, record: MetaRecord) -> Result
             created_ms,
             chunks,
             creator,
-            fields,
+            mut fields,
             bound,
         } => {
             let id = ArtifactId::from_bytes(id);
+            meta::normalize_fields(&mut fields);
             // Checked before anything changes: a bound commit applies whole
             // or not at all.
             if let Some((container, _)) = &bound {
@@ -1209,9 +1260,7 @@ fn apply(catalog: &mut Catalog, index: &mut Index, record: MetaRecord) -> Result
                     .into_iter()
                     .map(ArtifactId::from_bytes)
                     .collect(),
-                // Not stored yet: refused at put and update until the
-                // metadata format carries them.
-                external_links: Vec::new(),
+                external_links: fields.external_links,
                 custom: fields.custom,
             };
             let manifest = Arc::new(manifest);

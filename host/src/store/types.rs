@@ -521,6 +521,10 @@ pub enum ProblemKind {
     /// A segment with a header that is not ours or from a newer version:
     /// left alone, none of it used.
     ForeignSegment,
+    /// A `meta.log` of an older format version could not be rewritten in
+    /// the current one at open (a full disk, say): it stays in force, in
+    /// its version, and the next open tries again. Nothing is lost.
+    LogNotUpgraded,
 }
 
 impl ProblemKind {
@@ -536,6 +540,7 @@ impl ProblemKind {
                 | ProblemKind::HintNotWritten
                 | ProblemKind::TornRecord
                 | ProblemKind::UnfinishedCompaction
+                | ProblemKind::LogNotUpgraded
         )
     }
 }

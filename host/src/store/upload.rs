@@ -9,8 +9,7 @@ use super::format::{self, MetaRecord, MutableFields, CHUNK_HEADER_BYTES};
 use super::index::Location;
 use super::{
     check_links, group, invalid, lock, now_ms, ArtifactId, ChunkRef, Hash, NewMetadata, QuotaLimit,
-    Store, StoreError, CHUNK_BYTES_MAX, LINKS_MAX, MANIFEST_CHUNKS_MAX, MISSING_BATCH_MAX,
-    UPLOAD_PINS_MAX,
+    Store, StoreError, CHUNK_BYTES_MAX, MANIFEST_CHUNKS_MAX, MISSING_BATCH_MAX, UPLOAD_PINS_MAX,
 };
 
 /// An upload in progress: puts chunks, pins chunks already stored, then
@@ -394,22 +393,24 @@ impl Upload {
                 chunks.len()
             )));
         }
-        if meta.links.len() > LINKS_MAX {
-            return Err(invalid(format!(
-                "{} links, at most {LINKS_MAX}",
-                meta.links.len()
-            )));
+        if let Some(key) = super::meta::duplicate_custom_key(&meta.custom) {
+            return Err(invalid(format!("custom key {key:?} given twice")));
         }
-        if !meta.external_links.is_empty() {
-            return Err(invalid("external links are not stored yet".to_string()));
-        }
-        let fields = MutableFields {
+        let mut fields = MutableFields {
             filename: meta.filename,
             content_type: meta.content_type,
             tags: meta.tags,
             links: meta.links.iter().map(|id| *id.as_bytes()).collect(),
             custom: meta.custom,
+            external_links: meta.external_links,
         };
+        // Sets: a tag, link or external link given twice is stored once.
+        super::meta::normalize_fields(&mut fields);
+        let links: Vec<ArtifactId> = fields
+            .links
+            .iter()
+            .map(|id| ArtifactId::from_bytes(*id))
+            .collect();
         format::check_metadata_limits(meta.creator.as_deref(), &fields).map_err(invalid)?;
         for (i, chunk) in chunks.iter().enumerate() {
             if !self.pinned.contains(&chunk.digest) {
@@ -448,7 +449,7 @@ impl Upload {
                         .exceeded(format_args!("an artifact of {size} bytes, at most {max}")));
                 }
             }
-            check_links(&state.catalog, &meta.links)?;
+            check_links(&state.catalog, &links)?;
         }
 
         // The whole-content digest: hashed as the chunks went by, or read
@@ -486,7 +487,7 @@ impl Upload {
         // The artifact count and the bytes its record costs are checked by
         // the commit leader, atomically with the append (see `group`).
         // One commit path for every mode: a batch (of one, under `Sync`).
-        group::commit(&self.store, record, meta.links)
+        group::commit(&self.store, record, links)
     }
 
     fn release_pins(&mut self) {
