@@ -529,20 +529,29 @@ fn run(cli: Cli) -> Result<u8> {
             }
             // Checked before the verdict: an unknown or malformed id is an
             // error (exit 2), not damage.
-            let (checked, damaged) = match id {
+            let (checked, damaged, dangling) = match id {
                 Some(id) => {
                     let id: ArtifactId = id.parse()?;
                     match store.verify(&id) {
-                        Ok(()) => (1, Vec::new()),
+                        Ok(()) => (1, Vec::new(), Vec::new()),
                         Err(e @ StoreError::NotFound(_)) => return Err(e.into()),
-                        Err(e) => (1, vec![(id, e.to_string())]),
+                        Err(e) => (1, vec![(id, e.to_string())], Vec::new()),
                     }
                 }
                 None => {
                     let report = store.verify_all();
-                    (report.artifacts_checked, report.damaged)
+                    (
+                        report.artifacts_checked,
+                        report.damaged,
+                        report.dangling_links,
+                    )
                 }
             };
+            // Only damage to meta.log leaves one (a delete drops the links
+            // to what it deletes); the artifact's bytes are whole.
+            for (id, target) in &dangling {
+                eprintln!("tblob: {id}: links to {target}, which is not in the store");
+            }
             for (id, why) in &damaged {
                 println!("{id}");
                 eprintln!("tblob: {id}: {}", escape(why, false));
@@ -552,11 +561,13 @@ fn run(cli: Cli) -> Result<u8> {
                 damaged.len(),
                 store_damage.len()
             );
-            Ok(if damaged.is_empty() && store_damage.is_empty() {
-                0
-            } else {
-                1
-            })
+            Ok(
+                if damaged.is_empty() && dangling.is_empty() && store_damage.is_empty() {
+                    0
+                } else {
+                    1
+                },
+            )
         }
         Command::Gc => {
             let report = runtime.tenant_store(tenant)?.gc()?;

@@ -31,7 +31,7 @@ pub enum Key {
     Creator(String),
     Filename(String),
     /// The artifact has a custom pair with this key.
-    CustomKey(String),
+    CustomName(String),
     /// The artifact has this custom pair (key, value).
     Custom(String, String),
 }
@@ -52,13 +52,6 @@ impl Postings {
         match self {
             Postings::One(_) => 1,
             Postings::Many(set) => set.len(),
-        }
-    }
-
-    pub fn contains(&self, seq: u64) -> bool {
-        match self {
-            Postings::One(one) => *one == seq,
-            Postings::Many(set) => set.contains(&seq),
         }
     }
 
@@ -153,7 +146,7 @@ fn keys(meta: &Metadata) -> impl Iterator<Item = Key> + '_ {
     let filename = meta.filename.iter().cloned().map(Key::Filename);
     let custom = meta.custom.iter().flat_map(|(key, value)| {
         [
-            Key::CustomKey(key.clone()),
+            Key::CustomName(key.clone()),
             Key::Custom(key.clone(), value.clone()),
         ]
     });
@@ -221,21 +214,25 @@ impl MetaIndex {
     }
 
     /// Positions of the artifacts whose filename starts with `prefix`,
-    /// ascending. O(matches · log matches).
-    pub fn filename_prefix(&self, prefix: &str) -> Vec<u64> {
+    /// ascending; at most `max` of them (then some are left out: the caller
+    /// only asks to learn whether the set is small). O(n · log n) for the n
+    /// returned.
+    pub fn filename_prefix(&self, prefix: &str, max: usize) -> Vec<u64> {
         let mut seqs: Vec<u64> = self
             .filenames
             .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(|(name, _)| name.as_bytes().starts_with(prefix.as_bytes()))
             .flat_map(|(_, postings)| postings.iter())
+            .take(max)
             .collect();
         seqs.sort_unstable();
         seqs
     }
 
     /// Positions of the artifacts created (or, with `modified`, last
-    /// modified) in `from_ms..to_ms`, ascending. O(matches · log matches).
-    pub fn time_range(&self, modified: bool, from_ms: u64, to_ms: u64) -> Vec<u64> {
+    /// modified) in `from_ms..to_ms`, ascending; at most `max` of them, as
+    /// for [`Self::filename_prefix`].
+    pub fn time_range(&self, modified: bool, from_ms: u64, to_ms: u64, max: usize) -> Vec<u64> {
         if from_ms >= to_ms {
             return Vec::new();
         }
@@ -247,13 +244,14 @@ impl MetaIndex {
         let mut seqs: Vec<u64> = times
             .range((from_ms, 0)..(to_ms, 0))
             .map(|&(_, seq)| seq)
+            .take(max)
             .collect();
         seqs.sort_unstable();
         seqs
     }
 
-    /// Counts for tests and memory figures: (exact keys, filenames,
-    /// postings in all).
+    /// Counts for tests: (exact keys, filenames, postings in all).
+    #[cfg(test)]
     pub fn sizes(&self) -> (usize, usize, usize) {
         let postings = self
             .exact
@@ -277,11 +275,15 @@ mod tests {
         postings.insert(5);
         assert_eq!(postings.iter().collect::<Vec<_>>(), [2, 5, 9]);
         assert_eq!(
-            postings.walk(Some(5), Order::OldestFirst).collect::<Vec<_>>(),
+            postings
+                .walk(Some(5), Order::OldestFirst)
+                .collect::<Vec<_>>(),
             [9]
         );
         assert_eq!(
-            postings.walk(Some(9), Order::NewestFirst).collect::<Vec<_>>(),
+            postings
+                .walk(Some(9), Order::NewestFirst)
+                .collect::<Vec<_>>(),
             [5, 2]
         );
         assert!(!postings.remove(5));
@@ -293,7 +295,9 @@ mod tests {
             "nothing after the cursor"
         );
         assert_eq!(
-            postings.walk(Some(10), Order::NewestFirst).collect::<Vec<_>>(),
+            postings
+                .walk(Some(10), Order::NewestFirst)
+                .collect::<Vec<_>>(),
             [9]
         );
         assert!(postings.remove(9));

@@ -850,6 +850,8 @@ impl Store {
             garbage_chunks,
             garbage_bytes,
             dead_bytes: disk_bytes.saturating_sub(header_bytes + live_record_bytes),
+            live_bytes: live_record_bytes,
+            segments: state.segments.segments.len() as u64,
         }
     }
 
@@ -863,8 +865,8 @@ impl Store {
     }
 
     /// Reads and re-hashes every chunk of artifact `id` and the whole
-    /// content: `Corrupted`, naming the artifact and chunk, on any damage;
-    /// also `Corrupted` if it links to an artifact that is not live.
+    /// content: `Corrupted`, naming the artifact and chunk, on any damage.
+    /// Its links are [`Store::verify_all`]'s to check.
     pub fn verify(&self, id: &ArtifactId) -> Result<(), StoreError> {
         let (manifest, digest, size) = {
             let state = lock(&self.inner.state);
@@ -873,18 +875,6 @@ impl Store {
                 .artifacts
                 .get(id)
                 .ok_or_else(|| not_found(id))?;
-            // Deleting an artifact drops the links to it, so a link to
-            // something not live can only come from damage or a bug.
-            if let Some(target) = artifact
-                .meta
-                .links
-                .iter()
-                .find(|target| !state.catalog.artifacts.contains_key(target))
-            {
-                return Err(StoreError::Corrupted(format!(
-                    "artifact {id}: links to artifact {target}, which does not exist"
-                )));
-            }
             (
                 Arc::clone(&artifact.manifest),
                 artifact.meta.digest,
@@ -918,10 +908,25 @@ impl Store {
         Ok(())
     }
 
-    /// [`Store::verify`] of every artifact.
+    /// [`Store::verify`] of every artifact, and a check that every link
+    /// is to a live artifact.
     pub fn verify_all(&self) -> VerifyReport {
         let mut report = VerifyReport::default();
         for id in self.ids() {
+            {
+                let state = lock(&self.inner.state);
+                let catalog = &state.catalog;
+                if let Some(artifact) = catalog.artifacts.get(&id) {
+                    let dangling = artifact
+                        .meta
+                        .links
+                        .iter()
+                        .filter(|target| !catalog.artifacts.contains_key(target));
+                    report
+                        .dangling_links
+                        .extend(dangling.map(|target| (id, *target)));
+                }
+            }
             match self.verify(&id) {
                 Ok(()) => report.artifacts_checked += 1,
                 // Deleted while we were verifying.

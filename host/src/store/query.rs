@@ -1,16 +1,19 @@
 //! Metadata queries ([`Store::query`]).
 //!
-//! This first version scans the live artifacts in commit order and tests
-//! each against every condition: correct, and the reference the indexed
-//! version is checked against, but linear in the number of artifacts.
-
-use std::ops::Bound;
+//! Candidates come from the smallest set one condition names in the
+//! catalog's indexes ([`super::meta_index`]): a posting set, the links of a
+//! `LinkedFrom` source, or a narrow filename-prefix or time range; with
+//! none of those the live artifacts are walked in commit order. Every
+//! condition is then checked on each candidate's metadata, so the indexes
+//! decide the speed, never the result (the scan is the reference the tests
+//! hold them to).
 
 use super::format::{
     CUSTOM_KEY_BYTES_MAX, CUSTOM_VALUE_BYTES_MAX, EXTERNAL_LINK_BYTES_MAX, QUERY_CONDITIONS_MAX,
     QUERY_PAGE_MAX, STRING_BYTES_MAX, TAG_BYTES_MAX,
 };
 use super::meta::Catalog;
+use super::meta_index::{beyond, range_after, Key, Postings};
 use super::types::{Condition, Metadata, Order, Query, QueryPage};
 use super::{invalid, lock, not_found, Store, StoreError};
 
@@ -71,6 +74,96 @@ pub fn check_query(query: &Query) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Largest filename-prefix or time-range match set materialized to drive a
+/// query; a wider one is left to a walk in commit order, where dense
+/// matches fill a page quickly.
+const RANGE_DRIVER_MAX: usize = 4096;
+
+/// Where a query's candidates come from: the smallest set any one
+/// condition names, walked in the query's order; every condition is then
+/// checked on each candidate, so the choice changes speed, never results.
+enum Driver<'a> {
+    /// Some condition matches nothing.
+    Empty,
+    Postings(&'a Postings),
+    /// Ascending commit positions.
+    Seqs(Vec<u64>),
+    /// No condition narrows the set: walk every live artifact.
+    All,
+}
+
+impl Driver<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Driver::Empty => 0,
+            Driver::Postings(postings) => postings.len(),
+            Driver::Seqs(seqs) => seqs.len(),
+            Driver::All => usize::MAX,
+        }
+    }
+}
+
+/// The candidate set `condition` alone gives, if it can be had cheaply.
+fn driver_of<'a>(catalog: &'a Catalog, condition: &Condition) -> Driver<'a> {
+    let key = match condition {
+        Condition::Tag(tag) => Key::Tag(tag.clone()),
+        Condition::LinksTo(target) => Key::LinksTo(*target),
+        Condition::LinksToExternal(entity) => Key::External(entity.clone()),
+        Condition::ContentType(value) => Key::ContentType(value.clone()),
+        Condition::Creator(value) => Key::Creator(value.clone()),
+        Condition::Filename(value) => Key::Filename(value.clone()),
+        Condition::CustomKey(key) => Key::CustomName(key.clone()),
+        Condition::Custom(key, value) => Key::Custom(key.clone(), value.clone()),
+        Condition::LinkedFrom(source) => {
+            let Some(source) = catalog.artifacts.get(source) else {
+                return Driver::Empty;
+            };
+            // Links are to live artifacts only (a delete drops them).
+            let mut seqs: Vec<u64> = source
+                .meta
+                .links
+                .iter()
+                .filter(|id| catalog.artifacts.contains_key(id))
+                .filter_map(|id| catalog.seq_of.get(id).copied())
+                .collect();
+            seqs.sort_unstable();
+            return Driver::Seqs(seqs);
+        }
+        Condition::FilenamePrefix(prefix) => {
+            return bounded(catalog.index.filename_prefix(prefix, RANGE_DRIVER_MAX + 1));
+        }
+        Condition::Created(range) => {
+            return bounded(catalog.index.time_range(
+                false,
+                range.from_ms,
+                range.to_ms,
+                RANGE_DRIVER_MAX + 1,
+            ));
+        }
+        Condition::Modified(range) => {
+            return bounded(catalog.index.time_range(
+                true,
+                range.from_ms,
+                range.to_ms,
+                RANGE_DRIVER_MAX + 1,
+            ));
+        }
+    };
+    match catalog.index.postings(&key) {
+        Some(postings) => Driver::Postings(postings),
+        None => Driver::Empty,
+    }
+}
+
+/// A range's matches as a driver, unless there were too many to collect.
+fn bounded<'a>(seqs: Vec<u64>) -> Driver<'a> {
+    match seqs.len() {
+        0 => Driver::Empty,
+        n if n > RANGE_DRIVER_MAX => Driver::All,
+        _ => Driver::Seqs(seqs),
+    }
+}
+
 /// Whether `meta` meets `condition`.
 fn meets(catalog: &Catalog, meta: &Metadata, condition: &Condition) -> bool {
     match condition {
@@ -104,6 +197,17 @@ impl Store {
     /// skipped or repeated. Errors: `InvalidArgument` for a limit or
     /// condition over its bound, `NotFound` for an `after` never committed.
     pub fn query(&self, query: &Query) -> Result<QueryPage, StoreError> {
+        self.query_with(query, false)
+    }
+
+    /// [`Self::query`] by a walk of every live artifact, indexes unused:
+    /// the reference the indexed answers are tested against.
+    #[cfg(test)]
+    pub(crate) fn query_by_scan(&self, query: &Query) -> Result<QueryPage, StoreError> {
+        self.query_with(query, true)
+    }
+
+    fn query_with(&self, query: &Query, scan: bool) -> Result<QueryPage, StoreError> {
         check_query(query)?;
         let state = lock(&self.inner.state);
         let catalog = &state.catalog;
@@ -114,16 +218,38 @@ impl Store {
                 None => return Err(not_found(after)),
             },
         };
-        let range = match (query.order, after) {
-            (_, None) => (Bound::Unbounded, Bound::Unbounded),
-            (Order::OldestFirst, Some(seq)) => (Bound::Excluded(seq), Bound::Unbounded),
-            (Order::NewestFirst, Some(seq)) => (Bound::Unbounded, Bound::Excluded(seq)),
+        let mut driver = Driver::All;
+        for condition in query.conditions.iter().filter(|_| !scan) {
+            let candidate = driver_of(catalog, condition);
+            if candidate.len() < driver.len() {
+                driver = candidate;
+            }
+            if driver.len() == 0 {
+                break;
+            }
+        }
+        let order = query.order;
+        let seqs: Box<dyn Iterator<Item = u64> + '_> = match &driver {
+            Driver::Empty => Box::new(std::iter::empty()),
+            Driver::Postings(postings) => postings.walk(after, order),
+            Driver::Seqs(seqs) => {
+                let seqs = seqs.iter().copied();
+                match order {
+                    Order::OldestFirst => Box::new(seqs.filter(move |&s| beyond(s, after, order))),
+                    Order::NewestFirst => {
+                        Box::new(seqs.rev().filter(move |&s| beyond(s, after, order)))
+                    }
+                }
+            }
+            Driver::All => {
+                let range = catalog.order.range(range_after(after, order));
+                match order {
+                    Order::OldestFirst => Box::new(range.map(|(&seq, _)| seq)),
+                    Order::NewestFirst => Box::new(range.rev().map(|(&seq, _)| seq)),
+                }
+            }
         };
-        let candidates = catalog.order.range(range).map(|(_, id)| id);
-        let candidates: Box<dyn Iterator<Item = &_>> = match query.order {
-            Order::OldestFirst => Box::new(candidates),
-            Order::NewestFirst => Box::new(candidates.rev()),
-        };
+        let candidates = seqs.map(|seq| &catalog.order[&seq]);
         let mut ids = Vec::new();
         let mut more = false;
         for id in candidates {

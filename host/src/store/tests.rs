@@ -1659,6 +1659,16 @@ fn every_stats_field_falls_on_delete_and_gc() {
         "the deleted artifact's own chunks are pending garbage"
     );
     assert!(after_first.dead_bytes >= 20 * (4000 + format::CHUNK_HEADER_BYTES));
+    let headers = |stats: &Stats| stats.segments * format::SEGMENT_HEADER_BYTES;
+    assert_eq!(
+        after_first.live_bytes + after_first.dead_bytes + headers(&after_first),
+        after_first.disk_bytes,
+        "live, dead and header bytes make up the disk bytes"
+    );
+    assert_eq!(
+        after_first.live_bytes,
+        13 * (4000 + format::CHUNK_HEADER_BYTES)
+    );
     store.gc().unwrap();
     let collected = store.stats();
     let space = |stats: Stats| Stats {
@@ -1666,11 +1676,16 @@ fn every_stats_field_falls_on_delete_and_gc() {
         garbage_chunks: 0,
         garbage_bytes: 0,
         dead_bytes: 0,
+        segments: 0,
         ..stats
     };
     assert_eq!(space(collected), space(after_first));
     store.check_gc_accounting().unwrap();
     assert!(collected.disk_bytes < full.disk_bytes, "{collected:?}");
+    assert_eq!(
+        collected.live_bytes + collected.dead_bytes + headers(&collected),
+        collected.disk_bytes
+    );
     assert_eq!(get(&store, &second_id).unwrap(), second);
     drop(store);
     let store = open(&dir, options.clone());
@@ -1892,6 +1907,8 @@ fn payloads_cannot_forge_record_headers_for_recovery_to_pick_up() {
 mod gc_tests;
 /// The wasi:blobstore name index (issue 9).
 mod names_tests;
+/// Metadata queries against a model (issue 10).
+mod query_model_tests;
 /// Metadata queries (issue 10).
 mod query_tests;
 /// Per-tenant quotas and the policy file (issue 8).

@@ -267,7 +267,10 @@ pub struct Query {
     pub conditions: Vec<Condition>,
     pub order: Order,
     /// Continue after this id (the previous page's `next`). It may have
-    /// been deleted since; an id this store never committed is `NotFound`.
+    /// been deleted since. `NotFound` for an id the store does not know:
+    /// never committed, or deleted and then forgotten (a compaction of
+    /// `meta.log` keeps only live artifacts, so after one and a reopen the
+    /// position of an id deleted before it is gone; start the walk again).
     pub after: Option<ArtifactId>,
     pub limit: usize,
 }
@@ -304,6 +307,12 @@ pub struct Stats {
     /// second copies, damaged and torn records (segment headers excluded).
     /// What GC could give back if it compacted every segment.
     pub dead_bytes: u64,
+    /// Disk bytes of the records of referenced or pinned chunks, their
+    /// headers included: with `dead_bytes` and the segment headers, all of
+    /// `disk_bytes`.
+    pub live_bytes: u64,
+    /// Segment files, the active one included.
+    pub segments: u64,
 }
 
 /// When the store forces data to stable storage.
@@ -569,6 +578,12 @@ pub struct VerifyReport {
     pub artifacts_checked: u64,
     /// Each damaged artifact with what is wrong with it.
     pub damaged: Vec<(ArtifactId, String)>,
+    /// (artifact, target) for each link to an artifact that is not live.
+    /// A delete drops the links to what it deletes, so one can only come
+    /// from damage (the target's commit lost from `meta.log`); the
+    /// artifact's own bytes are not affected, and an incremental update
+    /// (`remove_links`) can drop it.
+    pub dangling_links: Vec<(ArtifactId, ArtifactId)>,
 }
 
 /// When and how much garbage collection does, for
