@@ -21,9 +21,11 @@ from wit_world.imports import blobs
 from wit_world.imports.tensor_blob_types import (
     Error_InvalidArgument,
     Error_NotFound,
+    Condition_Tag,
     KeyValue,
     MetadataUpdate,
     PutOptions,
+    Query,
 )
 
 # Writes and reads go in pieces of this size. componentize-py keeps every
@@ -39,6 +41,7 @@ def options(**fields) -> PutOptions:
         creator=None,
         tags=[],
         links=[],
+        external_links=[],
         custom=[],
         chunking=None,
     )
@@ -87,10 +90,26 @@ def metadata_round_trip() -> None:
     updated = blobs.update(
         second,
         MetadataUpdate(
-            filename=None, content_type=None, tags=["renamed"], links=None, custom=None
+            filename=None,
+            content_type=None,
+            tags=["renamed"],
+            links=None,
+            external_links=None,
+            custom=None,
+            remove_tags=[],
+            add_tags=["checked"],
+            remove_links=[],
+            add_links=[],
+            remove_external_links=[],
+            add_external_links=[],
+            unset_custom=[],
+            set_custom=[],
         ),
     )
-    check(updated.tags == ["renamed"], f"updated tags {updated.tags}")
+    check(sorted(updated.tags) == ["checked", "renamed"], f"updated tags {updated.tags}")
+    # A query: newest first, one page, answered by the host.
+    page = blobs.query(Query([Condition_Tag("checked")], True, None, 10))
+    check(page.ids == [second] and page.next is None, f"query {page.ids} {page.next}")
     print(f"linked {second} -> {first}; chunks {stats.chunks}, artifacts {stats.artifacts}")
 
     # Errors come back typed.

@@ -3,6 +3,7 @@
 //! same runtime a platform embeds (plugins included). This file doubles as
 //! the documented example of writing a test against tensor-blob.
 
+use tensor_blob_host::runtime::metadata;
 use tensor_blob_host::runtime::plugin::{Plugin, PluginOptions};
 use tensor_blob_host::runtime::PutOptions;
 use tensor_blob_host::testing::TempStore;
@@ -35,7 +36,7 @@ fn sandboxes_are_isolated_and_clean_up() {
         .put(b"first", &PutOptions::default())
         .unwrap();
     let mut in_second = second.chunker("default").unwrap();
-    assert!(!in_second.exists(&in_first).unwrap());
+    assert!(!metadata::exists(in_second.store(), &in_first).unwrap());
     let kept = in_second.put(b"second", &PutOptions::default()).unwrap();
 
     let path = first.path().to_path_buf();
@@ -57,8 +58,8 @@ fn fresh_tenants_in_one_sandbox_are_isolated() {
         .unwrap()
         .put(b"mine", &PutOptions::default())
         .unwrap();
-    let mut other = sandbox.chunker(&b).unwrap();
-    assert!(!other.exists(&id).unwrap());
+    let other = sandbox.chunker(&b).unwrap();
+    assert!(!metadata::exists(other.store(), &id).unwrap());
     assert_eq!(sandbox.store(&b).unwrap().stats().artifacts, 0);
 }
 

@@ -7,6 +7,7 @@
 //! variable signalled after each pass) with deadlines; no sleeps.
 
 use std::time::Duration;
+use tensor_blob_host::runtime::metadata;
 
 use tensor_blob_host::runtime::{BlobError, WitError};
 use tensor_blob_host::store::{Durability, GcPolicy, StoreOptions};
@@ -61,7 +62,7 @@ fn background_gc_reclaims_space_with_no_manual_call_and_stops_with_its_runtime()
         .collect();
     for (i, id) in ids.iter().enumerate() {
         if i % 4 != 0 {
-            chunker.delete(id).unwrap();
+            metadata::delete(chunker.store(), id).unwrap();
         }
     }
     let store = runtime.tenant_store("default").unwrap();
@@ -135,7 +136,7 @@ fn a_reader_of_an_artifact_deleted_and_collected_gets_right_bytes_or_not_found()
     let first = chunker.reader_read(&reader, 64 << 10).unwrap();
     assert_eq!(first, doomed[..64 << 10]);
     let mut other = runtime.chunker("default").unwrap();
-    other.delete(&id).unwrap();
+    metadata::delete(other.store(), &id).unwrap();
     let store = runtime.tenant_store("default").unwrap();
     let status = runtime
         .maintenance()

@@ -8,6 +8,7 @@
 //! round-trips and its recorded digest is the BLAKE3 of its bytes.
 
 use crate::common::{data, fixed, options, TestStore};
+use tensor_blob_host::runtime::metadata;
 
 const BLOCK: usize = 4096;
 
@@ -25,7 +26,7 @@ fn put_and_check(
     options: &tensor_blob_host::runtime::PutOptions,
 ) -> String {
     let id = chunker.put(bytes, options).unwrap();
-    let meta = chunker.stat(&id).unwrap();
+    let meta = metadata::stat(chunker.store(), &id).unwrap();
     assert_eq!(meta.size, bytes.len() as u64);
     assert_eq!(meta.digest, blake3::hash(bytes).as_bytes().to_vec());
     assert!(

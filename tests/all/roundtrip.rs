@@ -3,6 +3,7 @@
 //! Method: put through the real chunker, read back, compare bytes and
 //! BLAKE3 digests; sizes at and around chunk boundaries, 0 B and 256 MiB.
 
+use tensor_blob_host::runtime::metadata;
 use tensor_blob_host::runtime::{BlobError, WitError};
 
 use crate::common::{self, data, fixed, options, HashSink, PseudoRandom, TestStore};
@@ -13,11 +14,14 @@ fn empty_artifact_is_stored_listed_and_read_back_empty() {
     let mut chunker = store.runtime.chunker("default").unwrap();
     let id = chunker.put(&[], &options()).unwrap();
     assert_eq!(chunker.get(&id).unwrap(), Vec::<u8>::new());
-    let meta = chunker.stat(&id).unwrap();
+    let meta = metadata::stat(chunker.store(), &id).unwrap();
     assert_eq!(meta.size, 0);
     assert_eq!(meta.chunk_count, 0);
     assert_eq!(meta.digest, blake3::hash(b"").as_bytes().to_vec());
-    assert_eq!(chunker.list(None, 100).unwrap(), vec![id.clone()]);
+    assert_eq!(
+        metadata::list(chunker.store(), None, 100).unwrap(),
+        vec![id.clone()]
+    );
     let mut sink = HashSink::default();
     assert_eq!(chunker.get_into(&id, &mut sink, &mut |_| {}).unwrap(), 0);
 }
@@ -44,7 +48,7 @@ fn sizes_around_chunk_boundaries_round_trip() {
         let id = chunker.put(&bytes, &fixed(chunk as u32)).unwrap();
         let back = chunker.get(&id).unwrap();
         assert_eq!(back, bytes, "fixed chunking, {len} bytes");
-        let meta = chunker.stat(&id).unwrap();
+        let meta = metadata::stat(chunker.store(), &id).unwrap();
         assert_eq!(meta.size, len as u64);
         assert_eq!(meta.chunk_count, len.div_ceil(chunk) as u64, "{len} bytes");
         assert_eq!(meta.digest, blake3::hash(&bytes).as_bytes().to_vec());
@@ -75,7 +79,7 @@ fn streaming_writes_of_odd_sizes_match_one_shot_chunking() {
     let mut chunker = store.runtime.chunker("default").unwrap();
     let bytes = data(5 << 20, 7);
     let one = chunker.put(&bytes, &options()).unwrap();
-    let physical = chunker.stats().unwrap().physical_bytes;
+    let physical = metadata::stats(chunker.store()).physical_bytes;
     let writer = chunker.create_writer(&options()).unwrap();
     let mut offset = 0;
     let mut step = 1;
@@ -87,11 +91,14 @@ fn streaming_writes_of_odd_sizes_match_one_shot_chunking() {
     }
     let two = chunker.writer_finish(&writer).unwrap();
     chunker.release(writer).unwrap();
-    let (a, b) = (chunker.stat(&one).unwrap(), chunker.stat(&two).unwrap());
+    let (a, b) = (
+        metadata::stat(chunker.store(), &one).unwrap(),
+        metadata::stat(chunker.store(), &two).unwrap(),
+    );
     assert_eq!(a.digest, b.digest);
     assert_eq!(a.chunk_count, b.chunk_count);
     assert_eq!(
-        chunker.stats().unwrap().physical_bytes,
+        metadata::stats(chunker.store()).physical_bytes,
         physical,
         "no new chunk bytes"
     );
@@ -125,7 +132,7 @@ fn range_reads_return_the_right_slice() {
 fn inline_get_over_the_limit_is_too_large_and_reader_still_works() {
     let store = TestStore::unsynced();
     let mut chunker = store.runtime.chunker("default").unwrap();
-    let limit = chunker.inline_bytes_max().unwrap();
+    let limit = chunker.inline_bytes_max();
     let mut source = PseudoRandom::new(9, limit + 1);
     let id = chunker
         .put_from(&mut source, &options(), &mut |_| {})
@@ -151,7 +158,7 @@ fn artifact_of_256_mib_round_trips_streaming() {
     let id = chunker
         .put_from(&mut PseudoRandom::new(256, len), &options(), &mut |_| {})
         .unwrap();
-    let meta = chunker.stat(&id).unwrap();
+    let meta = metadata::stat(chunker.store(), &id).unwrap();
     assert_eq!(meta.size, len);
     assert_eq!(meta.digest, expected.hasher.finalize().as_bytes().to_vec());
     let mut back = HashSink::default();
@@ -175,11 +182,14 @@ fn metadata_tags_links_and_custom_pairs_are_kept_and_updatable() {
         value: "7".into(),
     }];
     let id = chunker.put(b"derived", &opts).unwrap();
-    assert_eq!(chunker.find_by_tag("model").unwrap(), vec![id.clone()]);
+    assert_eq!(
+        metadata::find_by_tag(chunker.store(), "model").unwrap(),
+        vec![id.clone()]
+    );
     drop(chunker);
     store.reopen();
     let mut chunker = store.runtime.chunker("default").unwrap();
-    let meta = chunker.stat(&id).unwrap();
+    let meta = metadata::stat(chunker.store(), &id).unwrap();
     assert_eq!(meta.filename.as_deref(), Some("model.bin"));
     assert_eq!(meta.tags, vec!["v2".to_string(), "model".to_string()]);
     assert_eq!(meta.links, vec![base.clone()]);
@@ -190,11 +200,14 @@ fn metadata_tags_links_and_custom_pairs_are_kept_and_updatable() {
         tags: Some(vec!["released".into()]),
         links: None,
         custom: None,
+        ..Default::default()
     };
-    let updated = chunker.update(&id, &change).unwrap();
+    let updated = metadata::update(chunker.store(), &id, change).unwrap();
     assert_eq!(updated.filename, None);
     assert_eq!(updated.tags, vec!["released".to_string()]);
-    assert!(chunker.find_by_tag("model").unwrap().is_empty());
+    assert!(metadata::find_by_tag(chunker.store(), "model")
+        .unwrap()
+        .is_empty());
     // A link to an artifact that does not exist is refused.
     let mut bad = options();
     bad.links = vec!["0".repeat(32)];
@@ -219,7 +232,7 @@ fn bad_arguments_get_typed_errors() {
         Err(BlobError::Blob(WitError::NotFound(_)))
     ));
     assert!(matches!(
-        chunker.delete(&"a".repeat(32)),
+        metadata::delete(chunker.store(), &"a".repeat(32)),
         Err(BlobError::Blob(WitError::NotFound(_)))
     ));
     assert!(matches!(

@@ -3,6 +3,7 @@
 //! Method: put overlapping content, delete some, check the rest byte for
 //! byte and the store's physical totals.
 
+use tensor_blob_host::runtime::metadata;
 use tensor_blob_host::runtime::{BlobError, WitError};
 
 use crate::common::{data, fixed, options, TestStore};
@@ -13,9 +14,9 @@ fn same_content_twice_adds_no_chunk_bytes() {
     let mut chunker = store.runtime.chunker("default").unwrap();
     let bytes = data(2 << 20, 1);
     let a = chunker.put(&bytes, &options()).unwrap();
-    let after_first = chunker.stats().unwrap();
+    let after_first = metadata::stats(chunker.store());
     let b = chunker.put(&bytes, &options()).unwrap();
-    let after_second = chunker.stats().unwrap();
+    let after_second = metadata::stats(chunker.store());
     assert_ne!(a, b, "each put is its own artifact");
     assert_eq!(after_second.physical_bytes, after_first.physical_bytes);
     assert_eq!(after_second.disk_bytes, after_first.disk_bytes);
@@ -35,14 +36,14 @@ fn deleting_one_of_two_sharing_artifacts_keeps_the_other() {
     second.extend_from_slice(&data(100_000, 3));
     let a = chunker.put(&shared, &fixed(4096)).unwrap();
     let b = chunker.put(&second, &fixed(4096)).unwrap();
-    chunker.delete(&a).unwrap();
-    assert!(!chunker.exists(&a).unwrap());
+    metadata::delete(chunker.store(), &a).unwrap();
+    assert!(!metadata::exists(chunker.store(), &a).unwrap());
     assert!(matches!(
         chunker.get(&a),
         Err(BlobError::Blob(WitError::NotFound(_)))
     ));
     assert_eq!(chunker.get(&b).unwrap(), second);
-    let stats = chunker.stats().unwrap();
+    let stats = metadata::stats(chunker.store());
     assert_eq!(stats.artifacts, 1);
     assert_eq!(stats.logical_bytes, second.len() as u64);
     assert!(stats.physical_bytes >= second.len() as u64);
@@ -63,7 +64,7 @@ fn content_deleted_then_put_again_reads_back() {
     let mut chunker = store.runtime.chunker("default").unwrap();
     let bytes = data(600_000, 4);
     let a = chunker.put(&bytes, &options()).unwrap();
-    chunker.delete(&a).unwrap();
+    metadata::delete(chunker.store(), &a).unwrap();
     store.runtime.tenant_store("default").unwrap().gc().unwrap();
     let b = chunker.put(&bytes, &options()).unwrap();
     assert_eq!(chunker.get(&b).unwrap(), bytes);
@@ -99,11 +100,14 @@ fn concurrent_identical_puts_keep_every_reference() {
     });
     let mut chunker = store.runtime.chunker("default").unwrap();
     for id in &ids[..3] {
-        chunker.delete(id).unwrap();
+        metadata::delete(chunker.store(), id).unwrap();
     }
     store.runtime.tenant_store("default").unwrap().gc().unwrap();
     assert_eq!(chunker.get(&ids[3]).unwrap(), bytes);
-    assert_eq!(chunker.stats().unwrap().physical_bytes, bytes.len() as u64);
+    assert_eq!(
+        metadata::stats(chunker.store()).physical_bytes,
+        bytes.len() as u64
+    );
 }
 
 #[test]
@@ -112,20 +116,20 @@ fn tenants_cannot_see_or_touch_each_other() {
     let mut alice = store.runtime.chunker("alice").unwrap();
     let mut bob = store.runtime.chunker("bob").unwrap();
     let id = alice.put(b"alice's secret", &options()).unwrap();
-    assert!(!bob.exists(&id).unwrap());
+    assert!(!metadata::exists(bob.store(), &id).unwrap());
     assert!(matches!(
         bob.get(&id),
         Err(BlobError::Blob(WitError::NotFound(_)))
     ));
     assert!(matches!(
-        bob.delete(&id),
+        metadata::delete(bob.store(), &id),
         Err(BlobError::Blob(WitError::NotFound(_)))
     ));
-    assert!(bob.list(None, 100).unwrap().is_empty());
-    assert_eq!(bob.stats().unwrap().artifacts, 0);
+    assert!(metadata::list(bob.store(), None, 100).unwrap().is_empty());
+    assert_eq!(metadata::stats(bob.store()).artifacts, 0);
     // Same content in bob's tenant is stored again, not borrowed from alice.
     bob.put(b"alice's secret", &options()).unwrap();
-    assert!(bob.stats().unwrap().physical_bytes > 0);
+    assert!(metadata::stats(bob.store()).physical_bytes > 0);
     assert_eq!(alice.get(&id).unwrap(), b"alice's secret");
     // Names that could escape the store root are refused.
     for name in ["../x", "a/b", "", "UPPER", "-x", &"x".repeat(65)] {

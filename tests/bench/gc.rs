@@ -14,6 +14,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tensor_blob_host::runtime::metadata;
 
 use tensor_blob_host::runtime::{self, Chunker, ChunkerComponent, PutOptions, Runtime};
 use tensor_blob_host::store::{Durability, GcPolicy, Stats, StoreOptions};
@@ -114,7 +115,7 @@ fn mix(
         recent.push_back(id);
         if recent.len() > 64 {
             let id = recent.pop_front().expect("non-empty");
-            chunker.delete(&id).expect("delete");
+            metadata::delete(chunker.store(), &id).expect("delete");
         }
 
         let (id, hash) = &old[rng.usize(..old.len())];
@@ -153,7 +154,7 @@ fn latency(component: &ChunkerComponent) {
     let mut keep = Vec::new();
     for (i, artifact) in old.drain(..).enumerate() {
         if i % 2 == 0 {
-            chunker.delete(&artifact.0).expect("delete");
+            metadata::delete(chunker.store(), &artifact.0).expect("delete");
         } else {
             keep.push(artifact);
         }
@@ -243,7 +244,7 @@ fn reclaim(component: &ChunkerComponent) {
         if i % 10 == 0 {
             kept.push(artifact);
         } else {
-            chunker.delete(&artifact.0).expect("delete");
+            metadata::delete(chunker.store(), &artifact.0).expect("delete");
         }
     }
     let deleted = store.stats();

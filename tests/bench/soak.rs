@@ -26,6 +26,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
+use tensor_blob_host::runtime::metadata;
 
 use tensor_blob_host::runtime::plugin::{Plugin, PluginOptions};
 use tensor_blob_host::runtime::{self, BlobError, PutOptions, Runtime, RuntimeOptions, WitError};
@@ -217,7 +218,7 @@ fn well_behaved_tenant(
             if back != data {
                 return Err(format!("get {id}: other bytes"));
             }
-            chunker.delete(&id).map_err(|e| format!("delete: {e}"))
+            metadata::delete(chunker.store(), &id).map_err(|e| format!("delete: {e}"))
         })();
         match outcome {
             Ok(()) => {

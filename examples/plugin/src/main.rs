@@ -51,6 +51,7 @@ fn options(filename: Option<&str>) -> PutOptions {
         creator: Some("example-plugin".into()),
         tags: vec!["example".into()],
         links: Vec::new(),
+        external_links: Vec::new(),
         custom: Vec::new(),
         // Explicitly the default: content-defined, avg 64 KiB.
         chunking: Some(Chunking::ContentDefined(CdcParams {

@@ -33,6 +33,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use tensor_blob_host::runtime::metadata;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
@@ -234,8 +235,7 @@ fn worker(shared: &Shared, seed: u64) -> Result<()> {
                 live.swap_remove(index)
             };
             shared.ack(&format!("begin-delete {victim}"))?;
-            chunker
-                .delete(&victim)
+            metadata::delete(chunker.store(), &victim)
                 .map_err(|e| anyhow::anyhow!("delete {victim}: {e}"))?;
             shared.ack(&format!("delete {victim}"))?;
         } else {

@@ -396,6 +396,7 @@ fn run(cli: Cli) -> Result<u8> {
                 creator: Some(format!("tblob {}", env!("CARGO_PKG_VERSION"))),
                 tags,
                 links,
+                external_links: Vec::new(),
                 custom: Vec::<KeyValue>::new(),
                 chunking,
             };
@@ -408,7 +409,7 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Get { id, output } => {
             let mut chunker = runtime.chunker(tenant)?;
-            let size = chunker.stat(&id)?.size;
+            let size = chunker.store().metadata(&id.parse()?)?.size;
             let bar = progress(Some(size), "get");
             match output {
                 None => {
@@ -441,11 +442,11 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Rm { id } => {
-            runtime.chunker(tenant)?.delete(&id)?;
+            runtime.chunker(tenant)?.store().delete(&id.parse()?)?;
             Ok(0)
         }
         Command::Exists { id } => {
-            let exists = runtime.chunker(tenant)?.exists(&id)?;
+            let exists = runtime.chunker(tenant)?.store().exists(&id.parse()?);
             Ok(if exists { 0 } else { 1 })
         }
         Command::Stat { id: Some(id), json } => {

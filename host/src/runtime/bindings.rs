@@ -2,12 +2,14 @@
 //!
 //! - [`chunker`]: the host side of the `chunker` world. Its imports
 //!   (`chunk-store`) are implemented synchronously by
-//!   [`super::host::chunk_store`]; its exports (`blobs`) are what the host
-//!   calls to put and get through the sandboxed chunker component.
+//!   [`super::host::chunk_store`]; its exports (`transfer`) are what the
+//!   host calls to put and get through the sandboxed chunker component.
 //! - [`plugin`]: the host side of the `plugin` world. Its `blobs` imports are
-//!   implemented asynchronously by [`super::host::blobs`], which forwards each
-//!   call to a chunker instance. Types are shared with [`chunker`] through
-//!   `with`, so values pass between the two worlds without conversion.
+//!   implemented asynchronously by [`super::host::blobs`], which answers
+//!   metadata calls from the tenant's store ([`super::metadata`]) and
+//!   forwards the rest to a chunker instance. Types are shared with
+//!   [`chunker`] through `with`, so values pass between the two worlds
+//!   without conversion.
 //! - [`streams`]: the host side of the `stream-plugin` world; new in it
 //!   are the `stream-blobs` imports (implemented by
 //!   [`super::host::streams`]: async functions with store access, over WASI
@@ -76,15 +78,38 @@ impl Default for PutOptions {
             creator: None,
             tags: Vec::new(),
             links: Vec::new(),
+            external_links: Vec::new(),
             custom: Vec::new(),
             chunking: None,
         }
     }
 }
 
+/// Changes nothing.
+impl Default for MetadataUpdate {
+    fn default() -> Self {
+        MetadataUpdate {
+            filename: None,
+            content_type: None,
+            tags: None,
+            links: None,
+            external_links: None,
+            custom: None,
+            remove_tags: Vec::new(),
+            add_tags: Vec::new(),
+            remove_links: Vec::new(),
+            add_links: Vec::new(),
+            remove_external_links: Vec::new(),
+            add_external_links: Vec::new(),
+            unset_custom: Vec::new(),
+            set_custom: Vec::new(),
+        }
+    }
+}
+
 pub use chunker::tensor::blob::types::{
-    ChunkRef, Chunking, Error as WitError, KeyValue, Metadata, MetadataUpdate, PutOptions,
-    StoreStats,
+    ChunkRef, Chunking, Condition, Error as WitError, KeyValue, Metadata, MetadataUpdate,
+    PutOptions, Query, QueryPage, StoreStats, TimeRange,
 };
 
 /// The host side of `wasi:blobstore@0.2.0-draft` (world

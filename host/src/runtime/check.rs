@@ -1,19 +1,22 @@
-//! Bounds on what a plugin passes through the host to the chunker, checked
-//! before anything is copied into the chunker's memory.
+//! Bounds on what a plugin passes to the host, checked before anything is
+//! copied into the chunker's memory or handed to the store.
 //!
 //! The chunker checks the same limits, and the store again at commit, but
 //! an argument larger than the chunker's memory would trap the chunker
 //! while it is being copied in, and the plugin would get a trap instead of
 //! the typed error the WIT promises. So every length a plugin controls is
-//! bounded here first, with the limits of [`super::limits`]. Error messages
+//! bounded here first, with the limits of [`super::limits`]; the metadata
+//! calls the host answers itself (updates, queries) are bounded here too,
+//! so no list a plugin sends is ever walked past its limit. Error messages
 //! never echo more than a few bytes of what the caller sent.
 
-use super::bindings::{KeyValue, MetadataUpdate, PutOptions, WitError};
+use super::bindings::{Condition, KeyValue, MetadataUpdate, PutOptions, Query, WitError};
 use super::error::BlobError;
 use super::limits::{
     INLINE_BYTES_MAX, IO_BYTES_MAX, LIST_IDS_MAX, META_CUSTOM_KEY_BYTES_MAX, META_CUSTOM_PAIRS_MAX,
-    META_CUSTOM_VALUE_BYTES_MAX, META_LINKS_MAX, META_STRING_BYTES_MAX, META_TAGS_MAX,
-    META_TAG_BYTES_MAX,
+    META_CUSTOM_VALUE_BYTES_MAX, META_EXTERNAL_LINKS_MAX, META_EXTERNAL_LINK_BYTES_MAX,
+    META_LINKS_MAX, META_STRING_BYTES_MAX, META_TAGS_MAX, META_TAG_BYTES_MAX, QUERY_CONDITIONS_MAX,
+    QUERY_PAGE_MAX,
 };
 
 fn invalid(message: String) -> BlobError {
@@ -121,6 +124,48 @@ fn links(links: &[String]) -> Result<(), BlobError> {
     links.iter().try_for_each(|link| artifact_id(link))
 }
 
+fn external_links(links: &[String]) -> Result<(), BlobError> {
+    if links.len() > META_EXTERNAL_LINKS_MAX {
+        return Err(invalid(format!(
+            "{} external links, at most {META_EXTERNAL_LINKS_MAX}",
+            links.len()
+        )));
+    }
+    links.iter().try_for_each(|link| external_link(link))
+}
+
+fn external_link(link: &str) -> Result<(), BlobError> {
+    if link.is_empty() || link.len() > META_EXTERNAL_LINK_BYTES_MAX {
+        return Err(invalid(format!(
+            "external link of {} bytes, must be 1..={META_EXTERNAL_LINK_BYTES_MAX}",
+            link.len()
+        )));
+    }
+    Ok(())
+}
+
+fn custom_key(key: &str) -> Result<(), BlobError> {
+    if key.is_empty() || key.len() > META_CUSTOM_KEY_BYTES_MAX {
+        return Err(invalid(format!(
+            "custom key of {} bytes, must be 1..={META_CUSTOM_KEY_BYTES_MAX}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+fn custom_pair(pair: &KeyValue) -> Result<(), BlobError> {
+    custom_key(&pair.key)?;
+    if pair.value.len() > META_CUSTOM_VALUE_BYTES_MAX {
+        return Err(invalid(format!(
+            "custom value of {} bytes for key {:?}, at most {META_CUSTOM_VALUE_BYTES_MAX}",
+            pair.value.len(),
+            excerpt(&pair.key)
+        )));
+    }
+    Ok(())
+}
+
 fn custom(pairs: &[KeyValue]) -> Result<(), BlobError> {
     if pairs.len() > META_CUSTOM_PAIRS_MAX {
         return Err(invalid(format!(
@@ -128,22 +173,17 @@ fn custom(pairs: &[KeyValue]) -> Result<(), BlobError> {
             pairs.len()
         )));
     }
-    for pair in pairs {
-        if pair.key.is_empty() || pair.key.len() > META_CUSTOM_KEY_BYTES_MAX {
-            return Err(invalid(format!(
-                "custom key of {} bytes, must be 1..={META_CUSTOM_KEY_BYTES_MAX}",
-                pair.key.len()
-            )));
-        }
-        if pair.value.len() > META_CUSTOM_VALUE_BYTES_MAX {
-            return Err(invalid(format!(
-                "custom value of {} bytes for key {:?}, at most {META_CUSTOM_VALUE_BYTES_MAX}",
-                pair.value.len(),
-                excerpt(&pair.key)
-            )));
-        }
+    pairs.iter().try_for_each(custom_pair)
+}
+
+fn custom_keys(keys: &[String]) -> Result<(), BlobError> {
+    if keys.len() > META_CUSTOM_PAIRS_MAX {
+        return Err(invalid(format!(
+            "{} custom keys, at most {META_CUSTOM_PAIRS_MAX}",
+            keys.len()
+        )));
     }
-    Ok(())
+    keys.iter().try_for_each(|key| custom_key(key))
 }
 
 /// Every string and list of a `put-options` (chunking is checked by the
@@ -154,10 +194,13 @@ pub fn put_options(options: &PutOptions) -> Result<(), BlobError> {
     string("creator", options.creator.as_deref())?;
     tags(&options.tags)?;
     links(&options.links)?;
+    external_links(&options.external_links)?;
     custom(&options.custom)
 }
 
-/// Every string and list of a `metadata-update`.
+/// Every string and list of a `metadata-update`: each list has the limits
+/// of the `put-options` field it changes (whether the result keeps them
+/// is the store's to check, as it applies the change).
 pub fn metadata_update(change: &MetadataUpdate) -> Result<(), BlobError> {
     string(
         "filename",
@@ -173,8 +216,67 @@ pub fn metadata_update(change: &MetadataUpdate) -> Result<(), BlobError> {
     if let Some(list) = &change.links {
         links(list)?;
     }
+    if let Some(list) = &change.external_links {
+        external_links(list)?;
+    }
     if let Some(pairs) = &change.custom {
         custom(pairs)?;
+    }
+    tags(&change.remove_tags)?;
+    tags(&change.add_tags)?;
+    links(&change.remove_links)?;
+    links(&change.add_links)?;
+    external_links(&change.remove_external_links)?;
+    external_links(&change.add_external_links)?;
+    custom_keys(&change.unset_custom)?;
+    custom(&change.set_custom)
+}
+
+/// A `query`: its limit, its condition count and every condition's value
+/// (the bounds the WIT's `condition` documents: a value no artifact could
+/// hold is refused, not answered with nothing). Ids are parsed by
+/// [`super::convert::query`].
+pub fn query(query: &Query) -> Result<(), BlobError> {
+    page_limit("query", query.limit, QUERY_PAGE_MAX)?;
+    if query.conditions.len() > QUERY_CONDITIONS_MAX {
+        return Err(invalid(format!(
+            "{} query conditions, at most {QUERY_CONDITIONS_MAX}",
+            query.conditions.len()
+        )));
+    }
+    for condition in &query.conditions {
+        let (what, value, max) = match condition {
+            Condition::Tag(tag) => ("tag", tag, META_TAG_BYTES_MAX),
+            Condition::LinksToExternal(link) => {
+                ("external link", link, META_EXTERNAL_LINK_BYTES_MAX)
+            }
+            Condition::ContentType(value) => ("content type", value, META_STRING_BYTES_MAX),
+            Condition::Creator(value) => ("creator", value, META_STRING_BYTES_MAX),
+            Condition::Filename(value) => ("filename", value, META_STRING_BYTES_MAX),
+            Condition::FilenamePrefix(prefix) => {
+                string("filename prefix", Some(prefix))?;
+                continue;
+            }
+            Condition::CustomKey(key) => ("custom key", key, META_CUSTOM_KEY_BYTES_MAX),
+            Condition::Custom(pair) => {
+                custom_pair(pair)?;
+                continue;
+            }
+            Condition::LinksTo(id) | Condition::LinkedFrom(id) => {
+                artifact_id(id)?;
+                continue;
+            }
+            Condition::Created(_) | Condition::Modified(_) => continue,
+        };
+        if value.is_empty() || value.len() > max {
+            return Err(invalid(format!(
+                "{what} of {} bytes in a query, must be 1..={max}",
+                value.len()
+            )));
+        }
+    }
+    if let Some(after) = &query.after {
+        artifact_id(after)?;
     }
     Ok(())
 }

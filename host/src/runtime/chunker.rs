@@ -8,8 +8,11 @@
 //! chunker traps, its instance is discarded and a fresh one is made on the
 //! next call; handles into the old instance then answer `closed`.
 //!
-//! Every argument is bounded (`runtime::check`) before it is copied into
-//! the chunker, so an oversized one is a typed error, never a chunker trap.
+//! The chunker serves only content (`transfer`: put, get, writers,
+//! readers); metadata calls are the host's own ([`super::metadata`] over
+//! [`Chunker::store`]). Every argument is bounded (`runtime::check`)
+//! before it is copied into the chunker, so an oversized one is a typed
+//! error, never a chunker trap.
 
 use std::io::{Read, Write};
 
@@ -18,7 +21,7 @@ use wasmtime::component::{
 };
 use wasmtime::Engine;
 
-use super::bindings::chunker::exports::tensor::blob::blobs::Guest as BlobsExports;
+use super::bindings::chunker::exports::tensor::blob::transfer::Guest as TransferExports;
 use super::bindings::chunker::{Chunker as ChunkerBindings, ChunkerPre};
 use super::bindings::{PutOptions, WitError};
 use super::check;
@@ -124,13 +127,16 @@ impl Chunker {
     fn call<R>(
         &mut self,
         f: impl FnOnce(
-            &BlobsExports,
+            &TransferExports,
             &mut wasmtime::Store<ChunkerState>,
         ) -> wasmtime::Result<Result<R, WitError>>,
     ) -> Result<R, BlobError> {
         self.ensure_instance().map_err(BlobError::Trap)?;
         let instance = self.instance.as_mut().expect("ensured above");
-        match f(instance.bindings.tensor_blob_blobs(), &mut instance.store) {
+        match f(
+            instance.bindings.tensor_blob_transfer(),
+            &mut instance.store,
+        ) {
             Ok(result) => result.map_err(BlobError::Blob),
             Err(trap) => {
                 self.instance = None;
@@ -147,11 +153,10 @@ impl Chunker {
         }
     }
 
-    /// The inline limit: the host's [`INLINE_BYTES_MAX`], or less if the
-    /// chunker says so.
-    pub fn inline_bytes_max(&mut self) -> Result<u64, BlobError> {
-        let chunker = self.call(|b, s| b.call_inline_bytes_max(s).map(Ok))?;
-        Ok(chunker.min(INLINE_BYTES_MAX))
+    /// The inline limit, [`INLINE_BYTES_MAX`]: the host's to set (the
+    /// chunker's memory is sized for it), so the chunker is not asked.
+    pub fn inline_bytes_max(&self) -> u64 {
+        INLINE_BYTES_MAX
     }
 
     pub fn put(&mut self, data: &[u8], options: &PutOptions) -> Result<String, BlobError> {
@@ -163,51 +168,6 @@ impl Chunker {
     pub fn get(&mut self, id: &str) -> Result<Vec<u8>, BlobError> {
         check::artifact_id(id)?;
         self.call(|b, s| b.call_get(s, &id.to_owned()))
-    }
-
-    pub fn delete(&mut self, id: &str) -> Result<(), BlobError> {
-        check::artifact_id(id)?;
-        self.call(|b, s| b.call_delete(s, &id.to_owned()))
-    }
-
-    pub fn exists(&mut self, id: &str) -> Result<bool, BlobError> {
-        check::artifact_id(id)?;
-        self.call(|b, s| b.call_exists(s, &id.to_owned()))
-    }
-
-    pub fn stat(&mut self, id: &str) -> Result<super::bindings::Metadata, BlobError> {
-        check::artifact_id(id)?;
-        self.call(|b, s| b.call_stat(s, &id.to_owned()))
-    }
-
-    pub fn update(
-        &mut self,
-        id: &str,
-        change: &super::bindings::MetadataUpdate,
-    ) -> Result<super::bindings::Metadata, BlobError> {
-        check::artifact_id(id)?;
-        check::metadata_update(change)?;
-        self.call(|b, s| b.call_update(s, &id.to_owned(), change))
-    }
-
-    /// Up to `limit` ids; a `limit` over
-    /// [`LIST_IDS_MAX`](super::limits::LIST_IDS_MAX) is
-    /// `invalid-argument`, an `after` this tenant never committed `not-found`.
-    pub fn list(&mut self, after: Option<&str>, limit: u32) -> Result<Vec<String>, BlobError> {
-        if let Some(after) = after {
-            check::artifact_id(after)?;
-        }
-        check::list_limit(limit)?;
-        self.call(|b, s| b.call_list(s, after.map(str::to_owned).as_ref(), limit))
-    }
-
-    pub fn find_by_tag(&mut self, tag: &str) -> Result<Vec<String>, BlobError> {
-        check::tag_query(tag)?;
-        self.call(|b, s| b.call_find_by_tag(s, tag))
-    }
-
-    pub fn stats(&mut self) -> Result<super::bindings::StoreStats, BlobError> {
-        self.call(|b, s| b.call_stats(s))
     }
 
     pub fn create_writer(&mut self, options: &PutOptions) -> Result<ChunkerResource, BlobError> {

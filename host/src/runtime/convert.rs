@@ -2,7 +2,10 @@
 //! guest sends is parsed here into validated store types (ids, digests);
 //! the store itself enforces the documented length limits.
 
-use super::bindings::{ChunkRef, KeyValue, Metadata, MetadataUpdate, PutOptions, StoreStats};
+use super::bindings::{
+    ChunkRef, Condition, KeyValue, Metadata, MetadataUpdate, PutOptions, Query, QueryPage,
+    StoreStats, TimeRange,
+};
 use crate::error::StoreError;
 use crate::store;
 
@@ -38,7 +41,7 @@ pub fn new_metadata(options: PutOptions) -> Result<store::NewMetadata, StoreErro
         creator: options.creator,
         tags: options.tags,
         links: ids(options.links)?,
-        external_links: Vec::new(),
+        external_links: options.external_links,
         custom: key_values(options.custom),
     })
 }
@@ -49,10 +52,66 @@ pub fn metadata_update(change: MetadataUpdate) -> Result<store::MetadataUpdate, 
         content_type: change.content_type,
         tags: change.tags,
         links: change.links.map(ids).transpose()?,
-        external_links: None,
+        external_links: change.external_links,
         custom: change.custom.map(key_values),
-        ..store::MetadataUpdate::default()
+        remove_tags: change.remove_tags,
+        add_tags: change.add_tags,
+        remove_links: ids(change.remove_links)?,
+        add_links: ids(change.add_links)?,
+        remove_external_links: change.remove_external_links,
+        add_external_links: change.add_external_links,
+        unset_custom: change.unset_custom,
+        set_custom: key_values(change.set_custom),
     })
+}
+
+fn time_range(range: TimeRange) -> store::TimeRange {
+    store::TimeRange {
+        from_ms: range.from_ms,
+        to_ms: range.to_ms,
+    }
+}
+
+fn condition(condition: Condition) -> Result<store::Condition, StoreError> {
+    Ok(match condition {
+        Condition::Tag(tag) => store::Condition::Tag(tag),
+        Condition::LinksTo(id) => store::Condition::LinksTo(artifact_id(&id)?),
+        Condition::LinkedFrom(id) => store::Condition::LinkedFrom(artifact_id(&id)?),
+        Condition::LinksToExternal(entity) => store::Condition::LinksToExternal(entity),
+        Condition::ContentType(value) => store::Condition::ContentType(value),
+        Condition::Creator(value) => store::Condition::Creator(value),
+        Condition::Filename(value) => store::Condition::Filename(value),
+        Condition::FilenamePrefix(prefix) => store::Condition::FilenamePrefix(prefix),
+        Condition::Created(range) => store::Condition::Created(time_range(range)),
+        Condition::Modified(range) => store::Condition::Modified(time_range(range)),
+        Condition::CustomKey(key) => store::Condition::CustomKey(key),
+        Condition::Custom(pair) => store::Condition::Custom(pair.key, pair.value),
+    })
+}
+
+/// A WIT `query` as the store's; its bounds are `check::query`'s.
+pub fn query(query: Query) -> Result<store::Query, StoreError> {
+    Ok(store::Query {
+        conditions: query
+            .conditions
+            .into_iter()
+            .map(condition)
+            .collect::<Result<_, _>>()?,
+        order: if query.newest_first {
+            store::Order::NewestFirst
+        } else {
+            store::Order::OldestFirst
+        },
+        after: query.after.as_deref().map(artifact_id).transpose()?,
+        limit: query.limit as usize,
+    })
+}
+
+pub fn wit_query_page(page: store::QueryPage) -> QueryPage {
+    QueryPage {
+        ids: page.ids.iter().map(|id| id.to_string()).collect(),
+        next: page.next.map(|id| id.to_string()),
+    }
 }
 
 pub fn chunk_refs(chunks: Vec<ChunkRef>) -> Result<Vec<store::ChunkRef>, StoreError> {
@@ -87,6 +146,7 @@ pub fn wit_metadata(meta: store::Metadata) -> Metadata {
         modified_ms: meta.modified_ms,
         tags: meta.tags,
         links: meta.links.iter().map(|id| id.to_string()).collect(),
+        external_links: meta.external_links,
         custom: meta
             .custom
             .into_iter()

@@ -1,7 +1,8 @@
 //! Every limit the runtime puts on a guest, named, with the reason.
 //! Store-level limits (chunk size, batch sizes, metadata lengths) live in
 //! `store::format`; these bound what one instance can hold and what the
-//! host lets through from a plugin to the chunker (`runtime::check`).
+//! host accepts from a plugin (`runtime::check`), before it copies
+//! anything into the chunker or asks the store.
 
 use crate::store::format;
 
@@ -93,16 +94,35 @@ pub const META_CUSTOM_KEY_BYTES_MAX: usize = 256;
 /// [`format::CUSTOM_VALUE_BYTES_MAX`]).
 pub const META_CUSTOM_VALUE_BYTES_MAX: usize = 4096;
 
+/// Most external links in one `put-options`, and in each external-link
+/// list of a `metadata-update` (the WIT's 256, the store's
+/// [`format::EXTERNAL_LINKS_MAX`]).
+pub const META_EXTERNAL_LINKS_MAX: usize = 256;
+
+/// Longest external link, and longest `links-to-external` query (the
+/// WIT's 1..=256 bytes, the store's [`format::EXTERNAL_LINK_BYTES_MAX`]).
+pub const META_EXTERNAL_LINK_BYTES_MAX: usize = 256;
+
+/// Most conditions in one `query` (the WIT's 32, the store's
+/// [`format::QUERY_CONDITIONS_MAX`]).
+pub const QUERY_CONDITIONS_MAX: usize = 32;
+
+/// Most ids one `query` page returns: its `limit`'s maximum (the WIT's
+/// 65536, the store's [`format::QUERY_PAGE_MAX`]).
+pub const QUERY_PAGE_MAX: usize = 65_536;
+
 /// Characters of an artifact id (16 bytes in hex). The host parses every id
 /// a plugin passes before forwarding it, so an id is never a long string.
 pub const ARTIFACT_ID_CHARS: usize = 32;
 
-/// The most bytes one `put-options` or `metadata-update` that passed the
-/// checks above can hold (strings, tags, links, custom pairs; list and
-/// record overhead aside): about 1.2 MiB.
+/// The most bytes one `put-options` that passed the checks above can hold
+/// (strings, tags, links, external links, custom pairs; list and record
+/// overhead aside): about 1.3 MiB. It is what the chunker may be handed
+/// with a put; metadata updates and queries never reach the chunker.
 pub const META_BYTES_MAX: usize = 3 * META_STRING_BYTES_MAX
     + META_TAGS_MAX * META_TAG_BYTES_MAX
     + META_LINKS_MAX * ARTIFACT_ID_CHARS
+    + META_EXTERNAL_LINKS_MAX * META_EXTERNAL_LINK_BYTES_MAX
     + META_CUSTOM_PAIRS_MAX * (META_CUSTOM_KEY_BYTES_MAX + META_CUSTOM_VALUE_BYTES_MAX);
 
 // The host's edge checks are exactly the store's: the host never refuses
@@ -115,6 +135,11 @@ const _: () = assert!(META_LINKS_MAX == format::LINKS_MAX);
 const _: () = assert!(META_CUSTOM_PAIRS_MAX == format::CUSTOM_PAIRS_MAX);
 const _: () = assert!(META_CUSTOM_KEY_BYTES_MAX == format::CUSTOM_KEY_BYTES_MAX);
 const _: () = assert!(META_CUSTOM_VALUE_BYTES_MAX == format::CUSTOM_VALUE_BYTES_MAX);
+const _: () = assert!(META_EXTERNAL_LINKS_MAX == format::EXTERNAL_LINKS_MAX);
+const _: () = assert!(META_EXTERNAL_LINK_BYTES_MAX == format::EXTERNAL_LINK_BYTES_MAX);
+const _: () = assert!(QUERY_CONDITIONS_MAX == format::QUERY_CONDITIONS_MAX);
+const _: () = assert!(QUERY_PAGE_MAX == format::QUERY_PAGE_MAX);
+const _: () = assert!(QUERY_PAGE_MAX == LIST_IDS_MAX);
 const _: () = assert!(INLINE_BYTES_MAX <= usize::MAX as u64);
 
 /// Most bytes one call from a plugin may copy into the host, all its

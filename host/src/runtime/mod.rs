@@ -4,9 +4,12 @@
 //!
 //! # How plugin and chunker are wired
 //! Host-side linking, not static composition. A plugin's `blobs` imports are
-//! host functions ([`host::blobs`]) that call the exports of a chunker
-//! instance living in its own `wasmtime::Store`, whose `chunk-store` imports
-//! are in turn host functions over the tenant's [`Store`](crate::store::Store).
+//! host functions ([`host::blobs`]). The metadata calls (`stat`, `list`,
+//! `query`, `update`, `delete`, ...) are answered there from the tenant's
+//! [`Store`](crate::store::Store) ([`metadata`]); the content calls (`put`,
+//! `get`, writers, readers) call the `transfer` exports of a chunker
+//! instance living in its own `wasmtime::Store`, whose `chunk-store`
+//! imports are in turn host functions over the tenant's store.
 //! Why: the host stays in the middle of every call, so it picks the tenant
 //! (a plugin cannot name one), bounds every length in both directions,
 //! applies separate memory limits to plugin and chunker, and a trap in the
@@ -51,6 +54,7 @@ pub mod engine;
 pub mod error;
 pub mod host;
 pub mod limits;
+pub mod metadata;
 pub mod plugin;
 
 use std::sync::Arc;
@@ -59,7 +63,8 @@ use wasmtime::component::{HasData, Linker};
 use wasmtime::Engine;
 
 pub use self::bindings::{
-    Chunking, KeyValue, Metadata, MetadataUpdate, PutOptions, StoreStats, WitError,
+    Chunking, Condition, KeyValue, Metadata, MetadataUpdate, PutOptions, Query, QueryPage,
+    StoreStats, TimeRange, WitError,
 };
 pub use self::chunker::{Chunker, ChunkerComponent};
 pub use self::engine::{

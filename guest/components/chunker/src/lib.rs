@@ -1,5 +1,7 @@
-//! The chunker component: serves `tensor:blob/blobs` to plugins on top of the
-//! host's `tensor:blob/chunk-store`.
+//! The chunker component: serves `tensor:blob/transfer` (put and get, the
+//! content half of the plugins' `blobs`) on top of the host's
+//! `tensor:blob/chunk-store`. Metadata calls never reach it: the host
+//! answers them from the store.
 //!
 //! This file only wires WIT to code: streaming upload is in [`writer`],
 //! streaming read in [`reader`], option checks in [`options`], and the
@@ -17,9 +19,8 @@ mod options;
 mod reader;
 mod writer;
 
-use exports::tensor::blob::blobs::{self, Guest};
-use tensor::blob::chunk_store;
-use tensor::blob::types::{ArtifactId, Error, Metadata, MetadataUpdate, PutOptions, StoreStats};
+use exports::tensor::blob::transfer::{self, Guest};
+use tensor::blob::types::{ArtifactId, Error, PutOptions};
 
 /// Largest artifact `put` accepts and `get` returns (64 MiB), from the WIT
 /// doc of `inline-bytes-max`.
@@ -32,10 +33,6 @@ struct Component;
 impl Guest for Component {
     type Writer = writer::BlobWriter;
     type Reader = reader::BlobReader;
-
-    fn inline_bytes_max() -> u64 {
-        INLINE_BYTES_MAX
-    }
 
     fn put(data: Vec<u8>, options: PutOptions) -> Result<ArtifactId, Error> {
         if data.len() as u64 > INLINE_BYTES_MAX {
@@ -53,41 +50,13 @@ impl Guest for Component {
         reader::read_all(id, INLINE_BYTES_MAX)
     }
 
-    fn delete(id: ArtifactId) -> Result<(), Error> {
-        chunk_store::delete(&id)
-    }
-
-    fn exists(id: ArtifactId) -> Result<bool, Error> {
-        chunk_store::exists(&id)
-    }
-
-    fn stat(id: ArtifactId) -> Result<Metadata, Error> {
-        chunk_store::stat(&id)
-    }
-
-    fn update(id: ArtifactId, change: MetadataUpdate) -> Result<Metadata, Error> {
-        chunk_store::update(&id, &change)
-    }
-
-    fn list(after: Option<ArtifactId>, limit: u32) -> Result<Vec<ArtifactId>, Error> {
-        chunk_store::list(after.as_deref(), limit)
-    }
-
-    fn find_by_tag(tag: String) -> Result<Vec<ArtifactId>, Error> {
-        chunk_store::find_by_tag(&tag)
-    }
-
-    fn stats() -> Result<StoreStats, Error> {
-        chunk_store::stats()
-    }
-
-    fn create_writer(options: PutOptions) -> Result<blobs::Writer, Error> {
+    fn create_writer(options: PutOptions) -> Result<transfer::Writer, Error> {
         let upload = writer::Upload::begin(options)?;
-        Ok(blobs::Writer::new(writer::BlobWriter::new(upload)))
+        Ok(transfer::Writer::new(writer::BlobWriter::new(upload)))
     }
 
-    fn open_reader(id: ArtifactId, offset: u64) -> Result<blobs::Reader, Error> {
-        Ok(blobs::Reader::new(reader::BlobReader::open(id, offset)?))
+    fn open_reader(id: ArtifactId, offset: u64) -> Result<transfer::Reader, Error> {
+        Ok(transfer::Reader::new(reader::BlobReader::open(id, offset)?))
     }
 }
 

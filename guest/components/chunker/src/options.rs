@@ -8,6 +8,7 @@ use crate::tensor::blob::types::{self, Error, PutOptions};
 
 const STRING_BYTES_MAX: usize = 4096;
 const TAG_BYTES_MAX: usize = 256;
+const EXTERNAL_LINK_BYTES_MAX: usize = 256;
 const KEY_BYTES_MAX: usize = 256;
 const VALUE_BYTES_MAX: usize = 4096;
 const ENTRIES_MAX: usize = 256;
@@ -40,6 +41,14 @@ pub(crate) fn validate(options: &PutOptions) -> Result<Chunking, Error> {
     check_count("links", options.links.len())?;
     for link in &options.links {
         check_artifact_id(link)?;
+    }
+    check_count("external links", options.external_links.len())?;
+    for link in &options.external_links {
+        if link.is_empty() || link.len() > EXTERNAL_LINK_BYTES_MAX {
+            return Err(invalid(format!(
+                "an external link must be 1..={EXTERNAL_LINK_BYTES_MAX} bytes"
+            )));
+        }
     }
     check_count("custom pairs", options.custom.len())?;
     for pair in &options.custom {

@@ -8,7 +8,7 @@
 
 use std::cell::RefCell;
 
-use crate::exports::tensor::blob::blobs::GuestReader;
+use crate::exports::tensor::blob::transfer::GuestReader;
 use crate::tensor::blob::chunk_store;
 use crate::tensor::blob::types::{ArtifactId, ChunkRef, Error};
 use crate::{options, CALL_BYTES_MAX};
@@ -44,7 +44,7 @@ impl ReadCursor {
     /// Opens `id` at `offset` (<= size).
     pub(crate) fn open(id: ArtifactId, offset: u64) -> Result<Self, Error> {
         options::check_artifact_id(&id)?;
-        let size_bytes = chunk_store::stat(&id)?.size;
+        let size_bytes = chunk_store::size(&id)?;
         let mut cursor = ReadCursor {
             id,
             size_bytes,

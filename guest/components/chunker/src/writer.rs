@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 use tensor_blob_chunking::{chunk_digest, Chunker, ContentHasher, Hash};
 
-use crate::exports::tensor::blob::blobs::GuestWriter;
+use crate::exports::tensor::blob::transfer::GuestWriter;
 use crate::tensor::blob::chunk_store;
 use crate::tensor::blob::types::{ArtifactId, ChunkRef, Error, PutOptions};
 use crate::{options, CALL_BYTES_MAX};

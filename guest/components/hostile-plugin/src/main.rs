@@ -89,6 +89,7 @@ fn options() -> PutOptions {
         creator: None,
         tags: Vec::new(),
         links: Vec::new(),
+        external_links: Vec::new(),
         custom: Vec::new(),
         chunking: None,
     }
@@ -100,7 +101,16 @@ fn no_change() -> MetadataUpdate {
         content_type: None,
         tags: None,
         links: None,
+        external_links: None,
         custom: None,
+        remove_tags: Vec::new(),
+        add_tags: Vec::new(),
+        remove_links: Vec::new(),
+        add_links: Vec::new(),
+        remove_external_links: Vec::new(),
+        add_external_links: Vec::new(),
+        unset_custom: Vec::new(),
+        set_custom: Vec::new(),
     }
 }
 

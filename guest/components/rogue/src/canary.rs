@@ -1,17 +1,17 @@
 //! What the host must never forward to a chunker: arguments over the WIT's
-//! limits. The rogue's `blobs` exports check every argument against them
+//! limits. The rogue's `transfer` exports check every argument against them
 //! first and answer `corrupted("rogue: the host forwarded ...")` if one is
 //! over, so a test sees the host let it through (the host's own refusal is
 //! `invalid-argument` or `too-large`).
 
-use crate::tensor::blob::types::{Error, KeyValue, MetadataUpdate, PutOptions};
+use crate::tensor::blob::types::{Error, KeyValue, PutOptions};
 
 const INLINE_BYTES_MAX: usize = 64 << 20;
 const STRING_BYTES_MAX: usize = 4096;
 const ENTRIES_MAX: usize = 256;
 const TAG_BYTES_MAX: usize = 256;
 const KEY_BYTES_MAX: usize = 256;
-const LIST_LIMIT_MAX: u32 = 65_536;
+const EXTERNAL_LINK_BYTES_MAX: usize = 256;
 
 fn forwarded(what: String) -> Error {
     Error::Corrupted(format!("rogue: the host forwarded {what}"))
@@ -32,16 +32,9 @@ pub(crate) fn id(id: &str) -> Result<(), Error> {
     Ok(())
 }
 
-pub(crate) fn tag(tag: &str) -> Result<(), Error> {
+fn tag(tag: &str) -> Result<(), Error> {
     if tag.len() > TAG_BYTES_MAX {
         return Err(forwarded(format!("a tag of {} bytes", tag.len())));
-    }
-    Ok(())
-}
-
-pub(crate) fn list_limit(limit: u32) -> Result<(), Error> {
-    if limit > LIST_LIMIT_MAX {
-        return Err(forwarded(format!("a list limit of {limit}")));
     }
     Ok(())
 }
@@ -75,6 +68,18 @@ fn links(links: &[String]) -> Result<(), Error> {
     links.iter().try_for_each(|link| id(link))
 }
 
+fn external_links(links: &[String]) -> Result<(), Error> {
+    if links.len() > ENTRIES_MAX {
+        return Err(forwarded(format!("{} external links", links.len())));
+    }
+    for link in links {
+        if link.is_empty() || link.len() > EXTERNAL_LINK_BYTES_MAX {
+            return Err(forwarded(format!("an external link of {} bytes", link.len())));
+        }
+    }
+    Ok(())
+}
+
 fn custom(pairs: &[KeyValue]) -> Result<(), Error> {
     if pairs.len() > ENTRIES_MAX {
         return Err(forwarded(format!("{} custom pairs", pairs.len())));
@@ -97,19 +102,6 @@ pub(crate) fn options(options: &PutOptions) -> Result<(), Error> {
     string("creator", options.creator.as_deref())?;
     tags(&options.tags)?;
     links(&options.links)?;
+    external_links(&options.external_links)?;
     custom(&options.custom)
-}
-
-pub(crate) fn update(change: &MetadataUpdate) -> Result<(), Error> {
-    string(
-        "filename",
-        change.filename.as_ref().and_then(Option::as_deref),
-    )?;
-    string(
-        "content type",
-        change.content_type.as_ref().and_then(Option::as_deref),
-    )?;
-    change.tags.as_deref().map_or(Ok(()), tags)?;
-    change.links.as_deref().map_or(Ok(()), links)?;
-    change.custom.as_deref().map_or(Ok(()), custom)
 }

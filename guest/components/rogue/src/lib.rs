@@ -8,10 +8,10 @@
 //! `unpinned-chunk`, `wrong-size`, `wrong-len`, `oversized-chunk`,
 //! `queued-oversized-chunk`, `queued-empty-chunk`, `commit-twice`,
 //! `huge-missing`; `accept` does nothing and answers the id `accepted`.
-//! The metadata exports forward to the store; everything that reads or
-//! streams refuses. Every export first checks its arguments against the
-//! WIT's limits and answers `corrupted` if the host forwarded one over
-//! them ([`canary`]).
+//! Everything that reads or streams refuses (metadata calls never reach a
+//! chunker: the host answers them). Every export first checks its
+//! arguments against the WIT's limits and answers `corrupted` if the host
+//! forwarded one over them ([`canary`]).
 //!
 //! Besides the `chunker` world it exports `fuzz(seed, calls)`, which calls
 //! `chunk-store` `calls` times in a seeded random order with random
@@ -42,11 +42,9 @@ wit_bindgen::generate!({
 mod canary;
 mod fuzz;
 
-use exports::tensor::blob::blobs::{self, Guest as BlobsGuest, GuestReader, GuestWriter};
+use exports::tensor::blob::transfer::{self, Guest as TransferGuest, GuestReader, GuestWriter};
 use tensor::blob::chunk_store::{self, Upload};
-use tensor::blob::types::{
-    ArtifactId, ChunkRef, Error, Metadata, MetadataUpdate, PutOptions, StoreStats,
-};
+use tensor::blob::types::{ArtifactId, ChunkRef, Error, PutOptions};
 use tensor_blob_chunking::chunk_digest;
 
 /// Digests sent in `huge-missing`, far over the 4096 the WIT allows.
@@ -216,13 +214,9 @@ impl Guest for Rogue {
     }
 }
 
-impl BlobsGuest for Rogue {
+impl TransferGuest for Rogue {
     type Writer = Never;
     type Reader = Never;
-
-    fn inline_bytes_max() -> u64 {
-        64 * 1024 * 1024
-    }
 
     fn put(data: Vec<u8>, options: PutOptions) -> Result<ArtifactId, Error> {
         canary::data(data.len())?;
@@ -243,40 +237,11 @@ impl BlobsGuest for Rogue {
         canary::id(&id)?;
         refuse()
     }
-    fn delete(id: ArtifactId) -> Result<(), Error> {
-        canary::id(&id)?;
-        chunk_store::delete(&id)
-    }
-    fn exists(id: ArtifactId) -> Result<bool, Error> {
-        canary::id(&id)?;
-        chunk_store::exists(&id)
-    }
-    fn stat(id: ArtifactId) -> Result<Metadata, Error> {
-        canary::id(&id)?;
-        chunk_store::stat(&id)
-    }
-    fn update(id: ArtifactId, change: MetadataUpdate) -> Result<Metadata, Error> {
-        canary::id(&id)?;
-        canary::update(&change)?;
-        chunk_store::update(&id, &change)
-    }
-    fn list(after: Option<ArtifactId>, limit: u32) -> Result<Vec<ArtifactId>, Error> {
-        after.as_deref().map_or(Ok(()), canary::id)?;
-        canary::list_limit(limit)?;
-        chunk_store::list(after.as_deref(), limit)
-    }
-    fn find_by_tag(tag: String) -> Result<Vec<ArtifactId>, Error> {
-        canary::tag(&tag)?;
-        chunk_store::find_by_tag(&tag)
-    }
-    fn stats() -> Result<StoreStats, Error> {
-        chunk_store::stats()
-    }
-    fn create_writer(options: PutOptions) -> Result<blobs::Writer, Error> {
+    fn create_writer(options: PutOptions) -> Result<transfer::Writer, Error> {
         canary::options(&options)?;
         refuse()
     }
-    fn open_reader(id: ArtifactId, _offset: u64) -> Result<blobs::Reader, Error> {
+    fn open_reader(id: ArtifactId, _offset: u64) -> Result<transfer::Reader, Error> {
         canary::id(&id)?;
         refuse()
     }

@@ -119,6 +119,7 @@ fn options() -> PutOptions {
         creator: None,
         tags: Vec::new(),
         links: Vec::new(),
+        external_links: Vec::new(),
         custom: Vec::new(),
         chunking: None,
     }

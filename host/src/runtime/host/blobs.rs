@@ -1,22 +1,28 @@
-//! `tensor:blob/blobs` as a plugin imports it: every call is forwarded to
-//! the tenant's chunker instance held in [`BlobCtx`].
+//! `tensor:blob/blobs` as a plugin imports it. Metadata calls (`delete`,
+//! `exists`, `stat`, `update`, `list`, `find-by-tag`, `stats`, `query`) are
+//! answered here from the tenant's store ([`crate::runtime::metadata`]);
+//! `put`, `get`, `create-writer`, `open-reader` and the resources are
+//! forwarded to the tenant's chunker instance held in [`BlobCtx`].
 //!
 //! The plugin's `writer` and `reader` handles live in the context's own
 //! resource table and wrap the chunker's resources. Their number is capped
 //! ([`HANDLES_OPEN_MAX`]). Every argument (inline data, option strings and
-//! lists, ids, tags, read and write sizes) is bounded by [`Chunker`] before
-//! it is copied into the chunker (`runtime::check`), so an oversized one is
-//! the typed error the WIT promises, never a chunker trap.
+//! lists, ids, tags, conditions, read and write sizes) is bounded
+//! (`runtime::check`) before it is copied into the chunker or handed to
+//! the store, so an oversized one is the typed error the WIT promises,
+//! never a trap.
 
 use wasmtime::component::{Resource, ResourceTable};
 
 use crate::runtime::bindings::plugin::tensor::blob::blobs;
 use crate::runtime::bindings::{
-    chunker::tensor::blob::types, Metadata, MetadataUpdate, PutOptions, StoreStats,
+    chunker::tensor::blob::types, Metadata, MetadataUpdate, PutOptions, Query, QueryPage,
+    StoreStats,
 };
 use crate::runtime::chunker::{Chunker, ChunkerResource};
 use crate::runtime::error::BlobError;
-use crate::runtime::limits::HANDLES_OPEN_MAX;
+use crate::runtime::limits::{HANDLES_OPEN_MAX, INLINE_BYTES_MAX};
+use crate::runtime::metadata;
 
 /// A plugin's `writer`.
 pub struct WriterHandle(ChunkerResource);
@@ -68,7 +74,7 @@ impl types::Host for BlobCtx {
 
 impl blobs::Host for BlobCtx {
     async fn inline_bytes_max(&mut self) -> wasmtime::Result<u64> {
-        self.chunker.inline_bytes_max().map_err(into_trap)
+        Ok(INLINE_BYTES_MAX)
     }
 
     async fn put(&mut self, data: Vec<u8>, options: PutOptions) -> Result<String, BlobError> {
@@ -80,31 +86,35 @@ impl blobs::Host for BlobCtx {
     }
 
     async fn delete(&mut self, id: String) -> Result<(), BlobError> {
-        self.chunker.delete(&id)
+        metadata::delete(self.chunker.store(), &id)
     }
 
     async fn exists(&mut self, id: String) -> Result<bool, BlobError> {
-        self.chunker.exists(&id)
+        metadata::exists(self.chunker.store(), &id)
     }
 
     async fn stat(&mut self, id: String) -> Result<Metadata, BlobError> {
-        self.chunker.stat(&id)
+        metadata::stat(self.chunker.store(), &id)
     }
 
     async fn update(&mut self, id: String, change: MetadataUpdate) -> Result<Metadata, BlobError> {
-        self.chunker.update(&id, &change)
+        metadata::update(self.chunker.store(), &id, change)
     }
 
     async fn list(&mut self, after: Option<String>, limit: u32) -> Result<Vec<String>, BlobError> {
-        self.chunker.list(after.as_deref(), limit)
+        metadata::list(self.chunker.store(), after.as_deref(), limit)
     }
 
     async fn find_by_tag(&mut self, tag: String) -> Result<Vec<String>, BlobError> {
-        self.chunker.find_by_tag(&tag)
+        metadata::find_by_tag(self.chunker.store(), &tag)
     }
 
     async fn stats(&mut self) -> Result<StoreStats, BlobError> {
-        self.chunker.stats()
+        Ok(metadata::stats(self.chunker.store()))
+    }
+
+    async fn query(&mut self, query: Query) -> Result<QueryPage, BlobError> {
+        metadata::query(self.chunker.store(), query)
     }
 
     async fn create_writer(
