@@ -21,6 +21,8 @@ from wit_world.imports import blobs
 from wit_world.imports.tensor_blob_types import (
     Error_InvalidArgument,
     Error_NotFound,
+    Condition_LinkedFrom,
+    Condition_LinksToExternal,
     Condition_Tag,
     KeyValue,
     MetadataUpdate,
@@ -81,7 +83,12 @@ def metadata_round_trip() -> None:
     print(f"put {first} {meta.size} bytes, tags {','.join(sorted(meta.tags))}")
 
     # A second artifact linked to the first; identical bytes share chunks.
-    second = blobs.put(data, options(links=[first], tags=["python"]))
+    # Tags and links are sets: the second "python" and link are dropped.
+    second = blobs.put(
+        data,
+        options(links=[first, first], tags=["python", "python"], external_links=["run:42"]),
+    )
+    check(blobs.stat(second).tags == ["python"], f"tags {blobs.stat(second).tags}")
     stats = blobs.stats()
     check(stats.logical_bytes >= 2 * len(data), "logical bytes")
     check(blobs.stat(second).links == [first], "links")
@@ -110,7 +117,17 @@ def metadata_round_trip() -> None:
     # A query: newest first, one page, answered by the host.
     page = blobs.query(Query([Condition_Tag("checked")], True, None, 10))
     check(page.ids == [second] and page.next is None, f"query {page.ids} {page.next}")
+    # Links both ways, and to an entity that is not an artifact.
+    page = blobs.query(Query([Condition_LinkedFrom(second)], False, None, 10))
+    check(page.ids == [first], f"linked-from {page.ids}")
+    page = blobs.query(Query([Condition_LinksToExternal("run:42")], False, None, 10))
+    check(page.ids == [second], f"links-to-external {page.ids}")
     print(f"linked {second} -> {first}; chunks {stats.chunks}, artifacts {stats.artifacts}")
+
+    # Deleting a linked artifact drops the links to it, nothing dangles.
+    blobs.delete(first)
+    check(blobs.stat(second).links == [], f"links after delete {blobs.stat(second).links}")
+    print("deleted the link target: the link went with it")
 
     # Errors come back typed.
     blobs.delete(second)

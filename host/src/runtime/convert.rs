@@ -162,5 +162,9 @@ pub fn wit_stats(stats: store::Stats) -> StoreStats {
         logical_bytes: stats.logical_bytes,
         physical_bytes: stats.physical_bytes,
         disk_bytes: stats.disk_bytes,
+        live_bytes: stats.live_bytes,
+        dead_bytes: stats.dead_bytes,
+        garbage_bytes: stats.garbage_bytes,
+        segments: stats.segments,
     }
 }
