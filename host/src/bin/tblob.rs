@@ -42,7 +42,9 @@ Damage found when opening a tenant's store is reported once, on stderr,
 before the command's own output: one line `tblob: warning: store damage: ...`
 (`verify` instead lists each problem as `tblob: store damage: <problem>`).
 Text output escapes control characters and backslashes in stored strings
-(\\n, \\t, \\\\, \\u{1b}); `--json` output is exact.";
+(\\n, \\t, \\\\, \\u{1b}); `--json` output is exact. On success stderr holds
+only warnings, and for `find --limit` when more matches remain, a last line
+`tblob: next page: --after ID`.";
 
 #[derive(Parser)]
 #[command(
@@ -140,18 +142,23 @@ enum Command {
     /// ids if any fails, or if the open found damage in the store files (an
     /// unknown id is an error, exit 2).
     Verify { id: Option<String> },
-    /// The store's totals (as `stat` without an id): artifacts, chunks,
-    /// logical, physical and disk bytes, garbage pending GC, dead bytes.
+    /// The store's totals (as `stat` without an id).
+    ///
+    /// Artifacts, chunks, logical, physical and disk bytes, the dedup
+    /// ratio, garbage pending GC and dead bytes.
     Stats {
         #[arg(long)]
         json: bool,
     },
-    /// Ids of the artifacts meeting every condition given (all of them if
-    /// none), one per line, in commit order (oldest first) unless
-    /// --newest-first. Without --limit, every match; with --limit N, at
-    /// most N, and when more remain a last stderr line `tblob: next page:
-    /// --after ID` (pass it on for the next page). Values match exactly
-    /// (bytes), never as patterns, except --name-prefix.
+    /// Ids of the artifacts meeting every condition given, one per line.
+    ///
+    /// All artifacts if no condition is given; in commit order (oldest
+    /// first) unless --newest-first. Without --limit, every match; with
+    /// --limit N, at most N, and when more remain a last stderr line
+    /// `tblob: next page: --after ID` (pass it on for the next page; with
+    /// --json, `next` instead). Values match exactly (bytes), never as
+    /// patterns, except --name-prefix. An unknown id in --links-to or
+    /// --linked-from matches nothing; an unknown --after is an error.
     Find(FindArgs),
     /// Add tags to an artifact (a tag it has already stays once); prints
     /// its new metadata.
