@@ -1502,3 +1502,44 @@ fn stats_prints_the_store_totals() {
     assert_eq!(stats["garbage_chunks"], 0);
     assert_eq!(stats["logical_bytes"], bytes.len() as u64);
 }
+
+/// Goal: `find` and `stats` are reading commands: they run while another
+/// process writes the tenant and see what it committed, while `tag`,
+/// `link` and `update` are writes, refused while the tenant is in use.
+/// Method: this test process holds the tenant open for writing (a
+/// `Runtime`), changes an artifact through `Store::update`, and runs the
+/// commands meanwhile.
+#[test]
+fn find_and_stats_run_beside_a_writer_and_changes_wait_for_it() {
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let s = store.path();
+    let a = put_small(s, work.path(), 1, &["--tag", "before"]);
+    let runtime = crate::common::open_runtime(s, tensor_blob_host::store::StoreOptions::default());
+    let held = runtime.tenant_store("default").unwrap();
+    assert_eq!(find(s, &["--tag", "before"]), [a.as_str()]);
+    held.update(
+        &a.parse().unwrap(),
+        tensor_blob_host::store::MetadataUpdate {
+            add_tags: vec!["during".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(find(s, &["--tag", "during"]), [a.as_str()]);
+    let stats: serde_json::Value = serde_json::from_str(&quiet(s, &["stats", "--json"])).unwrap();
+    assert_eq!(stats["artifacts"], 1);
+    let in_use = "tenant default is in use by another process";
+    refused(s, &["tag", &a, "t"], in_use);
+    refused(s, &["untag", &a, "before"], in_use);
+    refused(s, &["link", &a, "e", "--external"], in_use);
+    refused(s, &["update", &a, "--name", "n"], in_use);
+    drop(held);
+    drop(runtime);
+    let printed: serde_json::Value =
+        serde_json::from_str(&quiet(s, &["tag", &a, "after", "--json"])).unwrap();
+    assert_eq!(
+        printed["tags"],
+        serde_json::json!(["before", "during", "after"])
+    );
+}
