@@ -356,11 +356,23 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(code) => ExitCode::from(code),
+        // The reader of stdout went away (`tblob find | head`): it has
+        // what it wanted, so stop quietly, as ripgrep does.
+        Err(error) if broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("tblob: {}", error_line(&error));
             ExitCode::from(2)
         }
     }
+}
+
+/// Whether `error` is a write to a closed pipe.
+fn broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// A command line clap refused: help and version print as usual; anything
@@ -771,18 +783,21 @@ fn run(cli: Cli) -> Result<u8> {
                 .ids()
                 .map(|id| store.metadata(&id))
                 .collect::<Result<Vec<_>, _>>()?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             if json {
-                println!("{}", serde_json::to_string_pretty(&metas)?);
+                writeln!(out, "{}", serde_json::to_string_pretty(&metas)?)?;
             } else {
                 for meta in metas {
-                    println!(
+                    writeln!(
+                        out,
                         "{}  {:>12}  {}",
                         meta.id,
                         meta.size,
                         meta.filename.as_deref().map_or("-".into(), printable)
-                    );
+                    )?;
                 }
             }
+            out.flush()?;
             Ok(0)
         }
         Command::Verify { id } => {
