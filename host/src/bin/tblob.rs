@@ -6,8 +6,8 @@
 //! escapes control characters in user strings (`--json` is exact). Exit
 //! codes and stderr follow one rule, [`EXIT_CODES`] (also in `--help`).
 //!
-//! Commands that only read (`ls`, `stat`, `get`, `exists`, `verify`,
-//! `quota show`) open the tenant read-only: they run beside a writer
+//! Commands that only read (`ls`, `stat`, `stats`, `find`, `get`,
+//! `exists`, `verify`, `quota show`) open the tenant read-only: they run beside a writer
 //! process, see what was committed when they started, and create nothing
 //! (a missing store or tenant is an error). Commands that write wait for a
 //! tenant another process writes at most `--wait` seconds (default: about
@@ -23,7 +23,10 @@ use tensor_blob_host::runtime::plugin::{LimitExceeded, Plugin, PluginOptions, Ti
 use tensor_blob_host::runtime::{
     self, Chunking, CompileCache, EngineOptions, KeyValue, PutOptions, Runtime, RuntimeOptions,
 };
-use tensor_blob_host::store::{ArtifactId, Durability, GcPolicy, StoreError, StoreOptions};
+use tensor_blob_host::store::{
+    ArtifactId, Condition, Durability, GcPolicy, Metadata, MetadataUpdate, Order, Query, Stats,
+    Store, StoreError, StoreOptions, TimeRange, QUERY_PAGE_MAX,
+};
 use tensor_blob_host::tenant::{Access, LOCK_WAIT_DEFAULT};
 
 /// The exit-code and stderr rule of every command (`tblob --help`).
@@ -39,7 +42,9 @@ Damage found when opening a tenant's store is reported once, on stderr,
 before the command's own output: one line `tblob: warning: store damage: ...`
 (`verify` instead lists each problem as `tblob: store damage: <problem>`).
 Text output escapes control characters and backslashes in stored strings
-(\\n, \\t, \\\\, \\u{1b}); `--json` output is exact.";
+(\\n, \\t, \\\\, \\u{1b}); `--json` output is exact. On success stderr holds
+only warnings, and for `find --limit` when more matches remain, a last line
+`tblob: next page: --after ID`.";
 
 #[derive(Parser)]
 #[command(
@@ -94,8 +99,18 @@ enum Command {
         #[arg(long = "tag")]
         tags: Vec<String>,
         /// Id of an artifact this one links to.
-        #[arg(long = "link")]
+        #[arg(long = "link", value_name = "ID")]
         links: Vec<String>,
+        /// Id of an entity outside the store this one links to (a run, a
+        /// user, a dataset elsewhere): any string of 1 to 256 bytes.
+        #[arg(long = "external", value_name = "ENTITY")]
+        external_links: Vec<String>,
+        /// Creator to record (default: `tblob VERSION`).
+        #[arg(long)]
+        creator: Option<String>,
+        /// A custom pair to record (repeatable; each KEY once).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        custom: Vec<String>,
         #[arg(long, value_enum, default_value = "cdc")]
         chunking: ChunkingMode,
         /// Fixed chunk size, or average CDC chunk size, in bytes.
@@ -127,6 +142,89 @@ enum Command {
     /// ids if any fails, or if the open found damage in the store files (an
     /// unknown id is an error, exit 2).
     Verify { id: Option<String> },
+    /// The store's totals (as `stat` without an id).
+    ///
+    /// Artifacts, chunks, logical, physical and disk bytes, the dedup
+    /// ratio, garbage pending GC and dead bytes.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ids of the artifacts meeting every condition given, one per line.
+    ///
+    /// All artifacts if no condition is given; in commit order (oldest
+    /// first) unless --newest-first. Without --limit, every match; with
+    /// --limit N, at most N, and when more remain a last stderr line
+    /// `tblob: next page: --after ID` (pass it on for the next page; with
+    /// --json, `next` instead). Values match exactly (bytes), never as
+    /// patterns, except --name-prefix. An unknown id in --links-to or
+    /// --linked-from matches nothing; an unknown --after is an error.
+    Find(FindArgs),
+    /// Add tags to an artifact (a tag it has already stays once); prints
+    /// its new metadata.
+    Tag {
+        id: String,
+        #[arg(required = true, value_name = "TAG")]
+        tags: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove tags from an artifact (one it lacks is no error); prints its
+    /// new metadata.
+    Untag {
+        id: String,
+        #[arg(required = true, value_name = "TAG")]
+        tags: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add links from an artifact to other artifacts (each must exist), or
+    /// with --external to entity ids; prints its new metadata.
+    Link {
+        id: String,
+        #[arg(required = true, value_name = "TARGET")]
+        targets: Vec<String>,
+        /// The targets are external entity ids, not artifact ids.
+        #[arg(long)]
+        external: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove links from an artifact (one it lacks is no error); with
+    /// --external, links to entity ids. Prints its new metadata.
+    Unlink {
+        id: String,
+        #[arg(required = true, value_name = "TARGET")]
+        targets: Vec<String>,
+        /// The targets are external entity ids, not artifact ids.
+        #[arg(long)]
+        external: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change an artifact's filename, content type or custom pairs in one
+    /// atomic update (--unset before --set); prints its new metadata.
+    Update {
+        id: String,
+        #[arg(long, conflicts_with = "no_name")]
+        name: Option<String>,
+        /// Remove the filename.
+        #[arg(long)]
+        no_name: bool,
+        #[arg(long, conflicts_with = "no_content_type")]
+        content_type: Option<String>,
+        /// Remove the content type.
+        #[arg(long)]
+        no_content_type: bool,
+        /// Add a custom pair, or replace KEY's value (repeatable; each KEY once).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Remove the custom pair with this key (repeatable).
+        #[arg(long = "unset", value_name = "KEY")]
+        unset: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Reclaim space held by chunks no artifact references.
     Gc,
     /// Run a plugin component against the store: a WASI 0.2 command
@@ -184,19 +282,121 @@ enum QuotaAction {
     },
 }
 
+/// `tblob find`'s conditions and paging.
+#[derive(Clone, clap::Args)]
+struct FindArgs {
+    /// Carries this tag (repeatable: all of them).
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Its links include this artifact (repeatable).
+    #[arg(long, value_name = "ID")]
+    links_to: Vec<String>,
+    /// Is one of the artifacts ID links to (repeatable).
+    #[arg(long, value_name = "ID")]
+    linked_from: Vec<String>,
+    /// Its external links include this entity id (repeatable).
+    #[arg(long = "external", value_name = "ENTITY")]
+    external: Vec<String>,
+    /// Has this content type.
+    #[arg(long = "type", value_name = "TYPE")]
+    content_type: Option<String>,
+    /// Has this creator.
+    #[arg(long, value_name = "CREATOR")]
+    creator: Option<String>,
+    /// Has exactly this filename.
+    #[arg(long, value_name = "NAME", conflicts_with = "name_prefix")]
+    name: Option<String>,
+    /// Has a filename starting with these bytes.
+    #[arg(long, value_name = "PREFIX")]
+    name_prefix: Option<String>,
+    /// Created at or after this time (milliseconds since the Unix epoch).
+    #[arg(long, value_name = "MS")]
+    created_since: Option<u64>,
+    /// Created before this time (milliseconds since the Unix epoch).
+    #[arg(long, value_name = "MS")]
+    created_before: Option<u64>,
+    /// Last changed at or after this time (milliseconds since the Unix epoch).
+    #[arg(long, value_name = "MS")]
+    modified_since: Option<u64>,
+    /// Last changed before this time (milliseconds since the Unix epoch).
+    #[arg(long, value_name = "MS")]
+    modified_before: Option<u64>,
+    /// Has a custom pair with this key (repeatable).
+    #[arg(long, value_name = "KEY")]
+    custom_key: Vec<String>,
+    /// Has this custom pair (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    custom: Vec<String>,
+    /// Newest first (reverse commit order) instead of oldest first.
+    #[arg(long)]
+    newest_first: bool,
+    /// Continue after this id (the cursor a previous page printed).
+    #[arg(long, value_name = "CURSOR")]
+    after: Option<String>,
+    /// At most this many ids (1 to 65536), then the cursor of the next page.
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..=QUERY_PAGE_MAX as u64)
+    )]
+    limit: Option<u64>,
+    /// One JSON object `{"ids": [...], "next": ID or null}` instead.
+    #[arg(long)]
+    json: bool,
+}
+
 /// A quota limit as given on the command line: `None` is `none`.
 #[derive(Clone, Copy)]
 struct Limit(Option<u64>);
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(error),
+    };
     match run(cli) {
         Ok(code) => ExitCode::from(code),
+        // The reader of stdout went away (`tblob find | head`): it has
+        // what it wanted, so stop quietly, as ripgrep does.
+        Err(error) if broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("tblob: {}", error_line(&error));
             ExitCode::from(2)
         }
     }
+}
+
+/// Whether `error` is a write to a closed pipe.
+fn broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// A command line clap refused: help and version print as usual; anything
+/// else is exit 2 with one line, as [`EXIT_CODES`] promises (clap's own
+/// report runs to several lines: usage, tips).
+fn usage_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        error.exit();
+    }
+    let rendered = error.render().to_string();
+    let first = rendered.lines().find(|line| !line.trim().is_empty());
+    let message = first.unwrap_or("bad arguments");
+    let message = message.strip_prefix("error: ").unwrap_or(message);
+    eprintln!(
+        "tblob: invalid argument: {} (see tblob --help)",
+        escape(message, false)
+    );
+    ExitCode::from(2)
 }
 
 /// `error` and its causes as one line. A cause whose text the line already
@@ -251,11 +451,18 @@ fn reads_only(command: &Command) -> bool {
         Command::Get { .. }
         | Command::Exists { .. }
         | Command::Stat { .. }
+        | Command::Stats { .. }
+        | Command::Find(_)
         | Command::Ls { .. }
         | Command::Verify { .. } => true,
         Command::Quota { action } => matches!(action, QuotaAction::Show { .. }),
         Command::Put { .. }
         | Command::Rm { .. }
+        | Command::Tag { .. }
+        | Command::Untag { .. }
+        | Command::Link { .. }
+        | Command::Unlink { .. }
+        | Command::Update { .. }
         | Command::Gc
         | Command::Run { .. }
         | Command::Demo { .. } => false,
@@ -294,11 +501,83 @@ fn put_chunking(mode: ChunkingMode, size: Option<u32>) -> Result<Option<Chunking
     Ok(chunking)
 }
 
+/// An artifact id given on the command line (`what` names the argument):
+/// the length is checked first, so a long string never ends up whole in
+/// the message.
+fn parse_id(what: &str, text: &str) -> Result<ArtifactId> {
+    let excerpt: String = text.chars().take(40).collect();
+    let ellipsis = if excerpt.len() < text.len() {
+        "..."
+    } else {
+        ""
+    };
+    let invalid = || {
+        anyhow::anyhow!(
+            "invalid argument: {what} {:?}{ellipsis}: expected 32 hex digits",
+            escape(&excerpt, false)
+        )
+    };
+    if text.len() != 32 {
+        return Err(invalid());
+    }
+    text.parse().map_err(|_| invalid())
+}
+
+/// `KEY=VALUE` arguments of `flag` as pairs (split at the first `=`; the
+/// value may hold more), each key non-empty and given once.
+fn parse_pairs(flag: &str, texts: &[String]) -> Result<Vec<(String, String)>> {
+    use tensor_blob_host::store::{CUSTOM_KEY_BYTES_MAX, CUSTOM_PAIRS_MAX, CUSTOM_VALUE_BYTES_MAX};
+    if texts.len() > CUSTOM_PAIRS_MAX {
+        bail!(
+            "invalid argument: {flag} given {} times, at most {CUSTOM_PAIRS_MAX}",
+            texts.len()
+        );
+    }
+    let mut pairs: Vec<(String, String)> = Vec::with_capacity(texts.len());
+    for text in texts {
+        let Some((key, value)) = text.split_once('=').filter(|(key, _)| !key.is_empty()) else {
+            bail!(
+                "invalid argument: {flag} {:?}: expected KEY=VALUE with a non-empty KEY",
+                escape(text, false)
+            );
+        };
+        if key.len() > CUSTOM_KEY_BYTES_MAX || value.len() > CUSTOM_VALUE_BYTES_MAX {
+            bail!(
+                "invalid argument: {flag}: a key is 1..={CUSTOM_KEY_BYTES_MAX} bytes, \
+                 a value at most {CUSTOM_VALUE_BYTES_MAX}"
+            );
+        }
+        if pairs.iter().any(|(k, _)| k == key) {
+            bail!(
+                "invalid argument: {flag}: key {:?} given twice",
+                escape(key, false)
+            );
+        }
+        pairs.push((key.to_string(), value.to_string()));
+    }
+    Ok(pairs)
+}
+
+/// Checks external entity ids against the store's limits.
+fn check_external_links(entities: &[String]) -> Result<()> {
+    use tensor_blob_host::store::{EXTERNAL_LINKS_MAX, EXTERNAL_LINK_BYTES_MAX};
+    if entities.len() > EXTERNAL_LINKS_MAX {
+        bail!("invalid argument: at most {EXTERNAL_LINKS_MAX} external links");
+    }
+    if entities
+        .iter()
+        .any(|e| e.is_empty() || e.len() > EXTERNAL_LINK_BYTES_MAX)
+    {
+        bail!("invalid argument: an external link must be 1..={EXTERNAL_LINK_BYTES_MAX} bytes");
+    }
+    Ok(())
+}
+
 /// Checks a put's metadata against the store's limits (which the chunker
 /// and the store check again) and opens its input.
 fn open_put_source(
     file: &Path,
-    strings: [(&str, Option<&String>); 2],
+    strings: [(&str, Option<&String>); 3],
     tags: &[String],
     links: &[String],
 ) -> Result<PutSource> {
@@ -315,8 +594,7 @@ fn open_put_source(
         bail!("invalid argument: a tag must be 1..={TAG_BYTES_MAX} bytes");
     }
     for link in links {
-        link.parse::<ArtifactId>()
-            .with_context(|| format!("--link {link}"))?;
+        parse_id("--link", link)?;
     }
     if file == Path::new("-") {
         return Ok((Box::new(std::io::stdin().lock()), None));
@@ -340,20 +618,31 @@ fn run(cli: Cli) -> Result<u8> {
             content_type,
             tags,
             links,
+            external_links,
+            creator,
+            custom,
             chunking,
             chunk_size,
         } => Some((
             put_chunking(*chunking, *chunk_size)?,
+            parse_pairs("--set", custom)?,
+            check_external_links(external_links)?,
             open_put_source(
                 file,
                 [
                     ("--name", name.as_ref()),
                     ("--content-type", content_type.as_ref()),
+                    ("--creator", creator.as_ref()),
                 ],
                 tags,
                 links,
             )?,
         )),
+        _ => None,
+    };
+    let mut change = metadata_change(&cli.command)?;
+    let mut query = match &cli.command {
+        Command::Find(args) => Some(find_query(args)?),
         _ => None,
     };
     let runtime = open_runtime(&cli)?;
@@ -381,9 +670,11 @@ fn run(cli: Cli) -> Result<u8> {
             content_type,
             tags,
             links,
+            external_links,
+            creator,
             ..
         } => {
-            let (chunking, (mut source, size)) =
+            let (chunking, custom, (), (mut source, size)) =
                 put_inputs.take().expect("checked before the runtime");
             let filename = name.or_else(|| {
                 (file != Path::new("-"))
@@ -393,11 +684,14 @@ fn run(cli: Cli) -> Result<u8> {
             let options = PutOptions {
                 filename,
                 content_type,
-                creator: Some(format!("tblob {}", env!("CARGO_PKG_VERSION"))),
+                creator: creator.or_else(|| Some(format!("tblob {}", env!("CARGO_PKG_VERSION")))),
                 tags,
                 links,
-                external_links: Vec::new(),
-                custom: Vec::<KeyValue>::new(),
+                external_links,
+                custom: custom
+                    .into_iter()
+                    .map(|(key, value)| KeyValue { key, value })
+                    .collect(),
                 chunking,
             };
             let mut chunker = runtime.chunker(tenant)?;
@@ -408,8 +702,11 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Get { id, output } => {
+            let size = runtime
+                .tenant_store(tenant)?
+                .metadata(&parse_id("artifact id", &id)?)?
+                .size;
             let mut chunker = runtime.chunker(tenant)?;
-            let size = chunker.store().metadata(&id.parse()?)?.size;
             let bar = progress(Some(size), "get");
             match output {
                 None => {
@@ -442,65 +739,40 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Rm { id } => {
-            runtime.chunker(tenant)?.store().delete(&id.parse()?)?;
+            runtime
+                .tenant_store(tenant)?
+                .delete(&parse_id("artifact id", &id)?)?;
             Ok(0)
         }
         Command::Exists { id } => {
-            let exists = runtime.chunker(tenant)?.store().exists(&id.parse()?);
-            Ok(if exists { 0 } else { 1 })
+            let id = parse_id("artifact id", &id)?;
+            Ok(if runtime.tenant_store(tenant)?.exists(&id) {
+                0
+            } else {
+                1
+            })
         }
         Command::Stat { id: Some(id), json } => {
-            let id: ArtifactId = id.parse()?;
-            let meta = runtime.tenant_store(tenant)?.metadata(&id)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&meta)?);
-            } else {
-                fn text(value: Option<&str>) -> std::borrow::Cow<'_, str> {
-                    value.map_or("-".into(), printable)
-                }
-                println!("id:           {}", meta.id);
-                println!("filename:     {}", text(meta.filename.as_deref()));
-                println!("content-type: {}", text(meta.content_type.as_deref()));
-                println!("creator:      {}", text(meta.creator.as_deref()));
-                println!("size:         {}", meta.size);
-                println!("digest:       {}", meta.digest);
-                println!("chunks:       {}", meta.chunk_count);
-                println!("created-ms:   {}", meta.created_ms);
-                println!("modified-ms:  {}", meta.modified_ms);
-                let tags: Vec<_> = meta.tags.iter().map(|tag| printable(tag)).collect();
-                println!("tags:         {}", tags.join(", "));
-                let links: Vec<String> = meta.links.iter().map(|l| l.to_string()).collect();
-                println!("links:        {}", links.join(", "));
-                for (key, value) in &meta.custom {
-                    println!("custom:       {}={}", printable(key), printable(value));
-                }
-            }
+            let id = parse_id("artifact id", &id)?;
+            print_metadata(&runtime.tenant_store(tenant)?.metadata(&id)?, json)?;
             Ok(0)
         }
-        Command::Stat { id: None, json } => {
-            let stats = runtime.tenant_store(tenant)?.stats();
-            let dedup_ratio = if stats.physical_bytes == 0 {
-                1.0
-            } else {
-                stats.logical_bytes as f64 / stats.physical_bytes as f64
-            };
-            if json {
-                let mut value = serde_json::to_value(stats)?;
-                value["dedup_ratio"] = serde_json::json!(dedup_ratio);
-                println!("{}", serde_json::to_string_pretty(&value)?);
-            } else {
-                println!("artifacts:      {}", stats.artifacts);
-                println!("chunks:         {}", stats.chunks);
-                println!("logical bytes:  {}", stats.logical_bytes);
-                println!("physical bytes: {}", stats.physical_bytes);
-                println!("disk bytes:     {}", stats.disk_bytes);
-                println!("dedup ratio:    {dedup_ratio:.3}");
-                println!(
-                    "garbage:        {} chunks, {} bytes (pending GC)",
-                    stats.garbage_chunks, stats.garbage_bytes
-                );
-                println!("dead bytes:     {}", stats.dead_bytes);
-            }
+        Command::Stat { id: None, json } | Command::Stats { json } => {
+            print_stats(&runtime.tenant_store(tenant)?.stats(), json)?;
+            Ok(0)
+        }
+        Command::Find(args) => {
+            let query = query.take().expect("checked before the runtime");
+            find(&runtime.tenant_store(tenant)?, query, &args)
+        }
+        Command::Tag { .. }
+        | Command::Untag { .. }
+        | Command::Link { .. }
+        | Command::Unlink { .. }
+        | Command::Update { .. } => {
+            let (id, change, json) = change.take().expect("checked before the runtime");
+            let meta = runtime.tenant_store(tenant)?.update(&id, change)?;
+            print_metadata(&meta, json)?;
             Ok(0)
         }
         Command::Ls { json } => {
@@ -509,18 +781,21 @@ fn run(cli: Cli) -> Result<u8> {
                 .ids()
                 .map(|id| store.metadata(&id))
                 .collect::<Result<Vec<_>, _>>()?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             if json {
-                println!("{}", serde_json::to_string_pretty(&metas)?);
+                writeln!(out, "{}", serde_json::to_string_pretty(&metas)?)?;
             } else {
                 for meta in metas {
-                    println!(
+                    writeln!(
+                        out,
                         "{}  {:>12}  {}",
                         meta.id,
                         meta.size,
                         meta.filename.as_deref().map_or("-".into(), printable)
-                    );
+                    )?;
                 }
             }
+            out.flush()?;
             Ok(0)
         }
         Command::Verify { id } => {
@@ -632,6 +907,240 @@ fn run(cli: Cli) -> Result<u8> {
     }
 }
 
+/// What `tag`, `untag`, `link`, `unlink` and `update` change (the id, the
+/// update, `--json`), checked before the store is opened; `None` for other
+/// commands. Each is one [`MetadataUpdate`], so one atomic, durable record.
+fn metadata_change(command: &Command) -> Result<Option<(ArtifactId, MetadataUpdate, bool)>> {
+    let mut change = MetadataUpdate::default();
+    let (id, json) = match command {
+        Command::Tag { id, tags, json } => {
+            change.add_tags = tags.clone();
+            (id, json)
+        }
+        Command::Untag { id, tags, json } => {
+            change.remove_tags = tags.clone();
+            (id, json)
+        }
+        Command::Link {
+            id,
+            targets,
+            external,
+            json,
+        } => {
+            if *external {
+                check_external_links(targets)?;
+                change.add_external_links = targets.clone();
+            } else {
+                change.add_links = parse_ids("TARGET", targets)?;
+            }
+            (id, json)
+        }
+        Command::Unlink {
+            id,
+            targets,
+            external,
+            json,
+        } => {
+            if *external {
+                change.remove_external_links = targets.clone();
+            } else {
+                change.remove_links = parse_ids("TARGET", targets)?;
+            }
+            (id, json)
+        }
+        Command::Update {
+            id,
+            name,
+            no_name,
+            content_type,
+            no_content_type,
+            set,
+            unset,
+            json,
+        } => {
+            change.filename = if *no_name {
+                Some(None)
+            } else {
+                name.clone().map(Some)
+            };
+            change.content_type = if *no_content_type {
+                Some(None)
+            } else {
+                content_type.clone().map(Some)
+            };
+            change.set_custom = parse_pairs("--set", set)?;
+            change.unset_custom = unset.clone();
+            if change == MetadataUpdate::default() {
+                bail!(
+                    "invalid argument: update: nothing to change (give --name, --no-name, \
+                     --content-type, --no-content-type, --set or --unset)"
+                );
+            }
+            (id, json)
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some((parse_id("artifact id", id)?, change, *json)))
+}
+
+/// Artifact ids given as `what`.
+fn parse_ids(what: &str, texts: &[String]) -> Result<Vec<ArtifactId>> {
+    texts.iter().map(|text| parse_id(what, text)).collect()
+}
+
+/// Adds `entities` to the external links of `id`, just put. The put's
+/// options (WIT `put-options`) cannot carry them yet, so this is a second
+/// record; if it fails, the artifact (whose id was never printed) is
+/// deleted again and the put fails, so a failed put leaves nothing.
+/// One artifact's metadata, as `stat ID` prints it (`--json`: exact).
+fn print_metadata(meta: &Metadata, json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(meta)?)?;
+        return Ok(());
+    }
+    fn text(value: Option<&str>) -> std::borrow::Cow<'_, str> {
+        value.map_or("-".into(), printable)
+    }
+    let list = |items: &mut dyn Iterator<Item = String>| items.collect::<Vec<_>>().join(", ");
+    writeln!(out, "id:           {}", meta.id)?;
+    writeln!(out, "filename:     {}", text(meta.filename.as_deref()))?;
+    writeln!(out, "content-type: {}", text(meta.content_type.as_deref()))?;
+    writeln!(out, "creator:      {}", text(meta.creator.as_deref()))?;
+    writeln!(out, "size:         {}", meta.size)?;
+    writeln!(out, "digest:       {}", meta.digest)?;
+    writeln!(out, "chunks:       {}", meta.chunk_count)?;
+    writeln!(out, "created-ms:   {}", meta.created_ms)?;
+    writeln!(out, "modified-ms:  {}", meta.modified_ms)?;
+    let tags = list(&mut meta.tags.iter().map(|tag| printable(tag).into_owned()));
+    writeln!(out, "tags:         {tags}")?;
+    let links = list(&mut meta.links.iter().map(|link| link.to_string()));
+    writeln!(out, "links:        {links}")?;
+    let external = list(
+        &mut meta
+            .external_links
+            .iter()
+            .map(|entity| printable(entity).into_owned()),
+    );
+    writeln!(out, "external:     {external}")?;
+    for (key, value) in &meta.custom {
+        writeln!(out, "custom:       {}={}", printable(key), printable(value))?;
+    }
+    Ok(())
+}
+
+/// The store's totals, as `stats` (and `stat` without an id) print them.
+fn print_stats(stats: &Stats, json: bool) -> Result<()> {
+    let dedup_ratio = if stats.physical_bytes == 0 {
+        1.0
+    } else {
+        stats.logical_bytes as f64 / stats.physical_bytes as f64
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        let mut value = serde_json::to_value(stats)?;
+        value["dedup_ratio"] = serde_json::json!(dedup_ratio);
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        return Ok(());
+    }
+    writeln!(out, "artifacts:      {}", stats.artifacts)?;
+    writeln!(out, "chunks:         {}", stats.chunks)?;
+    writeln!(out, "logical bytes:  {}", stats.logical_bytes)?;
+    writeln!(out, "physical bytes: {}", stats.physical_bytes)?;
+    writeln!(out, "disk bytes:     {}", stats.disk_bytes)?;
+    writeln!(out, "dedup ratio:    {dedup_ratio:.3}")?;
+    writeln!(
+        out,
+        "garbage:        {} chunks, {} bytes (pending GC)",
+        stats.garbage_chunks, stats.garbage_bytes
+    )?;
+    writeln!(out, "live bytes:     {}", stats.live_bytes)?;
+    writeln!(out, "dead bytes:     {}", stats.dead_bytes)?;
+    writeln!(out, "segments:       {}", stats.segments)?;
+    Ok(())
+}
+
+/// Ids `find` asks the store for at a time when it prints every match.
+const FIND_PAGE_IDS: usize = 4096;
+const _: () = assert!(FIND_PAGE_IDS <= QUERY_PAGE_MAX);
+
+/// `find`'s conditions as one [`Query`] (checked before the store is
+/// opened, so bad arguments are reported as such even without a store).
+fn find_query(args: &FindArgs) -> Result<Query> {
+    let args = args.clone();
+    let mut conditions: Vec<Condition> = Vec::new();
+    conditions.extend(args.tags.into_iter().map(Condition::Tag));
+    for id in &args.links_to {
+        conditions.push(Condition::LinksTo(parse_id("--links-to", id)?));
+    }
+    for id in &args.linked_from {
+        conditions.push(Condition::LinkedFrom(parse_id("--linked-from", id)?));
+    }
+    conditions.extend(args.external.into_iter().map(Condition::LinksToExternal));
+    conditions.extend(args.content_type.map(Condition::ContentType));
+    conditions.extend(args.creator.map(Condition::Creator));
+    conditions.extend(args.name.map(Condition::Filename));
+    conditions.extend(args.name_prefix.map(Condition::FilenamePrefix));
+    let range = |since: Option<u64>, before: Option<u64>| {
+        (since.is_some() || before.is_some()).then(|| TimeRange {
+            from_ms: since.unwrap_or(0),
+            to_ms: before.unwrap_or(u64::MAX),
+        })
+    };
+    conditions.extend(range(args.created_since, args.created_before).map(Condition::Created));
+    conditions.extend(range(args.modified_since, args.modified_before).map(Condition::Modified));
+    conditions.extend(args.custom_key.into_iter().map(Condition::CustomKey));
+    for (key, value) in parse_pairs("--custom", &args.custom)? {
+        conditions.push(Condition::Custom(key, value));
+    }
+    let query = Query {
+        conditions,
+        order: if args.newest_first {
+            Order::NewestFirst
+        } else {
+            Order::OldestFirst
+        },
+        after: args
+            .after
+            .as_deref()
+            .map(|after| parse_id("--after", after))
+            .transpose()?,
+        // `--limit` is at most `QUERY_PAGE_MAX` (clap checked), so it fits.
+        limit: args.limit.map_or(FIND_PAGE_IDS, |limit| limit as usize),
+    };
+    Ok(query)
+}
+
+/// The `find` subcommand: one page (`--limit`) or every page of `query`.
+fn find(store: &Store, mut query: Query, args: &FindArgs) -> Result<u8> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut ids = Vec::new();
+    let next = loop {
+        let page = store.query(&query)?;
+        if args.json {
+            ids.extend(page.ids);
+        } else {
+            for id in &page.ids {
+                writeln!(out, "{id}")?;
+            }
+        }
+        match page.next {
+            Some(next) if args.limit.is_none() => query.after = Some(next),
+            next => break next,
+        }
+    };
+    if args.json {
+        let value = serde_json::json!({ "ids": ids, "next": next });
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+    }
+    out.flush()?;
+    drop(out);
+    if let (Some(next), false) = (next, args.json) {
+        eprintln!("tblob: next page: --after {next}");
+    }
+    Ok(0)
+}
+
 /// The `quota` subcommand.
 fn quota(runtime: &Runtime, tenant: &str, action: QuotaAction) -> Result<u8> {
     let store = runtime.tenant_store(tenant)?;
@@ -719,11 +1228,21 @@ fn parse_limit(text: &str) -> Result<Limit, String> {
 /// The store root, as a capability: the CLI is the one place that turns a
 /// path into one. Writing commands create it if missing (each new
 /// directory fsynced into its parent, so a power cut cannot take the store
-/// directory away from under synced data). Reading commands create
-/// nothing: a missing store or tenant is an error naming it.
+/// directory away from under synced data). Reading commands and metadata
+/// changes (`tag`, `link`, `update`...) create nothing: a missing store or
+/// tenant is an error naming it.
 fn open_root(cli: &Cli) -> Result<cap_std::fs::Dir> {
     let path = &cli.store;
-    if !reads_only(&cli.command) {
+    // A metadata change needs an artifact, so it never creates a store.
+    let changes_only = matches!(
+        cli.command,
+        Command::Tag { .. }
+            | Command::Untag { .. }
+            | Command::Link { .. }
+            | Command::Unlink { .. }
+            | Command::Update { .. }
+    );
+    if !reads_only(&cli.command) && !changes_only {
         return tensor_blob_host::store::backend::cap::create_ambient_dir(
             path,
             cap_std::ambient_authority(),
