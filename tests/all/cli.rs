@@ -1486,12 +1486,29 @@ fn stats_prints_the_store_totals() {
     assert_eq!(stats["dedup_ratio"], 2.0);
     assert_eq!(stats["garbage_chunks"], 0);
     assert!(stats["disk_bytes"].as_u64().unwrap() > bytes.len() as u64);
+    // Live and dead record bytes and the segment headers make up the disk.
+    let field = |name: &str| stats[name].as_u64().unwrap();
+    assert!(field("live_bytes") > bytes.len() as u64);
+    assert!(field("segments") >= 1);
+    assert_eq!(
+        field("live_bytes")
+            + field("dead_bytes")
+            + field("segments") * tensor_blob_host::store::format::SEGMENT_HEADER_BYTES,
+        field("disk_bytes"),
+        "{stats}"
+    );
     let text = quiet(s, &["stats"]);
     assert_eq!(text, quiet(s, &["stat"]));
     assert_eq!(number_after(&text, "artifacts:"), 2, "{text}");
     assert_eq!(number_after(&text, "physical bytes:"), bytes.len() as u64);
     assert!(text.contains("dedup ratio:    2.000"), "{text}");
-    for field in ["dead bytes:", "disk bytes:", "garbage:"] {
+    for field in [
+        "live bytes:",
+        "dead bytes:",
+        "disk bytes:",
+        "garbage:",
+        "segments:",
+    ] {
         number_after(&text, field);
     }
     // Deleting one copy frees nothing: the other shares every chunk.
