@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use tensor_blob_host::store::backend::sim::{Fault, FaultOp, SimDisk};
 use tensor_blob_host::store::{
-    ArtifactId, ChunkRef, Durability, GcPolicy, Hash, MetadataUpdate, NewMetadata, ProblemKind,
-    Store, StoreError, StoreOptions,
+    ArtifactId, ChunkRef, Condition, Durability, GcPolicy, Hash, Metadata, MetadataUpdate,
+    NewMetadata, Order, ProblemKind, Query, Store, StoreError, StoreOptions,
 };
 use tensor_blob_host::tenant::Tenants;
 
@@ -38,13 +38,49 @@ const REGRESSION_SEEDS: [u64; 2] = [12265097016630422475, 1264091751329710155];
 /// Operations per seed.
 const STEPS: u32 = 160;
 
+/// Tags and external links the simulation draws from: values that are
+/// prefixes of each other and hold ':' and '/', the strings the seed's
+/// prefix scans confused.
+const TAGS: [&str; 8] = [
+    "run:4", "run:42", "run:", ":42", "a/b", "ü", "ckpt", "ckpt:",
+];
+const ENTITIES: [&str; 4] = ["run:4", "run:42", "user/7", "ckpt"];
+
+/// The mutable metadata the simulation sets and checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct MetaState {
+    filename: Option<String>,
+    tags: Vec<String>,
+    links: Vec<ArtifactId>,
+    external_links: Vec<String>,
+}
+
+impl MetaState {
+    fn of(meta: &Metadata) -> MetaState {
+        MetaState {
+            filename: meta.filename.clone(),
+            tags: meta.tags.clone(),
+            links: meta.links.clone(),
+            external_links: meta.external_links.clone(),
+        }
+    }
+
+    /// As it reads once the artifacts not in `present` are gone: links to
+    /// a deleted artifact are dropped.
+    fn without_links_outside(&self, present: &HashSet<ArtifactId>) -> MetaState {
+        let mut state = self.clone();
+        state.links.retain(|id| present.contains(id));
+        state
+    }
+}
+
 /// What one artifact must read back as.
 #[derive(Clone)]
 struct Expect {
     content: Arc<Vec<u8>>,
-    /// Filenames it may have: one once acknowledged; two while an update
+    /// Metadata it may have: one once acknowledged; two while an update
     /// of it failed or was cut short.
-    filenames: Vec<Option<String>>,
+    metas: Vec<MetaState>,
 }
 
 #[derive(Default)]
@@ -65,6 +101,8 @@ struct Counts {
     puts: u64,
     deletes: u64,
     updates: u64,
+    /// Queries whose full result set was checked after a reopen.
+    queries_checked: u64,
     gcs: u64,
     /// Of `gcs`, incremental budgeted passes.
     gc_passes: u64,
@@ -230,20 +268,27 @@ impl Sim {
                 self.fail(format!("artifact {id} does not verify: {error}"));
             }
             let meta = store.metadata(id).expect("listed artifacts have metadata");
+            let actual = MetaState::of(&meta);
+            if let Some(link) = actual.links.iter().find(|link| !present.contains(link)) {
+                self.fail(format!("artifact {id} links to {link}, which is not there"));
+            }
             match self.model.live.get(id).cloned() {
                 Some(expect) => {
                     if bytes != *expect.content {
                         self.fail(format!("artifact {id} reads back other bytes"));
                     }
-                    if !expect.filenames.contains(&meta.filename) {
+                    let allowed: Vec<MetaState> = expect
+                        .metas
+                        .iter()
+                        .map(|m| m.without_links_outside(&present))
+                        .collect();
+                    if !allowed.contains(&actual) {
                         self.fail(format!(
-                            "artifact {id} has filename {:?}, expected one of {:?}",
-                            meta.filename, expect.filenames
+                            "artifact {id} has metadata {actual:?}, expected one of {allowed:?}"
                         ));
                     }
                     // What open replayed is durable now.
-                    self.model.live.get_mut(id).expect("live").filenames =
-                        vec![meta.filename.clone()];
+                    self.model.live.get_mut(id).expect("live").metas = vec![actual];
                 }
                 None => {
                     // Unacknowledged: acceptable only whole, as a put that
@@ -259,7 +304,7 @@ impl Sim {
                         *id,
                         Expect {
                             content,
-                            filenames: vec![meta.filename.clone()],
+                            metas: vec![actual],
                         },
                     );
                 }
@@ -287,6 +332,71 @@ impl Sim {
         // Deletes in doubt whose artifact is still there did not land.
         self.model.maybe_deleted.clear();
         self.model.maybe_puts.clear();
+        self.check_queries(&store, &ids);
+    }
+
+    /// Every query's full result set, paged in both orders, against the
+    /// metadata just read back (so the indexes agree with the records
+    /// they were rebuilt from).
+    fn check_queries(&mut self, store: &Store, ids: &[ArtifactId]) {
+        let metas: Vec<Metadata> = ids
+            .iter()
+            .map(|id| store.metadata(id).expect("listed"))
+            .collect();
+        let mut conditions: Vec<Condition> = Vec::new();
+        conditions.extend(TAGS.iter().map(|t| Condition::Tag(t.to_string())));
+        conditions.extend(
+            ENTITIES
+                .iter()
+                .map(|e| Condition::LinksToExternal(e.to_string())),
+        );
+        for id in ids.iter().take(4) {
+            conditions.push(Condition::LinksTo(*id));
+            conditions.push(Condition::LinkedFrom(*id));
+        }
+        conditions.push(Condition::FilenamePrefix("u".into()));
+        let mut queries: Vec<Vec<Condition>> = conditions.iter().map(|c| vec![c.clone()]).collect();
+        queries.push(vec![
+            Condition::Tag(TAGS[0].into()),
+            Condition::Tag(TAGS[1].into()),
+        ]);
+        queries.push(Vec::new());
+        for query in queries {
+            let expected: Vec<ArtifactId> = metas
+                .iter()
+                .filter(|meta| query.iter().all(|c| meets(meta, c, &metas)))
+                .map(|meta| meta.id)
+                .collect();
+            for order in [Order::OldestFirst, Order::NewestFirst] {
+                let mut got = Vec::new();
+                let mut after = None;
+                loop {
+                    let page = store
+                        .query(&Query {
+                            conditions: query.clone(),
+                            order,
+                            after,
+                            limit: 3,
+                        })
+                        .unwrap_or_else(|e| self.fail(format!("query {query:?}: {e}")));
+                    got.extend(page.ids);
+                    match page.next {
+                        Some(next) => after = Some(next),
+                        None => break,
+                    }
+                }
+                let mut want = expected.clone();
+                if order == Order::NewestFirst {
+                    want.reverse();
+                }
+                if got != want {
+                    self.fail(format!(
+                        "query {query:?} {order:?} after a reopen: got {got:?}, expected {want:?}"
+                    ));
+                }
+                self.counts.queries_checked += 1;
+            }
+        }
     }
 
     fn pick_live(&mut self) -> Option<ArtifactId> {
@@ -315,7 +425,12 @@ impl Sim {
             });
         }
         let content = Arc::new(content);
-        let filename = Some(format!("f{}", self.rng.u32(..1000)));
+        let state = MetaState {
+            filename: Some(format!("f{}", self.rng.u32(..1000))),
+            tags: self.pick_some(&TAGS),
+            links: self.pick_live().into_iter().collect(),
+            external_links: self.pick_some(&ENTITIES),
+        };
         let store = self.store().clone();
         let result = (|| {
             let mut upload = store.begin_upload();
@@ -332,7 +447,10 @@ impl Sim {
                 content.len() as u64,
                 &digest_of(&content),
                 NewMetadata {
-                    filename: filename.clone(),
+                    filename: state.filename.clone(),
+                    tags: state.tags.clone(),
+                    links: state.links.clone(),
+                    external_links: state.external_links.clone(),
                     ..NewMetadata::default()
                 },
             )
@@ -343,7 +461,7 @@ impl Sim {
                     id,
                     Expect {
                         content,
-                        filenames: vec![filename],
+                        metas: vec![state],
                     },
                 );
             }
@@ -370,6 +488,11 @@ impl Sim {
             Ok(()) => {
                 self.model.live.remove(&id);
                 self.model.deleted.insert(id);
+                for expect in self.model.live.values_mut() {
+                    for meta in &mut expect.metas {
+                        meta.links.retain(|link| *link != id);
+                    }
+                }
             }
             Err(error) => {
                 self.note_error(&error);
@@ -378,20 +501,77 @@ impl Sim {
         }
     }
 
+    /// Up to three distinct values of `values`, in random order.
+    fn pick_some(&mut self, values: &[&str]) -> Vec<String> {
+        let mut picked: Vec<String> = Vec::new();
+        for _ in 0..self.rng.usize(..4) {
+            let value = values[self.rng.usize(..values.len())].to_string();
+            if !picked.contains(&value) {
+                picked.push(value);
+            }
+        }
+        picked
+    }
+
+    /// A random change: a new filename, or tags, links and external links
+    /// added and removed incrementally.
     fn update(&mut self) {
         let Some(id) = self.pick_live() else { return };
         self.counts.updates += 1;
-        let filename = Some(format!("u{}", self.rng.u32(..1000)));
-        let change = MetadataUpdate {
-            filename: Some(filename.clone()),
-            ..MetadataUpdate::default()
-        };
+        let before = self.model.live[&id]
+            .metas
+            .last()
+            .expect("one state")
+            .clone();
+        let mut after = before.clone();
+        let mut change = MetadataUpdate::default();
+        match self.rng.u8(..3) {
+            0 => {
+                let filename = Some(format!("u{}", self.rng.u32(..1000)));
+                after.filename = filename.clone();
+                change.filename = Some(filename);
+            }
+            1 => {
+                change.remove_tags = self.pick_some(&TAGS);
+                change.add_tags = self.pick_some(&TAGS);
+                change.remove_external_links = self.pick_some(&ENTITIES);
+                change.add_external_links = self.pick_some(&ENTITIES);
+                after.tags.retain(|t| !change.remove_tags.contains(t));
+                for tag in &change.add_tags {
+                    if !after.tags.contains(tag) {
+                        after.tags.push(tag.clone());
+                    }
+                }
+                after
+                    .external_links
+                    .retain(|e| !change.remove_external_links.contains(e));
+                for entity in &change.add_external_links {
+                    if !after.external_links.contains(entity) {
+                        after.external_links.push(entity.clone());
+                    }
+                }
+            }
+            _ => {
+                let Some(target) = self.pick_live() else {
+                    return;
+                };
+                if after.links.contains(&target) {
+                    after.links.retain(|l| *l != target);
+                    change.remove_links = vec![target];
+                } else {
+                    after.links.push(target);
+                    change.add_links = vec![target];
+                }
+            }
+        }
         match self.store().update(&id, change) {
             Ok(meta) => {
-                if meta.filename != filename {
-                    self.fail(format!("update of {id} returned {:?}", meta.filename));
+                if MetaState::of(&meta) != after {
+                    self.fail(format!(
+                        "update of {id} returned {meta:?}, expected {after:?}"
+                    ));
                 }
-                self.model.live.get_mut(&id).expect("live").filenames = vec![filename];
+                self.model.live.get_mut(&id).expect("live").metas = vec![after];
             }
             Err(error) => {
                 self.note_error(&error);
@@ -399,8 +579,8 @@ impl Sim {
                     .live
                     .get_mut(&id)
                     .expect("live")
-                    .filenames
-                    .push(filename);
+                    .metas
+                    .push(after);
             }
         }
     }
@@ -484,6 +664,24 @@ impl Sim {
     }
 }
 
+/// Whether `meta` meets `condition`, by the store's documented rules
+/// (exact comparison; `metas` are all live artifacts, for `LinkedFrom`).
+fn meets(meta: &Metadata, condition: &Condition, metas: &[Metadata]) -> bool {
+    match condition {
+        Condition::Tag(tag) => meta.tags.contains(tag),
+        Condition::LinksToExternal(entity) => meta.external_links.contains(entity),
+        Condition::LinksTo(target) => meta.links.contains(target),
+        Condition::LinkedFrom(source) => metas
+            .iter()
+            .any(|m| m.id == *source && m.links.contains(&meta.id)),
+        Condition::FilenamePrefix(prefix) => meta
+            .filename
+            .as_deref()
+            .is_some_and(|f| f.starts_with(prefix.as_str())),
+        other => unreachable!("the simulation does not query {other:?}"),
+    }
+}
+
 fn run_seed(seed: u64) -> (Counts, tensor_blob_host::store::backend::sim::SimStats) {
     let mut sim = Sim::new(seed);
     for _ in 0..STEPS {
@@ -521,6 +719,7 @@ fn random_operations_survive_power_cuts_and_faults() {
         total.puts += counts.puts;
         total.deletes += counts.deletes;
         total.updates += counts.updates;
+        total.queries_checked += counts.queries_checked;
         total.gcs += counts.gcs;
         total.gc_passes += counts.gc_passes;
         total.segments_compacted += counts.segments_compacted;
@@ -541,7 +740,7 @@ fn random_operations_survive_power_cuts_and_faults() {
     eprintln!(
         "power cuts tore {torn_writes} unsynced writes, lost {lost_writes} and {lost_entries} directory entries"
     );
-    assert!(total.cuts > 0 && total.checked_artifacts > 0);
+    assert!(total.cuts > 0 && total.checked_artifacts > 0 && total.queries_checked > 0);
     assert!(
         total.gc_passes > 0 && total.segments_compacted > 0,
         "budgeted passes ran and compactions happened: {total:?}"
