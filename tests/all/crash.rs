@@ -21,7 +21,9 @@ use tensor_blob_host::runtime::metadata;
 
 use fastrand::Rng;
 use tensor_blob_host::runtime::{BlobError, Chunker, WitError};
-use tensor_blob_host::store::{ArtifactId, Durability, ProblemKind, Store, StoreOptions};
+use tensor_blob_host::store::{
+    ArtifactId, Condition, Durability, ProblemKind, Query, Store, StoreOptions, QUERY_PAGE_MAX,
+};
 
 use crate::common::{self, copy_dir_all, data, fixed, options, HashSink};
 
@@ -85,7 +87,27 @@ struct Model {
     /// Segments compacted away by acknowledged GC passes (background
     /// passes, which log nothing, compact more).
     segments_compacted: u64,
+    /// Acknowledged tags and links of live artifacts: each must be there
+    /// after a kill (more may be: an update in flight that landed).
+    tags: HashMap<String, BTreeSet<String>>,
+    links: HashMap<String, BTreeSet<String>>,
+    metadata_updates_acknowledged: u64,
 }
+
+impl Model {
+    /// Forgets `id`, and the links to it (a delete drops them).
+    fn forget(&mut self, id: &str) {
+        self.live.remove(id);
+        self.tags.remove(id);
+        self.links.remove(id);
+        for targets in self.links.values_mut() {
+            targets.remove(id);
+        }
+    }
+}
+
+/// The tags the worker adds (its `TAGS`).
+const WORKER_TAGS: &[&str] = &["run:1", "run:12", "run", "run/1", "ü"];
 
 /// One line of the worker's ack log.
 enum Ack {
@@ -93,6 +115,8 @@ enum Ack {
     BeginDelete(String),
     Delete(String),
     Gc { segments_removed: u64 },
+    Tag { id: String, tag: String },
+    Link { id: String, target: String },
 }
 
 /// The complete lines of an ack log. A last line without its newline was
@@ -119,6 +143,14 @@ fn parse_ack_log(path: &Path) -> Result<Vec<Ack>, String> {
                     segments_removed: removed
                         .parse()
                         .map_err(|_| format!("bad ack line {line:?}"))?,
+                }),
+                ["tag", id, tag] => Ok(Ack::Tag {
+                    id: id.to_string(),
+                    tag: tag.to_string(),
+                }),
+                ["link", id, target] => Ok(Ack::Link {
+                    id: id.to_string(),
+                    target: target.to_string(),
                 }),
                 _ => Err(format!("bad ack line {line:?}")),
             }
@@ -229,13 +261,28 @@ fn check_after_kill(store_dir: &Path, acks: Vec<Ack>, model: &mut Model) -> Resu
             }
             Ack::Delete(id) => {
                 in_doubt.remove(&id);
-                if model.live.remove(&id).is_none() {
+                if !model.live.contains_key(&id) {
                     return Err(format!("acknowledged delete of unknown artifact {id}"));
                 }
+                model.forget(&id);
                 deleted.insert(id);
                 model.deletes_acknowledged += 1;
             }
             Ack::Gc { segments_removed } => model.segments_compacted += segments_removed,
+            // An update acknowledged after a delete of the same artifact
+            // began (threads race) may be undone by that delete.
+            Ack::Tag { id, tag } => {
+                if model.live.contains_key(&id) {
+                    model.tags.entry(id).or_default().insert(tag);
+                    model.metadata_updates_acknowledged += 1;
+                }
+            }
+            Ack::Link { id, target } => {
+                if model.live.contains_key(&id) && model.live.contains_key(&target) {
+                    model.links.entry(id).or_default().insert(target);
+                    model.metadata_updates_acknowledged += 1;
+                }
+            }
         }
     }
 
@@ -285,7 +332,7 @@ fn check_after_kill(store_dir: &Path, acks: Vec<Ack>, model: &mut Model) -> Resu
         verify(&store, id)?;
     }
     for id in gone {
-        model.live.remove(&id);
+        model.forget(&id);
     }
 
     // Listed but never acknowledged: a put in flight at the kill that
@@ -321,9 +368,14 @@ fn check_after_kill(store_dir: &Path, acks: Vec<Ack>, model: &mut Model) -> Resu
         model.unknown_adopted += 1;
     }
 
+    check_metadata_after_kill(&store, &listed, model)?;
+
     let report = store.verify_all();
-    if !report.damaged.is_empty() {
-        return Err(format!("verify_all reports damage: {:?}", report.damaged));
+    if !report.damaged.is_empty() || !report.dangling_links.is_empty() {
+        return Err(format!(
+            "verify_all reports damage: {:?}, dangling links {:?}",
+            report.damaged, report.dangling_links
+        ));
     }
     let stats = store.stats();
     if stats.artifacts != listed.len() as u64 {
@@ -332,6 +384,90 @@ fn check_after_kill(store_dir: &Path, acks: Vec<Ack>, model: &mut Model) -> Resu
             stats.artifacts,
             listed.len()
         ));
+    }
+    Ok(())
+}
+
+/// Every acknowledged tag and link of a live artifact is there, and each
+/// query by tag and by link target returns exactly the artifacts whose
+/// metadata (read back) carries it: the indexes rebuilt after the kill
+/// agree with the metadata.
+fn check_metadata_after_kill(
+    store: &Store,
+    listed: &BTreeSet<String>,
+    model: &Model,
+) -> Result<(), String> {
+    let mut metadata = HashMap::new();
+    for id in listed {
+        let parsed: ArtifactId = id.parse().map_err(|e| format!("listed id {id}: {e}"))?;
+        let meta = store
+            .metadata(&parsed)
+            .map_err(|e| format!("stat {id}: {e}"))?;
+        metadata.insert(id.clone(), meta);
+    }
+    for (id, tags) in &model.tags {
+        let Some(meta) = metadata.get(id) else {
+            continue; // Deleted by a delete whose ack the kill cut off.
+        };
+        for tag in tags {
+            if !meta.tags.contains(tag) {
+                return Err(format!("acknowledged tag {tag:?} of {id} is lost"));
+            }
+        }
+    }
+    for (id, targets) in &model.links {
+        let Some(meta) = metadata.get(id) else {
+            continue;
+        };
+        for target in targets {
+            let linked = meta.links.iter().any(|link| link.to_string() == *target);
+            if !linked && listed.contains(target) {
+                return Err(format!("acknowledged link {id} -> {target} is lost"));
+            }
+        }
+    }
+    let query = |condition: Condition| -> Result<BTreeSet<String>, String> {
+        let page = store
+            .query(&Query {
+                conditions: vec![condition.clone()],
+                limit: QUERY_PAGE_MAX,
+                ..Query::default()
+            })
+            .map_err(|e| format!("query {condition:?}: {e}"))?;
+        Ok(page.ids.iter().map(ToString::to_string).collect())
+    };
+    for tag in WORKER_TAGS {
+        let expected: BTreeSet<String> = metadata
+            .iter()
+            .filter(|(_, meta)| meta.tags.iter().any(|t| t == tag))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let found = query(Condition::Tag(tag.to_string()))?;
+        if found != expected {
+            return Err(format!(
+                "query by tag {tag:?} finds {found:?}, the metadata says {expected:?}"
+            ));
+        }
+    }
+    for target in metadata.keys() {
+        let expected: BTreeSet<String> = metadata
+            .iter()
+            .filter(|(_, meta)| meta.links.iter().any(|l| l.to_string() == *target))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let found = query(Condition::LinksTo(target.parse().expect("listed")))?;
+        if found != expected {
+            return Err(format!(
+                "query links-to {target} finds {found:?}, the metadata says {expected:?}"
+            ));
+        }
+    }
+    for (id, meta) in &metadata {
+        for link in &meta.links {
+            if !listed.contains(&link.to_string()) {
+                return Err(format!("{id} links to {link}, which is not there"));
+            }
+        }
     }
     Ok(())
 }
@@ -401,9 +537,10 @@ fn kill_9_at_random_moments_loses_no_acknowledged_write() {
         }
     }
     eprintln!(
-        "crash harness: {iterations} kills, {} puts and {} deletes acknowledged, {} in-flight puts found committed, {} crash residues repaired at open, {} artifacts live, {} segments compacted by acknowledged GC passes",
+        "crash harness: {iterations} kills, {} puts, {} deletes and {} tag or link updates acknowledged, {} in-flight puts found committed, {} crash residues repaired at open, {} artifacts live, {} segments compacted by acknowledged GC passes",
         model.puts_acknowledged,
         model.deletes_acknowledged,
+        model.metadata_updates_acknowledged,
         model.unknown_adopted,
         model.crash_residues,
         model.live.len(),

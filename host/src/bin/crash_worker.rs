@@ -17,7 +17,14 @@
 //! begin-delete <id>              a delete of <id> is about to be issued
 //! delete <id>                    that delete returned Ok
 //! gc <segments removed>          a GC pass returned Ok (full or budgeted, alternately)
+//! tag <id> <tag>                 an update adding <tag> to <id> returned Ok
+//! link <id> <target>             an update adding a link from <id> to <target> returned Ok
 //! ```
+//!
+//! Tags come from [`TAGS`], which collide the way a string-glued index key
+//! would (':' '/' and prefixes). A tag or link update that finds its
+//! artifact (or link target) deleted meanwhile by another thread logs
+//! nothing.
 //!
 //! Each line is also printed to stdout after the fsync, so the parent can
 //! block on the pipe to pick its kill moment instead of polling the file.
@@ -39,7 +46,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use fastrand::Rng;
 use tensor_blob_host::runtime::{self, Chunking, PutOptions, Runtime, RuntimeOptions};
-use tensor_blob_host::store::{Durability, GcPolicy, StoreOptions};
+use tensor_blob_host::store::{
+    ArtifactId, Durability, GcPolicy, MetadataUpdate, StoreError, StoreOptions,
+};
 
 /// The tenant every operation acts on.
 const TENANT: &str = "default";
@@ -57,6 +66,10 @@ const BACKGROUND_GC_INTERVAL: std::time::Duration = std::time::Duration::from_mi
 /// A budgeted pass copies about this much, so one pass leaves work for
 /// the next.
 const GC_PASS_COPY_BYTES_MAX: u64 = 1 << 20;
+
+/// Tags the `tag` operation adds (`tests/all/crash.rs` queries each of
+/// them after a kill).
+const TAGS: &[&str] = &["run:1", "run:12", "run", "run/1", "ü"];
 
 /// Above this many live artifacts deletes become likelier than puts, which
 /// keeps the store (and the parent's check of it) bounded across iterations.
@@ -217,7 +230,41 @@ fn worker(shared: &Shared, seed: u64) -> Result<()> {
             _ => 20,
         };
         let roll = rng.u64(..100);
-        if roll < 4 {
+        if (90..100).contains(&roll) && live_count > 0 {
+            let (id, target) = {
+                let live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+                if live.is_empty() {
+                    continue;
+                }
+                let id = live[rng.usize(..live.len())].clone();
+                (id, live[rng.usize(..live.len())].clone())
+            };
+            let store = shared.runtime.tenant_store(TENANT)?;
+            let parsed: ArtifactId = id.parse()?;
+            let linking = roll >= 95;
+            let (change, line) = if !linking {
+                let tag = TAGS[rng.usize(..TAGS.len())];
+                let change = MetadataUpdate {
+                    add_tags: vec![tag.to_string()],
+                    ..MetadataUpdate::default()
+                };
+                (change, format!("tag {id} {tag}"))
+            } else {
+                let change = MetadataUpdate {
+                    add_links: vec![target.parse()?],
+                    ..MetadataUpdate::default()
+                };
+                (change, format!("link {id} {target}"))
+            };
+            match store.update(&parsed, change) {
+                Ok(_) => shared.ack(&line)?,
+                // Deleted meanwhile by another thread: the artifact, or the
+                // link target (then the link is refused as invalid).
+                Err(StoreError::NotFound(_)) => {}
+                Err(StoreError::InvalidArgument(_)) if linking => {}
+                Err(e) => return Err(anyhow::anyhow!("{line}: {e}")),
+            }
+        } else if roll < 4 {
             let store = shared.runtime.tenant_store(TENANT)?;
             let report = if roll < 2 {
                 store.gc()?
