@@ -74,7 +74,10 @@ fn external_links(links: &[String]) -> Result<(), Error> {
     }
     for link in links {
         if link.is_empty() || link.len() > EXTERNAL_LINK_BYTES_MAX {
-            return Err(forwarded(format!("an external link of {} bytes", link.len())));
+            return Err(forwarded(format!(
+                "an external link of {} bytes",
+                link.len()
+            )));
         }
     }
     Ok(())
