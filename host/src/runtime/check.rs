@@ -10,7 +10,7 @@
 //! so no list a plugin sends is ever walked past its limit. Error messages
 //! never echo more than a few bytes of what the caller sent.
 
-use super::bindings::{Condition, KeyValue, MetadataUpdate, PutOptions, Query, WitError};
+use super::bindings::{KeyValue, MetadataUpdate, PutOptions, Query, WitError};
 use super::error::BlobError;
 use super::limits::{
     INLINE_BYTES_MAX, IO_BYTES_MAX, LIST_IDS_MAX, META_CUSTOM_KEY_BYTES_MAX, META_CUSTOM_PAIRS_MAX,
@@ -232,10 +232,10 @@ pub fn metadata_update(change: &MetadataUpdate) -> Result<(), BlobError> {
     custom(&change.set_custom)
 }
 
-/// A `query`: its limit, its condition count and every condition's value
-/// (the bounds the WIT's `condition` documents: a value no artifact could
-/// hold is refused, not answered with nothing). Ids are parsed by
-/// [`super::convert::query`].
+/// A `query`'s limit and condition count, checked before it is converted
+/// (a flood of conditions is refused without a copy). The bounds of each
+/// condition's value are the store's own (`store::query::check_query`),
+/// applied by `Store::query`; ids are parsed by [`super::convert::query`].
 pub fn query(query: &Query) -> Result<(), BlobError> {
     page_limit("query", query.limit, QUERY_PAGE_MAX)?;
     if query.conditions.len() > QUERY_CONDITIONS_MAX {
@@ -243,40 +243,6 @@ pub fn query(query: &Query) -> Result<(), BlobError> {
             "{} query conditions, at most {QUERY_CONDITIONS_MAX}",
             query.conditions.len()
         )));
-    }
-    for condition in &query.conditions {
-        let (what, value, max) = match condition {
-            Condition::Tag(tag) => ("tag", tag, META_TAG_BYTES_MAX),
-            Condition::LinksToExternal(link) => {
-                ("external link", link, META_EXTERNAL_LINK_BYTES_MAX)
-            }
-            Condition::ContentType(value) => ("content type", value, META_STRING_BYTES_MAX),
-            Condition::Creator(value) => ("creator", value, META_STRING_BYTES_MAX),
-            Condition::Filename(value) => ("filename", value, META_STRING_BYTES_MAX),
-            Condition::FilenamePrefix(prefix) => {
-                string("filename prefix", Some(prefix))?;
-                continue;
-            }
-            Condition::CustomKey(key) => ("custom key", key, META_CUSTOM_KEY_BYTES_MAX),
-            Condition::Custom(pair) => {
-                custom_pair(pair)?;
-                continue;
-            }
-            Condition::LinksTo(id) | Condition::LinkedFrom(id) => {
-                artifact_id(id)?;
-                continue;
-            }
-            Condition::Created(_) | Condition::Modified(_) => continue,
-        };
-        if value.is_empty() || value.len() > max {
-            return Err(invalid(format!(
-                "{what} of {} bytes in a query, must be 1..={max}",
-                value.len()
-            )));
-        }
-    }
-    if let Some(after) = &query.after {
-        artifact_id(after)?;
     }
     Ok(())
 }

@@ -89,7 +89,8 @@ fn condition(condition: Condition) -> Result<store::Condition, StoreError> {
     })
 }
 
-/// A WIT `query` as the store's; its bounds are `check::query`'s.
+/// A WIT `query` as the store's (malformed ids are `invalid-argument`);
+/// `Store::query` checks its bounds.
 pub fn query(query: Query) -> Result<store::Query, StoreError> {
     Ok(store::Query {
         conditions: query

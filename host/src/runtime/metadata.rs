@@ -63,7 +63,8 @@ pub fn stats(store: &Store) -> StoreStats {
     convert::wit_stats(store.stats())
 }
 
-/// `blobs.query`: bounded (`check::query`) before anything is converted.
+/// `blobs.query`: its size bounded (`check::query`) before it is
+/// converted, its values by the store.
 pub fn query(store: &Store, query: Query) -> Result<QueryPage, BlobError> {
     check::query(&query)?;
     let query = convert::query(query)?;
