@@ -1402,9 +1402,6 @@ fn put_records_creator_and_custom_pairs() {
 /// --external`) are stored, shown by `stat`, removed by `unlink
 /// --external`, and found by `find --external` exactly, with ':' and '/'
 /// in the ids and ids that are prefixes of each other.
-/// (Fails until the store stores external links: on a store that refuses
-/// them the put is refused, "external links are not stored yet", and
-/// leaves no artifact.)
 #[test]
 fn external_links_are_stored_and_found_exactly() {
     let store = tempfile::tempdir().unwrap();
@@ -1444,7 +1441,7 @@ fn external_links_are_stored_and_found_exactly() {
 /// were lists, so `put --tag t --tag t` stored `["t", "t"]` and a link
 /// given twice was kept twice, and `find --tag t` could print the id
 /// twice. Tags and links are sets: each is stored once, in first-given
-/// order. (Fails until the store's set semantics land.)
+/// order.
 #[test]
 fn a_tag_or_link_given_twice_is_stored_once() {
     let store = tempfile::tempdir().unwrap();
