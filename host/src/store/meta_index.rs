@@ -98,6 +98,18 @@ impl Postings {
         }
     }
 
+    /// The first position at or beyond `from` in `order` (at or above it
+    /// oldest first, at or below it newest first): one step of a
+    /// leapfrog intersection.
+    pub fn seek(&self, from: u64, order: Order) -> Option<u64> {
+        match (self, order) {
+            (Postings::One(one), Order::OldestFirst) => (*one >= from).then_some(*one),
+            (Postings::One(one), Order::NewestFirst) => (*one <= from).then_some(*one),
+            (Postings::Many(set), Order::OldestFirst) => set.range(from..).next().copied(),
+            (Postings::Many(set), Order::NewestFirst) => set.range(..=from).next_back().copied(),
+        }
+    }
+
     /// Every position, ascending.
     pub fn iter(&self) -> Box<dyn Iterator<Item = u64> + '_> {
         self.walk(None, Order::OldestFirst)

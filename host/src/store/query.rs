@@ -1,9 +1,10 @@
 //! Metadata queries ([`Store::query`]).
 //!
-//! Candidates come from the smallest set one condition names in the
-//! catalog's indexes ([`super::meta_index`]): a posting set, the links of a
-//! `LinkedFrom` source, or a narrow filename-prefix or time range; with
-//! none of those the live artifacts are walked in commit order. Every
+//! Candidates come from the sets conditions name in the catalog's indexes
+//! ([`super::meta_index`]): posting sets, the links of a `LinkedFrom`
+//! source, narrow filename-prefix or time ranges, intersected by a
+//! leapfrog; with none of those the live artifacts are walked in commit
+//! order. Every
 //! condition is then checked on each candidate's metadata, so the indexes
 //! decide the speed, never the result (the scan is the reference the tests
 //! hold them to).
@@ -13,7 +14,7 @@ use super::format::{
     QUERY_PAGE_MAX, STRING_BYTES_MAX, TAG_BYTES_MAX,
 };
 use super::meta::Catalog;
-use super::meta_index::{beyond, range_after, Key, Postings};
+use super::meta_index::{range_after, Key, Postings};
 use super::types::{Condition, Metadata, Order, Query, QueryPage};
 use super::{invalid, lock, not_found, Store, StoreError};
 
@@ -79,9 +80,9 @@ pub fn check_query(query: &Query) -> Result<(), StoreError> {
 /// matches fill a page quickly.
 const RANGE_DRIVER_MAX: usize = 4096;
 
-/// Where a query's candidates come from: the smallest set any one
-/// condition names, walked in the query's order; every condition is then
-/// checked on each candidate, so the choice changes speed, never results.
+/// The candidates one condition names: the sets of all conditions are
+/// intersected in the query's order; every condition is then checked on
+/// each candidate, so the sets change speed, never results.
 enum Driver<'a> {
     /// Some condition matches nothing.
     Empty,
@@ -99,6 +100,74 @@ impl Driver<'_> {
             Driver::Postings(postings) => postings.len(),
             Driver::Seqs(seqs) => seqs.len(),
             Driver::All => usize::MAX,
+        }
+    }
+}
+
+impl Driver<'_> {
+    /// The first position at or beyond `from` in `order` (see
+    /// [`Postings::seek`]); `All` and `Empty` are never sought.
+    fn seek(&self, from: u64, order: Order) -> Option<u64> {
+        match self {
+            Driver::Postings(postings) => postings.seek(from, order),
+            Driver::Seqs(seqs) => match order {
+                Order::OldestFirst => {
+                    let at = seqs.partition_point(|&seq| seq < from);
+                    seqs.get(at).copied()
+                }
+                Order::NewestFirst => {
+                    let at = seqs.partition_point(|&seq| seq <= from);
+                    at.checked_sub(1).map(|at| seqs[at])
+                }
+            },
+            Driver::All | Driver::Empty => None,
+        }
+    }
+}
+
+/// The positions in every one of some sets, beyond a cursor, in order.
+struct Leapfrog<'s, 'a> {
+    sets: &'s [Driver<'a>],
+    /// Where the next seek starts; `None`: done.
+    from: Option<u64>,
+    order: Order,
+}
+
+impl<'s, 'a> Leapfrog<'s, 'a> {
+    fn new(sets: &'s [Driver<'a>], after: Option<u64>, order: Order) -> Self {
+        let from = match (after, order) {
+            (None, Order::OldestFirst) => Some(0),
+            (None, Order::NewestFirst) => Some(u64::MAX),
+            (Some(after), Order::OldestFirst) => after.checked_add(1),
+            (Some(after), Order::NewestFirst) => after.checked_sub(1),
+        };
+        Leapfrog { sets, from, order }
+    }
+}
+
+impl Iterator for Leapfrog<'_, '_> {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        let mut from = self.from?;
+        'search: loop {
+            for set in self.sets {
+                let Some(at) = set.seek(from, self.order) else {
+                    self.from = None;
+                    return None;
+                };
+                if at != from {
+                    // This set has nothing at `from`: every set must reach
+                    // `at` (the seek moved only forward in `order`).
+                    from = at;
+                    continue 'search;
+                }
+            }
+            self.from = match self.order {
+                Order::OldestFirst => from.checked_add(1),
+                Order::NewestFirst => from.checked_sub(1),
+            };
+            return Some(from);
         }
     }
 }
@@ -218,36 +287,34 @@ impl Store {
                 None => return Err(not_found(after)),
             },
         };
-        let mut driver = Driver::All;
+        // Every condition that names a set narrows the candidates; with
+        // two or more they are intersected by leapfrogging (each set seeks
+        // to the largest position any other reached), so a page costs
+        // about one seek per set per match, not a walk of the smallest set.
+        let mut sets: Vec<Driver> = Vec::new();
         for condition in query.conditions.iter().filter(|_| !scan) {
-            let candidate = driver_of(catalog, condition);
-            if candidate.len() < driver.len() {
-                driver = candidate;
-            }
-            if driver.len() == 0 {
-                break;
+            match driver_of(catalog, condition) {
+                Driver::All => {}
+                Driver::Empty => {
+                    sets.clear();
+                    sets.push(Driver::Empty);
+                    break;
+                }
+                set => sets.push(set),
             }
         }
+        sets.sort_by_key(Driver::len);
         let order = query.order;
-        let seqs: Box<dyn Iterator<Item = u64> + '_> = match &driver {
-            Driver::Empty => Box::new(std::iter::empty()),
-            Driver::Postings(postings) => postings.walk(after, order),
-            Driver::Seqs(seqs) => {
-                let seqs = seqs.iter().copied();
-                match order {
-                    Order::OldestFirst => Box::new(seqs.filter(move |&s| beyond(s, after, order))),
-                    Order::NewestFirst => {
-                        Box::new(seqs.rev().filter(move |&s| beyond(s, after, order)))
-                    }
-                }
-            }
-            Driver::All => {
+        let seqs: Box<dyn Iterator<Item = u64> + '_> = match sets.first() {
+            None => {
                 let range = catalog.order.range(range_after(after, order));
                 match order {
                     Order::OldestFirst => Box::new(range.map(|(&seq, _)| seq)),
                     Order::NewestFirst => Box::new(range.rev().map(|(&seq, _)| seq)),
                 }
             }
+            Some(Driver::Empty) => Box::new(std::iter::empty()),
+            Some(_) => Box::new(Leapfrog::new(&sets, after, order)),
         };
         let candidates = seqs.map(|seq| &catalog.order[&seq]);
         let mut ids = Vec::new();

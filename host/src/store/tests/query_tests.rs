@@ -773,3 +773,73 @@ fn verify_reports_a_link_to_an_artifact_that_is_not_live() {
         .unwrap();
     assert!(store.verify_all().dangling_links.is_empty());
 }
+
+/// Three sparse, overlapping tag sets and a `linked-from` set: the
+/// intersection (every 30th artifact among those the source links to) is
+/// found whole, in both orders and in pages of one, and equals the scan.
+#[test]
+fn intersections_of_several_sets_find_every_match_in_both_orders() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, StoreOptions::default());
+    let mut ids = Vec::new();
+    for i in 0..120u32 {
+        let mut tags = Vec::new();
+        for (every, tag) in [(2, "two"), (3, "three"), (5, "five")] {
+            if i % every == 0 {
+                tags.push(tag);
+            }
+        }
+        let name = format!("{i}.bin");
+        ids.push(put_with(&store, &data(10, u64::from(i)), 64, meta(&tags, &name)).unwrap());
+    }
+    // The source links to every artifact with an even position among the
+    // first 100 (the link set drives, the tags filter it).
+    let links: Vec<ArtifactId> = ids[..100].iter().step_by(2).copied().collect();
+    let source = put_with(
+        &store,
+        &data(10, 200),
+        64,
+        NewMetadata {
+            links,
+            ..NewMetadata::default()
+        },
+    )
+    .unwrap();
+    let tags = || {
+        ["two", "three", "five"]
+            .map(|t| Condition::Tag(t.into()))
+            .to_vec()
+    };
+    let mut linked = tags();
+    linked.push(Condition::LinkedFrom(source));
+    let every_30th: Vec<ArtifactId> = ids.iter().step_by(30).copied().collect();
+    for (conditions, expected) in [
+        (tags(), every_30th.clone()),
+        (linked, every_30th[..4].to_vec()),
+    ] {
+        for order in [Order::OldestFirst, Order::NewestFirst] {
+            let mut found = Vec::new();
+            let mut after = None;
+            loop {
+                let query = Query {
+                    conditions: conditions.clone(),
+                    order,
+                    after,
+                    limit: 1,
+                };
+                let page = store.query(&query).unwrap();
+                assert_eq!(page, store.query_by_scan(&query).unwrap());
+                found.extend(page.ids);
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            let mut expected = expected.clone();
+            if order == Order::NewestFirst {
+                expected.reverse();
+            }
+            assert_eq!(found, expected, "{order:?}");
+        }
+    }
+}
