@@ -4,10 +4,9 @@
 //! ([`super::meta_index`]): posting sets, the links of a `LinkedFrom`
 //! source, narrow filename-prefix or time ranges, intersected by a
 //! leapfrog; with none of those the live artifacts are walked in commit
-//! order. Every
-//! condition is then checked on each candidate's metadata, so the indexes
-//! decide the speed, never the result (the scan is the reference the tests
-//! hold them to).
+//! order. Every condition is then checked on each candidate's metadata, so
+//! the indexes decide the speed, never the result (the scan is the
+//! reference the tests hold them to).
 
 use super::format::{
     CUSTOM_KEY_BYTES_MAX, CUSTOM_VALUE_BYTES_MAX, EXTERNAL_LINK_BYTES_MAX, QUERY_CONDITIONS_MAX,
@@ -84,7 +83,7 @@ const RANGE_DRIVER_MAX: usize = 4096;
 /// intersected in the query's order; every condition is then checked on
 /// each candidate, so the sets change speed, never results.
 enum Driver<'a> {
-    /// Some condition matches nothing.
+    /// Some condition matches nothing (the query returns at once).
     Empty,
     Postings(&'a Postings),
     /// Ascending commit positions.
@@ -102,9 +101,7 @@ impl Driver<'_> {
             Driver::All => usize::MAX,
         }
     }
-}
 
-impl Driver<'_> {
     /// The first position at or beyond `from` in `order` (see
     /// [`Postings::seek`]); `All` and `Empty` are never sought.
     fn seek(&self, from: u64, order: Order) -> Option<u64> {
@@ -296,9 +293,10 @@ impl Store {
             match driver_of(catalog, condition) {
                 Driver::All => {}
                 Driver::Empty => {
-                    sets.clear();
-                    sets.push(Driver::Empty);
-                    break;
+                    return Ok(QueryPage {
+                        ids: Vec::new(),
+                        next: None,
+                    })
                 }
                 set => sets.push(set),
             }
@@ -313,7 +311,6 @@ impl Store {
                     Order::NewestFirst => Box::new(range.rev().map(|(&seq, _)| seq)),
                 }
             }
-            Some(Driver::Empty) => Box::new(std::iter::empty()),
             Some(_) => Box::new(Leapfrog::new(&sets, after, order)),
         };
         let candidates = seqs.map(|seq| &catalog.order[&seq]);
