@@ -11,6 +11,30 @@ use std::sync::Arc;
 
 use super::backend::{Backend, BackendFile};
 
+/// Bytes [`rewrite`] reads and writes at a time: its memory bound.
+const REWRITE_BLOCK_BYTES: u64 = 1 << 20;
+
+/// Writes bytes `start..end` of `file` again, as they read now, so that a
+/// following sync covers them.
+///
+/// Why: a sync that failed may have dropped its dirty pages while the page
+/// cache still returns their contents ("fsyncgate"); a later sync then
+/// succeeds without writing them, even from another process. So bytes an
+/// open finds past the part known synced are not made durable by syncing
+/// them: they are written again first, then synced. In place, so it needs
+/// no free space.
+pub fn rewrite(file: &dyn BackendFile, start: u64, end: u64) -> std::io::Result<()> {
+    let mut buf = vec![0u8; REWRITE_BLOCK_BYTES.min(end.saturating_sub(start)) as usize];
+    let mut at = start;
+    while at < end {
+        let n = REWRITE_BLOCK_BYTES.min(end - at) as usize;
+        file.read_exact_at(&mut buf[..n], at)?;
+        file.write_all_at(&buf[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 /// A shared counter of fsync and fdatasync calls, cheap to clone.
 #[derive(Clone, Default)]
 pub struct Fsyncs(Arc<AtomicU64>);

@@ -74,6 +74,9 @@ struct Replayed {
     damaged: bool,
     /// The last record is a checkpoint (or there is none).
     checkpointed: bool,
+    /// Where the last checkpoint record ends (the header's end if there is
+    /// none): a crashed process may not have synced what follows.
+    checkpoint_end: u64,
 }
 
 /// Replays the records of a log of `len` bytes (its header checked) in
@@ -92,6 +95,7 @@ fn replay(
         torn: None,
         damaged: false,
         checkpointed: true,
+        checkpoint_end: META_HEADER_BYTES,
     };
     let mut at = META_HEADER_BYTES;
     // One buffer for every payload: replay allocates per record only
@@ -106,6 +110,9 @@ fn replay(
                     Ok(record) => {
                         outcome.records += 1;
                         replayed.checkpointed = record == MetaRecord::Checkpoint;
+                        if replayed.checkpointed {
+                            replayed.checkpoint_end = next;
+                        }
                         apply(at, record)
                     }
                     Err(reason) => {
@@ -292,7 +299,14 @@ impl MetaLog {
         let len = replayed.end;
         if durability.fsyncs() {
             // What a crashed process wrote without fsync (and a truncation)
-            // is made durable before anything new depends on it.
+            // is made durable before anything new depends on it: written
+            // again, then synced, since a sync that failed in that process
+            // may have left it readable but never to be written (see
+            // `fsync::rewrite`).
+            let start = replayed.checkpoint_end.min(len);
+            super::fsync::rewrite(&*file, start, len).map_err(io(|| {
+                format!("rewriting bytes {start}..{len} of {META_LOG_NAME} before syncing them")
+            }))?;
             fsyncs
                 .data(&*file)
                 .map_err(io(|| format!("syncing {META_LOG_NAME}")))?;

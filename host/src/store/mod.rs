@@ -1183,7 +1183,11 @@ impl Drop for Inner {
         if !self.options.durability.fsyncs() || lock(&self.failed).is_some() {
             return;
         }
-        let _ = self.checkpoint_active();
+        // A checkpoint says everything before it was synced: not after a
+        // sync that just failed (the store is read-only then).
+        if self.checkpoint_active().is_err() || lock(&self.failed).is_some() {
+            return;
+        }
         let mut meta_log = lock(&self.meta_log);
         let _ = meta_log.checkpoint();
     }

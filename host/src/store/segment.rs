@@ -18,7 +18,7 @@ use super::format::{
     self, ChunkHeader, HintEntry, RecordKey, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES,
     SEGMENT_SALT_BYTES,
 };
-use super::fsync::Fsyncs;
+use super::fsync::{self, Fsyncs};
 use super::index::{Index, Location};
 use super::read::Reader;
 use super::types::{Durability, Hash, OpenStats, Problem, ProblemKind};
@@ -227,6 +227,8 @@ impl Segments {
         let mut hints_to_write = Vec::new();
         let mut active_records = Vec::new();
         let mut active_hinted_len = 0;
+        // Byte ranges of each segment to write again before it is synced.
+        let mut rewrites: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
         let newest = ids.last().copied();
         for &id in &ids {
             let name = segment_name(id);
@@ -417,6 +419,31 @@ impl Segments {
             } else {
                 outcome.stats.segments_from_hints += 1;
             }
+            if durability.fsyncs() && !read_only {
+                // Past what is known synced, the bytes worth keeping (the
+                // header, valid records) are written again before the
+                // sync below (see `fsync::rewrite`).
+                let known = synced_len.min(len);
+                let mut ranges: Vec<(u64, u64)> = Vec::new();
+                let spans =
+                    std::iter::once((0, SEGMENT_HEADER_BYTES)).chain(records.iter().map(|r| {
+                        (
+                            r.offset,
+                            r.offset + CHUNK_HEADER_BYTES + u64::from(r.payload_len),
+                        )
+                    }));
+                for (start, end) in spans {
+                    let (start, end) = (start.max(known), end.min(len));
+                    match ranges.last_mut() {
+                        _ if start >= end => {}
+                        Some(last) if last.1 == start => last.1 = end,
+                        _ => ranges.push((start, end)),
+                    }
+                }
+                if !ranges.is_empty() {
+                    rewrites.insert(id, ranges);
+                }
+            }
             index.reserve(records.len());
             for record in &records {
                 index.insert_found(
@@ -490,6 +517,9 @@ impl Segments {
             let ids: Vec<u64> = store.segments.keys().copied().collect();
             for id in ids {
                 if let Some(plan) = store.sync_plan(id) {
+                    if let Some(ranges) = rewrites.get(&id) {
+                        store.rewrite(id, &plan.file, ranges)?;
+                    }
                     store
                         .fsyncs
                         .data(&*plan.file)
@@ -519,6 +549,31 @@ impl Segments {
             }
         }
         Ok((store, outcome))
+    }
+
+    /// Writes `ranges` of segment `id` again (see `fsync::rewrite`),
+    /// through `file` if it is the active one, else a handle opened to
+    /// write (sealed segments are otherwise only read).
+    fn rewrite(
+        &self,
+        id: u64,
+        file: &Arc<dyn BackendFile>,
+        ranges: &[(u64, u64)],
+    ) -> Result<(), StoreError> {
+        let name = segment_name(id);
+        let file = if id == self.active {
+            Arc::clone(file)
+        } else {
+            self.dir
+                .open(&name, OpenMode::Write)
+                .map_err(io(|| format!("opening segment {name} to rewrite it")))?
+        };
+        for &(start, end) in ranges {
+            fsync::rewrite(&*file, start, end).map_err(io(|| {
+                format!("rewriting bytes {start}..{end} of segment {name} before syncing them")
+            }))?;
+        }
+        Ok(())
     }
 
     /// Creates segment `id` as the new active segment. Neither its header
