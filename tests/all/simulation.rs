@@ -21,6 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tensor_blob_host::store::backend::sim::{Fault, FaultOp, SimDisk};
+use tensor_blob_host::store::backend::OpenMode;
 use tensor_blob_host::store::{
     ArtifactId, ChunkRef, Condition, Durability, GcPolicy, Hash, Metadata, MetadataUpdate,
     NewMetadata, Order, ProblemKind, Query, Store, StoreError, StoreOptions,
@@ -899,6 +900,51 @@ fn a_restart_after_a_failed_fsync_writes_again_what_it_finds_unsynced() {
         let image = disk.crash();
         let store = Store::open_backend(image.root(), StoreOptions::default()).unwrap();
         assert_eq!(read(&store, &acknowledged), chunk);
+    }
+}
+
+/// The same for `meta.log`: a process that wrote a commit record, saw
+/// its sync fail and died before cutting it back leaves a record the page
+/// cache shows and the disk never got; the next open replays it, so it
+/// must make it durable. Method: a store without fsyncs writes an artifact
+/// (its chunk and its record unsynced) after one written durably, then syncs of both files fail, as
+/// that process's would have; a durable open replays the artifact, and it
+/// must survive every later power cut.
+#[test]
+fn a_record_an_open_replays_after_a_failed_fsync_is_made_durable() {
+    let disk = SimDisk::new(10);
+    let kept = {
+        let store = Store::open_backend(disk.root(), StoreOptions::default()).unwrap();
+        put_one(&store, b"synced, then a clean close")
+    };
+    let unsynced = StoreOptions {
+        durability: Durability::None,
+        ..StoreOptions::default()
+    };
+    let id = {
+        let store = Store::open_backend(disk.root(), unsynced).unwrap();
+        put_one(&store, b"record and chunk never synced")
+    };
+    let root = disk.root();
+    let (segments, _) = root.dir("segments", false).unwrap();
+    for file in [
+        root.open("meta.log", OpenMode::Read).unwrap(),
+        segments
+            .open("0000000000000001.seg", OpenMode::Read)
+            .unwrap(),
+    ] {
+        disk.fail_op(FaultOp::Sync, 0, Fault::Eio);
+        assert!(file.sync_data().is_err());
+    }
+    {
+        let store = Store::open_backend(disk.root(), StoreOptions::default()).unwrap();
+        assert_eq!(read(&store, &id), b"record and chunk never synced");
+    }
+    for _ in 0..8 {
+        let image = disk.crash();
+        let store = Store::open_backend(image.root(), StoreOptions::default()).unwrap();
+        assert_eq!(read(&store, &id), b"record and chunk never synced");
+        assert_eq!(read(&store, &kept), b"synced, then a clean close");
     }
 }
 
