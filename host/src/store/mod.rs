@@ -1184,8 +1184,9 @@ impl Drop for Inner {
             return;
         }
         // A checkpoint says everything before it was synced: not after a
-        // sync that just failed (the store is read-only then).
-        if self.checkpoint_active().is_err() || lock(&self.failed).is_some() {
+        // sync that just failed (which made the store read-only).
+        let _ = self.checkpoint_active();
+        if lock(&self.failed).is_some() {
             return;
         }
         let mut meta_log = lock(&self.meta_log);
