@@ -17,7 +17,7 @@ use super::format::{self, MetaRecord, MutableFields, META_HEADER_BYTES, META_REC
 use super::fsync::Fsyncs;
 use super::meta_index::{Key, MetaIndex};
 use super::read::Reader;
-use super::types::{ArtifactId, ChunkRef, Durability, Metadata, Problem, ProblemKind};
+use super::types::{ArtifactId, ChunkRef, Durability, Hash, Metadata, Problem, ProblemKind};
 use crate::error::StoreError;
 
 /// File name of the metadata log in the tenant directory.
@@ -681,6 +681,79 @@ pub fn normalize_fields(fields: &mut MutableFields) {
     }
 }
 
+/// Replaces the mutable fields of `meta` (already normalized) and its
+/// modification time.
+pub fn set_fields(meta: &mut Metadata, modified_ms: u64, fields: MutableFields) {
+    meta.filename = fields.filename;
+    meta.content_type = fields.content_type;
+    meta.tags = fields.tags;
+    meta.links = fields
+        .links
+        .into_iter()
+        .map(ArtifactId::from_bytes)
+        .collect();
+    meta.custom = fields.custom;
+    meta.external_links = fields.external_links;
+    meta.modified_ms = modified_ms;
+}
+
+/// What a commit record makes: the artifact's metadata (its fields
+/// normalized, modified when created), its manifest and the name it is
+/// bound to. Checks nothing else.
+pub struct Committed {
+    pub meta: Metadata,
+    pub manifest: Manifest,
+    pub bound: Option<(String, String)>,
+}
+
+/// [`Committed`] of a commit record; `None` for any other record.
+pub fn committed(record: MetaRecord) -> Option<Committed> {
+    let MetaRecord::Commit {
+        id,
+        size,
+        digest,
+        created_ms,
+        chunks,
+        creator,
+        mut fields,
+        bound,
+    } = record
+    else {
+        return None;
+    };
+    normalize_fields(&mut fields);
+    let manifest = Manifest::new(
+        chunks
+            .into_iter()
+            .map(|(digest, len)| ChunkRef {
+                digest: Hash::from_bytes(digest),
+                len,
+            })
+            .collect(),
+    );
+    let mut meta = Metadata {
+        id: ArtifactId::from_bytes(id),
+        filename: None,
+        content_type: None,
+        creator,
+        size,
+        digest: Hash::from_bytes(digest),
+        chunk_count: manifest.chunks.len() as u64,
+        created_ms,
+        modified_ms: created_ms,
+        tags: Vec::new(),
+        links: Vec::new(),
+        external_links: Vec::new(),
+        custom: Vec::new(),
+    };
+    set_fields(&mut meta, created_ms, fields);
+    Some(Committed {
+        meta,
+        manifest,
+        bound,
+    })
+}
+
 /// The first custom key given twice, if any.
 pub fn duplicate_custom_key(custom: &[(String, String)]) -> Option<&str> {
     let mut seen = HashSet::with_capacity(custom.len());
@@ -761,20 +834,9 @@ impl Catalog {
         let artifact = self.artifacts.get_mut(id)?;
         let seq = artifact.seq;
         self.index.remove(seq, &artifact.meta);
-        let meta = &mut artifact.meta;
-        meta.filename = fields.filename;
-        meta.content_type = fields.content_type;
-        meta.tags = fields.tags;
-        meta.links = fields
-            .links
-            .into_iter()
-            .map(ArtifactId::from_bytes)
-            .collect();
-        meta.custom = fields.custom;
-        meta.external_links = fields.external_links;
-        meta.modified_ms = modified_ms;
-        self.index.add(seq, meta);
-        Some(meta.clone())
+        set_fields(&mut artifact.meta, modified_ms, fields);
+        self.index.add(seq, &artifact.meta);
+        Some(artifact.meta.clone())
     }
 
     /// The mutable fields of a metadata record, in on-disk form.

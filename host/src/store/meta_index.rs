@@ -149,7 +149,7 @@ pub struct MetaIndex {
 
 /// The exact keys `meta` carries (its filename included). Distinct, since
 /// the set-valued fields are sets and custom keys unique.
-fn keys(meta: &Metadata) -> impl Iterator<Item = Key> + '_ {
+pub(super) fn keys(meta: &Metadata) -> impl Iterator<Item = Key> + '_ {
     let tags = meta.tags.iter().cloned().map(Key::Tag);
     let links = meta.links.iter().copied().map(Key::LinksTo);
     let external = meta.external_links.iter().cloned().map(Key::External);

@@ -54,6 +54,8 @@
 //! ```
 
 pub mod backend;
+#[cfg_attr(not(test), allow(dead_code))]
+mod catalog_db;
 // The catalog's move onto it is the next step of issue 10 (ARCHITECTURE.md,
 // "The catalog at scale"); until then only its tests use it.
 #[cfg_attr(not(test), allow(dead_code))]
@@ -105,7 +107,7 @@ use self::format::MetaRecord;
 use self::fsync::Fsyncs;
 use self::group::Group;
 use self::index::Index;
-use self::meta::{Catalog, Manifest, MetaLog};
+use self::meta::{Catalog, MetaLog};
 use self::segment::Segments;
 
 /// Reads of one chunk [`Store::read_chunk`] tries while GC moves it: GC
@@ -1224,18 +1226,13 @@ fn check_links(catalog: &Catalog, links: &[ArtifactId]) -> Result<(), StoreError
 /// changes, so both paths build the same state.
 fn apply(catalog: &mut Catalog, index: &mut Index, record: MetaRecord) -> Result<(), String> {
     match record {
-        MetaRecord::Commit {
-            id,
-            size,
-            digest,
-            created_ms,
-            chunks,
-            creator,
-            mut fields,
-            bound,
-        } => {
-            let id = ArtifactId::from_bytes(id);
-            meta::normalize_fields(&mut fields);
+        record @ MetaRecord::Commit { .. } => {
+            let meta::Committed {
+                meta,
+                manifest,
+                bound,
+            } = meta::committed(record).expect("a commit record");
+            let id = meta.id;
             // Checked before anything changes: a bound commit applies whole
             // or not at all.
             if let Some((container, _)) = &bound {
@@ -1245,38 +1242,12 @@ fn apply(catalog: &mut Catalog, index: &mut Index, record: MetaRecord) -> Result
                     ));
                 }
             }
-            let chunks: Vec<ChunkRef> = chunks
-                .into_iter()
-                .map(|(digest, len)| ChunkRef {
-                    digest: Hash::from_bytes(digest),
-                    len,
-                })
-                .collect();
-            let manifest = Manifest::new(chunks);
-            if manifest.ends.last().copied().unwrap_or(0) != size {
+            if manifest.ends.last().copied().unwrap_or(0) != meta.size {
                 return Err(format!(
-                    "commit of artifact {id}: chunk lengths do not add up to size {size}"
+                    "commit of artifact {id}: chunk lengths do not add up to size {}",
+                    meta.size
                 ));
             }
-            let meta = Metadata {
-                id,
-                filename: fields.filename,
-                content_type: fields.content_type,
-                creator,
-                size,
-                digest: Hash::from_bytes(digest),
-                chunk_count: manifest.chunks.len() as u64,
-                created_ms,
-                modified_ms: created_ms,
-                tags: fields.tags,
-                links: fields
-                    .links
-                    .into_iter()
-                    .map(ArtifactId::from_bytes)
-                    .collect(),
-                external_links: fields.external_links,
-                custom: fields.custom,
-            };
             let manifest = Arc::new(manifest);
             if !catalog.insert(meta, Arc::clone(&manifest)) {
                 return Err(format!("second commit of artifact id {id}; ignored"));

@@ -1,0 +1,656 @@
+//! The catalog in the database: live artifacts, every id ever committed
+//! and the query indexes, as redb tables ([`super::db`]). The same
+//! operations and answers as the in-memory [`Catalog`](super::meta::Catalog)
+//! (the tests below check one against the other on random histories), but
+//! nothing is rebuilt at open: the tables are a checkpointed
+//! materialization of `meta.log` (ARCHITECTURE.md, "The catalog at scale").
+//!
+//! Everything here works on a [`WriteTransaction`]: the store reads and
+//! changes its state under its state lock, through the one write
+//! transaction it keeps open between checkpoints, so a reader sees every
+//! change applied so far, committed or not.
+//!
+//! Tables:
+//! - `artifacts`: seq -> the artifact (its `modified_ms`, then its snapshot
+//!   commit record in `meta.log`'s encoding, crc included).
+//! - `ids`: id -> seq, for every id ever committed (deleted ones too: ids
+//!   are never reused, and paging continues after a deleted id).
+//! - `postings`: one key per (index key, seq) of a live artifact, no value.
+//!   The index key is a kind byte and the value's bytes, each string
+//!   escaped (`0x00` as `0x00 0xFF`) and ended by `0x00 0x00`, so no value
+//!   of one field or kind can be taken for another and a string's keys sort
+//!   by the string (filename prefixes are ranges); the seq is 8 bytes
+//!   big-endian, so one key's postings are a range in commit order.
+//!   Creation and modification times are keys of their own kinds.
+//! - `counters`: the next seq, live artifacts, logical bytes.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+
+use super::db::DbError;
+use super::format::{self, MutableFields};
+use super::meta::{
+    committed, normalize_fields, set_fields, snapshot_records, Artifact, Catalog, Committed,
+    Manifest,
+};
+use super::meta_index::Key;
+use super::types::{ArtifactId, Metadata, Order};
+
+const ARTIFACTS: TableDefinition<u64, &[u8]> = TableDefinition::new("artifacts");
+const IDS: TableDefinition<u128, u64> = TableDefinition::new("ids");
+const POSTINGS: TableDefinition<&[u8], ()> = TableDefinition::new("postings");
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+const NEXT_SEQ: &str = "next_seq";
+const LIVE: &str = "live";
+const LOGICAL_BYTES: &str = "logical_bytes";
+
+const KIND_TAG: u8 = 1;
+const KIND_LINKS_TO: u8 = 2;
+const KIND_EXTERNAL: u8 = 3;
+const KIND_CONTENT_TYPE: u8 = 4;
+const KIND_CREATOR: u8 = 5;
+const KIND_FILENAME: u8 = 6;
+const KIND_CUSTOM_NAME: u8 = 7;
+const KIND_CUSTOM: u8 = 8;
+const KIND_CREATED: u8 = 9;
+const KIND_MODIFIED: u8 = 10;
+
+fn put_str(out: &mut Vec<u8>, value: &str) {
+    for &byte in value.as_bytes() {
+        out.push(byte);
+        if byte == 0 {
+            out.push(0xFF);
+        }
+    }
+    out.extend_from_slice(&[0, 0]);
+}
+
+/// The bytes every posting of `key` starts with.
+fn key_prefix(key: &Key) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    match key {
+        Key::Tag(value) => (out.push(KIND_TAG), put_str(&mut out, value)).1,
+        Key::LinksTo(id) => {
+            out.push(KIND_LINKS_TO);
+            out.extend_from_slice(id.as_bytes());
+        }
+        Key::External(value) => (out.push(KIND_EXTERNAL), put_str(&mut out, value)).1,
+        Key::ContentType(value) => (out.push(KIND_CONTENT_TYPE), put_str(&mut out, value)).1,
+        Key::Creator(value) => (out.push(KIND_CREATOR), put_str(&mut out, value)).1,
+        Key::Filename(value) => (out.push(KIND_FILENAME), put_str(&mut out, value)).1,
+        Key::CustomName(name) => (out.push(KIND_CUSTOM_NAME), put_str(&mut out, name)).1,
+        Key::Custom(name, value) => {
+            out.push(KIND_CUSTOM);
+            put_str(&mut out, name);
+            put_str(&mut out, value);
+        }
+    }
+    out
+}
+
+fn time_prefix(modified: bool, ms: u64) -> Vec<u8> {
+    let mut out = vec![if modified {
+        KIND_MODIFIED
+    } else {
+        KIND_CREATED
+    }];
+    out.extend_from_slice(&ms.to_be_bytes());
+    out
+}
+
+fn with_seq(mut prefix: Vec<u8>, seq: u64) -> Vec<u8> {
+    prefix.extend_from_slice(&seq.to_be_bytes());
+    prefix
+}
+
+fn seq_of_posting(key: &[u8]) -> u64 {
+    let tail: [u8; 8] = key[key.len() - 8..].try_into().expect("8 bytes");
+    u64::from_be_bytes(tail)
+}
+
+/// Every posting key of a live artifact at `seq` carrying `meta`.
+fn postings_of(seq: u64, meta: &Metadata) -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = super::meta_index::keys(meta)
+        .map(|key| with_seq(key_prefix(&key), seq))
+        .collect();
+    keys.push(with_seq(time_prefix(false, meta.created_ms), seq));
+    keys.push(with_seq(time_prefix(true, meta.modified_ms), seq));
+    keys
+}
+
+fn encode_artifact(artifact: &Artifact) -> Vec<u8> {
+    let commit = snapshot_records(artifact, None)
+        .next()
+        .expect("a snapshot starts with its commit");
+    let mut out = artifact.meta.modified_ms.to_le_bytes().to_vec();
+    out.extend_from_slice(&format::encode_meta_record(&commit));
+    out
+}
+
+fn corrupt(what: String) -> DbError {
+    DbError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, what))
+}
+
+fn decode_artifact(seq: u64, bytes: &[u8]) -> Result<Artifact, DbError> {
+    let bad = |why: String| corrupt(format!("catalog database: artifact #{seq}: {why}"));
+    let (modified, record) = bytes
+        .split_at_checked(8)
+        .ok_or_else(|| bad("short value".into()))?;
+    let header = format::decode_meta_header_record(record).map_err(bad)?;
+    let payload = record
+        .get(format::META_RECORD_HEADER_BYTES as usize..)
+        .filter(|payload| payload.len() == header.payload_len as usize)
+        .ok_or_else(|| bad("record length does not match".into()))?;
+    format::check_meta_crc(&header, payload).map_err(bad)?;
+    let record = format::decode_meta_payload(header.kind, payload).map_err(bad)?;
+    let mut committed = committed(record).ok_or_else(|| bad("not a commit record".into()))?;
+    committed.meta.modified_ms = u64::from_le_bytes(modified.try_into().expect("8 bytes"));
+    let Committed { meta, manifest, .. } = committed;
+    Ok(Artifact {
+        seq,
+        meta,
+        manifest: Arc::new(manifest),
+    })
+}
+
+fn counter(txn: &WriteTransaction, name: &str) -> Result<u64, DbError> {
+    let table = txn.open_table(COUNTERS)?;
+    let value = table.get(name)?.map(|value| value.value()).unwrap_or(0);
+    Ok(value)
+}
+
+fn add_counter(txn: &WriteTransaction, name: &str, delta: i128) -> Result<(), DbError> {
+    let mut table = txn.open_table(COUNTERS)?;
+    let now = table.get(name)?.map(|value| value.value()).unwrap_or(0);
+    let next = u64::try_from(i128::from(now) + delta)
+        .map_err(|_| corrupt(format!("catalog database: counter {name} out of range")))?;
+    table.insert(name, next)?;
+    Ok(())
+}
+
+/// Stores `artifact` at its seq and indexes it.
+fn put_live(txn: &WriteTransaction, artifact: &Artifact) -> Result<(), DbError> {
+    txn.open_table(ARTIFACTS)?
+        .insert(artifact.seq, encode_artifact(artifact).as_slice())?;
+    let mut postings = txn.open_table(POSTINGS)?;
+    for key in postings_of(artifact.seq, &artifact.meta) {
+        postings.insert(key.as_slice(), ())?;
+    }
+    Ok(())
+}
+
+/// Un-indexes the live `artifact` (indexed with exactly its metadata).
+fn unindex(txn: &WriteTransaction, artifact: &Artifact) -> Result<(), DbError> {
+    let mut postings = txn.open_table(POSTINGS)?;
+    for key in postings_of(artifact.seq, &artifact.meta) {
+        postings.remove(key.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Adds a committed artifact, as [`Catalog::insert`]: false (and nothing
+/// changed) if the id was ever used before.
+pub fn insert(
+    txn: &WriteTransaction,
+    meta: Metadata,
+    manifest: Arc<Manifest>,
+) -> Result<bool, DbError> {
+    if seq_of(txn, &meta.id)?.is_some() {
+        return Ok(false);
+    }
+    let seq = counter(txn, NEXT_SEQ)?;
+    add_counter(txn, NEXT_SEQ, 1)?;
+    txn.open_table(IDS)?
+        .insert(u128::from_be_bytes(*meta.id.as_bytes()), seq)?;
+    add_counter(txn, LIVE, 1)?;
+    add_counter(txn, LOGICAL_BYTES, i128::from(meta.size))?;
+    put_live(
+        txn,
+        &Artifact {
+            seq,
+            meta,
+            manifest,
+        },
+    )?;
+    Ok(true)
+}
+
+/// The commit position of an id ever committed.
+pub fn seq_of(txn: &WriteTransaction, id: &ArtifactId) -> Result<Option<u64>, DbError> {
+    let table = txn.open_table(IDS)?;
+    let seq = table.get(u128::from_be_bytes(*id.as_bytes()))?;
+    Ok(seq.map(|seq| seq.value()))
+}
+
+/// The live artifact at `seq`.
+pub fn at_seq(txn: &WriteTransaction, seq: u64) -> Result<Option<Artifact>, DbError> {
+    let table = txn.open_table(ARTIFACTS)?;
+    let value = table.get(seq)?;
+    value
+        .map(|bytes| decode_artifact(seq, bytes.value()))
+        .transpose()
+}
+
+/// A live artifact.
+pub fn lookup(txn: &WriteTransaction, id: &ArtifactId) -> Result<Option<Artifact>, DbError> {
+    match seq_of(txn, id)? {
+        Some(seq) => at_seq(txn, seq),
+        None => Ok(None),
+    }
+}
+
+/// Removes a live artifact, as [`Catalog::remove`]: every live artifact
+/// linking to it loses that link (its `modified_ms` unchanged).
+pub fn remove(txn: &WriteTransaction, id: &ArtifactId) -> Result<Option<Artifact>, DbError> {
+    let Some(artifact) = lookup(txn, id)? else {
+        return Ok(None);
+    };
+    unindex(txn, &artifact)?;
+    txn.open_table(ARTIFACTS)?.remove(artifact.seq)?;
+    add_counter(txn, LIVE, -1)?;
+    add_counter(txn, LOGICAL_BYTES, -i128::from(artifact.meta.size))?;
+    let key = Key::LinksTo(*id);
+    let sources = postings(txn, &key, None, Order::OldestFirst, usize::MAX)?;
+    for seq in sources {
+        let mut source = at_seq(txn, seq)?
+            .ok_or_else(|| corrupt(format!("catalog database: posting of #{seq}, not live")))?;
+        unindex(txn, &source)?;
+        source.meta.links.retain(|link| link != id);
+        put_live(txn, &source)?;
+    }
+    Ok(Some(artifact))
+}
+
+/// Replaces the mutable metadata of a live artifact, as
+/// [`Catalog::update`].
+pub fn update(
+    txn: &WriteTransaction,
+    id: &ArtifactId,
+    modified_ms: u64,
+    mut fields: MutableFields,
+) -> Result<Option<Metadata>, DbError> {
+    normalize_fields(&mut fields);
+    let Some(mut artifact) = lookup(txn, id)? else {
+        return Ok(None);
+    };
+    unindex(txn, &artifact)?;
+    set_fields(&mut artifact.meta, modified_ms, fields);
+    put_live(txn, &artifact)?;
+    Ok(Some(artifact.meta))
+}
+
+/// (live artifacts, their logical bytes).
+pub fn totals(txn: &WriteTransaction) -> Result<(u64, u64), DbError> {
+    Ok((counter(txn, LIVE)?, counter(txn, LOGICAL_BYTES)?))
+}
+
+/// Up to `limit` seqs of the live artifacts carrying `key`, past `after`
+/// in `order`.
+pub fn postings(
+    txn: &WriteTransaction,
+    key: &Key,
+    after: Option<u64>,
+    order: Order,
+    limit: usize,
+) -> Result<Vec<u64>, DbError> {
+    let prefix = key_prefix(key);
+    let (low, high) = match (after, order) {
+        (None, _) => (0, u64::MAX),
+        (Some(seq), Order::OldestFirst) => match seq.checked_add(1) {
+            Some(low) => (low, u64::MAX),
+            None => return Ok(Vec::new()),
+        },
+        (Some(seq), Order::NewestFirst) => match seq.checked_sub(1) {
+            Some(high) => (0, high),
+            None => return Ok(Vec::new()),
+        },
+    };
+    let low = with_seq(prefix.clone(), low);
+    let high = with_seq(prefix, high);
+    let table = txn.open_table(POSTINGS)?;
+    let range = table.range::<&[u8]>(low.as_slice()..=high.as_slice())?;
+    let mut seqs = Vec::new();
+    let mut push = |entry: Result<(redb::AccessGuard<&[u8]>, redb::AccessGuard<()>), _>| {
+        entry.map(|(key, _)| seqs.push(seq_of_posting(key.value())))
+    };
+    match order {
+        Order::OldestFirst => range.take(limit).try_for_each(&mut push)?,
+        Order::NewestFirst => range.rev().take(limit).try_for_each(&mut push)?,
+    }
+    Ok(seqs)
+}
+
+/// Seqs of the live artifacts whose filename starts with `prefix`,
+/// ascending; at most `max` of them, as
+/// [`MetaIndex::filename_prefix`](super::meta_index::MetaIndex::filename_prefix).
+pub fn filename_prefix(
+    txn: &WriteTransaction,
+    prefix: &str,
+    max: usize,
+) -> Result<Vec<u64>, DbError> {
+    let mut start = key_prefix(&Key::Filename(prefix.to_string()));
+    start.truncate(start.len() - 2); // the terminator: longer names follow
+    let table = txn.open_table(POSTINGS)?;
+    let mut seqs = Vec::new();
+    let range = table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))?;
+    for entry in range {
+        let (key, _) = entry?;
+        if !key.value().starts_with(&start) || seqs.len() == max {
+            break;
+        }
+        seqs.push(seq_of_posting(key.value()));
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// Seqs of the live artifacts created (or, with `modified`, last
+/// modified) in `from_ms..to_ms`, ascending; at most `max` of them.
+pub fn time_range(
+    txn: &WriteTransaction,
+    modified: bool,
+    from_ms: u64,
+    to_ms: u64,
+    max: usize,
+) -> Result<Vec<u64>, DbError> {
+    if from_ms >= to_ms {
+        return Ok(Vec::new());
+    }
+    let low = with_seq(time_prefix(modified, from_ms), 0);
+    let high = with_seq(time_prefix(modified, to_ms), 0);
+    let table = txn.open_table(POSTINGS)?;
+    let mut seqs = Vec::new();
+    for entry in table
+        .range::<&[u8]>(low.as_slice()..high.as_slice())?
+        .take(max)
+    {
+        seqs.push(seq_of_posting(entry?.0.value()));
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// Up to `limit` live artifacts' seqs in commit order past `after`.
+pub fn live_seqs(
+    txn: &WriteTransaction,
+    after: Option<u64>,
+    order: Order,
+    limit: usize,
+) -> Result<Vec<u64>, DbError> {
+    let table = txn.open_table(ARTIFACTS)?;
+    let range = table.range(super::meta_index::range_after(after, order))?;
+    let mut seqs = Vec::new();
+    let mut push = |entry: Result<(redb::AccessGuard<u64>, redb::AccessGuard<&[u8]>), _>| {
+        entry.map(|(seq, _)| seqs.push(seq.value()))
+    };
+    match order {
+        Order::OldestFirst => range.take(limit).try_for_each(&mut push)?,
+        Order::NewestFirst => range.rev().take(limit).try_for_each(&mut push)?,
+    }
+    Ok(seqs)
+}
+
+/// Copies an in-memory catalog's artifacts into empty tables, in commit
+/// order, keeping their seqs (a store that had none converts to one that
+/// has). Holds, names and retained artifacts are not part of it.
+pub fn load(txn: &WriteTransaction, catalog: &Catalog) -> Result<(), DbError> {
+    let mut ids = txn.open_table(IDS)?;
+    for (id, &seq) in &catalog.seq_of {
+        ids.insert(u128::from_be_bytes(*id.as_bytes()), seq)?;
+    }
+    drop(ids);
+    let mut next = 0;
+    for (&seq, id) in &catalog.order {
+        put_live(txn, &catalog.artifacts[id])?;
+        next = seq + 1;
+    }
+    let next = catalog
+        .seq_of
+        .values()
+        .map(|&seq| seq + 1)
+        .max()
+        .unwrap_or(next);
+    let mut counters = txn.open_table(COUNTERS)?;
+    counters.insert(NEXT_SEQ, next)?;
+    counters.insert(LIVE, catalog.artifacts.len() as u64)?;
+    counters.insert(LOGICAL_BYTES, catalog.logical_bytes)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::store::backend::sim::SimDisk;
+    use crate::store::db;
+    use crate::store::types::{ChunkRef, Hash};
+
+    /// Values chosen to collide in naive encodings: ':' and '/', NULs,
+    /// prefixes of each other, non-ASCII.
+    const VALUES: [&str; 9] = ["a", "a:b", "a\0", "a\0b", "ab", "a/b", "a:b/", "é", "a:"];
+
+    fn pick(rng: &mut fastrand::Rng) -> String {
+        VALUES[rng.usize(0..VALUES.len())].to_string()
+    }
+
+    fn random_fields(rng: &mut fastrand::Rng, live: &[ArtifactId]) -> MutableFields {
+        let some = |rng: &mut fastrand::Rng| rng.bool().then(|| pick(rng));
+        let mut custom = Vec::new();
+        for _ in 0..rng.usize(0..3) {
+            custom.push((pick(rng), pick(rng)));
+        }
+        MutableFields {
+            filename: some(rng),
+            content_type: some(rng),
+            tags: (0..rng.usize(0..4)).map(|_| pick(rng)).collect(),
+            links: (0..rng.usize(0..3))
+                .filter(|_| !live.is_empty())
+                .map(|_| *live[rng.usize(0..live.len())].as_bytes())
+                .collect(),
+            custom,
+            external_links: (0..rng.usize(0..3)).map(|_| pick(rng)).collect(),
+        }
+    }
+
+    fn every_key() -> Vec<Key> {
+        let mut keys = Vec::new();
+        for value in VALUES {
+            let value = value.to_string();
+            keys.push(Key::Tag(value.clone()));
+            keys.push(Key::External(value.clone()));
+            keys.push(Key::ContentType(value.clone()));
+            keys.push(Key::Creator(value.clone()));
+            keys.push(Key::Filename(value.clone()));
+            keys.push(Key::CustomName(value.clone()));
+            for other in VALUES {
+                keys.push(Key::Custom(value.clone(), other.to_string()));
+            }
+        }
+        keys
+    }
+
+    fn compare(txn: &WriteTransaction, model: &Catalog, ids: &[ArtifactId], context: &str) {
+        let (live, bytes) = totals(txn).expect("totals");
+        assert_eq!(live, model.artifacts.len() as u64, "{context}: live");
+        assert_eq!(bytes, model.logical_bytes, "{context}: bytes");
+        for id in ids {
+            let ours = lookup(txn, id).expect("lookup");
+            let theirs = model.artifacts.get(id);
+            assert_eq!(
+                ours.as_ref().map(|a| (a.seq, &a.meta, &a.manifest.chunks)),
+                theirs.map(|a| (a.seq, &a.meta, &a.manifest.chunks)),
+                "{context}: artifact {id}"
+            );
+            assert_eq!(
+                seq_of(txn, id).expect("seq"),
+                model.seq_of.get(id).copied(),
+                "{context}: seq of {id}"
+            );
+        }
+        let mut keys = every_key();
+        keys.extend(ids.iter().map(|id| Key::LinksTo(*id)));
+        for key in &keys {
+            let want: Vec<u64> = model
+                .index
+                .postings(key)
+                .map(|p| p.iter().collect())
+                .unwrap_or_default();
+            let got = postings(txn, key, None, Order::OldestFirst, usize::MAX).expect("postings");
+            assert_eq!(got, want, "{context}: {key:?}");
+            let mut newest = postings(txn, key, None, Order::NewestFirst, usize::MAX).expect("p");
+            newest.reverse();
+            assert_eq!(newest, want, "{context}: {key:?} newest first");
+            if let Some(&middle) = want.get(want.len() / 2) {
+                let after = postings(txn, key, Some(middle), Order::OldestFirst, 2).expect("p");
+                let expect: Vec<u64> = want
+                    .iter()
+                    .copied()
+                    .filter(|&s| s > middle)
+                    .take(2)
+                    .collect();
+                assert_eq!(after, expect, "{context}: {key:?} after {middle}");
+            }
+        }
+        for prefix in VALUES.iter().chain(&["a\0b\0", "b"]) {
+            assert_eq!(
+                filename_prefix(txn, prefix, usize::MAX).expect("prefix"),
+                model.index.filename_prefix(prefix, usize::MAX),
+                "{context}: prefix {prefix:?}"
+            );
+        }
+        for (from, to) in [(0, u64::MAX), (5, 9), (3, 4), (7, 7)] {
+            for modified in [false, true] {
+                assert_eq!(
+                    time_range(txn, modified, from, to, usize::MAX).expect("times"),
+                    model.index.time_range(modified, from, to, usize::MAX),
+                    "{context}: times {from}..{to} {modified}"
+                );
+            }
+        }
+        let order: Vec<u64> = model.order.keys().copied().collect();
+        assert_eq!(
+            live_seqs(txn, None, Order::OldestFirst, usize::MAX).expect("live"),
+            order,
+            "{context}: order"
+        );
+        let set: BTreeSet<u64> = order.iter().copied().collect();
+        assert_eq!(set.len(), order.len());
+    }
+
+    /// Random inserts, updates and removes applied to both catalogs give
+    /// the same artifacts, ids, postings, prefixes, ranges and totals, in a
+    /// transaction, after a commit, and after a reopen.
+    #[test]
+    fn the_tables_answer_as_the_in_memory_catalog_does() {
+        for seed in 0..12u64 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let disk = SimDisk::new(seed);
+            let database = db::open(disk.root().as_ref(), "catalog.redb", 1 << 20).expect("open");
+            let mut model = Catalog::default();
+            let mut ids: Vec<ArtifactId> = Vec::new();
+            let mut txn = db::begin_write(&database, false).expect("txn");
+            for step in 0..150 {
+                let live: Vec<ArtifactId> = model.artifacts.keys().copied().collect();
+                match rng.u8(0..10) {
+                    0..=4 => {
+                        let id = if rng.u8(0..8) == 0 && !ids.is_empty() {
+                            ids[rng.usize(0..ids.len())] // a used id: refused by both
+                        } else {
+                            ArtifactId::generate()
+                        };
+                        let fields = random_fields(&mut rng, &live);
+                        let mut normalized = fields.clone();
+                        normalize_fields(&mut normalized);
+                        let chunks: Vec<ChunkRef> = (0..rng.usize(0..4))
+                            .map(|i| ChunkRef {
+                                digest: Hash::of(&[i as u8, step as u8]),
+                                len: rng.u32(1..100),
+                            })
+                            .collect();
+                        let manifest = Arc::new(Manifest::new(chunks));
+                        let created = rng.u64(0..10);
+                        let meta = Metadata {
+                            id,
+                            filename: normalized.filename,
+                            content_type: normalized.content_type,
+                            creator: rng.bool().then(|| pick(&mut rng)),
+                            size: manifest.ends.last().copied().unwrap_or(0),
+                            digest: Hash::of(&[step as u8]),
+                            chunk_count: manifest.chunks.len() as u64,
+                            created_ms: created,
+                            modified_ms: created,
+                            tags: normalized.tags,
+                            links: normalized
+                                .links
+                                .into_iter()
+                                .map(ArtifactId::from_bytes)
+                                .collect(),
+                            external_links: normalized.external_links,
+                            custom: normalized.custom,
+                        };
+                        let ours = insert(&txn, meta.clone(), Arc::clone(&manifest)).expect("in");
+                        assert_eq!(
+                            ours,
+                            model.insert(meta, manifest),
+                            "seed {seed} step {step}"
+                        );
+                        if !ids.contains(&id) {
+                            ids.push(id);
+                        }
+                    }
+                    5..=6 if !live.is_empty() => {
+                        let id = live[rng.usize(0..live.len())];
+                        let fields = random_fields(&mut rng, &live);
+                        let modified = rng.u64(0..12);
+                        let ours = update(&txn, &id, modified, fields.clone()).expect("update");
+                        assert_eq!(ours, model.update(&id, modified, fields), "seed {seed}");
+                    }
+                    7..=8 if !live.is_empty() => {
+                        let id = live[rng.usize(0..live.len())];
+                        let ours = remove(&txn, &id).expect("remove").map(|a| a.meta);
+                        assert_eq!(ours, model.remove(&id).map(|a| a.meta), "seed {seed}");
+                    }
+                    _ => {
+                        txn.commit().expect("commit");
+                        txn = db::begin_write(&database, rng.bool()).expect("txn");
+                    }
+                }
+                if step % 25 == 24 {
+                    compare(&txn, &model, &ids, &format!("seed {seed} step {step}"));
+                }
+            }
+            txn.commit().expect("commit");
+            drop(database);
+            let disk = disk.crash_keep_all();
+            let database = db::open(disk.root().as_ref(), "catalog.redb", 1 << 20).expect("open");
+            let txn = db::begin_write(&database, false).expect("txn");
+            compare(&txn, &model, &ids, &format!("seed {seed} after a reopen"));
+
+            // `load` of the model into empty tables gives the same answers.
+            let fresh = SimDisk::new(seed);
+            let database = db::open(fresh.root().as_ref(), "catalog.redb", 1 << 20).expect("open");
+            let txn = db::begin_write(&database, false).expect("txn");
+            load(&txn, &model).expect("load");
+            compare(&txn, &model, &ids, &format!("seed {seed} loaded"));
+        }
+    }
+
+    /// Keys of different fields and values never share a prefix that would
+    /// let one's postings be read as another's.
+    #[test]
+    fn index_keys_of_different_values_never_prefix_each_other() {
+        let keys = every_key();
+        for (i, a) in keys.iter().enumerate() {
+            for (j, b) in keys.iter().enumerate() {
+                if i != j {
+                    let (a, b) = (key_prefix(a), key_prefix(b));
+                    assert!(!b.starts_with(&a), "{a:?} is a prefix of {b:?}");
+                }
+            }
+        }
+    }
+}
