@@ -247,10 +247,7 @@ impl ChunkDb {
         match entry {
             Some(entry) => {
                 table.insert(digest.as_bytes(), stored(entry))?;
-                match entry.pins {
-                    0 => self.pins.remove(digest),
-                    pins => self.pins.insert(*digest, pins),
-                };
+                self.set_pins(digest, entry.pins);
             }
             None => {
                 table.remove(digest.as_bytes())?;
@@ -258,6 +255,13 @@ impl ChunkDb {
             }
         }
         Ok(())
+    }
+
+    fn set_pins(&mut self, digest: &Hash, pins: u64) {
+        match pins {
+            0 => self.pins.remove(digest),
+            pins => self.pins.insert(*digest, pins),
+        };
     }
 
     /// As `Index::modify`: applies `change` to the entry of `digest`,
@@ -285,8 +289,10 @@ impl ChunkDb {
         self.account(txn, digest, &after, true, moved && after.location.is_some())?;
         if after.is_garbage() && after.location.is_none() {
             self.store(txn, digest, None)?;
-        } else if stored(&before) != stored(&after) || before.pins != after.pins {
+        } else if stored(&before) != stored(&after) {
             self.store(txn, digest, Some(&after))?;
+        } else if before.pins != after.pins {
+            self.set_pins(digest, after.pins);
         }
         Ok(Some(result))
     }

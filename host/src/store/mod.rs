@@ -58,6 +58,8 @@ pub mod backend;
 mod catalog_db;
 #[cfg_attr(not(test), allow(dead_code))]
 mod chunk_db;
+#[doc(hidden)]
+pub mod measure;
 // The catalog's move onto it is the next step of issue 10 (ARCHITECTURE.md,
 // "The catalog at scale"); until then only its tests use it.
 #[cfg_attr(not(test), allow(dead_code))]
