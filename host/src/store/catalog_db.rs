@@ -27,9 +27,9 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
-use super::db::DbError;
+use super::db::{self, DbError};
 use super::format::{self, MutableFields};
 use super::meta::{
     committed, normalize_fields, set_fields, snapshot_records, Artifact, Catalog, Committed,
@@ -42,6 +42,44 @@ const ARTIFACTS: TableDefinition<u64, &[u8]> = TableDefinition::new("artifacts")
 const IDS: TableDefinition<u128, u64> = TableDefinition::new("ids");
 const POSTINGS: TableDefinition<&[u8], ()> = TableDefinition::new("postings");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+/// The catalog tables of one write transaction, each opened on its first
+/// use and kept open until this is dropped (drop it before the commit).
+pub struct Tables<'t> {
+    txn: &'t WriteTransaction,
+    artifacts: Option<Table<'t, u64, &'static [u8]>>,
+    ids: Option<Table<'t, u128, u64>>,
+    postings: Option<Table<'t, &'static [u8], ()>>,
+    counters: Option<Table<'t, &'static str, u64>>,
+}
+
+impl<'t> Tables<'t> {
+    pub fn new(txn: &'t WriteTransaction) -> Tables<'t> {
+        Tables {
+            txn,
+            artifacts: None,
+            ids: None,
+            postings: None,
+            counters: None,
+        }
+    }
+
+    fn artifacts(&mut self) -> Result<&mut Table<'t, u64, &'static [u8]>, DbError> {
+        db::opened(self.txn, &mut self.artifacts, ARTIFACTS)
+    }
+
+    fn ids(&mut self) -> Result<&mut Table<'t, u128, u64>, DbError> {
+        db::opened(self.txn, &mut self.ids, IDS)
+    }
+
+    fn postings(&mut self) -> Result<&mut Table<'t, &'static [u8], ()>, DbError> {
+        db::opened(self.txn, &mut self.postings, POSTINGS)
+    }
+
+    fn counters(&mut self) -> Result<&mut Table<'t, &'static str, u64>, DbError> {
+        db::opened(self.txn, &mut self.counters, COUNTERS)
+    }
+}
 
 const NEXT_SEQ: &str = "next_seq";
 const LIVE: &str = "live";
@@ -156,14 +194,14 @@ fn decode_artifact(seq: u64, bytes: &[u8]) -> Result<Artifact, DbError> {
     })
 }
 
-fn counter(txn: &WriteTransaction, name: &str) -> Result<u64, DbError> {
-    let table = txn.open_table(COUNTERS)?;
+fn counter(t: &mut Tables<'_>, name: &str) -> Result<u64, DbError> {
+    let table = t.counters()?;
     let value = table.get(name)?.map(|value| value.value()).unwrap_or(0);
     Ok(value)
 }
 
-fn add_counter(txn: &WriteTransaction, name: &str, delta: i128) -> Result<(), DbError> {
-    let mut table = txn.open_table(COUNTERS)?;
+fn add_counter(t: &mut Tables<'_>, name: &str, delta: i128) -> Result<(), DbError> {
+    let table = t.counters()?;
     let now = table.get(name)?.map(|value| value.value()).unwrap_or(0);
     let next = u64::try_from(i128::from(now) + delta)
         .map_err(|_| corrupt(format!("catalog database: counter {name} out of range")))?;
@@ -172,10 +210,10 @@ fn add_counter(txn: &WriteTransaction, name: &str, delta: i128) -> Result<(), Db
 }
 
 /// Stores `artifact` at its seq and indexes it.
-fn put_live(txn: &WriteTransaction, artifact: &Artifact) -> Result<(), DbError> {
-    txn.open_table(ARTIFACTS)?
+fn put_live(t: &mut Tables<'_>, artifact: &Artifact) -> Result<(), DbError> {
+    t.artifacts()?
         .insert(artifact.seq, encode_artifact(artifact).as_slice())?;
-    let mut postings = txn.open_table(POSTINGS)?;
+    let postings = t.postings()?;
     for key in postings_of(artifact.seq, &artifact.meta) {
         postings.insert(key.as_slice(), ())?;
     }
@@ -183,8 +221,8 @@ fn put_live(txn: &WriteTransaction, artifact: &Artifact) -> Result<(), DbError> 
 }
 
 /// Un-indexes the live `artifact` (indexed with exactly its metadata).
-fn unindex(txn: &WriteTransaction, artifact: &Artifact) -> Result<(), DbError> {
-    let mut postings = txn.open_table(POSTINGS)?;
+fn unindex(t: &mut Tables<'_>, artifact: &Artifact) -> Result<(), DbError> {
+    let postings = t.postings()?;
     for key in postings_of(artifact.seq, &artifact.meta) {
         postings.remove(key.as_slice())?;
     }
@@ -194,21 +232,21 @@ fn unindex(txn: &WriteTransaction, artifact: &Artifact) -> Result<(), DbError> {
 /// Adds a committed artifact, as [`Catalog::insert`]: false (and nothing
 /// changed) if the id was ever used before.
 pub fn insert(
-    txn: &WriteTransaction,
+    t: &mut Tables<'_>,
     meta: Metadata,
     manifest: Arc<Manifest>,
 ) -> Result<bool, DbError> {
-    if seq_of(txn, &meta.id)?.is_some() {
+    if seq_of(t, &meta.id)?.is_some() {
         return Ok(false);
     }
-    let seq = counter(txn, NEXT_SEQ)?;
-    add_counter(txn, NEXT_SEQ, 1)?;
-    txn.open_table(IDS)?
+    let seq = counter(t, NEXT_SEQ)?;
+    add_counter(t, NEXT_SEQ, 1)?;
+    t.ids()?
         .insert(u128::from_be_bytes(*meta.id.as_bytes()), seq)?;
-    add_counter(txn, LIVE, 1)?;
-    add_counter(txn, LOGICAL_BYTES, i128::from(meta.size))?;
+    add_counter(t, LIVE, 1)?;
+    add_counter(t, LOGICAL_BYTES, i128::from(meta.size))?;
     put_live(
-        txn,
+        t,
         &Artifact {
             seq,
             meta,
@@ -219,15 +257,15 @@ pub fn insert(
 }
 
 /// The commit position of an id ever committed.
-pub fn seq_of(txn: &WriteTransaction, id: &ArtifactId) -> Result<Option<u64>, DbError> {
-    let table = txn.open_table(IDS)?;
+pub fn seq_of(t: &mut Tables<'_>, id: &ArtifactId) -> Result<Option<u64>, DbError> {
+    let table = t.ids()?;
     let seq = table.get(u128::from_be_bytes(*id.as_bytes()))?;
     Ok(seq.map(|seq| seq.value()))
 }
 
 /// The live artifact at `seq`.
-pub fn at_seq(txn: &WriteTransaction, seq: u64) -> Result<Option<Artifact>, DbError> {
-    let table = txn.open_table(ARTIFACTS)?;
+pub fn at_seq(t: &mut Tables<'_>, seq: u64) -> Result<Option<Artifact>, DbError> {
+    let table = t.artifacts()?;
     let value = table.get(seq)?;
     value
         .map(|bytes| decode_artifact(seq, bytes.value()))
@@ -235,31 +273,31 @@ pub fn at_seq(txn: &WriteTransaction, seq: u64) -> Result<Option<Artifact>, DbEr
 }
 
 /// A live artifact.
-pub fn lookup(txn: &WriteTransaction, id: &ArtifactId) -> Result<Option<Artifact>, DbError> {
-    match seq_of(txn, id)? {
-        Some(seq) => at_seq(txn, seq),
+pub fn lookup(t: &mut Tables<'_>, id: &ArtifactId) -> Result<Option<Artifact>, DbError> {
+    match seq_of(t, id)? {
+        Some(seq) => at_seq(t, seq),
         None => Ok(None),
     }
 }
 
 /// Removes a live artifact, as [`Catalog::remove`]: every live artifact
 /// linking to it loses that link (its `modified_ms` unchanged).
-pub fn remove(txn: &WriteTransaction, id: &ArtifactId) -> Result<Option<Artifact>, DbError> {
-    let Some(artifact) = lookup(txn, id)? else {
+pub fn remove(t: &mut Tables<'_>, id: &ArtifactId) -> Result<Option<Artifact>, DbError> {
+    let Some(artifact) = lookup(t, id)? else {
         return Ok(None);
     };
-    unindex(txn, &artifact)?;
-    txn.open_table(ARTIFACTS)?.remove(artifact.seq)?;
-    add_counter(txn, LIVE, -1)?;
-    add_counter(txn, LOGICAL_BYTES, -i128::from(artifact.meta.size))?;
+    unindex(t, &artifact)?;
+    t.artifacts()?.remove(artifact.seq)?;
+    add_counter(t, LIVE, -1)?;
+    add_counter(t, LOGICAL_BYTES, -i128::from(artifact.meta.size))?;
     let key = Key::LinksTo(*id);
-    let sources = postings(txn, &key, None, Order::OldestFirst, usize::MAX)?;
+    let sources = postings(t, &key, None, Order::OldestFirst, usize::MAX)?;
     for seq in sources {
-        let mut source = at_seq(txn, seq)?
+        let mut source = at_seq(t, seq)?
             .ok_or_else(|| corrupt(format!("catalog database: posting of #{seq}, not live")))?;
-        unindex(txn, &source)?;
+        unindex(t, &source)?;
         source.meta.links.retain(|link| link != id);
-        put_live(txn, &source)?;
+        put_live(t, &source)?;
     }
     Ok(Some(artifact))
 }
@@ -267,30 +305,30 @@ pub fn remove(txn: &WriteTransaction, id: &ArtifactId) -> Result<Option<Artifact
 /// Replaces the mutable metadata of a live artifact, as
 /// [`Catalog::update`].
 pub fn update(
-    txn: &WriteTransaction,
+    t: &mut Tables<'_>,
     id: &ArtifactId,
     modified_ms: u64,
     mut fields: MutableFields,
 ) -> Result<Option<Metadata>, DbError> {
     normalize_fields(&mut fields);
-    let Some(mut artifact) = lookup(txn, id)? else {
+    let Some(mut artifact) = lookup(t, id)? else {
         return Ok(None);
     };
-    unindex(txn, &artifact)?;
+    unindex(t, &artifact)?;
     set_fields(&mut artifact.meta, modified_ms, fields);
-    put_live(txn, &artifact)?;
+    put_live(t, &artifact)?;
     Ok(Some(artifact.meta))
 }
 
 /// (live artifacts, their logical bytes).
-pub fn totals(txn: &WriteTransaction) -> Result<(u64, u64), DbError> {
-    Ok((counter(txn, LIVE)?, counter(txn, LOGICAL_BYTES)?))
+pub fn totals(t: &mut Tables<'_>) -> Result<(u64, u64), DbError> {
+    Ok((counter(t, LIVE)?, counter(t, LOGICAL_BYTES)?))
 }
 
 /// Up to `limit` seqs of the live artifacts carrying `key`, past `after`
 /// in `order`.
 pub fn postings(
-    txn: &WriteTransaction,
+    t: &mut Tables<'_>,
     key: &Key,
     after: Option<u64>,
     order: Order,
@@ -310,7 +348,7 @@ pub fn postings(
     };
     let low = with_seq(prefix.clone(), low);
     let high = with_seq(prefix, high);
-    let table = txn.open_table(POSTINGS)?;
+    let table = t.postings()?;
     let range = table.range::<&[u8]>(low.as_slice()..=high.as_slice())?;
     let mut seqs = Vec::new();
     let mut push = |entry: Result<(redb::AccessGuard<&[u8]>, redb::AccessGuard<()>), _>| {
@@ -326,14 +364,10 @@ pub fn postings(
 /// Seqs of the live artifacts whose filename starts with `prefix`,
 /// ascending; at most `max` of them, as
 /// [`MetaIndex::filename_prefix`](super::meta_index::MetaIndex::filename_prefix).
-pub fn filename_prefix(
-    txn: &WriteTransaction,
-    prefix: &str,
-    max: usize,
-) -> Result<Vec<u64>, DbError> {
+pub fn filename_prefix(t: &mut Tables<'_>, prefix: &str, max: usize) -> Result<Vec<u64>, DbError> {
     let mut start = key_prefix(&Key::Filename(prefix.to_string()));
     start.truncate(start.len() - 2); // the terminator: longer names follow
-    let table = txn.open_table(POSTINGS)?;
+    let table = t.postings()?;
     let mut seqs = Vec::new();
     let range = table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))?;
     for entry in range {
@@ -350,7 +384,7 @@ pub fn filename_prefix(
 /// Seqs of the live artifacts created (or, with `modified`, last
 /// modified) in `from_ms..to_ms`, ascending; at most `max` of them.
 pub fn time_range(
-    txn: &WriteTransaction,
+    t: &mut Tables<'_>,
     modified: bool,
     from_ms: u64,
     to_ms: u64,
@@ -361,7 +395,7 @@ pub fn time_range(
     }
     let low = with_seq(time_prefix(modified, from_ms), 0);
     let high = with_seq(time_prefix(modified, to_ms), 0);
-    let table = txn.open_table(POSTINGS)?;
+    let table = t.postings()?;
     let mut seqs = Vec::new();
     for entry in table
         .range::<&[u8]>(low.as_slice()..high.as_slice())?
@@ -375,12 +409,12 @@ pub fn time_range(
 
 /// Up to `limit` live artifacts' seqs in commit order past `after`.
 pub fn live_seqs(
-    txn: &WriteTransaction,
+    t: &mut Tables<'_>,
     after: Option<u64>,
     order: Order,
     limit: usize,
 ) -> Result<Vec<u64>, DbError> {
-    let table = txn.open_table(ARTIFACTS)?;
+    let table = t.artifacts()?;
     let range = table.range(super::meta_index::range_after(after, order))?;
     let mut seqs = Vec::new();
     let mut push = |entry: Result<(redb::AccessGuard<u64>, redb::AccessGuard<&[u8]>), _>| {
@@ -396,15 +430,14 @@ pub fn live_seqs(
 /// Copies an in-memory catalog's artifacts into empty tables, in commit
 /// order, keeping their seqs (a store that had none converts to one that
 /// has). Holds, names and retained artifacts are not part of it.
-pub fn load(txn: &WriteTransaction, catalog: &Catalog) -> Result<(), DbError> {
-    let mut ids = txn.open_table(IDS)?;
+pub fn load(t: &mut Tables<'_>, catalog: &Catalog) -> Result<(), DbError> {
+    let ids = t.ids()?;
     for (id, &seq) in &catalog.seq_of {
         ids.insert(u128::from_be_bytes(*id.as_bytes()), seq)?;
     }
-    drop(ids);
     let mut next = 0;
     for (&seq, id) in &catalog.order {
-        put_live(txn, &catalog.artifacts[id])?;
+        put_live(t, &catalog.artifacts[id])?;
         next = seq + 1;
     }
     let next = catalog
@@ -413,7 +446,7 @@ pub fn load(txn: &WriteTransaction, catalog: &Catalog) -> Result<(), DbError> {
         .map(|&seq| seq + 1)
         .max()
         .unwrap_or(next);
-    let mut counters = txn.open_table(COUNTERS)?;
+    let counters = t.counters()?;
     counters.insert(NEXT_SEQ, next)?;
     counters.insert(LIVE, catalog.artifacts.len() as u64)?;
     counters.insert(LOGICAL_BYTES, catalog.logical_bytes)?;
@@ -473,12 +506,12 @@ mod tests {
         keys
     }
 
-    fn compare(txn: &WriteTransaction, model: &Catalog, ids: &[ArtifactId], context: &str) {
-        let (live, bytes) = totals(txn).expect("totals");
+    fn compare(t: &mut Tables<'_>, model: &Catalog, ids: &[ArtifactId], context: &str) {
+        let (live, bytes) = totals(t).expect("totals");
         assert_eq!(live, model.artifacts.len() as u64, "{context}: live");
         assert_eq!(bytes, model.logical_bytes, "{context}: bytes");
         for id in ids {
-            let ours = lookup(txn, id).expect("lookup");
+            let ours = lookup(t, id).expect("lookup");
             let theirs = model.artifacts.get(id);
             assert_eq!(
                 ours.as_ref().map(|a| (a.seq, &a.meta, &a.manifest.chunks)),
@@ -486,7 +519,7 @@ mod tests {
                 "{context}: artifact {id}"
             );
             assert_eq!(
-                seq_of(txn, id).expect("seq"),
+                seq_of(t, id).expect("seq"),
                 model.seq_of.get(id).copied(),
                 "{context}: seq of {id}"
             );
@@ -499,13 +532,13 @@ mod tests {
                 .postings(key)
                 .map(|p| p.iter().collect())
                 .unwrap_or_default();
-            let got = postings(txn, key, None, Order::OldestFirst, usize::MAX).expect("postings");
+            let got = postings(t, key, None, Order::OldestFirst, usize::MAX).expect("postings");
             assert_eq!(got, want, "{context}: {key:?}");
-            let mut newest = postings(txn, key, None, Order::NewestFirst, usize::MAX).expect("p");
+            let mut newest = postings(t, key, None, Order::NewestFirst, usize::MAX).expect("p");
             newest.reverse();
             assert_eq!(newest, want, "{context}: {key:?} newest first");
             if let Some(&middle) = want.get(want.len() / 2) {
-                let after = postings(txn, key, Some(middle), Order::OldestFirst, 2).expect("p");
+                let after = postings(t, key, Some(middle), Order::OldestFirst, 2).expect("p");
                 let expect: Vec<u64> = want
                     .iter()
                     .copied()
@@ -517,7 +550,7 @@ mod tests {
         }
         for prefix in VALUES.iter().chain(&["a\0b\0", "b"]) {
             assert_eq!(
-                filename_prefix(txn, prefix, usize::MAX).expect("prefix"),
+                filename_prefix(t, prefix, usize::MAX).expect("prefix"),
                 model.index.filename_prefix(prefix, usize::MAX),
                 "{context}: prefix {prefix:?}"
             );
@@ -525,7 +558,7 @@ mod tests {
         for (from, to) in [(0, u64::MAX), (5, 9), (3, 4), (7, 7)] {
             for modified in [false, true] {
                 assert_eq!(
-                    time_range(txn, modified, from, to, usize::MAX).expect("times"),
+                    time_range(t, modified, from, to, usize::MAX).expect("times"),
                     model.index.time_range(modified, from, to, usize::MAX),
                     "{context}: times {from}..{to} {modified}"
                 );
@@ -533,7 +566,7 @@ mod tests {
         }
         let order: Vec<u64> = model.order.keys().copied().collect();
         assert_eq!(
-            live_seqs(txn, None, Order::OldestFirst, usize::MAX).expect("live"),
+            live_seqs(t, None, Order::OldestFirst, usize::MAX).expect("live"),
             order,
             "{context}: order"
         );
@@ -592,7 +625,9 @@ mod tests {
                             external_links: normalized.external_links,
                             custom: normalized.custom,
                         };
-                        let ours = insert(&txn, meta.clone(), Arc::clone(&manifest)).expect("in");
+                        let ours =
+                            insert(&mut Tables::new(&txn), meta.clone(), Arc::clone(&manifest))
+                                .expect("in");
                         assert_eq!(
                             ours,
                             model.insert(meta, manifest),
@@ -606,12 +641,15 @@ mod tests {
                         let id = live[rng.usize(0..live.len())];
                         let fields = random_fields(&mut rng, &live);
                         let modified = rng.u64(0..12);
-                        let ours = update(&txn, &id, modified, fields.clone()).expect("update");
+                        let ours = update(&mut Tables::new(&txn), &id, modified, fields.clone())
+                            .expect("update");
                         assert_eq!(ours, model.update(&id, modified, fields), "seed {seed}");
                     }
                     7..=8 if !live.is_empty() => {
                         let id = live[rng.usize(0..live.len())];
-                        let ours = remove(&txn, &id).expect("remove").map(|a| a.meta);
+                        let ours = remove(&mut Tables::new(&txn), &id)
+                            .expect("remove")
+                            .map(|a| a.meta);
                         assert_eq!(ours, model.remove(&id).map(|a| a.meta), "seed {seed}");
                     }
                     _ => {
@@ -620,7 +658,12 @@ mod tests {
                     }
                 }
                 if step % 25 == 24 {
-                    compare(&txn, &model, &ids, &format!("seed {seed} step {step}"));
+                    compare(
+                        &mut Tables::new(&txn),
+                        &model,
+                        &ids,
+                        &format!("seed {seed} step {step}"),
+                    );
                 }
             }
             txn.commit().expect("commit");
@@ -628,14 +671,24 @@ mod tests {
             let disk = disk.crash_keep_all();
             let database = db::open(disk.root().as_ref(), "catalog.redb", 1 << 20).expect("open");
             let txn = db::begin_write(&database, false).expect("txn");
-            compare(&txn, &model, &ids, &format!("seed {seed} after a reopen"));
+            compare(
+                &mut Tables::new(&txn),
+                &model,
+                &ids,
+                &format!("seed {seed} after a reopen"),
+            );
 
             // `load` of the model into empty tables gives the same answers.
             let fresh = SimDisk::new(seed);
             let database = db::open(fresh.root().as_ref(), "catalog.redb", 1 << 20).expect("open");
             let txn = db::begin_write(&database, false).expect("txn");
-            load(&txn, &model).expect("load");
-            compare(&txn, &model, &ids, &format!("seed {seed} loaded"));
+            load(&mut Tables::new(&txn), &model).expect("load");
+            compare(
+                &mut Tables::new(&txn),
+                &model,
+                &ids,
+                &format!("seed {seed} loaded"),
+            );
         }
     }
 

@@ -25,18 +25,49 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
-use super::db::DbError;
+use super::db::{self, DbError};
 use super::format::CHUNK_HEADER_BYTES;
 use super::index::{ChunkEntry, Location};
 use super::types::Hash;
 
-const CHUNKS: TableDefinition<&[u8; 32], (u64, u64, u32, u64)> = TableDefinition::new("chunks");
+const CHUNKS: TableDefinition<&[u8; 32], ChunkRow> = TableDefinition::new("chunks");
 const SEGMENT_CHUNKS: TableDefinition<(u64, u64), (&[u8; 32], u32)> =
     TableDefinition::new("segment_chunks");
 const ACCOUNTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("accounts");
 const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
+
+type ChunkRow = (u64, u64, u32, u64);
+type RowsTable<'t> = Table<'t, (u64, u64), (&'static [u8; 32], u32)>;
+
+/// The chunk tables of one write transaction, each opened on its first
+/// use and kept open until this is dropped (drop it before the commit):
+/// a put touches the same two tables a dozen times, and opening a table
+/// is a lookup in the database's table of tables each time.
+pub struct Tables<'t> {
+    txn: &'t WriteTransaction,
+    chunks: Option<Table<'t, &'static [u8; 32], ChunkRow>>,
+    rows: Option<RowsTable<'t>>,
+}
+
+impl<'t> Tables<'t> {
+    pub fn new(txn: &'t WriteTransaction) -> Tables<'t> {
+        Tables {
+            txn,
+            chunks: None,
+            rows: None,
+        }
+    }
+
+    fn chunks(&mut self) -> Result<&mut Table<'t, &'static [u8; 32], ChunkRow>, DbError> {
+        db::opened(self.txn, &mut self.chunks, CHUNKS)
+    }
+
+    fn rows(&mut self) -> Result<&mut RowsTable<'t>, DbError> {
+        db::opened(self.txn, &mut self.rows, SEGMENT_CHUNKS)
+    }
+}
 
 /// The bytes a chunk's record of `len` payload bytes takes in a segment.
 fn record_bytes(len: u32) -> u64 {
@@ -128,7 +159,7 @@ fn contribution(entry: &ChunkEntry) -> Option<(u64, Totals)> {
     Some((location.segment, totals))
 }
 
-fn stored(entry: &ChunkEntry) -> (u64, u64, u32, u64) {
+fn stored(entry: &ChunkEntry) -> ChunkRow {
     let (segment, offset) = entry
         .location
         .map_or((0, 0), |location| (location.segment, location.offset));
@@ -152,7 +183,8 @@ impl ChunkDb {
 
     /// Writes the totals and accounts into the transaction: before each
     /// commit, so the tables hold them as of that commit.
-    pub fn flush(&self, txn: &WriteTransaction) -> Result<(), DbError> {
+    pub fn flush(&self, t: &mut Tables<'_>) -> Result<(), DbError> {
+        let txn = t.txn;
         let mut totals = txn.open_table(TOTALS)?;
         let mut copy = self.totals;
         for (name, field) in TOTAL_NAMES.iter().zip(copy.fields()) {
@@ -166,12 +198,8 @@ impl ChunkDb {
         Ok(())
     }
 
-    pub fn get(
-        &self,
-        txn: &WriteTransaction,
-        digest: &Hash,
-    ) -> Result<Option<ChunkEntry>, DbError> {
-        let table = txn.open_table(CHUNKS)?;
+    pub fn get(&self, t: &mut Tables<'_>, digest: &Hash) -> Result<Option<ChunkEntry>, DbError> {
+        let table = t.chunks()?;
         let found = table.get(digest.as_bytes())?.map(|value| value.value());
         Ok(found.map(|(segment, offset, len, refs)| ChunkEntry {
             location: (segment != 0).then_some(Location { segment, offset }),
@@ -186,15 +214,36 @@ impl ChunkDb {
     /// of records too.
     fn account(
         &mut self,
-        txn: &WriteTransaction,
+        t: &mut Tables<'_>,
         digest: &Hash,
         entry: &ChunkEntry,
         add: bool,
         table_rows: bool,
     ) -> Result<(), DbError> {
-        let Some((segment, mut delta)) = contribution(entry) else {
+        let Some(segment) = self.count(entry, add) else {
             return Ok(());
         };
+        if table_rows {
+            let offset = entry.location.expect("a stored chunk").offset;
+            let rows = t.rows()?;
+            if add {
+                let previous = rows.insert((segment, offset), (digest.as_bytes(), entry.len))?;
+                assert!(previous.is_none(), "one indexed record per offset");
+            } else {
+                let removed = rows.remove((segment, offset))?;
+                assert!(
+                    removed.is_some_and(|row| row.value().0 == digest.as_bytes()),
+                    "the account lists the record"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The in-memory part of [`ChunkDb::account`]: the totals, accounts
+    /// and pin correction. The entry's segment, if it is stored.
+    fn count(&mut self, entry: &ChunkEntry, add: bool) -> Option<u64> {
+        let (segment, mut delta) = contribution(entry)?;
         let apply = |value: &mut u64, by: u64| {
             *value = if add { *value + by } else { *value - by };
         };
@@ -219,31 +268,17 @@ impl ChunkDb {
                 self.pinned_unreferenced_in.remove(&segment);
             }
         }
-        if table_rows {
-            let offset = entry.location.expect("a stored chunk").offset;
-            let mut rows = txn.open_table(SEGMENT_CHUNKS)?;
-            if add {
-                let previous = rows.insert((segment, offset), (digest.as_bytes(), entry.len))?;
-                assert!(previous.is_none(), "one indexed record per offset");
-            } else {
-                let removed = rows.remove((segment, offset))?;
-                assert!(
-                    removed.is_some_and(|row| row.value().0 == digest.as_bytes()),
-                    "the account lists the record"
-                );
-            }
-        }
-        Ok(())
+        Some(segment)
     }
 
     /// Writes `entry` for `digest` (or removes it: `None`), pins included.
     fn store(
         &mut self,
-        txn: &WriteTransaction,
+        t: &mut Tables<'_>,
         digest: &Hash,
         entry: Option<&ChunkEntry>,
     ) -> Result<(), DbError> {
-        let mut table = txn.open_table(CHUNKS)?;
+        let table = t.chunks()?;
         match entry {
             Some(entry) => {
                 table.insert(digest.as_bytes(), stored(entry))?;
@@ -269,28 +304,28 @@ impl ChunkDb {
     /// garbage is removed.
     fn modify<R>(
         &mut self,
-        txn: &WriteTransaction,
+        t: &mut Tables<'_>,
         digest: &Hash,
         change: impl FnOnce(&mut ChunkEntry) -> R,
     ) -> Result<Option<R>, DbError> {
-        let Some(before) = self.get(txn, digest)? else {
+        let Some(before) = self.get(t, digest)? else {
             return Ok(None);
         };
         let mut after = before;
         let result = change(&mut after);
         let moved = before.location != after.location || before.len != after.len;
         self.account(
-            txn,
+            t,
             digest,
             &before,
             false,
             moved && before.location.is_some(),
         )?;
-        self.account(txn, digest, &after, true, moved && after.location.is_some())?;
+        self.account(t, digest, &after, true, moved && after.location.is_some())?;
         if after.is_garbage() && after.location.is_none() {
-            self.store(txn, digest, None)?;
+            self.store(t, digest, None)?;
         } else if stored(&before) != stored(&after) {
-            self.store(txn, digest, Some(&after))?;
+            self.store(t, digest, Some(&after))?;
         } else if before.pins != after.pins {
             self.set_pins(digest, after.pins);
         }
@@ -299,23 +334,23 @@ impl ChunkDb {
 
     fn insert(
         &mut self,
-        txn: &WriteTransaction,
+        t: &mut Tables<'_>,
         digest: Hash,
         entry: ChunkEntry,
     ) -> Result<(), DbError> {
-        self.store(txn, &digest, Some(&entry))?;
-        self.account(txn, &digest, &entry, true, entry.location.is_some())
+        self.store(t, &digest, Some(&entry))?;
+        self.account(t, &digest, &entry, true, entry.location.is_some())
     }
 
     /// As [`Index::insert_found`](super::index::Index::insert_found).
     pub fn insert_found(
         &mut self,
-        txn: &WriteTransaction,
+        t: &mut Tables<'_>,
         digest: Hash,
         location: Location,
         len: u32,
     ) -> Result<bool, DbError> {
-        if self.get(txn, &digest)?.is_some() {
+        if self.get(t, &digest)?.is_some() {
             return Ok(false);
         }
         let entry = ChunkEntry {
@@ -324,19 +359,19 @@ impl ChunkDb {
             refs: 0,
             pins: 0,
         };
-        self.insert(txn, digest, entry)?;
+        self.insert(t, digest, entry)?;
         Ok(true)
     }
 
     /// As [`Index::insert_put`](super::index::Index::insert_put).
     pub fn insert_put(
         &mut self,
-        txn: &WriteTransaction,
+        t: &mut Tables<'_>,
         digest: Hash,
         location: Location,
         len: u32,
     ) -> Result<(), DbError> {
-        let healed = self.modify(txn, &digest, |entry| {
+        let healed = self.modify(t, &digest, |entry| {
             assert!(entry.location.is_none(), "only a lost chunk is put again");
             entry.location = Some(location);
             entry.len = len;
@@ -349,7 +384,7 @@ impl ChunkDb {
                 refs: 0,
                 pins: 1,
             };
-            self.insert(txn, digest, entry)?;
+            self.insert(t, digest, entry)?;
         }
         Ok(())
     }
@@ -357,11 +392,11 @@ impl ChunkDb {
     /// As [`Index::add_ref`](super::index::Index::add_ref).
     pub fn add_ref(
         &mut self,
-        txn: &WriteTransaction,
+        t: &mut Tables<'_>,
         digest: &Hash,
         len: u32,
     ) -> Result<bool, DbError> {
-        let stored = self.modify(txn, digest, |entry| {
+        let stored = self.modify(t, digest, |entry| {
             entry.refs += 1;
             entry.location.is_some()
         })?;
@@ -374,15 +409,15 @@ impl ChunkDb {
                     refs: 1,
                     pins: 0,
                 };
-                self.insert(txn, *digest, entry)?;
+                self.insert(t, *digest, entry)?;
                 Ok(false)
             }
         }
     }
 
     /// As [`Index::drop_ref`](super::index::Index::drop_ref).
-    pub fn drop_ref(&mut self, txn: &WriteTransaction, digest: &Hash) -> Result<(), DbError> {
-        self.modify(txn, digest, |entry| {
+    pub fn drop_ref(&mut self, t: &mut Tables<'_>, digest: &Hash) -> Result<(), DbError> {
+        self.modify(t, digest, |entry| {
             assert!(entry.refs > 0, "refcount of {digest} never below zero");
             entry.refs -= 1;
         })?
@@ -391,8 +426,8 @@ impl ChunkDb {
     }
 
     /// As [`Index::pin`](super::index::Index::pin).
-    pub fn pin(&mut self, txn: &WriteTransaction, digest: &Hash) -> Result<bool, DbError> {
-        let pinned = self.modify(txn, digest, |entry| {
+    pub fn pin(&mut self, t: &mut Tables<'_>, digest: &Hash) -> Result<bool, DbError> {
+        let pinned = self.modify(t, digest, |entry| {
             if entry.location.is_none() {
                 return false;
             }
@@ -403,8 +438,8 @@ impl ChunkDb {
     }
 
     /// As [`Index::unpin`](super::index::Index::unpin).
-    pub fn unpin(&mut self, txn: &WriteTransaction, digest: &Hash) -> Result<(), DbError> {
-        self.modify(txn, digest, |entry| {
+    pub fn unpin(&mut self, t: &mut Tables<'_>, digest: &Hash) -> Result<(), DbError> {
+        self.modify(t, digest, |entry| {
             assert!(entry.pins > 0, "pin count of {digest} never below zero");
             entry.pins -= 1;
         })?
@@ -415,12 +450,12 @@ impl ChunkDb {
     /// As [`Index::relocate`](super::index::Index::relocate).
     pub fn relocate(
         &mut self,
-        txn: &WriteTransaction,
+        t: &mut Tables<'_>,
         digest: &Hash,
         from: Location,
         to: Location,
     ) -> Result<bool, DbError> {
-        let moved = self.modify(txn, digest, |entry| {
+        let moved = self.modify(t, digest, |entry| {
             let here = entry.location == Some(from);
             if here {
                 entry.location = Some(to);
@@ -433,18 +468,18 @@ impl ChunkDb {
     /// As [`Index::remove_garbage`](super::index::Index::remove_garbage).
     pub fn remove_garbage(
         &mut self,
-        txn: &WriteTransaction,
+        t: &mut Tables<'_>,
         digest: &Hash,
         at: Location,
     ) -> Result<Option<u32>, DbError> {
-        let Some(entry) = self.get(txn, digest)? else {
+        let Some(entry) = self.get(t, digest)? else {
             return Ok(None);
         };
         if !entry.is_garbage() || entry.location != Some(at) {
             return Ok(None);
         }
-        self.account(txn, digest, &entry, false, true)?;
-        self.store(txn, digest, None)?;
+        self.account(t, digest, &entry, false, true)?;
+        self.store(t, digest, None)?;
         Ok(Some(entry.len))
     }
 
@@ -499,10 +534,10 @@ impl ChunkDb {
     /// As [`Index::chunks_in`](super::index::Index::chunks_in).
     pub fn chunks_in(
         &self,
-        txn: &WriteTransaction,
+        t: &mut Tables<'_>,
         segment: u64,
     ) -> Result<Vec<(Hash, Location, u32)>, DbError> {
-        let table = txn.open_table(SEGMENT_CHUNKS)?;
+        let table = t.rows()?;
         let mut chunks = Vec::new();
         let end = segment
             .checked_add(1)
@@ -522,11 +557,11 @@ impl ChunkDb {
     /// Recounts every total and account from the tables and the pins, and
     /// compares: `Err` says what drifted. A walk of the whole index, for
     /// tests.
-    pub fn check_accounting(&self, txn: &WriteTransaction) -> Result<(), String> {
+    pub fn check_accounting(&self, t: &mut Tables<'_>) -> Result<(), String> {
         let fail = |error: DbError| error.to_string();
         let mut fresh = ChunkDb::default();
         let mut rows: BTreeMap<(u64, u64), (Hash, u32)> = BTreeMap::new();
-        let table = txn.open_table(CHUNKS).map_err(|e| fail(e.into()))?;
+        let table = t.chunks().map_err(fail)?;
         for row in table.range::<&[u8; 32]>(..).map_err(|e| fail(e.into()))? {
             let (key, value) = row.map_err(|e| fail(e.into()))?;
             let digest = Hash::from_bytes(*key.value());
@@ -546,9 +581,7 @@ impl ChunkDb {
             fresh
                 .pins
                 .extend(self.pins.get(&digest).map(|&p| (digest, p)));
-            fresh
-                .account(txn, &digest, &entry, true, false)
-                .map_err(fail)?;
+            fresh.count(&entry, true);
         }
         if self
             .pins
@@ -569,7 +602,7 @@ impl ChunkDb {
         {
             return Err("per-segment accounts drifted".into());
         }
-        let listed = txn.open_table(SEGMENT_CHUNKS).map_err(|e| fail(e.into()))?;
+        let listed = t.rows().map_err(fail)?;
         let mut listed_rows = BTreeMap::new();
         for row in listed.range::<(u64, u64)>(..).map_err(|e| fail(e.into()))? {
             let (key, value) = row.map_err(|e| fail(e.into()))?;
@@ -592,10 +625,10 @@ mod tests {
     use crate::store::db;
     use crate::store::index::Index;
 
-    fn compare(db: &ChunkDb, txn: &WriteTransaction, index: &Index, digests: &[Hash]) {
+    fn compare(db: &ChunkDb, t: &mut Tables<'_>, index: &Index, digests: &[Hash]) {
         for digest in digests {
             assert_eq!(
-                db.get(txn, digest).unwrap(),
+                db.get(t, digest).unwrap(),
                 index.get(digest).copied(),
                 "{digest}"
             );
@@ -618,12 +651,9 @@ mod tests {
                 db.segment(segment).map(|a| a.live_bytes()),
                 index.segment(segment).map(|a| a.live_bytes())
             );
-            assert_eq!(
-                db.chunks_in(txn, segment).unwrap(),
-                index.chunks_in(segment)
-            );
+            assert_eq!(db.chunks_in(t, segment).unwrap(), index.chunks_in(segment));
         }
-        assert_eq!(db.check_accounting(txn), Ok(()));
+        assert_eq!(db.check_accounting(t), Ok(()));
     }
 
     /// Goal: the tables and their in-memory totals answer every question
@@ -650,41 +680,8 @@ mod tests {
                 next_offset += 100;
                 // Segment ids start at 1.
                 let at = Location { segment: segment + 1, offset: next_offset };
-                match op {
-                    0 => {
-                        let ours = chunk_db.insert_found(&txn, digest, at, len).unwrap();
-                        prop_assert_eq!(ours, index.insert_found(digest, at, len));
-                    }
-                    1 if entry.is_none_or(|e| e.location.is_none()) => {
-                        chunk_db.insert_put(&txn, digest, at, len).unwrap();
-                        index.insert_put(digest, at, len);
-                    }
-                    2 => {
-                        let ours = chunk_db.add_ref(&txn, &digest, len).unwrap();
-                        prop_assert_eq!(ours, index.add_ref(&digest, len));
-                    }
-                    3 if entry.is_some_and(|e| e.refs > 0) => {
-                        chunk_db.drop_ref(&txn, &digest).unwrap();
-                        index.drop_ref(&digest);
-                    }
-                    4 => {
-                        let ours = chunk_db.pin(&txn, &digest).unwrap();
-                        prop_assert_eq!(ours, index.pin(&digest));
-                    }
-                    5 if entry.is_some_and(|e| e.pins > 0) => {
-                        chunk_db.unpin(&txn, &digest).unwrap();
-                        index.unpin(&digest);
-                    }
-                    6 => if let Some(from) = entry.and_then(|e| e.location) {
-                        let ours = chunk_db.relocate(&txn, &digest, from, at).unwrap();
-                        prop_assert_eq!(ours, index.relocate(&digest, from, at));
-                    },
-                    7 => if let Some(from) = entry.and_then(|e| e.location) {
-                        let ours = chunk_db.remove_garbage(&txn, &digest, from).unwrap();
-                        prop_assert_eq!(ours, index.remove_garbage(&digest, from));
-                    },
-                    8 => {
-                        chunk_db.flush(&txn).unwrap();
+                if op == 8 {
+                        chunk_db.flush(&mut Tables::new(&txn)).unwrap();
                         txn.commit().unwrap();
                         drop(database);
                         disk = disk.crash_keep_all();
@@ -696,10 +693,44 @@ mod tests {
                                 index.unpin(digest);
                             }
                         }
+                                    } else {
+                let mut t = Tables::new(&txn);
+                match op {
+                    0 => {
+                        let ours = chunk_db.insert_found(&mut t, digest, at, len).unwrap();
+                        prop_assert_eq!(ours, index.insert_found(digest, at, len));
                     }
+                    1 if entry.is_none_or(|e| e.location.is_none()) => {
+                        chunk_db.insert_put(&mut t, digest, at, len).unwrap();
+                        index.insert_put(digest, at, len);
+                    }
+                    2 => {
+                        let ours = chunk_db.add_ref(&mut t, &digest, len).unwrap();
+                        prop_assert_eq!(ours, index.add_ref(&digest, len));
+                    }
+                    3 if entry.is_some_and(|e| e.refs > 0) => {
+                        chunk_db.drop_ref(&mut t, &digest).unwrap();
+                        index.drop_ref(&digest);
+                    }
+                    4 => {
+                        let ours = chunk_db.pin(&mut t, &digest).unwrap();
+                        prop_assert_eq!(ours, index.pin(&digest));
+                    }
+                    5 if entry.is_some_and(|e| e.pins > 0) => {
+                        chunk_db.unpin(&mut t, &digest).unwrap();
+                        index.unpin(&digest);
+                    }
+                    6 => if let Some(from) = entry.and_then(|e| e.location) {
+                        let ours = chunk_db.relocate(&mut t, &digest, from, at).unwrap();
+                        prop_assert_eq!(ours, index.relocate(&digest, from, at));
+                    },
+                    7 => if let Some(from) = entry.and_then(|e| e.location) {
+                        let ours = chunk_db.remove_garbage(&mut t, &digest, from).unwrap();
+                        prop_assert_eq!(ours, index.remove_garbage(&digest, from));
+                    },
                     _ => {}
-                }
-                compare(&chunk_db, &txn, &index, &digests);
+                }}
+                compare(&chunk_db, &mut Tables::new(&txn), &index, &digests);
             }
         });
     }

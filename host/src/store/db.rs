@@ -126,6 +126,18 @@ pub fn begin_write(db: &redb::Database, durable: bool) -> Result<redb::WriteTran
     Ok(txn)
 }
 
+/// Opens `definition` into `slot` unless it is open already.
+pub(super) fn opened<'a, 't, K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &'t redb::WriteTransaction,
+    slot: &'a mut Option<redb::Table<'t, K, V>>,
+    definition: redb::TableDefinition<K, V>,
+) -> Result<&'a mut redb::Table<'t, K, V>, DbError> {
+    if slot.is_none() {
+        *slot = Some(txn.open_table(definition)?);
+    }
+    Ok(slot.as_mut().expect("opened above"))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
