@@ -161,3 +161,37 @@ pub fn spawning() -> std::sync::RwLockWriteGuard<'static, ()> {
 pub fn reopening() -> std::sync::RwLockReadGuard<'static, ()> {
     SPAWN_LOCK.read().unwrap_or_else(|p| p.into_inner())
 }
+
+/// What one in-process plugin run printed, and how it ended.
+pub struct PluginRun {
+    pub stdout: String,
+    /// The exit code, or the error of a run that failed.
+    pub outcome: Result<i32, String>,
+}
+
+/// Runs the plugin component `wasm` with `args` (after its program name)
+/// as `tenant`, in this process, its stdout captured. `Plugin::run`
+/// returns only after the run's store is dropped and every stream worker
+/// it started has ended.
+pub fn run_plugin(runtime: &Runtime, wasm: &[u8], tenant: &str, args: &[&str]) -> PluginRun {
+    use tensor_blob_host::runtime::plugin::{Plugin, PluginOptions};
+    let plugin = Plugin::new(runtime, wasm).unwrap();
+    let stdout = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(1 << 20);
+    let mut argv = vec!["plugin".to_string()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let options = PluginOptions {
+        args: argv,
+        ..PluginOptions::default()
+    };
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcome = tokio
+        .block_on(plugin.run_with_stdout(tenant, &options, stdout.clone()))
+        .map_err(|error| format!("{error:?}"));
+    PluginRun {
+        stdout: String::from_utf8(stdout.contents().to_vec()).unwrap(),
+        outcome,
+    }
+}

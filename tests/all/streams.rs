@@ -13,42 +13,20 @@
 
 use std::io::Read;
 
-use tensor_blob_host::runtime::plugin::{Plugin, PluginOptions};
 use tensor_blob_host::runtime::Runtime;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
-use crate::common::{HashSink, TestStore};
-
-/// What one run of the plugin printed, and how it ended.
-struct Run {
-    stdout: String,
-    /// The exit code, or the error of a run that failed.
-    outcome: Result<i32, String>,
-}
+use crate::common::{self, HashSink, PluginRun as Run, TestStore};
 
 /// Runs the stream plugin with `args` as `default`. `Plugin::run` returns
 /// only after the store is dropped and every stream worker it started
 /// has ended.
 fn run_plugin(runtime: &Runtime, args: &[&str]) -> Run {
-    let plugin = Plugin::new(runtime, tensor_blob_artifacts::STREAM_PLUGIN_WASM).unwrap();
-    let stdout = MemoryOutputPipe::new(1 << 20);
-    let mut argv = vec!["stream-plugin".to_string()];
-    argv.extend(args.iter().map(|a| a.to_string()));
-    let options = PluginOptions {
-        args: argv,
-        ..PluginOptions::default()
-    };
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let outcome = tokio
-        .block_on(plugin.run_with_stdout("default", &options, stdout.clone()))
-        .map_err(|error| format!("{error:?}"));
-    Run {
-        stdout: String::from_utf8(stdout.contents().to_vec()).unwrap(),
-        outcome,
-    }
+    common::run_plugin(
+        runtime,
+        tensor_blob_artifacts::STREAM_PLUGIN_WASM,
+        "default",
+        args,
+    )
 }
 
 /// The value of `key=` in the plugin's line for `mode`.
