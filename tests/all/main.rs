@@ -14,6 +14,7 @@ mod hostile_guest;
 mod hostile_plugin;
 mod pipeline;
 mod plugin;
+mod plugin_queries;
 mod python;
 mod quota;
 mod roundtrip;

@@ -77,6 +77,16 @@ pub const STREAM_PLUGIN_WASM: &[u8] =
 pub const STREAM_PLUGIN_WASM_PATH: &str =
     concat!(env!("OUT_DIR"), "/tensor-blob-stream-plugin.wasm");
 
+/// The metadata test plugin (world `plugin`, a WASI command): `meta-plugin
+/// setup` puts, updates and deletes a scripted set of artifacts; `query
+/// LIMIT QUERY...` pages queries and prints their ids; `stat ID...` and
+/// `stats` print what the host answers. Source: guest/components/meta-plugin.
+pub const META_PLUGIN_WASM: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/tensor-blob-meta-plugin.wasm"));
+
+/// Path of the file [`META_PLUGIN_WASM`] was embedded from (for `tblob run`).
+pub const META_PLUGIN_WASM_PATH: &str = concat!(env!("OUT_DIR"), "/tensor-blob-meta-plugin.wasm");
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +102,7 @@ mod tests {
             BLOBSTORE_CLIENT_WASM,
             DUAL_PLUGIN_WASM,
             STREAM_PLUGIN_WASM,
+            META_PLUGIN_WASM,
         ] {
             assert_eq!(&wasm[..4], b"\0asm");
             assert_eq!(&wasm[6..8], &[0x01, 0x00], "component layer");

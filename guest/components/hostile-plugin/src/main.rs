@@ -23,6 +23,8 @@ wit_bindgen::generate!({
     world: "plugin",
 });
 
+include!("../../shared/blobs_support.rs");
+
 use tensor::blob::blobs;
 use tensor::blob::types::{CdcParams, Chunking, Error, KeyValue, MetadataUpdate, PutOptions};
 
@@ -54,20 +56,6 @@ fn main() {
     }
 }
 
-fn kind(error: &Error) -> &'static str {
-    match error {
-        Error::NotFound(_) => "not-found",
-        Error::TooLarge(_) => "too-large",
-        Error::QuotaExceeded(_) => "quota-exceeded",
-        Error::InvalidArgument(_) => "invalid-argument",
-        Error::HashMismatch(_) => "hash-mismatch",
-        Error::Corrupted(_) => "corrupted",
-        Error::Closed => "closed",
-        Error::Io(_) => "io",
-        Error::NoSpace(_) => "no-space",
-    }
-}
-
 /// Prints `step: ok <what>` or `step: <error case>`.
 fn report<T>(step: &str, result: Result<T, Error>, what: impl FnOnce(&T) -> String) -> Option<T> {
     match result {
@@ -92,25 +80,6 @@ fn options() -> PutOptions {
         external_links: Vec::new(),
         custom: Vec::new(),
         chunking: None,
-    }
-}
-
-fn no_change() -> MetadataUpdate {
-    MetadataUpdate {
-        filename: None,
-        content_type: None,
-        tags: None,
-        links: None,
-        external_links: None,
-        custom: None,
-        remove_tags: Vec::new(),
-        add_tags: Vec::new(),
-        remove_links: Vec::new(),
-        add_links: Vec::new(),
-        remove_external_links: Vec::new(),
-        add_external_links: Vec::new(),
-        unset_custom: Vec::new(),
-        set_custom: Vec::new(),
     }
 }
 
