@@ -139,7 +139,18 @@ const ARTIFACTS: &[Spec] = &[
         &[],
         &[("lr", "0.1")],
     ),
-    ("d", None, None, None, &[], &["c"], &[], &[]),
+    // Deleted by the script: it carries something of every kind the
+    // queries ask for, so each index must forget it.
+    (
+        "d",
+        Some("weights/d.bin"),
+        Some("application/x-safetensors"),
+        Some("alice"),
+        &["model", "mod", "日本語"],
+        &["c"],
+        &["run:42", "dataset/x"],
+        &[("lr", "0.1"), ("epoch", "5")],
+    ),
     (
         "e",
         Some("wéights/ü.bin"),
