@@ -82,6 +82,11 @@ fn a_plugin_can_neither_see_nor_touch_another_tenants_artifacts() {
             ("list", "ok 0 ids"),
             ("list-after-it", "not-found"),
             ("find-by-tag", "ok 0 ids"),
+            ("query-links-to-it", "ok 0 ids"),
+            ("query-linked-from-it", "ok 0 ids"),
+            ("query-tag", "ok 0 ids"),
+            ("query-after-it", "not-found"),
+            ("query-after-it-newest", "not-found"),
             ("stats", "ok 0 artifacts"),
         ],
     );
@@ -191,6 +196,81 @@ fn arguments_larger_than_the_chunkers_memory_get_typed_errors() {
     assert_eq!(tblob(store.path(), &["verify"]).status.code(), Some(0));
     ok(&tblob(store.path(), &["gc"]));
     assert_eq!(tblob(store.path(), &["get", id]).stdout, b"small");
+}
+
+/// Goal: `query` is bounded like every other call: each bound the WIT
+/// gives it is a typed error one step past it, 32 conditions with every
+/// string at its bound are answered, and a loop of the largest queries
+/// over a store of many artifacts ends with bounded pages and leaves the
+/// store as it was. Method: seed 5000 artifacts in process (more than the
+/// host collects for a filename-prefix or time-range condition, so those
+/// walk the store), then run
+/// `query-flood` with `tblob run` and compare what it printed and the
+/// store (ids, totals, each artifact's metadata) before and after.
+#[test]
+fn a_query_flood_gets_typed_errors_and_bounded_answers_and_changes_nothing() {
+    const ARTIFACTS: usize = 5000;
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let plugin = plugin_file(work.path());
+    {
+        let runtime = crate::common::open_runtime(
+            store.path(),
+            tensor_blob_host::store::StoreOptions {
+                durability: tensor_blob_host::store::Durability::None,
+                ..tensor_blob_host::store::StoreOptions::default()
+            },
+        );
+        let mut chunker = runtime.chunker("default").unwrap();
+        for n in 0..ARTIFACTS {
+            let options = tensor_blob_host::runtime::PutOptions {
+                filename: Some(format!("f{n}")),
+                tags: vec![format!("t{}", n % 7)],
+                ..crate::common::options()
+            };
+            chunker
+                .put(format!("seed {n}").as_bytes(), &options)
+                .unwrap();
+        }
+    }
+    let ls = |store: &Path| ok(&tblob(store, &["ls", "--json"]));
+    let before = (ls(store.path()), stat_json(store.path(), "default"));
+    assert_eq!(before.1["artifacts"], ARTIFACTS);
+
+    let outcomes = attack(store.path(), &plugin, "default", &["query-flood", "200"]);
+    assert_outcomes(
+        &outcomes,
+        &[
+            ("query-33-conditions", "invalid-argument"),
+            ("query-32-conditions-at-bounds", "ok 0 ids"),
+            ("query-tag-over", "invalid-argument"),
+            ("query-external-over", "invalid-argument"),
+            ("query-content-type-over", "invalid-argument"),
+            ("query-creator-over", "invalid-argument"),
+            ("query-filename-over", "invalid-argument"),
+            ("query-filename-prefix-over", "invalid-argument"),
+            ("query-custom-key-over", "invalid-argument"),
+            ("query-custom-pair-key-over", "invalid-argument"),
+            ("query-custom-value-over", "invalid-argument"),
+            ("query-empty-tag", "invalid-argument"),
+            ("query-empty-external", "invalid-argument"),
+            ("query-empty-filename", "invalid-argument"),
+            ("query-empty-custom-key", "invalid-argument"),
+            ("query-links-to-malformed", "invalid-argument"),
+            ("query-limit-65537", "invalid-argument"),
+            ("query-limit-max", "invalid-argument"),
+            ("query-limit-0", "ok 0 ids, next "),
+            ("query-after-malformed", "invalid-argument"),
+            ("query-after-unknown", "not-found"),
+            ("query-flood", "ok 200 queries, at most 5000 ids"),
+            ("stats", "ok 5000 artifacts"),
+        ],
+    );
+    assert_eq!(outcomes["query-flood"], "ok 200 queries, at most 5000 ids");
+    // Nothing the queries did changed the store.
+    let after = (ls(store.path()), stat_json(store.path(), "default"));
+    assert_eq!(after, before);
+    assert_eq!(tblob(store.path(), &["verify"]).status.code(), Some(0));
 }
 
 #[test]

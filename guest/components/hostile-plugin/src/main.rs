@@ -5,13 +5,19 @@
 //! tests/all/hostile_plugin.rs read those lines. Never a real plugin.
 //!
 //! Attacks:
-//! - `foreign ID`: every call that takes an id, on ID (another tenant's);
+//! - `foreign ID`: every call that takes an id, on ID (another tenant's),
+//!   queries among them (links to it, linked from it, paging after it);
 //! - `limits`: a flood of open handles, oversized writes and reads, use of
 //!   finished and aborted writers, invalid options;
 //! - `huge BYTES`: fills the chunker's memory (every writer it may hold,
 //!   each buffering the most it can), then makes every call that takes a
 //!   string, a list or inline data with one argument of BYTES, to see that
 //!   the host refuses it before it reaches the chunker;
+//! - `query-flood ROUNDS`: queries past every bound (33 conditions, each
+//!   string one byte over its bound, empty ones, limits over 65536,
+//!   malformed and unknown `after`s), 32 conditions with every string at
+//!   its bound, then ROUNDS queries of the largest page over the store,
+//!   each answer checked to be bounded and to end;
 //! - `abandon BYTES`: writes BYTES to a writer and exits without finishing;
 //! - `memory-bomb`: grows its memory until the host refuses;
 //! - `spin`: loops forever, calling nothing;
@@ -26,13 +32,21 @@ wit_bindgen::generate!({
 include!("../../shared/blobs_support.rs");
 
 use tensor::blob::blobs;
-use tensor::blob::types::{CdcParams, Chunking, Error, KeyValue, MetadataUpdate, PutOptions};
+use tensor::blob::types::{
+    CdcParams, Chunking, Condition, Error, KeyValue, MetadataUpdate, PutOptions, Query, QueryPage,
+    TimeRange,
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("foreign") => foreign(args.get(2).expect("foreign ID")),
         Some("limits") => limits(),
+        Some("query-flood") => query_flood(
+            args.get(2)
+                .and_then(|a| a.parse().ok())
+                .expect("query-flood ROUNDS"),
+        ),
         Some("huge") => huge(
             args.get(2)
                 .and_then(|a| a.parse().ok())
@@ -49,7 +63,7 @@ fn main() {
         Some("noop") => {}
         _ => {
             eprintln!(
-                "usage: hostile-plugin foreign ID | limits | huge BYTES | abandon BYTES | memory-bomb | spin | panic | noop"
+                "usage: hostile-plugin foreign ID | limits | query-flood ROUNDS | huge BYTES | abandon BYTES | memory-bomb | spin | panic | noop"
             );
             std::process::exit(2);
         }
@@ -113,6 +127,197 @@ fn foreign(id: &str) {
     });
     report("find-by-tag", blobs::find_by_tag("secret"), |ids| {
         format!("{} ids", ids.len())
+    });
+    let by = |condition: Condition| Query {
+        conditions: vec![condition],
+        ..query()
+    };
+    report(
+        "query-links-to-it",
+        blobs::query(&by(Condition::LinksTo(id.clone()))),
+        page_size,
+    );
+    report(
+        "query-linked-from-it",
+        blobs::query(&by(Condition::LinkedFrom(id.clone()))),
+        page_size,
+    );
+    report(
+        "query-tag",
+        blobs::query(&by(Condition::Tag("secret".into()))),
+        page_size,
+    );
+    for (step, newest_first) in [("query-after-it", false), ("query-after-it-newest", true)] {
+        let after = Query {
+            after: Some(id.clone()),
+            newest_first,
+            ..query()
+        };
+        report(step, blobs::query(&after), page_size);
+    }
+    report("stats", blobs::stats(), |s| {
+        format!("{} artifacts", s.artifacts)
+    });
+}
+
+/// A query of every artifact, oldest first, the largest page.
+fn query() -> Query {
+    Query {
+        conditions: Vec::new(),
+        newest_first: false,
+        after: None,
+        limit: QUERY_LIMIT_MAX,
+    }
+}
+
+/// The largest `limit` the WIT allows, and the most conditions.
+const QUERY_LIMIT_MAX: u32 = 65536;
+const QUERY_CONDITIONS_MAX: usize = 32;
+
+fn page_size(page: &QueryPage) -> String {
+    format!("{} ids", page.ids.len())
+}
+
+/// A condition of each kind that takes a string, named, its string `extra`
+/// bytes past the kind's bound (`extra` 0: at it).
+fn string_conditions(extra: usize) -> Vec<(&'static str, Condition)> {
+    let s = |bound: usize| "q".repeat(bound + extra);
+    vec![
+        ("tag", Condition::Tag(s(256))),
+        ("external", Condition::LinksToExternal(s(256))),
+        ("content-type", Condition::ContentType(s(4096))),
+        ("creator", Condition::Creator(s(4096))),
+        ("filename", Condition::Filename(s(4096))),
+        ("filename-prefix", Condition::FilenamePrefix(s(4096))),
+        ("custom-key", Condition::CustomKey(s(256))),
+        (
+            "custom-pair-key",
+            Condition::Custom(KeyValue {
+                key: s(256),
+                value: "v".into(),
+            }),
+        ),
+        (
+            "custom-value",
+            Condition::Custom(KeyValue {
+                key: "k".into(),
+                value: s(4096),
+            }),
+        ),
+    ]
+}
+
+/// Every bound of `query`, then a flood of the largest queries.
+fn query_flood(rounds: usize) {
+    let with = |conditions: Vec<Condition>| Query {
+        conditions,
+        ..query()
+    };
+    let many = vec![Condition::Tag("t".into()); QUERY_CONDITIONS_MAX + 1];
+    report("query-33-conditions", blobs::query(&with(many)), page_size);
+    let at_bounds: Vec<Condition> = string_conditions(0)
+        .into_iter()
+        .map(|(_, condition)| condition)
+        .cycle()
+        .take(QUERY_CONDITIONS_MAX)
+        .collect();
+    report(
+        "query-32-conditions-at-bounds",
+        blobs::query(&with(at_bounds)),
+        page_size,
+    );
+    for (what, condition) in string_conditions(1) {
+        let step = format!("query-{what}-over");
+        report(&step, blobs::query(&with(vec![condition])), page_size);
+    }
+    let empty = [
+        ("query-empty-tag", Condition::Tag(String::new())),
+        (
+            "query-empty-external",
+            Condition::LinksToExternal(String::new()),
+        ),
+        ("query-empty-filename", Condition::Filename(String::new())),
+        (
+            "query-empty-custom-key",
+            Condition::CustomKey(String::new()),
+        ),
+    ];
+    for (step, condition) in empty {
+        report(step, blobs::query(&with(vec![condition])), page_size);
+    }
+    let malformed = "../../etc/passwd".to_string();
+    report(
+        "query-links-to-malformed",
+        blobs::query(&with(vec![Condition::LinksTo(malformed.clone())])),
+        page_size,
+    );
+    for (step, limit) in [
+        ("query-limit-65537", QUERY_LIMIT_MAX + 1),
+        ("query-limit-max", u32::MAX),
+    ] {
+        report(step, blobs::query(&Query { limit, ..query() }), page_size);
+    }
+    report(
+        "query-limit-0",
+        blobs::query(&Query {
+            limit: 0,
+            ..query()
+        }),
+        |page| format!("{} ids, next {}", page.ids.len(), page.next.is_some()),
+    );
+    report(
+        "query-after-malformed",
+        blobs::query(&Query {
+            after: Some(malformed),
+            ..query()
+        }),
+        page_size,
+    );
+    report(
+        "query-after-unknown",
+        blobs::query(&Query {
+            after: Some("0123456789abcdef0123456789abcdef".into()),
+            ..query()
+        }),
+        page_size,
+    );
+
+    // The flood: the largest pages, walking the whole store with every
+    // condition the host cannot narrow by an index.
+    let everything = TimeRange {
+        from_ms: 0,
+        to_ms: u64::MAX,
+    };
+    let shapes = [
+        with(Vec::new()),
+        Query {
+            newest_first: true,
+            ..query()
+        },
+        with(vec![Condition::FilenamePrefix(String::new())]),
+        with(vec![Condition::Created(everything); QUERY_CONDITIONS_MAX]),
+        with(vec![
+            Condition::Modified(everything),
+            Condition::FilenamePrefix(String::new()),
+        ]),
+    ];
+    let mut most = 0;
+    let outcome = (0..rounds).try_for_each(|round| {
+        let page = blobs::query(&shapes[round % shapes.len()])?;
+        let full = page.ids.len() == QUERY_LIMIT_MAX as usize;
+        if page.ids.len() > QUERY_LIMIT_MAX as usize || (page.next.is_some() && !full) {
+            // More than a page, or a cursor after a page that was not full.
+            return Err(Error::TooLarge(format!(
+                "round {round}: {} ids, next {:?}",
+                page.ids.len(),
+                page.next
+            )));
+        }
+        most = most.max(page.ids.len());
+        Ok(())
+    });
+    report("query-flood", outcome, |()| {
+        format!("{rounds} queries, at most {most} ids")
     });
     report("stats", blobs::stats(), |s| {
         format!("{} artifacts", s.artifacts)
