@@ -504,7 +504,7 @@ mod tests {
             ..Access::default()
         });
         let snapshot = reader.store("a").unwrap();
-        assert!(snapshot.exists(&id));
+        assert!(snapshot.exists(&id).unwrap());
         assert!(matches!(snapshot.delete(&id), Err(StoreError::ReadOnly(_))));
         assert!(matches!(reader.store("b"), Err(StoreError::NotFound(_))));
         assert!(matches!(reader.policy("b"), Err(StoreError::NotFound(_))));

@@ -131,7 +131,10 @@ fn replacing_a_name_releases_the_old_artifact_for_gc() {
     assert_eq!(run(&store, &["put", "c", "o", "4000000", "2"]), 0);
     let new = tenant.object_info("c", "o").unwrap().id;
     assert_ne!(old, new);
-    assert!(!tenant.exists(&old), "the replaced artifact is deleted");
+    assert!(
+        !tenant.exists(&old).unwrap(),
+        "the replaced artifact is deleted"
+    );
     let after = tenant.stats();
     assert_eq!(after.artifacts, 1);
     assert_eq!(after.logical_bytes, 4_000_000);

@@ -143,8 +143,8 @@ fn bit_rot_in_the_newest_meta_record_is_reported_on_real_files() {
         report.damage().any(|p| p.kind == ProblemKind::Damaged),
         "{report:?}"
     );
-    assert!(store.exists(&first));
-    assert!(!store.exists(&newest));
+    assert!(store.exists(&first).unwrap());
+    assert!(!store.exists(&newest).unwrap());
 }
 
 /// The same for the active segment: after a clean close its checkpoint

@@ -273,7 +273,7 @@ fn setup(runtime: &Runtime, tenant: &str) -> Scripted {
         live,
         "commit order, d gone"
     );
-    assert!(!store.exists(&ids["d"]));
+    assert!(!store.exists(&ids["d"]).unwrap());
     let sorted = |items: &[&str]| {
         let mut items: Vec<String> = items.iter().map(|s| s.to_string()).collect();
         items.sort();

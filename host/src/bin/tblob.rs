@@ -746,7 +746,7 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Exists { id } => {
             let id = parse_id("artifact id", &id)?;
-            Ok(if runtime.tenant_store(tenant)?.exists(&id) {
+            Ok(if runtime.tenant_store(tenant)?.exists(&id)? {
                 0
             } else {
                 1
@@ -805,13 +805,13 @@ fn run(cli: Cli) -> Result<u8> {
             }
             // Checked before the verdict: an unknown or malformed id is an
             // error (exit 2), not damage.
-            let (checked, damaged, dangling) = match id {
+            let (checked, damaged, dangling, log_problems) = match id {
                 Some(id) => {
                     let id: ArtifactId = id.parse()?;
                     match store.verify(&id) {
-                        Ok(()) => (1, Vec::new(), Vec::new()),
+                        Ok(()) => (1, Vec::new(), Vec::new(), Vec::new()),
                         Err(e @ StoreError::NotFound(_)) => return Err(e.into()),
-                        Err(e) => (1, vec![(id, e.to_string())], Vec::new()),
+                        Err(e) => (1, vec![(id, e.to_string())], Vec::new(), Vec::new()),
                     }
                 }
                 None => {
@@ -820,9 +820,20 @@ fn run(cli: Cli) -> Result<u8> {
                         report.artifacts_checked,
                         report.damaged,
                         report.dangling_links,
+                        report.log_problems,
                     )
                 }
             };
+            // Those the open found too (it read that far) are listed once.
+            let log_problems: Vec<String> = log_problems
+                .iter()
+                .map(|problem| escape(&problem.to_string(), false).into_owned())
+                .filter(|problem| !store_damage.contains(problem))
+                .collect();
+            for problem in &log_problems {
+                eprintln!("tblob: store damage: {problem}");
+            }
+            let store_damage_count = store_damage.len() + log_problems.len();
             // Only damage to meta.log leaves one (a delete drops the links
             // to what it deletes); the artifact's bytes are whole.
             for (id, target) in &dangling {
@@ -835,10 +846,10 @@ fn run(cli: Cli) -> Result<u8> {
             eprintln!(
                 "tblob: verified {checked} artifacts, {} damaged; {} problems found in the store files",
                 damaged.len(),
-                store_damage.len()
+                store_damage_count
             );
             Ok(
-                if damaged.is_empty() && dangling.is_empty() && store_damage.is_empty() {
+                if damaged.is_empty() && dangling.is_empty() && store_damage_count == 0 {
                     0
                 } else {
                     1

@@ -23,7 +23,7 @@ pub fn delete(store: &Store, id: &str) -> Result<(), BlobError> {
 
 /// `blobs.exists`: a malformed id is `invalid-argument`.
 pub fn exists(store: &Store, id: &str) -> Result<bool, BlobError> {
-    Ok(store.exists(&convert::artifact_id(id)?))
+    Ok(store.exists(&convert::artifact_id(id)?)?)
 }
 
 /// `blobs.stat`.
@@ -53,8 +53,7 @@ pub fn list(store: &Store, after: Option<&str>, limit: u32) -> Result<Vec<String
 /// `blobs.find-by-tag`: the oldest [`LIST_IDS_MAX`] carrying `tag`.
 pub fn find_by_tag(store: &Store, tag: &str) -> Result<Vec<String>, BlobError> {
     check::tag_query(tag)?;
-    let mut ids = store.find_by_tag(tag);
-    ids.truncate(LIST_IDS_MAX);
+    let ids = store.find_by_tag(tag, LIST_IDS_MAX)?;
     Ok(ids.iter().map(|id| id.to_string()).collect())
 }
 

@@ -31,9 +31,10 @@ use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::db::{self, DbError};
 use super::format::{self, MutableFields};
+#[cfg(test)]
+use super::meta::Catalog;
 use super::meta::{
-    committed, normalize_fields, set_fields, snapshot_records, Artifact, Catalog, Committed,
-    Manifest,
+    committed, normalize_fields, set_fields, snapshot_records, Artifact, Committed, Manifest,
 };
 use super::meta_index::Key;
 use super::types::{ArtifactId, Metadata, Order};
@@ -361,6 +362,57 @@ pub fn postings(
     Ok(seqs)
 }
 
+/// Whether the artifact at `seq` is live.
+pub fn is_live(t: &mut Tables<'_>, seq: u64) -> Result<bool, DbError> {
+    Ok(t.artifacts()?.get(seq)?.is_some())
+}
+
+/// The first seq of a live artifact carrying `key` at or beyond `from` in
+/// `order` (the leapfrog's step in a query).
+pub fn seek(
+    t: &mut Tables<'_>,
+    key: &Key,
+    from: u64,
+    order: Order,
+) -> Result<Option<u64>, DbError> {
+    let prefix = key_prefix(key);
+    let (low, high) = match order {
+        Order::OldestFirst => (from, u64::MAX),
+        Order::NewestFirst => (0, from),
+    };
+    let low = with_seq(prefix.clone(), low);
+    let high = with_seq(prefix, high);
+    let table = t.postings()?;
+    let mut range = table.range::<&[u8]>(low.as_slice()..=high.as_slice())?;
+    let found = match order {
+        Order::OldestFirst => range.next(),
+        Order::NewestFirst => range.next_back(),
+    };
+    Ok(match found {
+        Some(entry) => Some(seq_of_posting(entry?.0.value())),
+        None => None,
+    })
+}
+
+/// How many live artifacts carry `key`, counted up to `max` (a query
+/// orders its sets by size; beyond a few thousand the order hardly
+/// matters, and counting further would cost a walk).
+pub fn count(t: &mut Tables<'_>, key: &Key, max: usize) -> Result<usize, DbError> {
+    let prefix = key_prefix(key);
+    let low = with_seq(prefix.clone(), 0);
+    let high = with_seq(prefix, u64::MAX);
+    let table = t.postings()?;
+    let mut n = 0;
+    for entry in table.range::<&[u8]>(low.as_slice()..=high.as_slice())? {
+        entry?;
+        n += 1;
+        if n >= max {
+            break;
+        }
+    }
+    Ok(n)
+}
+
 /// Seqs of the live artifacts whose filename starts with `prefix`,
 /// ascending; at most `max` of them, as
 /// [`MetaIndex::filename_prefix`](super::meta_index::MetaIndex::filename_prefix).
@@ -427,9 +479,18 @@ pub fn live_seqs(
     Ok(seqs)
 }
 
+/// How many postings the tables hold (every key of every live artifact,
+/// its two times included), for tests.
+#[cfg(test)]
+pub fn postings_len(t: &mut Tables<'_>) -> Result<u64, DbError> {
+    use redb::ReadableTableMetadata;
+    Ok(t.postings()?.len()?)
+}
+
 /// Copies an in-memory catalog's artifacts into empty tables, in commit
 /// order, keeping their seqs (a store that had none converts to one that
 /// has). Holds, names and retained artifacts are not part of it.
+#[cfg(test)]
 pub fn load(t: &mut Tables<'_>, catalog: &Catalog) -> Result<(), DbError> {
     let ids = t.ids()?;
     for (id, &seq) in &catalog.seq_of {

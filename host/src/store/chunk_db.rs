@@ -489,6 +489,7 @@ impl ChunkDb {
     }
 
     /// Bytes of stored chunks pinned by uploads but not referenced.
+    #[cfg(test)]
     pub fn pinned_only_bytes(&self) -> u64 {
         self.pinned_unreferenced.1
     }

@@ -78,6 +78,24 @@ pub enum DbError {
     Redb(#[from] redb::Error),
 }
 
+impl From<DbError> for crate::error::StoreError {
+    fn from(error: DbError) -> Self {
+        use crate::error::StoreError;
+        const CONTEXT: &str = "catalog database";
+        match error {
+            DbError::Io(source) if source.kind() == io::ErrorKind::InvalidData => {
+                StoreError::Corrupted(format!("{CONTEXT}: {source}"))
+            }
+            DbError::Io(source) => StoreError::io(CONTEXT, source),
+            DbError::Redb(redb::Error::Io(source)) => StoreError::io(CONTEXT, source),
+            DbError::Redb(redb::Error::Corrupted(why)) => {
+                StoreError::Corrupted(format!("{CONTEXT}: {why}"))
+            }
+            DbError::Redb(other) => StoreError::io(CONTEXT, io::Error::other(other)),
+        }
+    }
+}
+
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for DbError {

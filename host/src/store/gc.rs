@@ -26,6 +26,7 @@ use super::format::{
 };
 use super::index::Location;
 use super::meta::{self, Artifact};
+use super::meta_db::MetaDb;
 use super::names;
 use super::types::Hash;
 use super::{lock, segment, GcPolicy, GcReport, State, Store, StoreError};
@@ -50,7 +51,7 @@ pub(super) fn segment_bytes(state: &State, id: u64) -> (u64, u64) {
         .allocated_bytes()
         .map_or(segment.len, |allocated| allocated.min(segment.len));
     let record_bytes = on_disk.saturating_sub(SEGMENT_HEADER_BYTES);
-    let live_bytes = state.index.segment(id).map_or(0, |a| a.live_bytes());
+    let live_bytes = state.db.segment(id).map_or(0, |a| a.live_bytes());
     (record_bytes, record_bytes.saturating_sub(live_bytes))
 }
 
@@ -175,8 +176,8 @@ fn punch(store: &Store, id: u64, report: &mut GcReport) -> Result<(), StoreError
             return Ok(());
         };
         let mut live: Vec<(u64, u32)> = Vec::new();
-        for (digest, location, len) in state.index.chunks_in(id) {
-            if !drop_if_garbage(&mut state, report, &digest, location) {
+        for (digest, location, len) in state.db.chunks_in(id)? {
+            if !drop_if_garbage(&mut state, report, &digest, location)? {
                 live.push((location.offset, len));
             }
         }
@@ -185,6 +186,14 @@ fn punch(store: &Store, id: u64, report: &mut GcReport) -> Result<(), StoreError
         (file, ranges, state.segments.hint_writer())
     };
     inner.note_sync(writer.sync_dir())?;
+    // The catalog database's last checkpoint must not place a chunk in a
+    // hole: it is taken now, with the garbage dropped. Tables rebuilt from
+    // the disk meanwhile index that garbage again: nothing is punched.
+    let generation = inner.tables_generation();
+    inner.checkpoint_tables(&lock(&inner.meta_log))?;
+    if inner.tables_generation() != generation {
+        return Ok(());
+    }
     let allocated = |file: &dyn super::backend::BackendFile| {
         file.allocated_bytes().or_else(|_| file.len()).unwrap_or(0)
     };
@@ -233,7 +242,7 @@ fn compact_meta_log(store: &Store, policy: &GcPolicy) -> Result<u64, StoreError>
     if meta_log.damaged() || meta_log.len() < policy.meta_log_bytes_min {
         return Ok(0);
     }
-    let snapshot = Snapshot::of(&lock(&inner.state).catalog);
+    let snapshot = Snapshot::of(&lock(&inner.state).db)?;
     let records = || snapshot.records();
     let live_bytes: u64 = records()
         .map(|record| format::meta_record_len(&record))
@@ -256,6 +265,8 @@ fn compact_meta_log(store: &Store, policy: &GcPolicy) -> Result<u64, StoreError>
     } else {
         result?
     };
+    // The checkpoint covered the old log: the next open would rebuild.
+    inner.checkpoint_tables(&meta_log)?;
     Ok(old_len.saturating_sub(new_len))
 }
 
@@ -269,21 +280,22 @@ pub(super) struct Snapshot {
 }
 
 impl Snapshot {
-    pub(super) fn of(catalog: &super::meta::Catalog) -> Snapshot {
-        let live = catalog
-            .order
-            .values()
-            .map(|id| {
-                (
-                    catalog.artifacts[id].clone(),
-                    catalog.names.bound.get(id).cloned(),
-                )
-            })
-            .collect();
-        Snapshot {
-            containers: names::snapshot_records(&catalog.names),
-            live,
+    pub(super) fn of(db: &MetaDb) -> Result<Snapshot, StoreError> {
+        let mut live = Vec::new();
+        let mut after = None;
+        loop {
+            let page = db.live_page(after, 4096)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.seq);
+            live.extend(page.into_iter().map(|artifact| {
+                let bound = db.names.bound.get(&artifact.meta.id).cloned();
+                (artifact, bound)
+            }));
         }
+        Ok(Snapshot {
+            containers: names::snapshot_records(&db.names),
+            live,
+        })
     }
 
     pub(super) fn records(&self) -> impl Iterator<Item = MetaRecord> + '_ {
@@ -302,13 +314,13 @@ fn drop_if_garbage(
     report: &mut GcReport,
     digest: &Hash,
     from: Location,
-) -> bool {
-    let dropped = state.index.remove_garbage(digest, from);
+) -> Result<bool, StoreError> {
+    let dropped = state.db.remove_garbage(digest, from)?;
     if let Some(len) = dropped {
         report.chunks_removed += 1;
         report.chunk_bytes_removed += u64::from(len);
     }
-    dropped.is_some()
+    Ok(dropped.is_some())
 }
 
 /// Moves the live records of sealed segment `id` into the active segment
@@ -330,17 +342,19 @@ fn compact(
             .segments
             .handle(id)
             .expect("candidate segments are open");
-        (state.index.chunks_in(id), file)
+        (state.db.chunks_in(id)?, file)
     };
     let mut written = BTreeSet::new();
     for batch in chunks.chunks(BATCH_CHUNKS) {
         let live: Vec<(Hash, Location, u32)> = {
             let mut state = lock(&inner.state);
-            batch
-                .iter()
-                .filter(|(digest, from, _)| !drop_if_garbage(&mut state, report, digest, *from))
-                .copied()
-                .collect()
+            let mut live = Vec::with_capacity(batch.len());
+            for &(digest, from, len) in batch {
+                if !drop_if_garbage(&mut state, report, &digest, from)? {
+                    live.push((digest, from, len));
+                }
+            }
+            live
         };
         for (digest, from, len) in live {
             let bytes = match segment::read_payload(&*file, id, from.offset, &digest, len) {
@@ -350,7 +364,7 @@ fn compact(
             };
             let mut state = lock(&inner.state);
             // Deleted and unpinned while we read it: no need to copy.
-            if drop_if_garbage(&mut state, report, &digest, from) {
+            if drop_if_garbage(&mut state, report, &digest, from)? {
                 continue;
             }
             let active_before = state.segments.active;
@@ -360,8 +374,8 @@ fn compact(
             }
             sealed.extend(rotated);
             let moved = state
-                .index
-                .relocate(&digest, from, Location { segment, offset });
+                .db
+                .relocate(&digest, from, Location { segment, offset })?;
             assert!(moved, "only GC moves or drops chunks, and GC runs alone");
             written.insert(segment);
             let record_bytes = CHUNK_HEADER_BYTES + u64::from(len);
@@ -378,9 +392,18 @@ fn compact(
             .collect()
     };
     store.inner.run_sync_plans(plans)?;
+    // The catalog database's last checkpoint must place no chunk in the
+    // segment about to go: it is taken now, with the chunks moved. Tables
+    // rebuilt from the disk meanwhile index the originals again: the
+    // segment stays (a later pass compacts it).
+    let generation = inner.tables_generation();
+    inner.checkpoint_tables(&lock(&inner.meta_log))?;
     let mut state = lock(&inner.state);
+    if inner.tables_generation() != generation {
+        return Ok(());
+    }
     assert!(
-        state.index.segment(id).is_none(),
+        state.db.segment(id).is_none(),
         "nothing is added to a sealed segment"
     );
     *removed_bytes += state.segments.remove(id)?;

@@ -161,7 +161,7 @@ fn run(store: &Store, batch: Vec<Queued>) -> Vec<(u64, Result<ArtifactId, StoreE
         for mut queued in batch {
             // Checked again under the log lock: a link may have gone since
             // the committer checked it.
-            if let Err(error) = check_links(&state.catalog, &queued.links) {
+            if let Err(error) = check_links(&state.db, &queued.links) {
                 results.push((queued.ticket, Err(error)));
                 continue;
             }
@@ -183,7 +183,7 @@ fn run(store: &Store, batch: Vec<Queued>) -> Vec<(u64, Result<ArtifactId, StoreE
                 ..
             } = &queued.record
             {
-                if let Err(error) = state.catalog.names.check_container(container) {
+                if let Err(error) = state.db.names.check_container(container) {
                     results.push((queued.ticket, Err(error)));
                     continue;
                 }
@@ -201,13 +201,22 @@ fn run(store: &Store, batch: Vec<Queued>) -> Vec<(u64, Result<ArtifactId, StoreE
                 results.push((queued.ticket, Err(error)));
                 continue;
             }
-            batch_bytes += record_bytes;
             let id = loop {
                 let id = ArtifactId::generate();
-                if !state.catalog.seq_of.contains_key(&id) && assigned.insert(id) {
-                    break id;
+                match state.db.ever_committed(&id) {
+                    Ok(false) if assigned.insert(id) => break Ok(id),
+                    Ok(_) => {}
+                    Err(error) => break Err(StoreError::from(error)),
                 }
             };
+            let id = match id {
+                Ok(id) => id,
+                Err(error) => {
+                    results.push((queued.ticket, Err(error)));
+                    continue;
+                }
+            };
+            batch_bytes += record_bytes;
             if let MetaRecord::Commit { id: slot, .. } = &mut queued.record {
                 *slot = *id.as_bytes();
             } else {
@@ -231,10 +240,20 @@ fn run(store: &Store, batch: Vec<Queued>) -> Vec<(u64, Result<ArtifactId, StoreE
         return results;
     }
     let mut state = lock(&inner.state);
-    let state = &mut *state;
+    let mut failure: Option<StoreError> = None;
     for (record, (ticket, id)) in records.into_iter().zip(accepted) {
-        apply(&mut state.catalog, &mut state.index, record).expect("a fresh id commits");
+        // Durable already: a failure here fails the store (read-only),
+        // not the commit, which a reopen replays.
+        if failure.is_none() {
+            if let Err(error) = inner.applied(apply(&mut state.db, record)) {
+                failure = Some(error);
+            }
+        }
         results.push((ticket, Ok(id)));
+    }
+    drop(state);
+    if failure.is_none() {
+        inner.maybe_checkpoint(&meta_log);
     }
     drop(meta_log);
     results

@@ -86,18 +86,20 @@ struct Replayed {
 fn replay(
     file: &dyn BackendFile,
     version: u8,
+    from: u64,
     len: u64,
     outcome: &mut ReplayOutcome,
     mut apply: impl FnMut(u64, MetaRecord),
 ) -> Result<Replayed, StoreError> {
+    let from = from.clamp(META_HEADER_BYTES, len.max(META_HEADER_BYTES));
     let mut replayed = Replayed {
         end: len,
         torn: None,
         damaged: false,
         checkpointed: true,
-        checkpoint_end: META_HEADER_BYTES,
+        checkpoint_end: from,
     };
-    let mut at = META_HEADER_BYTES;
+    let mut at = from;
     // One buffer for every payload: replay allocates per record only
     // what the decoded record keeps.
     let mut payload = Vec::new();
@@ -147,7 +149,40 @@ fn replay(
     Ok(replayed)
 }
 
+/// Re-reads `file` (a `meta.log` of format `version`) up to `len`, the
+/// length everything in it was acknowledged at, and returns what is wrong
+/// with it: every record whose checksum or decoding fails, and a torn end.
+/// An open that resumes from a checkpoint of the catalog database reads
+/// only the records past it, so rot in the rest shows here (through
+/// `Store::verify_all`); it has no effect on what the store holds (the
+/// tables have those records' effect) until the tables must be rebuilt
+/// from the log, and a compaction of the log rewrites it from the tables.
+pub fn check(file: &dyn BackendFile, version: u8, len: u64) -> Result<Vec<Problem>, StoreError> {
+    let mut outcome = ReplayOutcome::default();
+    let replayed = replay(
+        file,
+        version,
+        META_HEADER_BYTES,
+        len,
+        &mut outcome,
+        |_, _| {},
+    )?;
+    if let Some((at, reason)) = replayed.torn {
+        outcome.problems.push(Problem::new(
+            ProblemKind::Damaged,
+            format!("{META_LOG_NAME}: bytes {at}..{len} unreadable ({reason})"),
+        ));
+    }
+    Ok(outcome.problems)
+}
+
 impl MetaLog {
+    /// The open file, its format version and its length, for [`check`]
+    /// without the log lock.
+    pub fn to_check(&self) -> (Arc<dyn BackendFile>, u8, u64) {
+        (Arc::clone(&self.file), self.version, self.len)
+    }
+
     /// Opens (or creates) `meta.log` in `dir` and hands every valid record,
     /// in order, to `apply` with its offset.
     ///
@@ -156,17 +191,21 @@ impl MetaLog {
     /// shorter than its header holds nothing yet, and a torn tail (most
     /// likely an append the writer is making now) is where the replay stops.
     /// The result must then never be appended to.
+    /// With `from` past the header (the offset a checkpoint of the catalog
+    /// database covers, see [`fingerprint`]), records before it are neither
+    /// read nor replayed.
     pub fn open(
         dir: &Arc<dyn Backend>,
         durability: Durability,
         fsyncs: Fsyncs,
         read_only: bool,
+        from: u64,
         apply: impl FnMut(u64, MetaRecord),
     ) -> Result<(MetaLog, ReplayOutcome), StoreError> {
         if read_only {
             return MetaLog::open_read_only(dir, durability, fsyncs, apply);
         }
-        MetaLog::open_to_write(dir, durability, fsyncs, apply)
+        MetaLog::open_to_write(dir, durability, fsyncs, from, apply)
     }
 
     /// [`MetaLog::open`] with `read_only`.
@@ -205,7 +244,14 @@ impl MetaLog {
             .map_err(io(|| format!("reading header of {META_LOG_NAME}")))?;
         log.version = format::decode_meta_header_version(&header)
             .map_err(|reason| StoreError::Corrupted(format!("{META_LOG_NAME}: {reason}")))?;
-        let replayed = replay(&*log.file, log.version, len, &mut outcome, apply)?;
+        let replayed = replay(
+            &*log.file,
+            log.version,
+            META_HEADER_BYTES,
+            len,
+            &mut outcome,
+            apply,
+        )?;
         log.damaged = replayed.damaged;
         if let Some((at, reason)) = replayed.torn {
             outcome.truncated_bytes += len - at;
@@ -226,6 +272,7 @@ impl MetaLog {
         dir: &Arc<dyn Backend>,
         durability: Durability,
         fsyncs: Fsyncs,
+        from: u64,
         apply: impl FnMut(u64, MetaRecord),
     ) -> Result<(MetaLog, ReplayOutcome), StoreError> {
         let mut outcome = ReplayOutcome::default();
@@ -282,7 +329,7 @@ impl MetaLog {
         let version = format::decode_meta_header_version(&header)
             .map_err(|reason| StoreError::Corrupted(format!("{META_LOG_NAME}: {reason}")))?;
 
-        let replayed = replay(&*file, version, len, &mut outcome, apply)?;
+        let replayed = replay(&*file, version, from, len, &mut outcome, apply)?;
         if let Some((at, reason)) = replayed.torn {
             file.set_len(at)
                 .map_err(io(|| format!("truncating {META_LOG_NAME} at {at}")))?;
@@ -553,6 +600,38 @@ fn next_record(
         start = end - (magic.len() as u64 - 1);
     }
     Ok(None)
+}
+
+/// Bytes of `meta.log` before an offset that [`fingerprint`] hashes.
+const FINGERPRINT_BYTES: u64 = 4096;
+
+/// The BLAKE3 of the log's header and of the (up to) 4 KiB before `len`:
+/// what a checkpoint of the catalog database records with the offset it
+/// covers, so a log rewritten since (a compaction, an upgrade) or cut
+/// shorter is never taken for the one it covered. `None` if the log is
+/// shorter than `len` or has no header.
+pub fn fingerprint(dir: &dyn Backend, len: u64) -> Result<Option<[u8; 32]>, StoreError> {
+    let file = match dir.open(META_LOG_NAME, OpenMode::Read) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(|| format!("opening {META_LOG_NAME}"))(e)),
+    };
+    let file_len = file
+        .len()
+        .map_err(io(|| format!("reading size of {META_LOG_NAME}")))?;
+    if len < META_HEADER_BYTES || file_len < len {
+        return Ok(None);
+    }
+    let start = len.saturating_sub(FINGERPRINT_BYTES).max(META_HEADER_BYTES);
+    let mut bytes = vec![0u8; (META_HEADER_BYTES + len - start) as usize];
+    let (header, tail) = bytes.split_at_mut(META_HEADER_BYTES as usize);
+    file.read_exact_at(header, 0)
+        .and_then(|()| file.read_exact_at(tail, start))
+        .map_err(io(|| format!("reading {META_LOG_NAME}")))?;
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&len.to_le_bytes());
+    hasher.update(&bytes);
+    Ok(Some(*hasher.finalize().as_bytes()))
 }
 
 /// An artifact's chunk list with prefix sums for seeking.

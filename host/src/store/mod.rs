@@ -54,22 +54,24 @@
 //! ```
 
 pub mod backend;
-#[cfg_attr(not(test), allow(dead_code))]
 mod catalog_db;
-#[cfg_attr(not(test), allow(dead_code))]
 mod chunk_db;
-#[doc(hidden)]
-pub mod measure;
-// The catalog's move onto it is the next step of issue 10 (ARCHITECTURE.md,
-// "The catalog at scale"); until then only its tests use it.
-#[cfg_attr(not(test), allow(dead_code))]
 mod db;
 pub mod format;
 mod fsync;
 mod gc;
 mod group;
+#[doc(hidden)]
+pub mod measure;
+// The in-memory chunk index and catalog were the store's state before the
+// tables (`meta_db`); they stay as the model the tables are tested against
+// and as the other side of `measure`, so parts only those use are allowed.
+#[allow(dead_code)]
 mod index;
+#[allow(dead_code)]
 mod meta;
+mod meta_db;
+#[allow(dead_code)]
 mod meta_index;
 mod names;
 mod policy;
@@ -84,7 +86,6 @@ mod fuzz_tests;
 #[cfg(test)]
 mod tests;
 
-use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cap_std::fs::Dir;
@@ -110,8 +111,8 @@ pub use crate::error::StoreError;
 use self::format::MetaRecord;
 use self::fsync::Fsyncs;
 use self::group::Group;
-use self::index::Index;
 use self::meta::{Catalog, MetaLog};
+use self::meta_db::MetaDb;
 use self::segment::Segments;
 
 /// Reads of one chunk [`Store::read_chunk`] tries while GC moves it: GC
@@ -166,6 +167,11 @@ struct Inner {
     snapshot: bool,
     /// The store directory, for the space reserve.
     dir: Arc<dyn Backend>,
+    /// `segments/`, for a rebuild of the tables (see [`Inner::tables_to_memory`]).
+    segments_dir: Arc<dyn Backend>,
+    /// How many times [`Inner::tables_to_memory`] replaced the tables: GC
+    /// abandons a step whose view of them predates one.
+    tables_rebuilt: std::sync::atomic::AtomicU64,
     /// Whether the space reserve ([`RESERVE_NAME`]) exists.
     reserve_present: Mutex<bool>,
     /// `meta.log`'s length, for quotas without the log lock. Changed only
@@ -178,12 +184,16 @@ struct Inner {
     policy_write: Mutex<()>,
     /// Uploads holding a writer slot (see [`Quota::writers_max`]).
     writers_open: std::sync::atomic::AtomicU64,
+    /// `meta.log`'s length at the last checkpoint of the catalog database
+    /// (or at open): [`Inner::maybe_checkpoint`] takes the next one
+    /// [`CHECKPOINT_LOG_BYTES`] later.
+    checkpointed_log_len: std::sync::atomic::AtomicU64,
 }
 
 struct State {
-    index: Index,
+    /// The chunk index, the catalog and its indexes, names and holds.
+    db: MetaDb,
     segments: Segments,
-    catalog: Catalog,
     /// Bytes of commit records a group-commit leader has checked against
     /// the quota and is writing to `meta.log`: counted as used until the
     /// append lands (or fails), so chunk puts racing the commit see them.
@@ -316,59 +326,56 @@ impl Store {
         }
         let tenant_policy = policy::read(&*dir)?;
         let segment_bytes_max = options.segment_bytes_max.max(1);
-        let mut index = Index::default();
-        let mut catalog = Catalog::default();
-        let mut replay_problems = Vec::new();
-        let mut replay = |catalog: &mut Catalog, index: &mut Index, offset, record| {
-            if let Err(problem) = apply(catalog, index, record) {
-                replay_problems.push(Problem::new(
-                    ProblemKind::InvalidRecord,
-                    format!(
-                        "{}: record at offset {offset}: {problem}",
-                        meta::META_LOG_NAME
-                    ),
-                ));
-            }
-        };
-        let open_segments = |index: &mut Index| {
-            Segments::open(
-                segments_dir,
-                segment_bytes_max,
-                options.durability,
-                fsyncs.clone(),
-                read_only,
-                index,
-            )
-        };
-        let ((segments, scanned), (mut meta_log, mut replayed)) = if read_only {
-            // The log first: every chunk a commit it holds names was synced
-            // into a segment before the commit was appended, so the
-            // segments listed after it hold them all.
-            let mut records = Vec::new();
-            let log = MetaLog::open(&dir, options.durability, fsyncs.clone(), true, |at, r| {
-                records.push((at, r))
-            })?;
-            let segments = open_segments(&mut index)?;
-            for (offset, record) in records {
-                replay(&mut catalog, &mut index, offset, record);
-            }
-            (segments, log)
-        } else {
-            let segments = open_segments(&mut index)?;
-            let log = MetaLog::open(
+        // The catalog database lives on file for a writer in the durable
+        // modes; otherwise its tables are rebuilt in memory at each open
+        // (and a file a durable use left behind would go stale: removed).
+        let on_file = !read_only && options.durability.fsyncs();
+        if !read_only && !on_file {
+            remove_catalog_db(&*dir)?;
+        }
+        let mut catalog_problems = Vec::new();
+        let mut trust_checkpoint = on_file;
+        let built = loop {
+            let (mut db, checkpoint) =
+                open_catalog_db(&dir, on_file, trust_checkpoint, &mut catalog_problems)?;
+            let covered = checkpoint
+                .as_ref()
+                .map(|c| c.segments.clone())
+                .unwrap_or_default();
+            let from = checkpoint.as_ref().map_or(0, |c| c.log_len);
+            let built = build_state(
                 &dir,
-                options.durability,
-                fsyncs.clone(),
-                false,
-                |offset, record| replay(&mut catalog, &mut index, offset, record),
+                &segments_dir,
+                &options,
+                &fsyncs,
+                read_only,
+                segment_bytes_max,
+                &mut db,
+                &covered,
+                from,
             )?;
-            (segments, log)
+            match checkpoint.as_ref().and_then(|c| mismatch(c, &built.0, &db)) {
+                Some(why) => {
+                    catalog_problems.push(Problem::new(
+                        ProblemKind::CatalogRebuilt,
+                        format!("{CATALOG_DB_NAME}: checkpoint not used ({why}); tables rebuilt"),
+                    ));
+                    trust_checkpoint = false;
+                }
+                None => break (db, checkpoint.is_some(), built),
+            }
         };
+        let (
+            db,
+            from_checkpoint,
+            (segments, scanned, mut meta_log, mut replayed, replay_problems, commits),
+        ) = built;
         let mut recovery = RecoveryReport {
             truncated_bytes: scanned.truncated_bytes,
             problems: scanned.problems,
         };
         let mut open_stats = scanned.stats;
+        open_stats.from_checkpoint = from_checkpoint;
         if !replay_problems.is_empty() {
             meta_log.mark_damaged();
         }
@@ -380,46 +387,72 @@ impl Store {
         // force until the rename). A damaged one is kept as it is, so its
         // damage stays on disk to be reported; it is appended to in its
         // own version, which refuses what that cannot hold.
+        let mut upgraded = false;
         if !read_only && meta_log.version() < format::META_VERSION && !meta_log.damaged() {
             let from = meta_log.version();
-            if let Err(error) = meta_log.rewrite(gc::Snapshot::of(&catalog).records()) {
-                if meta_log.sync_failed() {
-                    failed = Some(format!(
-                        "an fsync failed ({error}); the store refuses writes until it is reopened"
+            let snapshot = gc::Snapshot::of(&db)?;
+            match meta_log.rewrite(snapshot.records()) {
+                Ok(_) => upgraded = true,
+                Err(error) => {
+                    if meta_log.sync_failed() {
+                        failed = Some(format!(
+                            "an fsync failed ({error}); the store refuses writes until it is reopened"
+                        ));
+                    }
+                    replayed.problems.push(Problem::new(
+                        ProblemKind::LogNotUpgraded,
+                        format!(
+                            "{}: format version {from} not upgraded to {} ({error}); the next open tries again",
+                            meta::META_LOG_NAME,
+                            format::META_VERSION
+                        ),
                     ));
                 }
-                replayed.problems.push(Problem::new(
-                    ProblemKind::LogNotUpgraded,
-                    format!(
-                        "{}: format version {from} not upgraded to {} ({error}); the next open tries again",
-                        meta::META_LOG_NAME,
-                        format::META_VERSION
-                    ),
-                ));
             }
         }
         open_stats.meta_records = replayed.records;
         recovery.truncated_bytes += replayed.truncated_bytes;
         recovery.problems.extend(replayed.problems);
         recovery.problems.extend(replay_problems);
-        for (seq, id) in &catalog.order {
-            let artifact = &catalog.artifacts[id];
-            let lost = artifact
-                .manifest
-                .chunks
-                .iter()
-                .enumerate()
-                .find(|(_, chunk)| {
-                    index
-                        .get(&chunk.digest)
-                        .is_none_or(|e| e.location.is_none())
-                });
-            if let Some((i, chunk)) = lost {
+        recovery.problems.extend(catalog_problems);
+        // Artifacts a checkpoint covers had every chunk when it was taken,
+        // and their segments are there (checked above); the rest are
+        // checked one by one.
+        let check: Vec<ArtifactId> = if from_checkpoint {
+            commits
+        } else {
+            let mut all = Vec::new();
+            let mut after = None;
+            loop {
+                let page = db.live_seqs(after, Order::OldestFirst, 4096)?;
+                let Some(&last) = page.last() else { break };
+                for seq in page {
+                    all.extend(db.at_seq(seq)?.map(|a| a.meta.id));
+                }
+                after = Some(last);
+            }
+            all
+        };
+        for id in check {
+            let Some(artifact) = db.live(&id)? else {
+                continue;
+            };
+            let mut lost = None;
+            for (i, chunk) in artifact.manifest.chunks.iter().enumerate() {
+                if db
+                    .chunk(&chunk.digest)?
+                    .is_none_or(|e| e.location.is_none())
+                {
+                    lost = Some((i, chunk.digest));
+                    break;
+                }
+            }
+            if let Some((i, digest)) = lost {
                 recovery.problems.push(Problem::new(
                     ProblemKind::MissingChunk,
                     format!(
-                        "artifact {id} (commit #{seq}): chunk {i} ({}) is in no segment; the artifact reads as corrupted",
-                        chunk.digest
+                        "artifact {id} (commit #{}): chunk {i} ({digest}) is in no segment; the artifact reads as corrupted",
+                        artifact.seq
                     ),
                 ));
             }
@@ -430,9 +463,8 @@ impl Store {
             inner: Arc::new(Inner {
                 options,
                 state: Mutex::new(State {
-                    index,
+                    db,
                     segments,
-                    catalog,
                     log_bytes_pending: 0,
                 }),
                 meta_log: Mutex::new(meta_log),
@@ -446,16 +478,29 @@ impl Store {
                 snapshot: read_only,
                 reserve_present: Mutex::new(reserve_in_place(&*dir)),
                 dir,
+                segments_dir,
+                tables_rebuilt: std::sync::atomic::AtomicU64::new(0),
                 meta_log_bytes: std::sync::atomic::AtomicU64::new(meta_log_len),
                 policy: Mutex::new(tenant_policy),
                 policy_write: Mutex::new(()),
                 writers_open: std::sync::atomic::AtomicU64::new(0),
+                checkpointed_log_len: std::sync::atomic::AtomicU64::new(meta_log_len),
             }),
         };
         // Best effort, and only if it is missing: opening never needs free
         // space, and an open that finds the reserve writes nothing.
         if !read_only {
             store.inner.ensure_reserve();
+        }
+        // Whatever this open rebuilt or replayed is checkpointed at once,
+        // so the next open does not do it again; an open that found
+        // everything in a checkpoint writes none.
+        if store.inner.options.durability.fsyncs()
+            && (!from_checkpoint || open_stats.meta_records > 0 || upgraded)
+        {
+            let meta_log = lock(&store.inner.meta_log);
+            // Best effort: without one the next open rebuilds.
+            let _ = store.inner.checkpoint_tables(&meta_log);
         }
         Ok(store)
     }
@@ -563,7 +608,7 @@ impl Store {
         let state = lock(&self.inner.state);
         QuotaUsage {
             bytes: self.inner.cost_bytes(&state),
-            artifacts: state.catalog.artifacts.len() as u64,
+            artifacts: state.db.totals().map_or(0, |(live, _)| live),
             writers: self
                 .inner
                 .writers_open
@@ -596,8 +641,8 @@ impl Store {
             let (file, location, len) = {
                 let state = lock(&self.inner.state);
                 let entry = state
-                    .index
-                    .get(digest)
+                    .db
+                    .chunk(digest)?
                     .ok_or_else(|| StoreError::NotFound(format!("chunk {digest}")))?;
                 let location = entry.location.ok_or_else(|| {
                     StoreError::Corrupted(format!(
@@ -617,8 +662,8 @@ impl Store {
                 return result;
             }
             let moved = lock(&self.inner.state)
-                .index
-                .get(digest)
+                .db
+                .chunk(digest)?
                 .is_none_or(|entry| entry.location != Some(location));
             if !moved {
                 return result;
@@ -637,7 +682,7 @@ impl Store {
         let limit = limit.min(MANIFEST_PAGE_MAX) as usize;
         let state = lock(&self.inner.state);
         // A deleted artifact still held (see [`Hold`]) reads on.
-        let artifact = state.catalog.lookup(id).ok_or_else(|| not_found(id))?;
+        let artifact = state.db.lookup(id)?.ok_or_else(|| not_found(id))?;
         let chunks = &artifact.manifest.chunks;
         let start = usize::try_from(start)
             .unwrap_or(usize::MAX)
@@ -652,7 +697,7 @@ impl Store {
     pub fn locate(&self, id: &ArtifactId, offset: u64) -> Result<(u64, u64), StoreError> {
         let state = lock(&self.inner.state);
         // A deleted artifact still held (see [`Hold`]) reads on.
-        let artifact = state.catalog.lookup(id).ok_or_else(|| not_found(id))?;
+        let artifact = state.db.lookup(id)?.ok_or_else(|| not_found(id))?;
         if offset >= artifact.meta.size {
             return Err(invalid(format!(
                 "artifact {id}: offset {offset} is not below its size {}",
@@ -666,28 +711,29 @@ impl Store {
     pub fn metadata(&self, id: &ArtifactId) -> Result<Metadata, StoreError> {
         let state = lock(&self.inner.state);
         // A deleted artifact still held (see [`Hold`]) reads on.
-        let artifact = state.catalog.lookup(id).ok_or_else(|| not_found(id))?;
+        let artifact = state.db.lookup(id)?.ok_or_else(|| not_found(id))?;
         Ok(artifact.meta.clone())
     }
 
     /// Whether artifact `id` exists.
-    pub fn exists(&self, id: &ArtifactId) -> bool {
-        lock(&self.inner.state).catalog.artifacts.contains_key(id)
+    pub fn exists(&self, id: &ArtifactId) -> Result<bool, StoreError> {
+        Ok(lock(&self.inner.state).db.exists(id)?)
     }
 
     /// Deletes artifact `id`, durably. Chunks it shares with other
     /// artifacts stay; chunks only it used become garbage for [`Store::gc`].
     pub fn delete(&self, id: &ArtifactId) -> Result<(), StoreError> {
         let mut meta_log = lock(&self.inner.meta_log);
-        if !self.exists(id) {
+        if !self.exists(id)? {
             return Err(not_found(id));
         }
         self.check_writable()?;
         let record = MetaRecord::Delete { id: *id.as_bytes() };
         self.log_append(&mut meta_log, std::slice::from_ref(&record), 0)?;
         let mut state = lock(&self.inner.state);
-        let state = &mut *state;
-        apply(&mut state.catalog, &mut state.index, record).expect("checked under the log lock");
+        self.inner.applied(apply(&mut state.db, record))?;
+        drop(state);
+        self.inner.maybe_checkpoint(&meta_log);
         Ok(())
     }
 
@@ -697,11 +743,7 @@ impl Store {
         let mut meta_log = lock(&self.inner.meta_log);
         let (fields, created_ms) = {
             let state = lock(&self.inner.state);
-            let artifact = state
-                .catalog
-                .artifacts
-                .get(id)
-                .ok_or_else(|| not_found(id))?;
+            let artifact = state.db.live(id)?.ok_or_else(|| not_found(id))?;
             let mut fields = Catalog::fields_of(&artifact.meta);
             if let Some(filename) = change.filename {
                 fields.filename = filename;
@@ -713,7 +755,7 @@ impl Store {
                 fields.tags = tags;
             }
             if let Some(links) = change.links {
-                check_links(&state.catalog, &links)?;
+                check_links(&state.db, &links)?;
                 fields.links = links.iter().map(|id| *id.as_bytes()).collect();
             }
             if let Some(custom) = change.custom {
@@ -743,7 +785,7 @@ impl Store {
                     added.push(link);
                 }
             }
-            check_links(&state.catalog, &added)?;
+            check_links(&state.db, &added)?;
             fields
                 .custom
                 .retain(|(key, _)| !change.unset_custom.contains(key));
@@ -777,9 +819,11 @@ impl Store {
         self.check_writable()?;
         self.log_append(&mut meta_log, std::slice::from_ref(&record), 0)?;
         let mut state = lock(&self.inner.state);
-        let state = &mut *state;
-        apply(&mut state.catalog, &mut state.index, record).expect("checked under the log lock");
-        Ok(state.catalog.artifacts[id].meta.clone())
+        self.inner.applied(apply(&mut state.db, record))?;
+        let meta = state.db.live(id)?.ok_or_else(|| not_found(id))?.meta;
+        drop(state);
+        self.inner.maybe_checkpoint(&meta_log);
+        Ok(meta)
     }
 
     /// Every live artifact id in commit order, fetched with [`Store::list`]
@@ -817,45 +861,54 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<ArtifactId>, StoreError> {
         let state = lock(&self.inner.state);
-        let catalog = &state.catalog;
-        let from = match after {
-            None => Bound::Unbounded,
-            Some(after) => match catalog.seq_of.get(after) {
-                Some(&seq) => Bound::Excluded(seq),
+        let after = match after {
+            None => None,
+            Some(after) => match state.db.seq_of(after)? {
+                Some(seq) => Some(seq),
                 None => return Err(not_found(after)),
             },
         };
-        Ok(catalog
-            .order
-            .range((from, Bound::Unbounded))
-            .take(limit)
-            .map(|(_, id)| *id)
-            .collect())
+        let mut ids = Vec::new();
+        for seq in state.db.live_seqs(after, Order::OldestFirst, limit)? {
+            ids.extend(state.db.at_seq(seq)?.map(|artifact| artifact.meta.id));
+        }
+        Ok(ids)
     }
 
-    /// Ids of the artifacts tagged `tag`, in commit order.
-    pub fn find_by_tag(&self, tag: &str) -> Vec<ArtifactId> {
-        let state = lock(&self.inner.state);
-        let catalog = &state.catalog;
-        catalog
-            .index
-            .postings(&meta_index::Key::Tag(tag.to_string()))
-            .map(|seqs| seqs.iter().map(|seq| catalog.order[&seq]).collect())
-            .unwrap_or_default()
+    /// Ids of the artifacts tagged `tag`, in commit order: up to `limit`.
+    pub fn find_by_tag(&self, tag: &str, limit: usize) -> Result<Vec<ArtifactId>, StoreError> {
+        let mut ids = Vec::new();
+        let mut after = None;
+        while ids.len() < limit {
+            let page = self.query(&Query {
+                conditions: vec![Condition::Tag(tag.to_string())],
+                order: Order::OldestFirst,
+                after,
+                limit: (limit - ids.len()).min(QUERY_PAGE_MAX),
+            })?;
+            ids.extend(page.ids);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        Ok(ids)
     }
 
     /// Totals for this store.
     pub fn stats(&self) -> Stats {
         let state = lock(&self.inner.state);
-        let (garbage_chunks, garbage_bytes) = state.index.garbage();
-        let (_, live_record_bytes) = state.index.record_bytes();
+        let (garbage_chunks, garbage_bytes) = state.db.garbage();
+        let (_, live_record_bytes) = state.db.record_bytes();
+        let (artifacts, logical_bytes) = state.db.totals().unwrap_or_default();
+        let (chunks, physical_bytes) = state.db.referenced();
         let disk_bytes = state.segments.disk_bytes();
         let header_bytes = format::SEGMENT_HEADER_BYTES * state.segments.segments.len() as u64;
         Stats {
-            artifacts: state.catalog.artifacts.len() as u64,
-            chunks: state.index.referenced_chunks(),
-            logical_bytes: state.catalog.logical_bytes,
-            physical_bytes: state.index.referenced_bytes(),
+            artifacts,
+            chunks,
+            logical_bytes,
+            physical_bytes,
             disk_bytes,
             garbage_chunks,
             garbage_bytes,
@@ -871,7 +924,7 @@ impl Store {
     /// store lock: for tests.
     #[doc(hidden)]
     pub fn check_gc_accounting(&self) -> Result<(), String> {
-        lock(&self.inner.state).index.check_accounting()
+        lock(&self.inner.state).db.check_accounting()
     }
 
     /// Reads and re-hashes every chunk of artifact `id` and the whole
@@ -880,11 +933,7 @@ impl Store {
     pub fn verify(&self, id: &ArtifactId) -> Result<(), StoreError> {
         let (manifest, digest, size) = {
             let state = lock(&self.inner.state);
-            let artifact = state
-                .catalog
-                .artifacts
-                .get(id)
-                .ok_or_else(|| not_found(id))?;
+            let artifact = state.db.live(id)?.ok_or_else(|| not_found(id))?;
             (
                 Arc::clone(&artifact.manifest),
                 artifact.meta.digest,
@@ -922,19 +971,23 @@ impl Store {
     /// is to a live artifact.
     pub fn verify_all(&self) -> VerifyReport {
         let mut report = VerifyReport::default();
+        let (file, version, len) = lock(&self.inner.meta_log).to_check();
+        report.log_problems = match meta::check(&*file, version, len) {
+            Ok(problems) => problems,
+            Err(error) => vec![Problem::new(
+                ProblemKind::Damaged,
+                format!("{}: not read to its end ({error})", meta::META_LOG_NAME),
+            )],
+        };
         for id in self.ids() {
             {
                 let state = lock(&self.inner.state);
-                let catalog = &state.catalog;
-                if let Some(artifact) = catalog.artifacts.get(&id) {
-                    let dangling = artifact
-                        .meta
-                        .links
-                        .iter()
-                        .filter(|target| !catalog.artifacts.contains_key(target));
-                    report
-                        .dangling_links
-                        .extend(dangling.map(|target| (id, *target)));
+                if let Ok(Some(artifact)) = state.db.live(&id) {
+                    for target in &artifact.meta.links {
+                        if !state.db.exists(target).unwrap_or(true) {
+                            report.dangling_links.push((id, *target));
+                        }
+                    }
                 }
             }
             match self.verify(&id) {
@@ -1001,6 +1054,216 @@ impl Store {
     }
 }
 
+/// The catalog database's file in the store directory (see [`meta_db`]).
+pub const CATALOG_DB_NAME: &str = "catalog.redb";
+
+/// Bytes `meta.log` grows by between two checkpoints of the catalog
+/// database: what an open after a crash replays at most, about.
+const CHECKPOINT_LOG_BYTES: u64 = 2 << 20;
+
+fn remove_catalog_db(dir: &dyn Backend) -> Result<(), StoreError> {
+    match dir.remove(CATALOG_DB_NAME) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io(format!("removing {CATALOG_DB_NAME}"), e)),
+    }
+}
+
+fn new_catalog_db(dir: &dyn Backend) -> Result<MetaDb, db::DbError> {
+    let database = db::open(dir, CATALOG_DB_NAME, meta_db::CACHE_BYTES)?;
+    MetaDb::new(database, true)
+}
+
+/// The catalog database to open the store with, and the checkpoint to
+/// trust, if any: in memory unless `on_file`; on file, the existing one if
+/// its checkpoint matches `meta.log` (and `trust`), else a new, empty one.
+/// A file that cannot be used at all leaves the tables in memory.
+fn open_catalog_db(
+    dir: &Arc<dyn Backend>,
+    on_file: bool,
+    trust: bool,
+    problems: &mut Vec<Problem>,
+) -> Result<(MetaDb, Option<meta_db::Checkpoint>), StoreError> {
+    if !on_file {
+        return Ok((MetaDb::in_memory()?, None));
+    }
+    let rebuild = |why: Option<String>, problems: &mut Vec<Problem>| {
+        if let Some(why) = why {
+            problems.push(Problem::new(
+                ProblemKind::CatalogRebuilt,
+                format!("{CATALOG_DB_NAME}: {why}; tables rebuilt from the segments and meta.log"),
+            ));
+        }
+        remove_catalog_db(&**dir)?;
+        match new_catalog_db(&**dir) {
+            Ok(db) => Ok::<_, StoreError>((db, None)),
+            Err(error) => {
+                problems.push(Problem::new(
+                    ProblemKind::CatalogRebuilt,
+                    format!("{CATALOG_DB_NAME}: cannot be made ({error}); tables kept in memory until the next open"),
+                ));
+                let _ = remove_catalog_db(&**dir);
+                Ok((MetaDb::in_memory()?, None))
+            }
+        }
+    };
+    if !trust {
+        return rebuild(None, problems);
+    }
+    let mut db = match new_catalog_db(&**dir) {
+        Ok(db) => db,
+        Err(error) => return rebuild(Some(format!("unreadable ({error})")), problems),
+    };
+    let checkpoint = match db.read_checkpoint() {
+        Ok(Some(checkpoint)) => checkpoint,
+        // A new store, or one whose last checkpoint was invalidated.
+        Ok(None) => {
+            drop(db);
+            return rebuild(None, problems);
+        }
+        Err(error) => {
+            drop(db);
+            return rebuild(Some(format!("checkpoint unreadable ({error})")), problems);
+        }
+    };
+    if meta::fingerprint(&**dir, checkpoint.log_len)? != Some(checkpoint.fingerprint) {
+        drop(db);
+        return rebuild(
+            Some(format!(
+                "its checkpoint covers {} bytes of a meta.log that is not there (rewritten or cut since)",
+                checkpoint.log_len
+            )),
+            problems,
+        );
+    }
+    Ok((db, Some(checkpoint)))
+}
+
+/// Why the files do not match what a checkpoint's tables say, if they
+/// do not: a covered segment shorter than covered, or gone while the
+/// tables still place chunks in it.
+fn mismatch(checkpoint: &meta_db::Checkpoint, segments: &Segments, db: &MetaDb) -> Option<String> {
+    for (&id, &len) in &checkpoint.segments {
+        match segments.segments.get(&id) {
+            Some(segment) if segment.len >= len => {}
+            Some(segment) => {
+                return Some(format!(
+                    "segment {} is {} bytes, the checkpoint covers {len}",
+                    segment::segment_name(id),
+                    segment.len
+                ))
+            }
+            None if db.segment(id).is_some() => {
+                return Some(format!("segment {} is gone", segment::segment_name(id)))
+            }
+            None => {}
+        }
+    }
+    None
+}
+
+/// What [`build_state`] opened and found.
+type Built = (
+    Segments,
+    segment::ScanOutcome,
+    MetaLog,
+    meta::ReplayOutcome,
+    Vec<Problem>,
+    Vec<ArtifactId>,
+);
+
+/// Opens the segments and `meta.log` into `db`: segments a checkpoint
+/// covers (`covered`) and the log before `from` are not read again. Also
+/// returns the problems of records that did not apply and the ids of the
+/// commits replayed.
+#[allow(clippy::too_many_arguments)]
+fn build_state(
+    dir: &Arc<dyn Backend>,
+    segments_dir: &Arc<dyn Backend>,
+    options: &StoreOptions,
+    fsyncs: &Fsyncs,
+    read_only: bool,
+    segment_bytes_max: u64,
+    db: &mut MetaDb,
+    covered: &std::collections::BTreeMap<u64, u64>,
+    from: u64,
+) -> Result<Built, StoreError> {
+    let mut replay_problems = Vec::new();
+    let mut commits = Vec::new();
+    let mut db_error: Option<StoreError> = None;
+    let mut replay = |db: &mut MetaDb, offset: u64, record: MetaRecord| {
+        if db_error.is_some() {
+            return;
+        }
+        if let MetaRecord::Commit { id, .. } = &record {
+            commits.push(ArtifactId::from_bytes(*id));
+        }
+        match apply(db, record) {
+            Ok(()) => {}
+            Err(ApplyError::Invalid(problem)) => replay_problems.push(Problem::new(
+                ProblemKind::InvalidRecord,
+                format!(
+                    "{}: record at offset {offset}: {problem}",
+                    meta::META_LOG_NAME
+                ),
+            )),
+            Err(ApplyError::Db(error)) => db_error = Some(error.into()),
+        }
+    };
+    let open_segments = |db: &mut MetaDb| {
+        let mut found = |digest, location, len| {
+            db.insert_found(digest, location, len)
+                .map(|_| ())
+                .map_err(StoreError::from)
+        };
+        Segments::open(
+            Arc::clone(segments_dir),
+            segment_bytes_max,
+            options.durability,
+            fsyncs.clone(),
+            read_only,
+            covered,
+            &mut found,
+        )
+    };
+    let ((segments, scanned), (meta_log, replayed)) = if read_only {
+        // The log first: every chunk a commit it holds names was synced
+        // into a segment before the commit was appended, so the segments
+        // listed after it hold them all.
+        let mut records = Vec::new();
+        let log = MetaLog::open(dir, options.durability, fsyncs.clone(), true, 0, |at, r| {
+            records.push((at, r))
+        })?;
+        let segments = open_segments(db)?;
+        for (offset, record) in records {
+            replay(db, offset, record);
+        }
+        (segments, log)
+    } else {
+        let segments = open_segments(db)?;
+        let log = MetaLog::open(
+            dir,
+            options.durability,
+            fsyncs.clone(),
+            false,
+            from,
+            |offset, record| replay(db, offset, record),
+        )?;
+        (segments, log)
+    };
+    if let Some(error) = db_error {
+        return Err(error);
+    }
+    Ok((
+        segments,
+        scanned,
+        meta_log,
+        replayed,
+        replay_problems,
+        commits,
+    ))
+}
+
 /// Whether the space reserve is there whole: its full length, allocated.
 fn reserve_in_place(dir: &dyn Backend) -> bool {
     dir.open(RESERVE_NAME, backend::OpenMode::Read)
@@ -1013,7 +1276,7 @@ impl Inner {
     /// or pinned chunk's record (header included) and the metadata log
     /// (manifests, metadata, and dead records until GC compacts them).
     fn cost_bytes(&self, state: &State) -> u64 {
-        state.index.cost_bytes()
+        state.db.cost_bytes()
             + state.log_bytes_pending
             + self
                 .meta_log_bytes
@@ -1041,7 +1304,7 @@ impl Inner {
         record_bytes: u64,
     ) -> Result<(), StoreError> {
         if let Some(max) = quota.artifacts_max {
-            let live = state.catalog.artifacts.len() as u64 + batch_artifacts;
+            let live = state.db.totals()?.0 + batch_artifacts;
             if live >= max {
                 return Err(QuotaLimit::Artifacts.exceeded(format_args!(
                     "{live} of at most {max} artifacts stored or being committed"
@@ -1184,10 +1447,166 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Passes a live change's result through; a database failure first
+    /// puts the store in read-only mode (see [`Inner::db_failed`]). A
+    /// record that does not apply was checked under the log lock: a bug.
+    fn applied(&self, result: Result<(), ApplyError>) -> Result<(), StoreError> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(ApplyError::Invalid(why)) => panic!("checked under the log lock: {why}"),
+            Err(ApplyError::Db(error)) => {
+                let error = StoreError::from(error);
+                self.db_failed(&error);
+                Err(error)
+            }
+        }
+    }
+
+    /// Passes a database result through; a failure first puts the store in
+    /// read-only mode (see [`Inner::db_failed`]). For changes.
+    fn db<T>(&self, result: Result<T, db::DbError>) -> Result<T, StoreError> {
+        result.map_err(|error| {
+            let error = StoreError::from(error);
+            self.db_failed(&error);
+            error
+        })
+    }
+
+    /// The catalog database failed while a change was applied to it: what
+    /// the tables hold may now lag `meta.log`, so nothing more is written
+    /// until a reopen, which replays the log past the last durable
+    /// checkpoint (or rebuilds the tables).
+    fn db_failed(&self, error: &StoreError) {
+        let mut failed = lock(&self.failed);
+        if failed.is_none() {
+            *failed = Some(format!(
+                "the catalog database failed ({error}); the store refuses writes until it is reopened"
+            ));
+        }
+    }
+
+    /// After a failed commit of the catalog database (a full disk, a failed
+    /// fsync: redb then refuses the file, and the changes since the last
+    /// checkpoint went with the transaction), rebuilds the tables in memory
+    /// from the segments and `meta.log` as they are now, as a read-only
+    /// open would, carries over what only memory knows (holds, pins), and
+    /// removes the file, durably, so the next open rebuilds rather than
+    /// trusting a checkpoint that GC may since have outdated. The caller
+    /// holds the log lock (every record in the log is applied) and the state
+    /// lock. If the rebuild fails the tables stay as they are and reads fail
+    /// with a typed error; if the removal fails, the caller must make the
+    /// store read-only (the file's checkpoint is still true of the disk:
+    /// GC punches or removes segments only after a checkpoint that no
+    /// longer places chunks there, and a read-only store runs no GC).
+    fn tables_to_memory(&self, state: &mut State) -> Result<(), StoreError> {
+        let mut db = MetaDb::in_memory()?;
+        build_state(
+            &self.dir,
+            &self.segments_dir,
+            &self.options,
+            &self.fsyncs,
+            true,
+            self.options.segment_bytes_max.max(1),
+            &mut db,
+            &std::collections::BTreeMap::new(),
+            0,
+        )?;
+        db.carry_over(&state.db)?;
+        // The old database closes before its file goes.
+        drop(std::mem::replace(&mut state.db, db));
+        self.tables_rebuilt
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        remove_catalog_db(&*self.dir)?;
+        if self.options.durability.fsyncs() {
+            self.note_sync(
+                self.fsyncs
+                    .dir(&*self.dir)
+                    .map_err(|e| StoreError::io("syncing the store directory", e)),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Changes whenever the tables are replaced (see [`Inner::tables_to_memory`]).
+    fn tables_generation(&self) -> u64 {
+        self.tables_rebuilt
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Takes a checkpoint of the catalog database if `meta.log` grew by
+    /// [`CHECKPOINT_LOG_BYTES`] since the last one. The caller holds the
+    /// log lock. Best effort: a failed one only costs the next open a
+    /// longer replay (and makes the store read-only, see
+    /// [`Inner::checkpoint_tables`]).
+    fn maybe_checkpoint(&self, meta_log: &MetaLog) {
+        let last = self
+            .checkpointed_log_len
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if meta_log.len() >= last + CHECKPOINT_LOG_BYTES {
+            let _ = self.checkpoint_tables(meta_log);
+        }
+    }
+
+    /// Commits the catalog database durably as covering `meta.log` up to
+    /// its length now and every segment up to its length now, all of which
+    /// are synced first. The caller holds the log lock (so the log's length
+    /// is the length of what was applied). Nothing on a store that is read
+    /// only or keeps its tables in memory.
+    fn checkpoint_tables(&self, meta_log: &MetaLog) -> Result<(), StoreError> {
+        if !self.options.durability.fsyncs() || lock(&self.failed).is_some() {
+            return Ok(());
+        }
+        if !lock(&self.state).db.on_file() {
+            return Ok(());
+        }
+        // The bulk of the syncing without the state lock; under it, only
+        // what was appended meanwhile.
+        let plans = lock(&self.state).segments.sync_plans_all();
+        self.run_sync_plans(plans)?;
+        let fingerprint = meta::fingerprint(&*self.dir, meta_log.len())?.ok_or_else(|| {
+            StoreError::Corrupted(format!("{} is shorter than written", meta::META_LOG_NAME))
+        })?;
+        let mut state = lock(&self.state);
+        for plan in state.segments.sync_plans_all() {
+            self.note_sync(plan.run(&self.fsyncs))?;
+            state.segments.mark_plan_done(&plan);
+        }
+        let checkpoint = meta_db::Checkpoint {
+            log_len: meta_log.len(),
+            fingerprint,
+            segments: state
+                .segments
+                .segments
+                .iter()
+                .map(|(&id, segment)| (id, segment.len))
+                .collect(),
+        };
+        if let Err(error) = state.db.checkpoint(Some(&checkpoint)) {
+            let error = StoreError::from(error);
+            // On a full disk the store goes on with its tables in memory
+            // and no file (deletes and GC must still work there; what a
+            // checkpoint is for, that no file places a chunk in a hole, then
+            // holds too); after any other failure it also stops writing
+            // until reopened.
+            let in_memory = self.tables_to_memory(&mut state);
+            if in_memory.is_ok() && matches!(error, StoreError::NoSpace(_)) {
+                return Ok(());
+            }
+            self.db_failed(&error);
+            return Err(error);
+        }
+        self.checkpointed_log_len
+            .store(meta_log.len(), std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 /// A clean close (the last clone of a [`Store`] dropped): checkpoints the
-/// active segment and `meta.log`, so the next open reads neither and can
-/// tell bit rot in their newest records from a torn write. Best effort: a
-/// failure here (a full disk) only costs the next open a scan.
+/// active segment, `meta.log` and the catalog database, so the next open
+/// reads none of them again and can tell bit rot in their newest records
+/// from a torn write. Best effort: a failure here (a full disk) only costs
+/// the next open a scan.
 impl Drop for Inner {
     fn drop(&mut self) {
         if !self.options.durability.fsyncs() || lock(&self.failed).is_some() {
@@ -1200,7 +1619,15 @@ impl Drop for Inner {
             return;
         }
         let mut meta_log = lock(&self.meta_log);
-        let _ = meta_log.checkpoint();
+        if meta_log.checkpoint().is_err() || lock(&self.failed).is_some() {
+            return;
+        }
+        let covered = self
+            .checkpointed_log_len
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if meta_log.len() != covered || !lock(&self.state).segments.sync_plans_all().is_empty() {
+            let _ = self.checkpoint_tables(&meta_log);
+        }
     }
 }
 
@@ -1208,7 +1635,7 @@ fn not_found(id: &ArtifactId) -> StoreError {
     StoreError::NotFound(format!("artifact {id}"))
 }
 
-fn check_links(catalog: &Catalog, links: &[ArtifactId]) -> Result<(), StoreError> {
+fn check_links(db: &MetaDb, links: &[ArtifactId]) -> Result<(), StoreError> {
     if links.len() > LINKS_MAX {
         return Err(invalid(format!(
             "{} links, at most {LINKS_MAX}",
@@ -1216,7 +1643,7 @@ fn check_links(catalog: &Catalog, links: &[ArtifactId]) -> Result<(), StoreError
         )));
     }
     for link in links {
-        if !catalog.artifacts.contains_key(link) {
+        if !db.exists(link)? {
             return Err(invalid(format!(
                 "link to artifact {link}, which does not exist"
             )));
@@ -1225,10 +1652,32 @@ fn check_links(catalog: &Catalog, links: &[ArtifactId]) -> Result<(), StoreError
     Ok(())
 }
 
+/// Why a metadata record did not apply.
+#[derive(Debug)]
+pub(crate) enum ApplyError {
+    /// It cannot apply (a second commit of an id, a delete of an unknown
+    /// one...): ignored at replay; checked before any live change.
+    Invalid(String),
+    /// The catalog database failed.
+    Db(db::DbError),
+}
+
+impl From<db::DbError> for ApplyError {
+    fn from(error: db::DbError) -> Self {
+        ApplyError::Db(error)
+    }
+}
+
+impl From<String> for ApplyError {
+    fn from(why: String) -> Self {
+        ApplyError::Invalid(why)
+    }
+}
+
 /// Applies one metadata record to the catalog and the reference counts.
 /// Used for replay at open and, after the record is durable, for live
 /// changes, so both paths build the same state.
-fn apply(catalog: &mut Catalog, index: &mut Index, record: MetaRecord) -> Result<(), String> {
+fn apply(db: &mut MetaDb, record: MetaRecord) -> Result<(), ApplyError> {
     match record {
         record @ MetaRecord::Commit { .. } => {
             let meta::Committed {
@@ -1240,40 +1689,36 @@ fn apply(catalog: &mut Catalog, index: &mut Index, record: MetaRecord) -> Result
             // Checked before anything changes: a bound commit applies whole
             // or not at all.
             if let Some((container, _)) = &bound {
-                if !catalog.names.containers.contains_key(container) {
+                if !db.names.containers.contains_key(container) {
                     return Err(format!(
                         "commit of artifact {id} bound in container {container:?}, which does not exist; ignored"
-                    ));
+                    )
+                    .into());
                 }
             }
             if manifest.ends.last().copied().unwrap_or(0) != meta.size {
                 return Err(format!(
                     "commit of artifact {id}: chunk lengths do not add up to size {}",
                     meta.size
-                ));
+                )
+                .into());
             }
-            let manifest = Arc::new(manifest);
-            if !catalog.insert(meta, Arc::clone(&manifest)) {
-                return Err(format!("second commit of artifact id {id}; ignored"));
-            }
-            for chunk in &manifest.chunks {
-                index.add_ref(&chunk.digest, chunk.len);
+            if !db.insert(meta, Arc::new(manifest))? {
+                return Err(format!("second commit of artifact id {id}; ignored").into());
             }
             match bound {
-                Some((container, name)) => names::bind(catalog, index, &container, &name, id),
+                Some((container, name)) => names::bind(db, &container, &name, id),
                 None => Ok(()),
             }
         }
         MetaRecord::Delete { id } => {
             let id = ArtifactId::from_bytes(id);
-            catalog.names.forget_artifact(&id);
-            let artifact = catalog
-                .remove(&id)
-                .ok_or_else(|| format!("delete of artifact {id}, which is not live; ignored"))?;
-            names::drop_artifact(catalog, index, artifact);
+            if !db.remove(&id)? {
+                return Err(format!("delete of artifact {id}, which is not live; ignored").into());
+            }
             Ok(())
         }
-        MetaRecord::Names { ops } => names::apply_ops(catalog, index, ops),
+        MetaRecord::Names { ops } => names::apply_ops(db, ops),
         MetaRecord::Checkpoint => Ok(()),
         MetaRecord::Update {
             id,
@@ -1281,10 +1726,10 @@ fn apply(catalog: &mut Catalog, index: &mut Index, record: MetaRecord) -> Result
             fields,
         } => {
             let id = ArtifactId::from_bytes(id);
-            catalog
-                .update(&id, modified_ms, fields)
-                .map(|_| ())
-                .ok_or_else(|| format!("update of artifact {id}, which is not live; ignored"))
+            match db.update(&id, modified_ms, fields)? {
+                Some(_) => Ok(()),
+                None => Err(format!("update of artifact {id}, which is not live; ignored").into()),
+            }
         }
     }
 }

@@ -19,11 +19,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
+use super::db::DbError;
 use super::format::{self, MetaRecord, NameOp, NAME_OPS_MAX};
-use super::index::Index;
 use super::meta::{Artifact, Catalog};
+use super::meta_db::MetaDb;
 use super::types::{ArtifactId, Hash};
-use super::{group, invalid, lock, now_ms, Store, StoreError};
+use super::{group, invalid, lock, now_ms, ApplyError, Store, StoreError};
 
 /// One container: when it was made and its objects, by name (byte order).
 #[derive(Clone, Debug, Default)]
@@ -85,8 +86,8 @@ impl Names {
 
 /// The live artifact a name binds. Always there (see the module doc); an
 /// error rather than a panic all the same.
-fn live<'a>(catalog: &'a Catalog, id: &ArtifactId) -> Result<&'a Artifact, StoreError> {
-    catalog.artifacts.get(id).ok_or_else(|| {
+fn live(db: &MetaDb, id: &ArtifactId) -> Result<Artifact, StoreError> {
+    db.live(id)?.ok_or_else(|| {
         StoreError::Corrupted(format!("a name binds artifact {id}, which is not live"))
     })
 }
@@ -100,33 +101,19 @@ fn object_not_found(container: &str, name: &str) -> StoreError {
 }
 
 /// Deletes artifact `id` from the catalog and drops its chunk references
-/// (and its name).
-pub(super) fn release(catalog: &mut Catalog, index: &mut Index, id: &ArtifactId) {
-    catalog.names.forget_artifact(id);
-    if let Some(artifact) = catalog.remove(id) {
-        drop_artifact(catalog, index, artifact);
-    }
+/// (and its name); a held one is retained (see [`MetaDb::remove`]).
+pub(super) fn release(db: &mut MetaDb, id: &ArtifactId) -> Result<(), DbError> {
+    db.remove(id)?;
+    Ok(())
 }
 
 /// Releases every artifact of a container's objects, already taken out of
 /// the container (`release` forgets each one's binding).
-fn release_all(catalog: &mut Catalog, index: &mut Index, objects: BTreeMap<String, ArtifactId>) {
+fn release_all(db: &mut MetaDb, objects: BTreeMap<String, ArtifactId>) -> Result<(), DbError> {
     for id in objects.values() {
-        release(catalog, index, id);
+        release(db, id)?;
     }
-}
-
-/// Drops a removed artifact's chunk references, unless a [`Hold`] keeps
-/// it readable: then it is retained until the last hold goes.
-pub(super) fn drop_artifact(catalog: &mut Catalog, index: &mut Index, artifact: Artifact) {
-    let id = artifact.meta.id;
-    if catalog.holds.contains_key(&id) {
-        catalog.retained.insert(id, artifact);
-        return;
-    }
-    for chunk in &artifact.manifest.chunks {
-        index.drop_ref(&chunk.digest);
-    }
+    Ok(())
 }
 
 /// Keeps an artifact readable (manifest, locate, metadata, chunks) while
@@ -142,8 +129,8 @@ impl Drop for Hold {
     fn drop(&mut self) {
         let mut state = lock(&self.store.inner.state);
         let state = &mut *state;
-        let catalog = &mut state.catalog;
-        let last = match catalog.holds.get_mut(&self.id) {
+        let db = &mut state.db;
+        let last = match db.holds.get_mut(&self.id) {
             Some(count) if *count > 1 => {
                 *count -= 1;
                 false
@@ -152,11 +139,9 @@ impl Drop for Hold {
             None => false,
         };
         if last {
-            catalog.holds.remove(&self.id);
-            if let Some(artifact) = catalog.retained.remove(&self.id) {
-                for chunk in &artifact.manifest.chunks {
-                    state.index.drop_ref(&chunk.digest);
-                }
+            db.holds.remove(&self.id);
+            if let Err(error) = db.release_retained(&self.id) {
+                self.store.inner.db_failed(&error.into());
             }
         }
     }
@@ -165,51 +150,45 @@ impl Drop for Hold {
 /// Binds `name` in `container` (which must exist) to live artifact `id`,
 /// releasing whatever artifact the name held.
 pub(super) fn bind(
-    catalog: &mut Catalog,
-    index: &mut Index,
+    db: &mut MetaDb,
     container: &str,
     name: &str,
     id: ArtifactId,
-) -> Result<(), String> {
-    let entry = catalog
+) -> Result<(), ApplyError> {
+    let entry = db
         .names
         .containers
         .get_mut(container)
         .ok_or_else(|| format!("bind in container {container:?}, which does not exist"))?;
     let old = entry.objects.insert(name.to_owned(), id);
     if let Some(old) = old.filter(|old| *old != id) {
-        catalog.names.bound.remove(&old);
-        release(catalog, index, &old);
+        db.names.bound.remove(&old);
+        release(db, &old)?;
     }
-    catalog
-        .names
+    db.names
         .bound
         .insert(id, (container.to_owned(), name.to_owned()));
     Ok(())
 }
 
 /// Applies name ops in order; stops at the first that does not apply.
-pub(super) fn apply_ops(
-    catalog: &mut Catalog,
-    index: &mut Index,
-    ops: Vec<NameOp>,
-) -> Result<(), String> {
+pub(super) fn apply_ops(db: &mut MetaDb, ops: Vec<NameOp>) -> Result<(), ApplyError> {
     for op in ops {
-        apply_op(catalog, index, op)?;
+        apply_op(db, op)?;
     }
     Ok(())
 }
 
-fn apply_op(catalog: &mut Catalog, index: &mut Index, op: NameOp) -> Result<(), String> {
+fn apply_op(db: &mut MetaDb, op: NameOp) -> Result<(), ApplyError> {
     match op {
         NameOp::CreateContainer {
             container,
             created_ms,
         } => {
-            if catalog.names.containers.contains_key(&container) {
-                return Err(format!("container {container:?} created twice"));
+            if db.names.containers.contains_key(&container) {
+                return Err(format!("container {container:?} created twice").into());
             }
-            catalog.names.containers.insert(
+            db.names.containers.insert(
                 container,
                 Container {
                     created_ms,
@@ -219,29 +198,29 @@ fn apply_op(catalog: &mut Catalog, index: &mut Index, op: NameOp) -> Result<(), 
             Ok(())
         }
         NameOp::DeleteContainer { container } => {
-            let entry = catalog
+            let entry = db
                 .names
                 .containers
                 .remove(&container)
                 .ok_or_else(|| format!("container {container:?} does not exist"))?;
-            release_all(catalog, index, entry.objects);
+            release_all(db, entry.objects)?;
             Ok(())
         }
         NameOp::ClearContainer { container } => {
-            let entry = catalog
+            let entry = db
                 .names
                 .containers
                 .get_mut(&container)
                 .ok_or_else(|| format!("container {container:?} does not exist"))?;
             let objects = std::mem::take(&mut entry.objects);
-            release_all(catalog, index, objects);
+            release_all(db, objects)?;
             Ok(())
         }
         NameOp::Unbind { container, name } => {
-            let id = catalog.names.get(&container, &name).ok_or_else(|| {
+            let id = db.names.get(&container, &name).ok_or_else(|| {
                 format!("unbind of {name:?} in {container:?}, which is not bound")
             })?;
-            release(catalog, index, &id);
+            release(db, &id)?;
             Ok(())
         }
         NameOp::Move {
@@ -250,31 +229,27 @@ fn apply_op(catalog: &mut Catalog, index: &mut Index, op: NameOp) -> Result<(), 
             to_container,
             to_name,
         } => {
-            let id = catalog
-                .names
-                .get(&from_container, &from_name)
-                .ok_or_else(|| {
-                    format!("move of {from_name:?} in {from_container:?}, which is not bound")
-                })?;
-            if !catalog.names.containers.contains_key(&to_container) {
-                return Err(format!(
-                    "move into container {to_container:?}, which does not exist"
-                ));
+            let id = db.names.get(&from_container, &from_name).ok_or_else(|| {
+                format!("move of {from_name:?} in {from_container:?}, which is not bound")
+            })?;
+            if !db.names.containers.contains_key(&to_container) {
+                return Err(
+                    format!("move into container {to_container:?}, which does not exist").into(),
+                );
             }
             if (from_container.as_str(), from_name.as_str())
                 == (to_container.as_str(), to_name.as_str())
             {
                 return Ok(());
             }
-            catalog
-                .names
+            db.names
                 .containers
                 .get_mut(&from_container)
                 .expect("found above")
                 .objects
                 .remove(&from_name);
-            catalog.names.bound.remove(&id);
-            bind(catalog, index, &to_container, &to_name, id)
+            db.names.bound.remove(&id);
+            bind(db, &to_container, &to_name, id)
         }
     }
 }
@@ -314,10 +289,10 @@ impl Store {
     /// A [`Hold`] on live artifact `id`; `NotFound` if it is not live.
     pub fn hold(&self, id: &ArtifactId) -> Result<Hold, StoreError> {
         let mut state = lock(&self.inner.state);
-        if !state.catalog.artifacts.contains_key(id) {
+        if !state.db.exists(id)? {
             return Err(StoreError::NotFound(format!("artifact {id}")));
         }
-        *state.catalog.holds.entry(*id).or_insert(0) += 1;
+        *state.db.holds.entry(*id).or_insert(0) += 1;
         Ok(Hold {
             store: self.clone(),
             id: *id,
@@ -332,7 +307,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut meta_log = lock(&self.inner.meta_log);
         self.check_writable()?;
-        let ops = check(&lock(&self.inner.state).catalog.names)?;
+        let ops = check(&lock(&self.inner.state).db.names)?;
         if ops.is_empty() {
             return Ok(());
         }
@@ -361,7 +336,7 @@ impl Store {
         let MetaRecord::Names { ops } = record else {
             unreachable!("made above")
         };
-        apply_ops(&mut state.catalog, &mut state.index, ops).expect("checked under the log lock");
+        self.inner.applied(apply_ops(&mut state.db, ops))?;
         Ok(())
     }
 
@@ -391,7 +366,7 @@ impl Store {
         check_container_name(container)?;
         let state = lock(&self.inner.state);
         let entry = state
-            .catalog
+            .db
             .names
             .containers
             .get(container)
@@ -407,7 +382,7 @@ impl Store {
     pub fn container_exists(&self, container: &str) -> Result<bool, StoreError> {
         check_container_name(container)?;
         Ok(lock(&self.inner.state)
-            .catalog
+            .db
             .names
             .containers
             .contains_key(container))
@@ -441,12 +416,12 @@ impl Store {
         check_container_name(container)?;
         check_object_name(name)?;
         let state = lock(&self.inner.state);
-        let names = &state.catalog.names;
+        let names = &state.db.names;
         names.check_container(container)?;
         let id = names
             .get(container, name)
             .ok_or_else(|| object_not_found(container, name))?;
-        let meta = &live(&state.catalog, &id)?.meta;
+        let meta = live(&state.db, &id)?.meta;
         Ok(ObjectInfo {
             container: container.to_owned(),
             name: name.to_owned(),
@@ -461,7 +436,7 @@ impl Store {
         check_container_name(container)?;
         check_object_name(name)?;
         let state = lock(&self.inner.state);
-        let names = &state.catalog.names;
+        let names = &state.db.names;
         names.check_container(container)?;
         Ok(names.get(container, name).is_some())
     }
@@ -477,7 +452,7 @@ impl Store {
         check_container_name(container)?;
         let state = lock(&self.inner.state);
         let entry = state
-            .catalog
+            .db
             .names
             .containers
             .get(container)
@@ -566,7 +541,7 @@ impl Store {
         let (record, pins) = {
             let mut state = lock(&self.inner.state);
             let state = &mut *state;
-            let names = &state.catalog.names;
+            let names = &state.db.names;
             names.check_container(from.0)?;
             let id = names
                 .get(from.0, from.1)
@@ -575,7 +550,7 @@ impl Store {
             if from == to {
                 return Ok(id);
             }
-            let artifact = live(&state.catalog, &id)?;
+            let artifact = live(&state.db, &id)?;
             let meta = &artifact.meta;
             let mut fields = Catalog::fields_of(meta);
             fields.links.clear();
@@ -600,7 +575,7 @@ impl Store {
                 digests: Vec::new(),
             };
             for chunk in &artifact.manifest.chunks {
-                if state.index.pin(&chunk.digest) {
+                if self.inner.db(state.db.pin(&chunk.digest))? {
                     pins.digests.push(chunk.digest);
                 }
             }
@@ -622,7 +597,10 @@ impl Drop for Pins<'_> {
     fn drop(&mut self) {
         let mut state = lock(&self.store.inner.state);
         for digest in &self.digests {
-            state.index.unpin(digest);
+            if let Err(error) = state.db.unpin(digest) {
+                self.store.inner.db_failed(&error.into());
+                return;
+            }
         }
     }
 }

@@ -12,9 +12,12 @@ use super::format::{
     CUSTOM_KEY_BYTES_MAX, CUSTOM_VALUE_BYTES_MAX, EXTERNAL_LINK_BYTES_MAX, QUERY_CONDITIONS_MAX,
     QUERY_PAGE_MAX, STRING_BYTES_MAX, TAG_BYTES_MAX,
 };
-use super::meta::Catalog;
-use super::meta_index::{range_after, Key, Postings};
-use super::types::{Condition, Metadata, Order, Query, QueryPage};
+use std::collections::HashMap;
+
+use super::db::DbError;
+use super::meta_db::MetaDb;
+use super::meta_index::Key;
+use super::types::{ArtifactId, Condition, Metadata, Order, Query, QueryPage};
 use super::{invalid, lock, not_found, Store, StoreError};
 
 /// Checks a query's limits: `InvalidArgument` names the first one broken.
@@ -79,35 +82,40 @@ pub fn check_query(query: &Query) -> Result<(), StoreError> {
 /// matches fill a page quickly.
 const RANGE_DRIVER_MAX: usize = 4096;
 
+/// A key's postings are counted up to this to order a query's sets.
+const COUNT_MAX: usize = 4096;
+
 /// The candidates one condition names: the sets of all conditions are
 /// intersected in the query's order; every condition is then checked on
 /// each candidate, so the sets change speed, never results.
-enum Driver<'a> {
+enum Driver {
     /// Some condition matches nothing (the query returns at once).
     Empty,
-    Postings(&'a Postings),
+    /// The postings of a key in the catalog database, and how many there
+    /// are (counted up to [`COUNT_MAX`]).
+    Postings(Key, usize),
     /// Ascending commit positions.
     Seqs(Vec<u64>),
     /// No condition narrows the set: walk every live artifact.
     All,
 }
 
-impl Driver<'_> {
+impl Driver {
     fn len(&self) -> usize {
         match self {
             Driver::Empty => 0,
-            Driver::Postings(postings) => postings.len(),
+            Driver::Postings(_, n) => *n,
             Driver::Seqs(seqs) => seqs.len(),
             Driver::All => usize::MAX,
         }
     }
 
-    /// The first position at or beyond `from` in `order` (see
-    /// [`Postings::seek`]); `All` and `Empty` are never sought.
-    fn seek(&self, from: u64, order: Order) -> Option<u64> {
+    /// The first position at or beyond `from` in `order`; `All` and
+    /// `Empty` are never sought.
+    fn seek(&self, db: &MetaDb, from: u64, order: Order) -> Result<Option<u64>, DbError> {
         match self {
-            Driver::Postings(postings) => postings.seek(from, order),
-            Driver::Seqs(seqs) => match order {
+            Driver::Postings(key, _) => db.seek(key, from, order),
+            Driver::Seqs(seqs) => Ok(match order {
                 Order::OldestFirst => {
                     let at = seqs.partition_point(|&seq| seq < from);
                     seqs.get(at).copied()
@@ -116,22 +124,22 @@ impl Driver<'_> {
                     let at = seqs.partition_point(|&seq| seq <= from);
                     at.checked_sub(1).map(|at| seqs[at])
                 }
-            },
-            Driver::All | Driver::Empty => None,
+            }),
+            Driver::All | Driver::Empty => Ok(None),
         }
     }
 }
 
 /// The positions in every one of some sets, beyond a cursor, in order.
-struct Leapfrog<'s, 'a> {
-    sets: &'s [Driver<'a>],
+struct Leapfrog<'s> {
+    sets: &'s [Driver],
     /// Where the next seek starts; `None`: done.
     from: Option<u64>,
     order: Order,
 }
 
-impl<'s, 'a> Leapfrog<'s, 'a> {
-    fn new(sets: &'s [Driver<'a>], after: Option<u64>, order: Order) -> Self {
+impl<'s> Leapfrog<'s> {
+    fn new(sets: &'s [Driver], after: Option<u64>, order: Order) -> Self {
         let from = match (after, order) {
             (None, Order::OldestFirst) => Some(0),
             (None, Order::NewestFirst) => Some(u64::MAX),
@@ -140,18 +148,16 @@ impl<'s, 'a> Leapfrog<'s, 'a> {
         };
         Leapfrog { sets, from, order }
     }
-}
 
-impl Iterator for Leapfrog<'_, '_> {
-    type Item = u64;
-
-    fn next(&mut self) -> Option<u64> {
-        let mut from = self.from?;
+    fn next(&mut self, db: &MetaDb) -> Result<Option<u64>, DbError> {
+        let Some(mut from) = self.from else {
+            return Ok(None);
+        };
         'search: loop {
             for set in self.sets {
-                let Some(at) = set.seek(from, self.order) else {
+                let Some(at) = set.seek(db, from, self.order)? else {
                     self.from = None;
-                    return None;
+                    return Ok(None);
                 };
                 if at != from {
                     // This set has nothing at `from`: every set must reach
@@ -164,13 +170,13 @@ impl Iterator for Leapfrog<'_, '_> {
                 Order::OldestFirst => from.checked_add(1),
                 Order::NewestFirst => from.checked_sub(1),
             };
-            return Some(from);
+            return Ok(Some(from));
         }
     }
 }
 
 /// The candidate set `condition` alone gives, if it can be had cheaply.
-fn driver_of<'a>(catalog: &'a Catalog, condition: &Condition) -> Driver<'a> {
+fn driver_of(db: &MetaDb, condition: &Condition) -> Result<Driver, DbError> {
     let key = match condition {
         Condition::Tag(tag) => Key::Tag(tag.clone()),
         Condition::LinksTo(target) => Key::LinksTo(*target),
@@ -181,48 +187,45 @@ fn driver_of<'a>(catalog: &'a Catalog, condition: &Condition) -> Driver<'a> {
         Condition::CustomKey(key) => Key::CustomName(key.clone()),
         Condition::Custom(key, value) => Key::Custom(key.clone(), value.clone()),
         Condition::LinkedFrom(source) => {
-            let Some(source) = catalog.artifacts.get(source) else {
-                return Driver::Empty;
+            let Some(source) = db.live(source)? else {
+                return Ok(Driver::Empty);
             };
             // Links are to live artifacts only (a delete drops them).
-            let mut seqs: Vec<u64> = source
-                .meta
-                .links
-                .iter()
-                .filter(|id| catalog.artifacts.contains_key(id))
-                .filter_map(|id| catalog.seq_of.get(id).copied())
-                .collect();
+            let mut seqs = Vec::with_capacity(source.meta.links.len());
+            for id in &source.meta.links {
+                seqs.extend(db.live_seq(id)?);
+            }
             seqs.sort_unstable();
-            return Driver::Seqs(seqs);
+            return Ok(Driver::Seqs(seqs));
         }
         Condition::FilenamePrefix(prefix) => {
-            return bounded(catalog.index.filename_prefix(prefix, RANGE_DRIVER_MAX + 1));
+            return Ok(bounded(db.filename_prefix(prefix, RANGE_DRIVER_MAX + 1)?));
         }
         Condition::Created(range) => {
-            return bounded(catalog.index.time_range(
+            return Ok(bounded(db.time_range(
                 false,
                 range.from_ms,
                 range.to_ms,
                 RANGE_DRIVER_MAX + 1,
-            ));
+            )?));
         }
         Condition::Modified(range) => {
-            return bounded(catalog.index.time_range(
+            return Ok(bounded(db.time_range(
                 true,
                 range.from_ms,
                 range.to_ms,
                 RANGE_DRIVER_MAX + 1,
-            ));
+            )?));
         }
     };
-    match catalog.index.postings(&key) {
-        Some(postings) => Driver::Postings(postings),
-        None => Driver::Empty,
-    }
+    Ok(match db.count(&key, COUNT_MAX)? {
+        0 => Driver::Empty,
+        n => Driver::Postings(key, n),
+    })
 }
 
 /// A range's matches as a driver, unless there were too many to collect.
-fn bounded<'a>(seqs: Vec<u64>) -> Driver<'a> {
+fn bounded(seqs: Vec<u64>) -> Driver {
     match seqs.len() {
         0 => Driver::Empty,
         n if n > RANGE_DRIVER_MAX => Driver::All,
@@ -230,15 +233,19 @@ fn bounded<'a>(seqs: Vec<u64>) -> Driver<'a> {
     }
 }
 
-/// Whether `meta` meets `condition`.
-fn meets(catalog: &Catalog, meta: &Metadata, condition: &Condition) -> bool {
+/// Whether `meta` meets `condition`; `linked` holds the links of every
+/// `LinkedFrom` source that is live.
+fn meets(
+    linked: &HashMap<ArtifactId, Vec<ArtifactId>>,
+    meta: &Metadata,
+    condition: &Condition,
+) -> bool {
     match condition {
         Condition::Tag(tag) => meta.tags.contains(tag),
         Condition::LinksTo(target) => meta.links.contains(target),
-        Condition::LinkedFrom(source) => catalog
-            .artifacts
+        Condition::LinkedFrom(source) => linked
             .get(source)
-            .is_some_and(|source| source.meta.links.contains(&meta.id)),
+            .is_some_and(|links| links.contains(&meta.id)),
         Condition::LinksToExternal(entity) => meta.external_links.contains(entity),
         Condition::ContentType(value) => meta.content_type.as_ref() == Some(value),
         Condition::Creator(value) => meta.creator.as_ref() == Some(value),
@@ -251,6 +258,31 @@ fn meets(catalog: &Catalog, meta: &Metadata, condition: &Condition) -> bool {
         Condition::Modified(range) => (range.from_ms..range.to_ms).contains(&meta.modified_ms),
         Condition::CustomKey(key) => meta.custom.iter().any(|(k, _)| k == key),
         Condition::Custom(key, value) => meta.custom.iter().any(|(k, v)| k == key && v == value),
+    }
+}
+
+/// Live artifacts walked in commit order (no condition narrows them).
+struct Walk {
+    after: Option<u64>,
+    order: Order,
+    batch: std::vec::IntoIter<u64>,
+    done: bool,
+}
+
+impl Walk {
+    fn next(&mut self, db: &MetaDb) -> Result<Option<u64>, DbError> {
+        loop {
+            if let Some(seq) = self.batch.next() {
+                self.after = Some(seq);
+                return Ok(Some(seq));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            let batch = db.live_seqs(self.after, self.order, 256)?;
+            self.done = batch.len() < 256;
+            self.batch = batch.into_iter();
+        }
     }
 }
 
@@ -276,21 +308,29 @@ impl Store {
     fn query_with(&self, query: &Query, scan: bool) -> Result<QueryPage, StoreError> {
         check_query(query)?;
         let state = lock(&self.inner.state);
-        let catalog = &state.catalog;
+        let db = &state.db;
         let after = match &query.after {
             None => None,
-            Some(after) => match catalog.seq_of.get(after) {
-                Some(&seq) => Some(seq),
+            Some(after) => match db.seq_of(after)? {
+                Some(seq) => Some(seq),
                 None => return Err(not_found(after)),
             },
         };
+        let mut linked = HashMap::new();
+        for condition in &query.conditions {
+            if let Condition::LinkedFrom(source) = condition {
+                if let Some(artifact) = db.live(source)? {
+                    linked.insert(*source, artifact.meta.links);
+                }
+            }
+        }
         // Every condition that names a set narrows the candidates; with
         // two or more they are intersected by leapfrogging (each set seeks
         // to the largest position any other reached), so a page costs
         // about one seek per set per match, not a walk of the smallest set.
         let mut sets: Vec<Driver> = Vec::new();
         for condition in query.conditions.iter().filter(|_| !scan) {
-            match driver_of(catalog, condition) {
+            match driver_of(db, condition)? {
                 Driver::All => {}
                 Driver::Empty => {
                     return Ok(QueryPage {
@@ -303,27 +343,32 @@ impl Store {
         }
         sets.sort_by_key(Driver::len);
         let order = query.order;
-        let seqs: Box<dyn Iterator<Item = u64> + '_> = match sets.first() {
-            None => {
-                let range = catalog.order.range(range_after(after, order));
-                match order {
-                    Order::OldestFirst => Box::new(range.map(|(&seq, _)| seq)),
-                    Order::NewestFirst => Box::new(range.rev().map(|(&seq, _)| seq)),
-                }
-            }
-            Some(_) => Box::new(Leapfrog::new(&sets, after, order)),
+        let mut leapfrog = Leapfrog::new(&sets, after, order);
+        let mut walk = Walk {
+            after,
+            order,
+            batch: Vec::new().into_iter(),
+            done: false,
         };
-        let candidates = seqs.map(|seq| &catalog.order[&seq]);
         let mut ids = Vec::new();
         let mut more = false;
-        for id in candidates {
-            let meta = &catalog.artifacts[id].meta;
-            if query.conditions.iter().all(|c| meets(catalog, meta, c)) {
+        loop {
+            let seq = if sets.is_empty() {
+                walk.next(db)?
+            } else {
+                leapfrog.next(db)?
+            };
+            let Some(seq) = seq else { break };
+            let Some(artifact) = db.at_seq(seq)? else {
+                continue;
+            };
+            let meta = &artifact.meta;
+            if query.conditions.iter().all(|c| meets(&linked, meta, c)) {
                 if ids.len() == query.limit {
                     more = true;
                     break;
                 }
-                ids.push(*id);
+                ids.push(meta.id);
             }
         }
         let next = match (more, ids.last()) {

@@ -19,7 +19,7 @@ use super::format::{
     SEGMENT_SALT_BYTES,
 };
 use super::fsync::{self, Fsyncs};
-use super::index::{Index, Location};
+use super::index::Location;
 use super::read::Reader;
 use super::types::{Durability, Hash, OpenStats, Problem, ProblemKind};
 use crate::error::StoreError;
@@ -189,7 +189,8 @@ impl Segments {
         durability: Durability,
         fsyncs: Fsyncs,
         read_only: bool,
-        index: &mut Index,
+        covered: &BTreeMap<u64, u64>,
+        found: &mut dyn FnMut(Hash, Location, u32) -> Result<(), StoreError>,
     ) -> Result<(Segments, ScanOutcome), StoreError> {
         let mut ids = Vec::new();
         let mut hinted = BTreeSet::new();
@@ -250,7 +251,15 @@ impl Segments {
             let mut records = Vec::new();
             let mut hinted_len = 0;
             let mut synced_len = 0;
-            if hinted.contains(&id) {
+            // A sealed segment a checkpoint of the catalog database covers
+            // whole is in its tables already: neither read nor scanned.
+            let covered_len = covered.get(&id).copied().unwrap_or(0).min(len);
+            let whole = !active && covered_len == len && len >= SEGMENT_HEADER_BYTES;
+            if whole {
+                hinted_len = len;
+                synced_len = len;
+                outcome.stats.segments_from_checkpoint += 1;
+            } else if hinted.contains(&id) {
                 let hint = read_hint(&*dir, id, len).and_then(|bytes| match bytes {
                     Some(bytes) => format::decode_hint(&bytes, id, len).map(|hint| {
                         records.extend(hint.entries());
@@ -287,6 +296,8 @@ impl Segments {
                     }
                 }
             }
+            // Bytes a checkpoint covers were synced before it was taken.
+            synced_len = synced_len.max(covered_len);
             let mut len = len;
             // The header holds the salt every record check is keyed with,
             // so it is read even when a hint spares the records.
@@ -416,7 +427,7 @@ impl Segments {
                     outcome.problems.extend(scanned.problems);
                 }
                 records.extend(scanned.records);
-            } else {
+            } else if !whole {
                 outcome.stats.segments_from_hints += 1;
             }
             if durability.fsyncs() && !read_only {
@@ -444,16 +455,15 @@ impl Segments {
                     rewrites.insert(id, ranges);
                 }
             }
-            index.reserve(records.len());
             for record in &records {
-                index.insert_found(
+                found(
                     Hash::from_bytes(record.digest),
                     Location {
                         segment: id,
                         offset: record.offset,
                     },
                     record.payload_len,
-                );
+                )?;
             }
             outcome.stats.chunk_records += records.len() as u64;
             if active {

@@ -94,6 +94,13 @@ fn hint_files(dir: &tempfile::TempDir) -> Vec<PathBuf> {
     files_ending(dir, ".hint")
 }
 
+/// Removes the catalog tables' file, as a store written before they
+/// existed has none (or a lost file leaves): the next open rebuilds them
+/// from hints, segment scans and `meta.log`, the paths tests of those need.
+fn forget_catalog(dir: &tempfile::TempDir) {
+    std::fs::remove_file(dir.path().join(CATALOG_DB_NAME)).unwrap();
+}
+
 fn meta_log(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("meta.log")
 }
@@ -155,7 +162,7 @@ fn round_trip_including_the_empty_artifact() {
     store.verify(&empty).unwrap();
 
     assert_eq!(store.list(None, 10).unwrap(), vec![id, empty]);
-    assert_eq!(store.find_by_tag("ckpt"), vec![id]);
+    assert_eq!(store.find_by_tag("ckpt", 1000).unwrap(), vec![id]);
     let stats = store.stats();
     assert_eq!(
         (
@@ -212,7 +219,7 @@ fn deleting_one_of_two_sharing_artifacts_keeps_the_other_readable() {
     let a = put(&store, &shared, 1000);
     let b = put(&store, &longer, 1000);
     store.delete(&a).unwrap();
-    assert!(!store.exists(&a));
+    assert!(!store.exists(&a).unwrap());
     assert!(matches!(store.delete(&a), Err(StoreError::NotFound(_))));
     store.gc().unwrap();
     assert_eq!(get(&store, &b).unwrap(), longer);
@@ -276,9 +283,12 @@ fn metadata_tags_links_and_custom_survive_reopen() {
     assert_eq!(child_meta.content_type.as_deref(), Some("text/plain"));
     assert_eq!(child_meta.creator.as_deref(), Some("alice"));
     assert_eq!(child_meta.custom.len(), 2);
-    assert_eq!(store.find_by_tag("a"), Vec::<ArtifactId>::new());
-    assert_eq!(store.find_by_tag("c"), vec![child]);
-    assert!(!store.exists(&gone));
+    assert_eq!(
+        store.find_by_tag("a", 1000).unwrap(),
+        Vec::<ArtifactId>::new()
+    );
+    assert_eq!(store.find_by_tag("c", 1000).unwrap(), vec![child]);
+    assert!(!store.exists(&gone).unwrap());
     assert!(
         store.recovery_report().problems.is_empty(),
         "{:?}",
@@ -585,7 +595,7 @@ fn damaged_meta_record_in_the_middle_is_skipped_not_the_rest() {
         "{report:?}"
     );
     assert_eq!(store.list(None, 10).unwrap(), vec![first, third]);
-    assert!(!store.exists(&second));
+    assert!(!store.exists(&second).unwrap());
     assert_eq!(get(&store, &third).unwrap(), b"three");
 }
 
@@ -853,7 +863,7 @@ fn gc_compacts_the_metadata_log_and_everything_live_survives_reopen() {
     assert_eq!(store.list(None, 10).unwrap(), vec![keep, later, newest]);
     assert_eq!(store.metadata(&keep).unwrap(), keep_meta);
     assert_eq!(store.metadata(&later).unwrap(), later_meta);
-    assert_eq!(store.find_by_tag("renamed"), vec![keep]);
+    assert_eq!(store.find_by_tag("renamed", 1000).unwrap(), vec![keep]);
     assert_eq!(get(&store, &keep).unwrap(), keep_bytes);
     assert_eq!(get(&store, &later).unwrap(), later_bytes);
     assert_eq!(get(&store, &newest).unwrap(), b"after compaction");
@@ -988,7 +998,7 @@ fn a_lost_segment_makes_its_artifacts_corrupted_not_missing() {
     drop(store);
     std::fs::remove_file(&segment_files(&dir)[1]).unwrap();
     let store = open(&dir, options);
-    assert!(store.exists(&id), "never silently dropped");
+    assert!(store.exists(&id).unwrap(), "never silently dropped");
     assert!(store
         .recovery_report()
         .problems
@@ -1382,6 +1392,7 @@ fn sealed_segments_open_from_hints_without_reading_their_records() {
         "one hint per seal"
     );
 
+    forget_catalog(&dir);
     let store = open(&dir, options.clone());
     let stats = store.open_stats();
     assert_eq!(
@@ -1403,6 +1414,7 @@ fn sealed_segments_open_from_hints_without_reading_their_records() {
     // And one payload byte of the second record.
     let second_payload = format::SEGMENT_HEADER_BYTES + format::CHUNK_HEADER_BYTES + 4000 + 48 + 10;
     flip_byte(&first, second_payload);
+    forget_catalog(&dir);
     let store = open(&dir, options);
     assert_eq!(store.open_stats().segments_from_hints, sealed + 1);
     assert!(
@@ -1415,6 +1427,79 @@ fn sealed_segments_open_from_hints_without_reading_their_records() {
     let report = store.verify_all();
     assert_eq!(report.damaged.len(), 1);
     assert_eq!(report.damaged[0].0, id);
+}
+
+/// The catalog tables are checkpointed at a clean close: the next open
+/// reads neither sealed segment nor `meta.log` record, and answers as
+/// before. After a crash (no close), it replays only the log past the last
+/// checkpoint, scans only what was written since, and checkpoints that at
+/// once, so the open after it replays nothing.
+#[test]
+fn opens_resume_from_the_catalog_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = small_segments(Durability::Sync);
+    let store = open(&dir, options.clone());
+    let tagged = |tag: &str| NewMetadata {
+        tags: vec![tag.into()],
+        ..NewMetadata::default()
+    };
+    let mut ids = Vec::new();
+    for i in 0..6u8 {
+        let bytes = data(4000 * 10, 200 + u64::from(i));
+        ids.push((
+            put_with(&store, &bytes, 4000, tagged("early")).unwrap(),
+            bytes,
+        ));
+    }
+    store.delete(&ids[0].0).unwrap();
+    drop(store);
+    let sealed = segment_files(&dir).len() as u64 - 1;
+    assert!(sealed >= 3, "{sealed} sealed segments");
+
+    let store = open(&dir, options.clone());
+    let stats = store.open_stats();
+    assert!(stats.from_checkpoint, "{stats:?}");
+    assert_eq!(stats.segments_from_checkpoint, sealed, "{stats:?}");
+    // The active segment, which may grow, comes from its clean-close hint.
+    assert_eq!(
+        (stats.segments_from_hints, stats.segments_scanned, stats.meta_records),
+        (1, 0, 0),
+        "{stats:?}"
+    );
+    assert!(store.recovery_report().problems.is_empty());
+    assert!(!store.exists(&ids[0].0).unwrap());
+    let early: Vec<ArtifactId> = ids[1..].iter().map(|(id, _)| *id).collect();
+    assert_eq!(store.find_by_tag("early", 100).unwrap(), early);
+    for (id, bytes) in &ids[1..] {
+        assert_eq!(&get(&store, id).unwrap(), bytes);
+    }
+
+    // A crash: the store is never closed, so nothing past the last
+    // checkpoint (the open's own, if any) is checkpointed.
+    let late_bytes = data(4000 * 20, 220);
+    let late = put_with(&store, &late_bytes, 4000, tagged("late")).unwrap();
+    store.delete(&ids[1].0).unwrap();
+    std::mem::forget(store);
+    let store = open(&dir, options.clone());
+    let stats = store.open_stats();
+    assert!(stats.from_checkpoint, "{stats:?}");
+    assert_eq!(stats.meta_records, 2, "the put and the delete: {stats:?}");
+    assert!(stats.segments_from_checkpoint >= sealed - 1, "{stats:?}");
+    assert!(store.recovery_report().problems.is_empty());
+    assert_eq!(get(&store, &late).unwrap(), late_bytes);
+    assert!(!store.exists(&ids[1].0).unwrap());
+    assert_eq!(store.find_by_tag("early", 100).unwrap(), early[1..]);
+    assert_eq!(store.find_by_tag("late", 100).unwrap(), [late]);
+    std::mem::forget(store);
+
+    let store = open(&dir, options);
+    let stats = store.open_stats();
+    assert_eq!(
+        stats.meta_records, 0,
+        "the replay was checkpointed: {stats:?}"
+    );
+    assert_eq!(get(&store, &late).unwrap(), late_bytes);
+    assert_eq!(store.find_by_tag("early", 100).unwrap(), early[1..]);
 }
 
 /// A torn hint (a crash or bad disk under `Durability::None`, or bit rot)
@@ -1451,6 +1536,7 @@ fn torn_stale_or_missing_hints_fall_back_to_scanning() {
     let temp = dir.path().join("segments/0000000000000001.hint.tmp");
     std::fs::write(&temp, b"partial").unwrap();
 
+    forget_catalog(&dir);
     let store = open(&dir, options.clone());
     let stats = store.open_stats();
     assert_eq!(stats.segments_from_hints, sealed + 1 - 3);
@@ -1480,6 +1566,7 @@ fn torn_stale_or_missing_hints_fall_back_to_scanning() {
         .unwrap()
         .set_len(len + 100)
         .unwrap();
+    forget_catalog(&dir);
     let store = open(&dir, options.clone());
     assert_eq!(store.open_stats().segments_from_hints, sealed);
     assert_eq!(store.open_stats().segments_scanned, 1);
@@ -1495,6 +1582,7 @@ fn torn_stale_or_missing_hints_fall_back_to_scanning() {
         .unwrap()
         .set_len(len)
         .unwrap();
+    forget_catalog(&dir);
     let store = open(&dir, options.clone());
     let problems = store.recovery_report().problems;
     assert!(
@@ -1507,6 +1595,7 @@ fn torn_stale_or_missing_hints_fall_back_to_scanning() {
     drop(store);
 
     // Everything opened from rewritten hints.
+    forget_catalog(&dir);
     let store = open(&dir, options);
     assert_eq!(store.open_stats().segments_from_hints, sealed + 1);
     assert!(store.recovery_report().problems.is_empty());
@@ -1545,6 +1634,7 @@ fn hints_stay_consistent_across_compaction() {
         b"whatever",
     )
     .unwrap();
+    forget_catalog(&dir);
     let store = open(&dir, options);
     assert!(store.recovery_report().problems.is_empty());
     assert!(
@@ -1557,7 +1647,7 @@ fn hints_stay_consistent_across_compaction() {
         segments.len() as u64
     );
     assert_eq!(get(&store, &kept).unwrap(), kept_bytes);
-    assert!(!store.exists(&dropped));
+    assert!(!store.exists(&dropped).unwrap());
     assert_eq!(store.stats().chunks, 80);
 }
 
@@ -1885,6 +1975,7 @@ fn payloads_cannot_forge_record_headers_for_recovery_to_pick_up() {
     // The carrier is the first record: damage its header's length field.
     flip_byte(&first, format::SEGMENT_HEADER_BYTES + 9);
     std::fs::remove_file(dir.path().join("segments/0000000000000001.hint")).unwrap();
+    forget_catalog(&dir);
     let store = open(&dir, options);
     assert_eq!(
         get(&store, &victim).unwrap(),

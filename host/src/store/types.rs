@@ -534,6 +534,11 @@ pub enum ProblemKind {
     /// the current one at open (a full disk, say): it stays in force, in
     /// its version, and the next open tries again. Nothing is lost.
     LogNotUpgraded,
+    /// The catalog database's checkpoint did not match the files (a
+    /// segment or `meta.log` changed under it, or the database could not
+    /// be read): the tables were rebuilt from the segments and the log.
+    /// Nothing is lost.
+    CatalogRebuilt,
 }
 
 impl ProblemKind {
@@ -550,6 +555,7 @@ impl ProblemKind {
                 | ProblemKind::TornRecord
                 | ProblemKind::UnfinishedCompaction
                 | ProblemKind::LogNotUpgraded
+                | ProblemKind::CatalogRebuilt
         )
     }
 }
@@ -570,6 +576,12 @@ pub struct OpenStats {
     pub chunk_records: u64,
     /// Metadata log records replayed.
     pub meta_records: u64,
+    /// Sealed segments a checkpoint of the catalog database covered whole:
+    /// neither read nor scanned.
+    pub segments_from_checkpoint: u64,
+    /// The open found a checkpoint of the catalog database and replayed
+    /// `meta.log` only past it.
+    pub from_checkpoint: bool,
 }
 
 /// The result of [`Store::verify_all`](super::Store::verify_all).
@@ -584,6 +596,9 @@ pub struct VerifyReport {
     /// artifact's own bytes are not affected, and an incremental update
     /// (`remove_links`) can drop it.
     pub dangling_links: Vec<(ArtifactId, ArtifactId)>,
+    /// What re-reading `meta.log` found wrong with it (bit rot in records
+    /// an open from a checkpoint did not read; see `meta::check`).
+    pub log_problems: Vec<Problem>,
 }
 
 /// When and how much garbage collection does, for

@@ -233,7 +233,7 @@ impl Upload {
         for digest in digests {
             let present = self.pinned.contains(digest) || {
                 self.check_pin_room()?;
-                let pinned = state.index.pin(digest);
+                let pinned = self.store.inner.db(state.db.pin(digest))?;
                 if pinned {
                     self.pinned.insert(*digest);
                 }
@@ -243,9 +243,9 @@ impl Upload {
                 // Present: its bytes count towards the artifact now (a
                 // missing one's when it is put).
                 let len = state
-                    .index
-                    .get(digest)
-                    .expect("pinned chunks stay indexed")
+                    .db
+                    .chunk(digest)?
+                    .ok_or_else(|| not_indexed(digest))?
                     .len;
                 self.content_bytes = self.content_with(len, digest)?;
             }
@@ -309,7 +309,7 @@ impl Upload {
         let len = bytes.len() as u32;
         let content_bytes = self.content_with(len, digest)?;
         let mut state = lock(&self.store.inner.state);
-        if state.index.pin(digest) {
+        if self.store.inner.db(state.db.pin(digest))? {
             self.pinned.insert(*digest);
             self.content_bytes = content_bytes;
             return Ok(());
@@ -324,9 +324,9 @@ impl Upload {
             }
         }
         let (segment, offset, sealed) = state.segments.append(digest, bytes)?;
-        state
-            .index
-            .insert_put(*digest, Location { segment, offset }, len);
+        self.store.inner.db(state
+            .db
+            .insert_put(*digest, Location { segment, offset }, len))?;
         self.pinned.insert(*digest);
         self.content_bytes = content_bytes;
         // Checkpoint the active segment every ACTIVE_CHECKPOINT_BYTES, so
@@ -425,9 +425,9 @@ impl Upload {
             let state = lock(&self.store.inner.state);
             for (i, chunk) in chunks.iter().enumerate() {
                 let entry = state
-                    .index
-                    .get(&chunk.digest)
-                    .expect("pinned chunks stay indexed");
+                    .db
+                    .chunk(&chunk.digest)?
+                    .ok_or_else(|| not_indexed(&chunk.digest))?;
                 if entry.len != chunk.len {
                     return Err(invalid(format!(
                         "chunk {i} ({}) is {} bytes, the manifest says {}",
@@ -449,7 +449,7 @@ impl Upload {
                         .exceeded(format_args!("an artifact of {size} bytes, at most {max}")));
                 }
             }
-            check_links(&state.catalog, &links)?;
+            check_links(&state.db, &links)?;
         }
 
         // The whole-content digest: hashed as the chunks went by, or read
@@ -496,7 +496,10 @@ impl Upload {
         }
         let mut state = lock(&self.store.inner.state);
         for digest in self.pinned.drain() {
-            state.index.unpin(&digest);
+            if let Err(error) = state.db.unpin(&digest) {
+                self.store.inner.db_failed(&error.into());
+                return;
+            }
         }
     }
 }
@@ -506,4 +509,12 @@ impl Drop for Upload {
         self.release_pins();
         self.release_writer_slot();
     }
+}
+
+/// A chunk an upload pinned is not in the index: pinned chunks stay
+/// indexed, so only a failing catalog database gets here.
+fn not_indexed(digest: &Hash) -> StoreError {
+    StoreError::Corrupted(format!(
+        "chunk {digest}: pinned by this upload, but not in the catalog database"
+    ))
 }

@@ -138,6 +138,8 @@ pub enum Fault {
 pub struct SimStats {
     pub writes: u64,
     pub write_bytes: u64,
+    /// `write_bytes` by path (from the disk's root).
+    pub write_bytes_per_file: std::collections::BTreeMap<String, u64>,
     pub reads: u64,
     pub syncs: u64,
     pub dir_syncs: u64,
@@ -984,6 +986,11 @@ impl Disk {
             });
             self.account(id, before);
             self.stats.write_bytes += n;
+            *self
+                .stats
+                .write_bytes_per_file
+                .entry(path.to_string())
+                .or_default() += n;
         }
         if error.is_none() {
             self.note(what);

@@ -165,11 +165,11 @@ fn a_read_only_store_is_a_snapshot_of_committed_state() {
     writer.delete(&first_id).unwrap();
 
     assert_eq!(get(&before, &first_id).unwrap(), first);
-    assert!(!before.exists(&second_id));
+    assert!(!before.exists(&second_id).unwrap());
     assert_eq!(before.stats().artifacts, 1);
 
     let after = open_read_only(&dir, unsynced()).unwrap();
-    assert!(!after.exists(&first_id));
+    assert!(!after.exists(&first_id).unwrap());
     assert_eq!(get(&after, &second_id).unwrap(), second);
     assert_refuses_writes(&after, &second_id);
     // The writer is unaffected by its readers.
