@@ -168,9 +168,12 @@ pub(super) fn run(store: &Store, policy: &GcPolicy) -> Result<GcReport, StoreErr
 /// allocation shrank by, so holes punched before are not counted again).
 fn punch(store: &Store, id: u64, report: &mut GcReport) -> Result<(), StoreError> {
     let inner = &store.inner;
+    // No hint of this segment is written from the records forgotten below
+    // until the punch is done or abandoned.
+    let _hints = lock(&inner.hints);
     let plans = lock(&inner.state).segments.sync_plans_all();
     inner.run_sync_plans(plans)?;
-    let (file, ranges, writer) = {
+    let (file, ranges, forgotten, writer) = {
         let mut state = lock(&inner.state);
         let Some(file) = state.segments.handle(id) else {
             return Ok(());
@@ -181,17 +184,20 @@ fn punch(store: &Store, id: u64, report: &mut GcReport) -> Result<(), StoreError
                 live.push((location.offset, len));
             }
         }
-        let ranges = state.segments.dead_ranges(id, &live);
+        let (ranges, forgotten) = state.segments.dead_ranges(id, &live);
         state.segments.remove_hint(id)?;
-        (file, ranges, state.segments.hint_writer())
+        (file, ranges, forgotten, state.segments.hint_writer())
     };
     inner.note_sync(writer.sync_dir())?;
     // The catalog database's last checkpoint must not place a chunk in a
     // hole: it is taken now, with the garbage dropped. Tables rebuilt from
-    // the disk meanwhile index that garbage again: nothing is punched.
+    // the disk meanwhile index that garbage again: nothing is punched, and
+    // the records are put back for the segment's next hint (none can be
+    // written meanwhile: the hint lock is held).
     let generation = inner.tables_generation();
     inner.checkpoint_tables(&lock(&inner.meta_log))?;
     if inner.tables_generation() != generation {
+        lock(&inner.state).segments.restore_records(id, forgotten);
         return Ok(());
     }
     let allocated = |file: &dyn super::backend::BackendFile| {

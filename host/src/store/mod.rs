@@ -151,7 +151,8 @@ struct Inner {
     /// One garbage collection at a time.
     gc: Mutex<()>,
     /// One hint write at a time (seals and active-segment checkpoints may
-    /// write the same segment's hint).
+    /// write the same segment's hint), and none during a punch. Lock
+    /// order: `hints` before `meta_log`.
     hints: Mutex<()>,
     /// Commits waiting for a shared fsync (`Durability::Batch`).
     group: Group,

@@ -780,12 +780,17 @@ impl Segments {
     /// does, in file order), in place, with `punch_hole`: how GC makes room
     /// on a full disk, where copying live records elsewhere first would
     /// need space it does not have. Returns the ranges to punch, after
-    /// forgetting them in the records kept for the active segment's hint.
+    /// forgetting them in the records kept for the segment's next hint
+    /// (and those records, for [`Segments::restore_records`]).
     /// The caller removes the segment's hint (durably) before punching: a
     /// hint listing a punched record would index zeros.
-    pub fn dead_ranges(&mut self, id: u64, live: &[(u64, u32)]) -> Vec<(u64, u64)> {
+    pub fn dead_ranges(
+        &mut self,
+        id: u64,
+        live: &[(u64, u32)],
+    ) -> (Vec<(u64, u64)>, Vec<HintEntry>) {
         let Some(segment) = self.segments.get(&id) else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
         let mut ranges = Vec::new();
         let mut at = SEGMENT_HEADER_BYTES;
@@ -799,14 +804,40 @@ impl Segments {
             ranges.push((at, segment.len - at));
         }
         let live: BTreeSet<u64> = live.iter().map(|&(offset, _)| offset).collect();
+        let mut forgotten = Vec::new();
+        let mut forget = |records: &mut Vec<HintEntry>| {
+            records.retain(|r| {
+                let keep = live.contains(&r.offset);
+                if !keep {
+                    forgotten.push(*r);
+                }
+                keep
+            })
+        };
         if id == self.active {
-            self.active_records.retain(|r| live.contains(&r.offset));
+            forget(&mut self.active_records);
             self.active_hinted_len = 0;
         }
         if let Some(records) = self.sealing.get_mut(&id) {
-            records.retain(|r| live.contains(&r.offset));
+            forget(records);
         }
-        ranges
+        (ranges, forgotten)
+    }
+
+    /// Puts back the records [`Segments::dead_ranges`] forgot, for a punch
+    /// that was abandoned (the records stay, so the segment's next hint
+    /// must list them).
+    pub fn restore_records(&mut self, id: u64, records: Vec<HintEntry>) {
+        let target = if id == self.active {
+            Some(&mut self.active_records)
+        } else {
+            self.sealing.get_mut(&id)
+        };
+        if let Some(target) = target {
+            target.extend(records);
+            target.sort_by_key(|r| r.offset);
+            target.dedup_by_key(|r| r.offset);
+        }
     }
 
     /// Removes segment `id`'s hint file, if any (see [`Segments::dead_ranges`]).

@@ -1462,7 +1462,11 @@ fn opens_resume_from_the_catalog_checkpoint() {
     assert_eq!(stats.segments_from_checkpoint, sealed, "{stats:?}");
     // The active segment, which may grow, comes from its clean-close hint.
     assert_eq!(
-        (stats.segments_from_hints, stats.segments_scanned, stats.meta_records),
+        (
+            stats.segments_from_hints,
+            stats.segments_scanned,
+            stats.meta_records
+        ),
         (1, 0, 0),
         "{stats:?}"
     );
