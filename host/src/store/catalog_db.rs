@@ -273,6 +273,30 @@ pub fn at_seq(t: &mut Tables<'_>, seq: u64) -> Result<Option<Artifact>, DbError>
         .transpose()
 }
 
+/// The id of the live artifact at `seq`, read without decoding the rest
+/// of its record (its checksum is still checked).
+pub fn id_at_seq(t: &mut Tables<'_>, seq: u64) -> Result<Option<ArtifactId>, DbError> {
+    let table = t.artifacts()?;
+    let Some(value) = table.get(seq)? else {
+        return Ok(None);
+    };
+    let bytes = value.value();
+    let bad = |why: String| corrupt(format!("catalog database: artifact #{seq}: {why}"));
+    let record = bytes.get(8..).ok_or_else(|| bad("short value".into()))?;
+    let header = format::decode_meta_header_record(record).map_err(bad)?;
+    let payload = record
+        .get(format::META_RECORD_HEADER_BYTES as usize..)
+        .filter(|payload| payload.len() == header.payload_len as usize)
+        .ok_or_else(|| bad("record length does not match".into()))?;
+    format::check_meta_crc(&header, payload).map_err(bad)?;
+    // A commit's payload begins with the id.
+    let id: [u8; 16] = payload
+        .get(..16)
+        .and_then(|id| id.try_into().ok())
+        .ok_or_else(|| bad("short commit record".into()))?;
+    Ok(Some(ArtifactId::from_bytes(id)))
+}
+
 /// A live artifact.
 pub fn lookup(t: &mut Tables<'_>, id: &ArtifactId) -> Result<Option<Artifact>, DbError> {
     match seq_of(t, id)? {

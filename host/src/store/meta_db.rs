@@ -420,6 +420,11 @@ impl MetaDb {
         catalog_db::seq_of(&mut catalog_db::Tables::new(self.txn()?), id)
     }
 
+    /// The id of the live artifact at `seq` (its record otherwise unread).
+    pub fn id_at_seq(&self, seq: u64) -> Result<Option<ArtifactId>, DbError> {
+        catalog_db::id_at_seq(&mut catalog_db::Tables::new(self.txn()?), seq)
+    }
+
     pub fn at_seq(&self, seq: u64) -> Result<Option<Artifact>, DbError> {
         catalog_db::at_seq(&mut catalog_db::Tables::new(self.txn()?), seq)
     }

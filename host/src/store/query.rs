@@ -78,9 +78,12 @@ pub fn check_query(query: &Query) -> Result<(), StoreError> {
 }
 
 /// Largest filename-prefix or time-range match set materialized to drive a
-/// query; a wider one is left to a walk in commit order, where dense
-/// matches fill a page quickly.
-const RANGE_DRIVER_MAX: usize = 4096;
+/// query (a range scan of the postings, then a sort: a few milliseconds at
+/// this bound); a wider one is left to a walk in commit order, where dense
+/// matches fill a page quickly if they begin early in it. Creation times
+/// follow commit order, so a narrow range of them is dense in one stretch
+/// of it that a walk from the start would take long to reach.
+const RANGE_DRIVER_MAX: usize = 65_536;
 
 /// A key's postings are counted up to this to order a query's sets.
 const COUNT_MAX: usize = 4096;
@@ -341,6 +344,10 @@ impl Store {
                 set => sets.push(set),
             }
         }
+        // Every set is exact (a key's postings, a source's live links, the
+        // whole of a narrow range): when every condition gave one, a
+        // position in all of them matches, and only its id is read.
+        let exact = !scan && !query.conditions.is_empty() && sets.len() == query.conditions.len();
         sets.sort_by_key(Driver::len);
         let order = query.order;
         let mut leapfrog = Leapfrog::new(&sets, after, order);
@@ -359,6 +366,17 @@ impl Store {
                 leapfrog.next(db)?
             };
             let Some(seq) = seq else { break };
+            if exact {
+                let Some(id) = db.id_at_seq(seq)? else {
+                    continue;
+                };
+                if ids.len() == query.limit {
+                    more = true;
+                    break;
+                }
+                ids.push(id);
+                continue;
+            }
             let Some(artifact) = db.at_seq(seq)? else {
                 continue;
             };

@@ -455,7 +455,9 @@ impl Segments {
                     rewrites.insert(id, ranges);
                 }
             }
-            for record in &records {
+            // Records a checkpoint covers are in the tables already (the
+            // active segment's are still kept below, for its next hint).
+            for record in records.iter().filter(|r| r.offset >= covered_len) {
                 found(
                     Hash::from_bytes(record.digest),
                     Location {
@@ -464,8 +466,8 @@ impl Segments {
                     },
                     record.payload_len,
                 )?;
+                outcome.stats.chunk_records += 1;
             }
-            outcome.stats.chunk_records += records.len() as u64;
             if active {
                 active_records = records;
                 active_hinted_len = hinted_len;
