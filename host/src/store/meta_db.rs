@@ -420,9 +420,9 @@ impl MetaDb {
         catalog_db::seq_of(&mut catalog_db::Tables::new(self.txn()?), id)
     }
 
-    /// The id of the live artifact at `seq` (its record otherwise unread).
-    pub fn id_at_seq(&self, seq: u64) -> Result<Option<ArtifactId>, DbError> {
-        catalog_db::id_at_seq(&mut catalog_db::Tables::new(self.txn()?), seq)
+    /// The catalog tables, opened once for a run of reads (a query).
+    pub fn catalog_tables(&self) -> Result<catalog_db::Tables<'_>, DbError> {
+        Ok(catalog_db::Tables::new(self.txn()?))
     }
 
     pub fn at_seq(&self, seq: u64) -> Result<Option<Artifact>, DbError> {
@@ -504,11 +504,6 @@ impl MetaDb {
             modified_ms,
             fields,
         )
-    }
-
-    /// The first posting of `key` at or beyond `from` in `order`.
-    pub fn seek(&self, key: &Key, from: u64, order: Order) -> Result<Option<u64>, DbError> {
-        catalog_db::seek(&mut catalog_db::Tables::new(self.txn()?), key, from, order)
     }
 
     /// How many live artifacts carry `key`, counted up to `max`.

@@ -14,6 +14,7 @@ use super::format::{
 };
 use std::collections::HashMap;
 
+use super::catalog_db;
 use super::db::DbError;
 use super::meta_db::MetaDb;
 use super::meta_index::Key;
@@ -115,9 +116,14 @@ impl Driver {
 
     /// The first position at or beyond `from` in `order`; `All` and
     /// `Empty` are never sought.
-    fn seek(&self, db: &MetaDb, from: u64, order: Order) -> Result<Option<u64>, DbError> {
+    fn seek(
+        &self,
+        t: &mut catalog_db::Tables<'_>,
+        from: u64,
+        order: Order,
+    ) -> Result<Option<u64>, DbError> {
         match self {
-            Driver::Postings(key, _) => db.seek(key, from, order),
+            Driver::Postings(key, _) => catalog_db::seek(t, key, from, order),
             Driver::Seqs(seqs) => Ok(match order {
                 Order::OldestFirst => {
                     let at = seqs.partition_point(|&seq| seq < from);
@@ -152,13 +158,13 @@ impl<'s> Leapfrog<'s> {
         Leapfrog { sets, from, order }
     }
 
-    fn next(&mut self, db: &MetaDb) -> Result<Option<u64>, DbError> {
+    fn next(&mut self, t: &mut catalog_db::Tables<'_>) -> Result<Option<u64>, DbError> {
         let Some(mut from) = self.from else {
             return Ok(None);
         };
         'search: loop {
             for set in self.sets {
-                let Some(at) = set.seek(db, from, self.order)? else {
+                let Some(at) = set.seek(t, from, self.order)? else {
                     self.from = None;
                     return Ok(None);
                 };
@@ -273,7 +279,7 @@ struct Walk {
 }
 
 impl Walk {
-    fn next(&mut self, db: &MetaDb) -> Result<Option<u64>, DbError> {
+    fn next(&mut self, t: &mut catalog_db::Tables<'_>) -> Result<Option<u64>, DbError> {
         loop {
             if let Some(seq) = self.batch.next() {
                 self.after = Some(seq);
@@ -282,7 +288,7 @@ impl Walk {
             if self.done {
                 return Ok(None);
             }
-            let batch = db.live_seqs(self.after, self.order, 256)?;
+            let batch = catalog_db::live_seqs(t, self.after, self.order, 256)?;
             self.done = batch.len() < 256;
             self.batch = batch.into_iter();
         }
@@ -359,15 +365,18 @@ impl Store {
         };
         let mut ids = Vec::new();
         let mut more = false;
+        // Opened once for the whole page: each seek and read would
+        // otherwise open its table again.
+        let mut t = db.catalog_tables()?;
         loop {
             let seq = if sets.is_empty() {
-                walk.next(db)?
+                walk.next(&mut t)?
             } else {
-                leapfrog.next(db)?
+                leapfrog.next(&mut t)?
             };
             let Some(seq) = seq else { break };
             if exact {
-                let Some(id) = db.id_at_seq(seq)? else {
+                let Some(id) = catalog_db::id_at_seq(&mut t, seq)? else {
                     continue;
                 };
                 if ids.len() == query.limit {
@@ -377,7 +386,7 @@ impl Store {
                 ids.push(id);
                 continue;
             }
-            let Some(artifact) = db.at_seq(seq)? else {
+            let Some(artifact) = catalog_db::at_seq(&mut t, seq)? else {
                 continue;
             };
             let meta = &artifact.meta;
