@@ -108,7 +108,13 @@ struct Options {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(at) = args.iter().position(|a| a == "--probe-open") {
-        probe_open(Path::new(&args[at + 1]));
+        probe_open(Path::new(&args[at + 1]), false);
+        return;
+    }
+    // A reader beside a writer: `Store::open_read_only` rebuilds the
+    // tables in memory (measured by hand: `--probe-open-read-only DIR`).
+    if let Some(at) = args.iter().position(|a| a == "--probe-open-read-only") {
+        probe_open(Path::new(&args[at + 1]), true);
         return;
     }
     let options = parse_options(&args);
@@ -556,11 +562,18 @@ fn rss_kib() -> (u64, u64) {
 }
 
 /// The child's side: opens the store in `path`, prints one JSON line.
-fn probe_open(path: &Path) {
+fn probe_open(path: &Path, read_only: bool) {
     let dir = open_dir(path);
     let (rss_before, _) = rss_kib();
     let started = Instant::now();
-    let store = Store::open(dir, StoreOptions::default()).expect("open");
+    let store = if read_only {
+        let backend: std::sync::Arc<dyn tensor_blob_host::store::backend::Backend> =
+            std::sync::Arc::new(tensor_blob_host::store::backend::cap::CapDir::new(dir));
+        Store::open_read_only(backend, StoreOptions::default())
+    } else {
+        Store::open(dir, StoreOptions::default())
+    }
+    .expect("open");
     let open = started.elapsed();
     let (rss, hwm) = rss_kib();
     let stats = store.stats();

@@ -267,13 +267,16 @@ impl MetaDb {
         op(&mut self.chunks, &mut chunk_db::Tables::new(txn))
     }
 
-    pub fn insert_found(
-        &mut self,
-        digest: Hash,
-        location: Location,
-        len: u32,
-    ) -> Result<bool, DbError> {
-        self.chunk_op(|c, t| c.insert_found(t, digest, location, len))
+    /// Indexes records an open found in the segments (a digest already
+    /// indexed keeps its entry), with the tables opened once per run of
+    /// them (an open indexes millions).
+    pub fn insert_found_all(&mut self, found: &[(Hash, Location, u32)]) -> Result<(), DbError> {
+        self.chunk_op(|c, t| {
+            for &(digest, location, len) in found {
+                c.insert_found(t, digest, location, len)?;
+            }
+            Ok(())
+        })
     }
 
     /// A chunk an upload wrote, pinned for it.

@@ -1212,20 +1212,30 @@ fn build_state(
         }
     };
     let open_segments = |db: &mut MetaDb| {
-        let mut found = |digest, location, len| {
-            db.insert_found(digest, location, len)
-                .map(|_| ())
-                .map_err(StoreError::from)
+        // Indexed in batches: each batch opens the tables once.
+        const BATCH: usize = 4096;
+        let mut batch = Vec::with_capacity(BATCH);
+        let opened = {
+            let mut found = |digest, location, len| {
+                batch.push((digest, location, len));
+                if batch.len() == BATCH {
+                    db.insert_found_all(&batch)?;
+                    batch.clear();
+                }
+                Ok(())
+            };
+            Segments::open(
+                Arc::clone(segments_dir),
+                segment_bytes_max,
+                options.durability,
+                fsyncs.clone(),
+                read_only,
+                covered,
+                &mut found,
+            )?
         };
-        Segments::open(
-            Arc::clone(segments_dir),
-            segment_bytes_max,
-            options.durability,
-            fsyncs.clone(),
-            read_only,
-            covered,
-            &mut found,
-        )
+        db.insert_found_all(&batch)?;
+        Ok::<_, StoreError>(opened)
     };
     let ((segments, scanned), (meta_log, replayed)) = if read_only {
         // The log first: every chunk a commit it holds names was synced
