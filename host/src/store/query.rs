@@ -368,7 +368,20 @@ impl Store {
         // Opened once for the whole page: each seek and read would
         // otherwise open its table again.
         let mut t = db.catalog_tables()?;
-        loop {
+        // One exact key: its postings are the page, read in one range.
+        let single = match (exact, sets.as_slice()) {
+            (true, [Driver::Postings(key, _)]) => Some(key.clone()),
+            _ => None,
+        };
+        if let Some(key) = &single {
+            let seqs =
+                catalog_db::postings(&mut t, key, after, order, query.limit.saturating_add(1))?;
+            more = seqs.len() > query.limit;
+            for &seq in seqs.iter().take(query.limit) {
+                ids.extend(catalog_db::id_at_seq(&mut t, seq)?);
+            }
+        }
+        while single.is_none() {
             let seq = if sets.is_empty() {
                 walk.next(&mut t)?
             } else {
