@@ -41,6 +41,8 @@ use super::types::{ArtifactId, Metadata, Order};
 
 const ARTIFACTS: TableDefinition<u64, &[u8]> = TableDefinition::new("artifacts");
 const IDS: TableDefinition<u128, u64> = TableDefinition::new("ids");
+/// seq -> id of each live artifact: a query's page reads only these.
+const SEQ_IDS: TableDefinition<u64, u128> = TableDefinition::new("seq_ids");
 const POSTINGS: TableDefinition<&[u8], ()> = TableDefinition::new("postings");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
@@ -50,6 +52,7 @@ pub struct Tables<'t> {
     txn: &'t WriteTransaction,
     artifacts: Option<Table<'t, u64, &'static [u8]>>,
     ids: Option<Table<'t, u128, u64>>,
+    seq_ids: Option<Table<'t, u64, u128>>,
     postings: Option<Table<'t, &'static [u8], ()>>,
     counters: Option<Table<'t, &'static str, u64>>,
 }
@@ -60,6 +63,7 @@ impl<'t> Tables<'t> {
             txn,
             artifacts: None,
             ids: None,
+            seq_ids: None,
             postings: None,
             counters: None,
         }
@@ -71,6 +75,10 @@ impl<'t> Tables<'t> {
 
     fn ids(&mut self) -> Result<&mut Table<'t, u128, u64>, DbError> {
         db::opened(self.txn, &mut self.ids, IDS)
+    }
+
+    fn seq_ids(&mut self) -> Result<&mut Table<'t, u64, u128>, DbError> {
+        db::opened(self.txn, &mut self.seq_ids, SEQ_IDS)
     }
 
     fn postings(&mut self) -> Result<&mut Table<'t, &'static [u8], ()>, DbError> {
@@ -214,6 +222,10 @@ fn add_counter(t: &mut Tables<'_>, name: &str, delta: i128) -> Result<(), DbErro
 fn put_live(t: &mut Tables<'_>, artifact: &Artifact) -> Result<(), DbError> {
     t.artifacts()?
         .insert(artifact.seq, encode_artifact(artifact).as_slice())?;
+    t.seq_ids()?.insert(
+        artifact.seq,
+        u128::from_be_bytes(*artifact.meta.id.as_bytes()),
+    )?;
     let postings = t.postings()?;
     for key in postings_of(artifact.seq, &artifact.meta) {
         postings.insert(key.as_slice(), ())?;
@@ -273,28 +285,11 @@ pub fn at_seq(t: &mut Tables<'_>, seq: u64) -> Result<Option<Artifact>, DbError>
         .transpose()
 }
 
-/// The id of the live artifact at `seq`, read without decoding the rest
-/// of its record (its checksum is still checked).
+/// The id of the live artifact at `seq`, from the small seq -> id table
+/// (a page of query results reads nothing else).
 pub fn id_at_seq(t: &mut Tables<'_>, seq: u64) -> Result<Option<ArtifactId>, DbError> {
-    let table = t.artifacts()?;
-    let Some(value) = table.get(seq)? else {
-        return Ok(None);
-    };
-    let bytes = value.value();
-    let bad = |why: String| corrupt(format!("catalog database: artifact #{seq}: {why}"));
-    let record = bytes.get(8..).ok_or_else(|| bad("short value".into()))?;
-    let header = format::decode_meta_header_record(record).map_err(bad)?;
-    let payload = record
-        .get(format::META_RECORD_HEADER_BYTES as usize..)
-        .filter(|payload| payload.len() == header.payload_len as usize)
-        .ok_or_else(|| bad("record length does not match".into()))?;
-    format::check_meta_crc(&header, payload).map_err(bad)?;
-    // A commit's payload begins with the id.
-    let id: [u8; 16] = payload
-        .get(..16)
-        .and_then(|id| id.try_into().ok())
-        .ok_or_else(|| bad("short commit record".into()))?;
-    Ok(Some(ArtifactId::from_bytes(id)))
+    let id = t.seq_ids()?.get(seq)?.map(|id| id.value());
+    Ok(id.map(|id| ArtifactId::from_bytes(id.to_be_bytes())))
 }
 
 /// A live artifact.
@@ -313,6 +308,7 @@ pub fn remove(t: &mut Tables<'_>, id: &ArtifactId) -> Result<Option<Artifact>, D
     };
     unindex(t, &artifact)?;
     t.artifacts()?.remove(artifact.seq)?;
+    t.seq_ids()?.remove(artifact.seq)?;
     add_counter(t, LIVE, -1)?;
     add_counter(t, LOGICAL_BYTES, -i128::from(artifact.meta.size))?;
     let key = Key::LinksTo(*id);

@@ -70,7 +70,9 @@ pub struct Checkpoint {
     pub segments: BTreeMap<u64, u64>,
 }
 
-const CHECKPOINT_VERSION: u8 = 1;
+/// 2: the catalog's `seq_ids` table (a file of version 1 lacks it and is
+/// rebuilt).
+const CHECKPOINT_VERSION: u8 = 2;
 
 impl Checkpoint {
     fn encode(&self) -> Vec<u8> {
