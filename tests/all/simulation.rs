@@ -814,6 +814,72 @@ fn a_new_stores_directories_survive_a_power_cut() {
     }
 }
 
+/// The tables rebuilt in memory after a failed checkpoint (a full disk)
+/// carry over what only memory knew: an upload's pins and a hold on a
+/// deleted artifact. Method: an upload with a chunk put, a held deleted
+/// artifact and garbage, then a full disk, so GC's checkpoint before its
+/// punch fails and the tables go to memory; then GC with room again must
+/// keep the upload's and the held artifact's chunks, the held artifact
+/// reads whole, the upload commits, and every pin is released without a
+/// panic (an unpin finds its pin).
+#[test]
+fn tables_rebuilt_after_a_failed_checkpoint_keep_pins_and_holds() {
+    let disk = SimDisk::new(31);
+    let options = StoreOptions::default();
+    let store = Store::open_backend(disk.root(), options.clone()).unwrap();
+    let bytes = |len: u32, salt: u8| -> Vec<u8> {
+        (0..len)
+            .map(|j| (j as u8).wrapping_mul(31) ^ salt ^ (j >> 9) as u8)
+            .collect()
+    };
+    let held_bytes = bytes(200_000, 1);
+    let held = put_one(&store, &held_bytes);
+    let garbage = put_one(&store, &bytes(1_500_000, 2));
+    let hold = store.hold(&held).unwrap();
+    store.delete(&held).unwrap();
+    store.delete(&garbage).unwrap();
+    let new_bytes = bytes(300_000, 3);
+    let digest = Hash::of(&new_bytes);
+    let mut upload = store.begin_upload();
+    upload.put_chunk(&digest, &new_bytes).unwrap();
+
+    disk.set_space_limit(Some(disk.used_bytes()));
+    store.gc().unwrap();
+    let catalog = disk.root().open(CATALOG_DB_NAME, OpenMode::Read);
+    assert!(
+        catalog
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound),
+        "the checkpoint failed and the tables went to memory: {:?}",
+        catalog.map(|_| ())
+    );
+    assert!(!store.is_read_only());
+
+    disk.set_space_limit(None);
+    let report = store.gc().unwrap();
+    assert!(report.chunk_bytes_removed >= 1_500_000, "{report:?}");
+    assert_eq!(read(&store, &held), held_bytes, "the hold keeps it whole");
+    let id = upload
+        .commit(
+            &[ChunkRef {
+                digest,
+                len: new_bytes.len() as u32,
+            }],
+            new_bytes.len() as u64,
+            &digest,
+            NewMetadata::default(),
+        )
+        .unwrap();
+    drop(hold);
+    store.gc().unwrap();
+    assert_eq!(read(&store, &id), new_bytes);
+    assert!(!store.exists(&held).unwrap());
+    drop(store);
+    let store = Store::open_backend(disk.crash().root(), options).unwrap();
+    assert_eq!(read(&store, &id), new_bytes);
+    assert!(store.recovery_report().damage().next().is_none());
+}
+
 fn put_one(store: &Store, bytes: &[u8]) -> ArtifactId {
     try_put(store, bytes).unwrap()
 }
