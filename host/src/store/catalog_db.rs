@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
-use super::db::{self, DbError};
+use super::db::{self, corrupt, DbError};
 use super::format::{self, MutableFields};
 #[cfg(test)]
 use super::meta::Catalog;
@@ -175,10 +175,6 @@ fn encode_artifact(artifact: &Artifact) -> Vec<u8> {
     let mut out = artifact.meta.modified_ms.to_le_bytes().to_vec();
     out.extend_from_slice(&format::encode_meta_record(&commit));
     out
-}
-
-fn corrupt(what: String) -> DbError {
-    DbError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, what))
 }
 
 fn decode_artifact(seq: u64, bytes: &[u8]) -> Result<Artifact, DbError> {

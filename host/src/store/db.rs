@@ -78,6 +78,11 @@ pub enum DbError {
     Redb(#[from] redb::Error),
 }
 
+/// Damage found in what the database holds: `Corrupted` to the caller.
+pub fn corrupt(what: impl Into<String>) -> DbError {
+    DbError::Io(io::Error::new(io::ErrorKind::InvalidData, what.into()))
+}
+
 impl From<DbError> for crate::error::StoreError {
     fn from(error: DbError) -> Self {
         use crate::error::StoreError;

@@ -24,7 +24,7 @@ use redb::{ReadableDatabase, TableDefinition, WriteTransaction};
 
 use super::catalog_db;
 use super::chunk_db::{self, ChunkDb, SegmentBytes};
-use super::db::{self, DbError};
+use super::db::{self, corrupt, DbError};
 use super::format::MutableFields;
 use super::index::{ChunkEntry, Location};
 use super::meta::{Artifact, Manifest};
@@ -111,13 +111,6 @@ impl Checkpoint {
             segments,
         })
     }
-}
-
-fn corrupt(what: impl Into<String>) -> DbError {
-    DbError::Io(std::io::Error::new(
-        std::io::ErrorKind::InvalidData,
-        what.into(),
-    ))
 }
 
 /// The name index as stored at a checkpoint: containers with their
@@ -223,29 +216,20 @@ impl MetaDb {
 
     /// The open write transaction: none after a commit failed (redb then
     /// refuses the file until it is opened again; see
-    /// `Inner::rebuild_tables`).
+    /// `Inner::tables_to_memory`).
     fn txn(&self) -> Result<&WriteTransaction, DbError> {
         open_txn(&self.txn)
     }
 
     /// Commits everything applied so far, durably, as covering
-    /// `checkpoint` (or, with `None`, as covering nothing: the next open
-    /// rebuilds), and opens the next transaction.
-    pub fn checkpoint(&mut self, checkpoint: Option<&Checkpoint>) -> Result<(), DbError> {
+    /// `checkpoint`, and opens the next transaction.
+    pub fn checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), DbError> {
         {
             let txn = open_txn(&self.txn)?;
             self.chunks.flush(&mut chunk_db::Tables::new(txn))?;
             let mut state = txn.open_table(STATE)?;
-            match checkpoint {
-                Some(checkpoint) => {
-                    state.insert(CHECKPOINT, checkpoint.encode().as_slice())?;
-                    state.insert(NAMES, encode_names(&self.names).as_slice())?;
-                }
-                None => {
-                    state.remove(CHECKPOINT)?;
-                    state.remove(NAMES)?;
-                }
-            }
+            state.insert(CHECKPOINT, checkpoint.encode().as_slice())?;
+            state.insert(NAMES, encode_names(&self.names).as_slice())?;
         }
         open_txn(&self.txn)?;
         let txn = self.txn.take().expect("checked just above");
@@ -428,10 +412,6 @@ impl MetaDb {
     /// The catalog tables, opened once for a run of reads (a query).
     pub fn catalog_tables(&self) -> Result<catalog_db::Tables<'_>, DbError> {
         Ok(catalog_db::Tables::new(self.txn()?))
-    }
-
-    pub fn at_seq(&self, seq: u64) -> Result<Option<Artifact>, DbError> {
-        catalog_db::at_seq(&mut catalog_db::Tables::new(self.txn()?), seq)
     }
 
     /// Whether `id` was ever committed (ids are never reused).

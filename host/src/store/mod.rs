@@ -419,25 +419,8 @@ impl Store {
         // Artifacts a checkpoint covers had every chunk when it was taken,
         // and their segments are there (checked above); the rest are
         // checked one by one.
-        let check: Vec<ArtifactId> = if from_checkpoint {
-            commits
-        } else {
-            let mut all = Vec::new();
-            let mut after = None;
-            loop {
-                let page = db.live_seqs(after, Order::OldestFirst, 4096)?;
-                let Some(&last) = page.last() else { break };
-                for seq in page {
-                    all.extend(db.at_seq(seq)?.map(|a| a.meta.id));
-                }
-                after = Some(last);
-            }
-            all
-        };
-        for id in check {
-            let Some(artifact) = db.live(&id)? else {
-                continue;
-            };
+        let mut check = |artifact: &meta::Artifact| -> Result<(), StoreError> {
+            let id = artifact.meta.id;
             let mut lost = None;
             for (i, chunk) in artifact.manifest.chunks.iter().enumerate() {
                 if db
@@ -456,6 +439,26 @@ impl Store {
                         artifact.seq
                     ),
                 ));
+            }
+            Ok(())
+        };
+        if from_checkpoint {
+            for id in &commits {
+                if let Some(artifact) = db.live(id)? {
+                    check(&artifact)?;
+                }
+            }
+        } else {
+            let mut after = None;
+            loop {
+                let page = db.live_page(after, 4096)?;
+                let Some(last) = page.last().map(|artifact| artifact.seq) else {
+                    break;
+                };
+                for artifact in &page {
+                    check(artifact)?;
+                }
+                after = Some(last);
             }
         }
 
@@ -869,9 +872,11 @@ impl Store {
                 None => return Err(not_found(after)),
             },
         };
-        let mut ids = Vec::new();
-        for seq in state.db.live_seqs(after, Order::OldestFirst, limit)? {
-            ids.extend(state.db.at_seq(seq)?.map(|artifact| artifact.meta.id));
+        let seqs = state.db.live_seqs(after, Order::OldestFirst, limit)?;
+        let mut t = state.db.catalog_tables()?;
+        let mut ids = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            ids.extend(catalog_db::id_at_seq(&mut t, seq)?);
         }
         Ok(ids)
     }
@@ -1593,7 +1598,7 @@ impl Inner {
                 .map(|(&id, segment)| (id, segment.len))
                 .collect(),
         };
-        if let Err(error) = state.db.checkpoint(Some(&checkpoint)) {
+        if let Err(error) = state.db.checkpoint(&checkpoint) {
             let error = StoreError::from(error);
             // On a full disk the store goes on with its tables in memory
             // and no file (deletes and GC must still work there; what a
