@@ -22,7 +22,10 @@
 //!   by the string (filename prefixes are ranges); the seq is 8 bytes
 //!   big-endian, so one key's postings are a range in commit order.
 //!   Creation and modification times are keys of their own kinds.
-//! - `counters`: the next seq, live artifacts, logical bytes.
+//! - `counters`: the next seq, live artifacts, logical bytes, and whether
+//!   creation times follow commit order (the latest creation time, and how
+//!   many commits came in earlier than it): then a creation-time range is
+//!   a range of seqs.
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -93,6 +96,11 @@ impl<'t> Tables<'t> {
 const NEXT_SEQ: &str = "next_seq";
 const LIVE: &str = "live";
 const LOGICAL_BYTES: &str = "logical_bytes";
+/// The latest creation time committed (absent in tables from before it
+/// was kept: [`track_created_order`] computes it).
+const CREATED_MAX: &str = "created_max";
+/// Commits whose creation time was earlier than an earlier commit's.
+const CREATED_DISORDER: &str = "created_disorder";
 
 const KIND_TAG: u8 = 1;
 const KIND_LINKS_TO: u8 = 2;
@@ -151,6 +159,12 @@ fn time_prefix(modified: bool, ms: u64) -> Vec<u8> {
 fn with_seq(mut prefix: Vec<u8>, seq: u64) -> Vec<u8> {
     prefix.extend_from_slice(&seq.to_be_bytes());
     prefix
+}
+
+/// The time of a creation or modification posting.
+fn time_of_posting(key: &[u8]) -> u64 {
+    let time: [u8; 8] = key[1..9].try_into().expect("8 bytes");
+    u64::from_be_bytes(time)
 }
 
 fn seq_of_posting(key: &[u8]) -> u64 {
@@ -214,6 +228,104 @@ fn add_counter(t: &mut Tables<'_>, name: &str, delta: i128) -> Result<(), DbErro
     Ok(())
 }
 
+fn set_counter(t: &mut Tables<'_>, name: &str, value: u64) -> Result<(), DbError> {
+    t.counters()?.insert(name, value)?;
+    Ok(())
+}
+
+/// Makes sure the counters say whether creation times follow commit
+/// order: tables written before they did are walked once (their creation
+/// postings in key order: the seqs rise throughout exactly when they do).
+/// Called at open, before anything is inserted.
+pub fn track_created_order(t: &mut Tables<'_>) -> Result<(), DbError> {
+    if t.counters()?.get(CREATED_MAX)?.is_some() {
+        return Ok(());
+    }
+    let low = time_prefix(false, 0);
+    let high = time_prefix(true, 0);
+    let mut last: Option<u64> = None;
+    let mut disorder = 0;
+    let mut max = 0;
+    for entry in t
+        .postings()?
+        .range::<&[u8]>(low.as_slice()..high.as_slice())?
+    {
+        let (key, _) = entry?;
+        let key = key.value();
+        let seq = seq_of_posting(key);
+        if last.is_some_and(|last| seq < last) {
+            disorder += 1;
+        }
+        last = Some(seq);
+        max = time_of_posting(key);
+    }
+    set_counter(t, CREATED_MAX, max)?;
+    set_counter(t, CREATED_DISORDER, disorder)?;
+    Ok(())
+}
+
+/// The latest creation time committed: a commit's is never earlier (see
+/// [`created_in_commit_order`]).
+pub fn created_max(t: &mut Tables<'_>) -> Result<u64, DbError> {
+    counter(t, CREATED_MAX)
+}
+
+/// Whether the live artifacts' creation times never decrease in commit
+/// order (conservative: a commit that broke it counts until the tables
+/// are rebuilt, though it is deleted since).
+pub fn created_in_commit_order(t: &mut Tables<'_>) -> Result<bool, DbError> {
+    Ok(counter(t, CREATED_DISORDER)? == 0)
+}
+
+/// The first and last seq of the live artifacts created in
+/// `from_ms..to_ms`, if any.
+pub fn created_span(
+    t: &mut Tables<'_>,
+    from_ms: u64,
+    to_ms: u64,
+) -> Result<Option<(u64, u64)>, DbError> {
+    if from_ms >= to_ms {
+        return Ok(None);
+    }
+    let low = with_seq(time_prefix(false, from_ms), 0);
+    let high = with_seq(time_prefix(false, to_ms), 0);
+    let table = t.postings()?;
+    let mut range = table.range::<&[u8]>(low.as_slice()..high.as_slice())?;
+    let Some(first) = range.next() else {
+        return Ok(None);
+    };
+    let first = seq_of_posting(first?.0.value());
+    let last = match range.next_back() {
+        Some(last) => seq_of_posting(last?.0.value()),
+        None => first,
+    };
+    Ok(Some((first, last)))
+}
+
+/// Up to `limit` live seqs in `low..=high`, from `from` on in `order`.
+pub fn live_seqs_in(
+    t: &mut Tables<'_>,
+    low: u64,
+    high: u64,
+    order: Order,
+    limit: usize,
+) -> Result<Vec<u64>, DbError> {
+    let mut seqs = Vec::new();
+    if low > high {
+        return Ok(seqs);
+    }
+    let table = t.seq_ids()?;
+    let range = table.range(low..=high)?;
+    let mut push = |entry: Result<(redb::AccessGuard<u64>, redb::AccessGuard<u128>), _>| {
+        entry.map(|(seq, _)| seqs.push(seq.value()))
+    };
+    match order {
+        Order::OldestFirst => range.take(limit).try_for_each(&mut push)?,
+        Order::NewestFirst => range.rev().take(limit).try_for_each(&mut push)?,
+    }
+    Ok(seqs)
+}
+
 /// Stores `artifact` at its seq and indexes it.
 fn put_live(t: &mut Tables<'_>, artifact: &Artifact) -> Result<(), DbError> {
     t.artifacts()?
@@ -254,6 +366,11 @@ pub fn insert(
         .insert(u128::from_be_bytes(*meta.id.as_bytes()), seq)?;
     add_counter(t, LIVE, 1)?;
     add_counter(t, LOGICAL_BYTES, i128::from(meta.size))?;
+    if meta.created_ms < counter(t, CREATED_MAX)? {
+        add_counter(t, CREATED_DISORDER, 1)?;
+    } else {
+        set_counter(t, CREATED_MAX, meta.created_ms)?;
+    }
     put_live(
         t,
         &Artifact {
@@ -270,6 +387,14 @@ pub fn seq_of(t: &mut Tables<'_>, id: &ArtifactId) -> Result<Option<u64>, DbErro
     let table = t.ids()?;
     let seq = table.get(u128::from_be_bytes(*id.as_bytes()))?;
     Ok(seq.map(|seq| seq.value()))
+}
+
+/// The commit position of a live artifact.
+pub fn live_seq(t: &mut Tables<'_>, id: &ArtifactId) -> Result<Option<u64>, DbError> {
+    match seq_of(t, id)? {
+        Some(seq) if is_live(t, seq)? => Ok(Some(seq)),
+        _ => Ok(None),
+    }
 }
 
 /// The live artifact at `seq`.
@@ -342,6 +467,17 @@ pub fn totals(t: &mut Tables<'_>) -> Result<(u64, u64), DbError> {
     Ok((counter(t, LIVE)?, counter(t, LOGICAL_BYTES)?))
 }
 
+/// The bytes every posting of one key starts with, made once for the many
+/// reads of a query.
+#[derive(Clone, Debug)]
+pub struct Prefix(Vec<u8>);
+
+impl Prefix {
+    pub fn of(key: &Key) -> Prefix {
+        Prefix(key_prefix(key))
+    }
+}
+
 /// Up to `limit` seqs of the live artifacts carrying `key`, past `after`
 /// in `order`.
 pub fn postings(
@@ -351,20 +487,37 @@ pub fn postings(
     order: Order,
     limit: usize,
 ) -> Result<Vec<u64>, DbError> {
-    let prefix = key_prefix(key);
-    let (low, high) = match (after, order) {
-        (None, _) => (0, u64::MAX),
+    let from = match (after, order) {
+        (None, Order::OldestFirst) => 0,
+        (None, Order::NewestFirst) => u64::MAX,
         (Some(seq), Order::OldestFirst) => match seq.checked_add(1) {
-            Some(low) => (low, u64::MAX),
+            Some(from) => from,
             None => return Ok(Vec::new()),
         },
         (Some(seq), Order::NewestFirst) => match seq.checked_sub(1) {
-            Some(high) => (0, high),
+            Some(from) => from,
             None => return Ok(Vec::new()),
         },
     };
-    let low = with_seq(prefix.clone(), low);
-    let high = with_seq(prefix, high);
+    postings_from(t, &Prefix::of(key), from, order, limit)
+}
+
+/// Up to `limit` seqs of the live artifacts carrying a key, from `from`
+/// on in `order` (at or above it oldest first, at or below it newest
+/// first).
+pub fn postings_from(
+    t: &mut Tables<'_>,
+    prefix: &Prefix,
+    from: u64,
+    order: Order,
+    limit: usize,
+) -> Result<Vec<u64>, DbError> {
+    let (low, high) = match order {
+        Order::OldestFirst => (from, u64::MAX),
+        Order::NewestFirst => (0, from),
+    };
+    let low = with_seq(prefix.0.clone(), low);
+    let high = with_seq(prefix.0.clone(), high);
     let table = t.postings()?;
     let range = table.range::<&[u8]>(low.as_slice()..=high.as_slice())?;
     let mut seqs = Vec::new();
@@ -378,45 +531,23 @@ pub fn postings(
     Ok(seqs)
 }
 
+/// Whether the live artifact at `seq` carries the key (one lookup).
+pub fn has_posting(t: &mut Tables<'_>, prefix: &Prefix, seq: u64) -> Result<bool, DbError> {
+    let key = with_seq(prefix.0.clone(), seq);
+    Ok(t.postings()?.get(key.as_slice())?.is_some())
+}
+
 /// Whether the artifact at `seq` is live.
 pub fn is_live(t: &mut Tables<'_>, seq: u64) -> Result<bool, DbError> {
     Ok(t.artifacts()?.get(seq)?.is_some())
 }
 
-/// The first seq of a live artifact carrying `key` at or beyond `from` in
-/// `order` (the leapfrog's step in a query).
-pub fn seek(
-    t: &mut Tables<'_>,
-    key: &Key,
-    from: u64,
-    order: Order,
-) -> Result<Option<u64>, DbError> {
-    let prefix = key_prefix(key);
-    let (low, high) = match order {
-        Order::OldestFirst => (from, u64::MAX),
-        Order::NewestFirst => (0, from),
-    };
-    let low = with_seq(prefix.clone(), low);
-    let high = with_seq(prefix, high);
-    let table = t.postings()?;
-    let mut range = table.range::<&[u8]>(low.as_slice()..=high.as_slice())?;
-    let found = match order {
-        Order::OldestFirst => range.next(),
-        Order::NewestFirst => range.next_back(),
-    };
-    Ok(match found {
-        Some(entry) => Some(seq_of_posting(entry?.0.value())),
-        None => None,
-    })
-}
-
 /// How many live artifacts carry `key`, counted up to `max` (a query
 /// orders its sets by size; beyond a few thousand the order hardly
 /// matters, and counting further would cost a walk).
-pub fn count(t: &mut Tables<'_>, key: &Key, max: usize) -> Result<usize, DbError> {
-    let prefix = key_prefix(key);
-    let low = with_seq(prefix.clone(), 0);
-    let high = with_seq(prefix, u64::MAX);
+pub fn count(t: &mut Tables<'_>, prefix: &Prefix, max: usize) -> Result<usize, DbError> {
+    let low = with_seq(prefix.0.clone(), 0);
+    let high = with_seq(prefix.0.clone(), u64::MAX);
     let table = t.postings()?;
     let mut n = 0;
     for entry in table.range::<&[u8]>(low.as_slice()..=high.as_slice())? {
@@ -527,7 +658,7 @@ pub fn load(t: &mut Tables<'_>, catalog: &Catalog) -> Result<(), DbError> {
     counters.insert(NEXT_SEQ, next)?;
     counters.insert(LIVE, catalog.artifacts.len() as u64)?;
     counters.insert(LOGICAL_BYTES, catalog.logical_bytes)?;
-    Ok(())
+    track_created_order(t)
 }
 
 #[cfg(test)]
@@ -649,6 +780,110 @@ mod tests {
         );
         let set: BTreeSet<u64> = order.iter().copied().collect();
         assert_eq!(set.len(), order.len());
+        // Said to be in commit order: then they are, and a range's span
+        // of seqs is exactly its matches.
+        if created_in_commit_order(t).expect("order") {
+            let created: Vec<u64> = model
+                .order
+                .values()
+                .map(|id| model.artifacts[id].meta.created_ms)
+                .collect();
+            assert!(created.is_sorted(), "{context}: {created:?}");
+            for (from, to) in [(0, u64::MAX), (5, 9), (3, 4), (7, 7)] {
+                let want = model.index.time_range(false, from, to, usize::MAX);
+                let span = created_span(t, from, to).expect("span");
+                assert_eq!(
+                    span,
+                    want.first().zip(want.last()).map(|(a, b)| (*a, *b)),
+                    "{context}"
+                );
+                if let Some((low, high)) = span {
+                    assert_eq!(
+                        live_seqs_in(t, low, high, Order::OldestFirst, usize::MAX).expect("live"),
+                        want,
+                        "{context}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn at_time(created_ms: u64) -> Metadata {
+        let manifest = Manifest::new(Vec::new());
+        Metadata {
+            id: ArtifactId::generate(),
+            filename: None,
+            content_type: None,
+            creator: None,
+            size: 0,
+            digest: Hash::of(b""),
+            chunk_count: manifest.chunks.len() as u64,
+            created_ms,
+            modified_ms: created_ms,
+            tags: Vec::new(),
+            links: Vec::new(),
+            external_links: Vec::new(),
+            custom: Vec::new(),
+        }
+    }
+
+    /// Whether creation times follow commit order is kept as commits come
+    /// (conservatively: a delete does not restore it), and computed by a
+    /// walk for tables written before it was kept, exactly for what is
+    /// live.
+    #[test]
+    fn creation_order_is_kept_and_recomputed_for_older_tables() {
+        let cases: [(&[u64], bool); 4] = [
+            (&[], true),
+            (&[1, 2, 2, 5], true),
+            (&[3, 1, 4], false),
+            (&[7, 7, 6], false),
+        ];
+        for (times, ordered) in cases {
+            let database = redb::Builder::new()
+                .create_with_backend(redb::backends::InMemoryBackend::new())
+                .expect("db");
+            let txn = db::begin_write(&database, false).expect("txn");
+            let mut t = Tables::new(&txn);
+            track_created_order(&mut t).expect("track");
+            let mut ids = Vec::new();
+            for &time in times {
+                let meta = at_time(time);
+                ids.push(meta.id);
+                assert!(insert(&mut t, meta, Arc::new(Manifest::new(Vec::new()))).expect("in"));
+            }
+            assert_eq!(
+                created_in_commit_order(&mut t).expect("o"),
+                ordered,
+                "{times:?}"
+            );
+            assert_eq!(
+                created_max(&mut t).expect("max"),
+                times.iter().copied().max().unwrap_or(0)
+            );
+            // Tables from before the counters: recomputed the same.
+            t.counters().expect("c").remove(CREATED_MAX).expect("rm");
+            t.counters()
+                .expect("c")
+                .remove(CREATED_DISORDER)
+                .expect("rm");
+            track_created_order(&mut t).expect("track");
+            assert_eq!(
+                created_in_commit_order(&mut t).expect("o"),
+                ordered,
+                "{times:?}"
+            );
+            if !ordered {
+                // The commit that broke the order is deleted: the running
+                // counter still says disorder, a walk finds order again.
+                let breaker = if times == [3, 1, 4] { ids[0] } else { ids[2] };
+                remove(&mut t, &breaker).expect("rm");
+                assert!(!created_in_commit_order(&mut t).expect("o"));
+                t.counters().expect("c").remove(CREATED_MAX).expect("rm");
+                track_created_order(&mut t).expect("track");
+                assert!(created_in_commit_order(&mut t).expect("o"), "{times:?}");
+            }
+        }
     }
 
     /// Random inserts, updates and removes applied to both catalogs give

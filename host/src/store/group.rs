@@ -158,6 +158,13 @@ fn run(store: &Store, batch: Vec<Queued>) -> Vec<(u64, Result<ArtifactId, StoreE
     {
         let mut state = lock(&inner.state);
         let mut assigned = HashSet::new();
+        // Creation times never decrease in commit order (a commit that
+        // took its time before an earlier one committed takes that one's),
+        // so a creation-time range is a range of commit positions.
+        let mut created_floor = match state.db.created_max() {
+            Ok(floor) => floor,
+            Err(error) => return fail_all(batch, &StoreError::from(error)),
+        };
         for mut queued in batch {
             // Checked again under the log lock: a link may have gone since
             // the committer checked it.
@@ -217,8 +224,15 @@ fn run(store: &Store, batch: Vec<Queued>) -> Vec<(u64, Result<ArtifactId, StoreE
                 }
             };
             batch_bytes += record_bytes;
-            if let MetaRecord::Commit { id: slot, .. } = &mut queued.record {
+            if let MetaRecord::Commit {
+                id: slot,
+                created_ms,
+                ..
+            } = &mut queued.record
+            {
                 *slot = *id.as_bytes();
+                *created_ms = (*created_ms).max(created_floor);
+                created_floor = *created_ms;
             } else {
                 unreachable!("only commits are queued");
             }

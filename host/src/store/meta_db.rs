@@ -28,7 +28,6 @@ use super::db::{self, corrupt, DbError};
 use super::format::MutableFields;
 use super::index::{ChunkEntry, Location};
 use super::meta::{Artifact, Manifest};
-use super::meta_index::Key;
 use super::names::Names;
 use super::types::{ArtifactId, Hash, Metadata, Order};
 
@@ -166,6 +165,7 @@ impl MetaDb {
     pub fn new(db: redb::Database, on_file: bool) -> Result<MetaDb, DbError> {
         let txn = db::begin_write(&db, on_file)?;
         let chunks = ChunkDb::open(&txn)?;
+        catalog_db::track_created_order(&mut catalog_db::Tables::new(&txn))?;
         Ok(MetaDb {
             txn: Some(txn),
             db,
@@ -397,11 +397,7 @@ impl MetaDb {
 
     /// The commit position of a live artifact.
     pub fn live_seq(&self, id: &ArtifactId) -> Result<Option<u64>, DbError> {
-        let mut t = catalog_db::Tables::new(self.txn()?);
-        match catalog_db::seq_of(&mut t, id)? {
-            Some(seq) if catalog_db::is_live(&mut t, seq)? => Ok(Some(seq)),
-            _ => Ok(None),
-        }
+        catalog_db::live_seq(&mut catalog_db::Tables::new(self.txn()?), id)
     }
 
     /// The commit position of an id ever committed.
@@ -491,29 +487,9 @@ impl MetaDb {
         )
     }
 
-    /// How many live artifacts carry `key`, counted up to `max`.
-    pub fn count(&self, key: &Key, max: usize) -> Result<usize, DbError> {
-        catalog_db::count(&mut catalog_db::Tables::new(self.txn()?), key, max)
-    }
-
-    pub fn filename_prefix(&self, prefix: &str, max: usize) -> Result<Vec<u64>, DbError> {
-        catalog_db::filename_prefix(&mut catalog_db::Tables::new(self.txn()?), prefix, max)
-    }
-
-    pub fn time_range(
-        &self,
-        modified: bool,
-        from_ms: u64,
-        to_ms: u64,
-        max: usize,
-    ) -> Result<Vec<u64>, DbError> {
-        catalog_db::time_range(
-            &mut catalog_db::Tables::new(self.txn()?),
-            modified,
-            from_ms,
-            to_ms,
-            max,
-        )
+    /// The latest creation time committed: the floor of the next one's.
+    pub fn created_max(&self) -> Result<u64, DbError> {
+        catalog_db::created_max(&mut catalog_db::Tables::new(self.txn()?))
     }
 
     /// Up to `limit` live artifacts' seqs in `order` past `after`.

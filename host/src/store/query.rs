@@ -16,7 +16,6 @@ use std::collections::HashMap;
 
 use super::catalog_db;
 use super::db::DbError;
-use super::meta_db::MetaDb;
 use super::meta_index::Key;
 use super::types::{ArtifactId, Condition, Metadata, Order, Query, QueryPage};
 use super::{invalid, lock, not_found, Store, StoreError};
@@ -81,27 +80,47 @@ pub fn check_query(query: &Query) -> Result<(), StoreError> {
 /// Largest filename-prefix or time-range match set materialized to drive a
 /// query (a range scan of the postings, then a sort: a few milliseconds at
 /// this bound); a wider one is left to a walk in commit order, where dense
-/// matches fill a page quickly if they begin early in it. Creation times
-/// follow commit order, so a narrow range of them is dense in one stretch
-/// of it that a walk from the start would take long to reach.
+/// matches fill a page quickly if they begin early in it. A creation-time
+/// range needs none of this while creation times follow commit order (the
+/// store keeps them so): it is a span of seqs.
 const RANGE_DRIVER_MAX: usize = 65_536;
 
-/// A key's postings are counted up to this to order a query's sets.
-const COUNT_MAX: usize = 4096;
+/// A key's postings are counted up to this to order a query's sets (only
+/// when there are two or more): past it the order matters little, as the
+/// intersection probes the other sets and seeks in one that keeps missing.
+const COUNT_MAX: usize = 512;
+
+/// Positions the first set of a query reads in one range.
+const STREAM_BATCH: usize = 128;
+
+/// Probes in a row a set may miss before the intersection seeks in it
+/// instead (a set sparse next to the first one then skips the stretch).
+const PROBE_MISSES: u32 = 8;
 
 /// The candidates one condition names: the sets of all conditions are
 /// intersected in the query's order; every condition is then checked on
-/// each candidate, so the sets change speed, never results.
+/// each candidate unless every set is exact, so the sets change speed,
+/// never results.
 enum Driver {
     /// Some condition matches nothing (the query returns at once).
     Empty,
     /// The postings of a key in the catalog database, and how many there
-    /// are (counted up to [`COUNT_MAX`]).
-    Postings(Key, usize),
+    /// are (counted up to [`COUNT_MAX`], once there are two sets).
+    Postings(catalog_db::Prefix, usize),
     /// Ascending commit positions.
     Seqs(Vec<u64>),
+    /// Every live artifact with a seq in `low..=high`.
+    Span(u64, u64),
     /// No condition narrows the set: walk every live artifact.
     All,
+}
+
+/// `step` from `at` in `order`: the next position to look at.
+fn step(at: u64, order: Order) -> Option<u64> {
+    match order {
+        Order::OldestFirst => at.checked_add(1),
+        Order::NewestFirst => at.checked_sub(1),
+    }
 }
 
 impl Driver {
@@ -110,82 +129,180 @@ impl Driver {
             Driver::Empty => 0,
             Driver::Postings(_, n) => *n,
             Driver::Seqs(seqs) => seqs.len(),
+            Driver::Span(low, high) => usize::try_from(high - low)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1),
             Driver::All => usize::MAX,
         }
     }
 
-    /// The first position at or beyond `from` in `order`; `All` and
-    /// `Empty` are never sought.
+    /// Up to `limit` positions from `from` on in `order`; `All` and
+    /// `Empty` are never read.
+    fn read(
+        &self,
+        t: &mut catalog_db::Tables<'_>,
+        from: u64,
+        order: Order,
+        limit: usize,
+    ) -> Result<Vec<u64>, DbError> {
+        match self {
+            Driver::Postings(prefix, _) => catalog_db::postings_from(t, prefix, from, order, limit),
+            Driver::Seqs(seqs) => Ok(match order {
+                Order::OldestFirst => {
+                    let at = seqs.partition_point(|&seq| seq < from);
+                    seqs[at..].iter().take(limit).copied().collect()
+                }
+                Order::NewestFirst => {
+                    let at = seqs.partition_point(|&seq| seq <= from);
+                    seqs[..at].iter().rev().take(limit).copied().collect()
+                }
+            }),
+            &Driver::Span(low, high) => match order {
+                Order::OldestFirst => {
+                    catalog_db::live_seqs_in(t, from.max(low), high, order, limit)
+                }
+                Order::NewestFirst => {
+                    catalog_db::live_seqs_in(t, low, from.min(high), order, limit)
+                }
+            },
+            Driver::All | Driver::Empty => Ok(Vec::new()),
+        }
+    }
+
+    /// The first position at or beyond `from` in `order`.
     fn seek(
         &self,
         t: &mut catalog_db::Tables<'_>,
         from: u64,
         order: Order,
     ) -> Result<Option<u64>, DbError> {
+        Ok(self.read(t, from, order, 1)?.first().copied())
+    }
+
+    /// Whether the set holds `seq`, a live artifact's.
+    fn contains(&self, t: &mut catalog_db::Tables<'_>, seq: u64) -> Result<bool, DbError> {
         match self {
-            Driver::Postings(key, _) => catalog_db::seek(t, key, from, order),
-            Driver::Seqs(seqs) => Ok(match order {
-                Order::OldestFirst => {
-                    let at = seqs.partition_point(|&seq| seq < from);
-                    seqs.get(at).copied()
-                }
-                Order::NewestFirst => {
-                    let at = seqs.partition_point(|&seq| seq <= from);
-                    at.checked_sub(1).map(|at| seqs[at])
-                }
-            }),
-            Driver::All | Driver::Empty => Ok(None),
+            Driver::Postings(prefix, _) => catalog_db::has_posting(t, prefix, seq),
+            Driver::Seqs(seqs) => Ok(seqs.binary_search(&seq).is_ok()),
+            &Driver::Span(low, high) => Ok((low..=high).contains(&seq)),
+            Driver::All => Ok(true),
+            Driver::Empty => Ok(false),
         }
     }
 }
 
-/// The positions in every one of some sets, beyond a cursor, in order.
-struct Leapfrog<'s> {
+/// The positions of one set read ahead in batches: the set a query's
+/// intersection walks (its seeks only move forward in the order).
+struct Stream {
+    ahead: std::collections::VecDeque<u64>,
+    /// The last read ended the set.
+    ended: bool,
+    /// Nothing read yet.
+    fresh: bool,
+}
+
+impl Stream {
+    fn new() -> Stream {
+        Stream {
+            ahead: Default::default(),
+            ended: false,
+            fresh: true,
+        }
+    }
+
+    /// The first position of `set` at or beyond `from` in `order`; each
+    /// call's `from` is at or beyond the one before.
+    fn seek(
+        &mut self,
+        set: &Driver,
+        t: &mut catalog_db::Tables<'_>,
+        from: u64,
+        order: Order,
+    ) -> Result<Option<u64>, DbError> {
+        let before = |at: u64| match order {
+            Order::OldestFirst => at < from,
+            Order::NewestFirst => at > from,
+        };
+        while self.ahead.front().is_some_and(|&at| before(at)) {
+            self.ahead.pop_front();
+        }
+        if let Some(&at) = self.ahead.front() {
+            return Ok(Some(at));
+        }
+        if self.ended && !self.fresh {
+            return Ok(None);
+        }
+        let read = set.read(t, from, order, STREAM_BATCH)?;
+        self.fresh = false;
+        self.ended = read.len() < STREAM_BATCH;
+        self.ahead = read.into();
+        Ok(self.ahead.front().copied())
+    }
+}
+
+/// The positions in every one of some sets, beyond a cursor, in order:
+/// the first set (the smallest counted) is read ahead, and each of its
+/// positions probed in the others; a set that misses [`PROBE_MISSES`]
+/// probes in a row is sought in instead, and the first set moves on to
+/// where it points.
+struct Intersection<'s> {
     sets: &'s [Driver],
+    first: Stream,
+    misses: Vec<u32>,
     /// Where the next seek starts; `None`: done.
     from: Option<u64>,
     order: Order,
 }
 
-impl<'s> Leapfrog<'s> {
+impl<'s> Intersection<'s> {
     fn new(sets: &'s [Driver], after: Option<u64>, order: Order) -> Self {
         let from = match (after, order) {
             (None, Order::OldestFirst) => Some(0),
             (None, Order::NewestFirst) => Some(u64::MAX),
-            (Some(after), Order::OldestFirst) => after.checked_add(1),
-            (Some(after), Order::NewestFirst) => after.checked_sub(1),
+            (Some(after), order) => step(after, order),
         };
-        Leapfrog { sets, from, order }
+        Intersection {
+            sets,
+            first: Stream::new(),
+            misses: vec![0; sets.len()],
+            from,
+            order,
+        }
     }
 
     fn next(&mut self, t: &mut catalog_db::Tables<'_>) -> Result<Option<u64>, DbError> {
-        let Some(mut from) = self.from else {
-            return Ok(None);
-        };
-        'search: loop {
-            for set in self.sets {
-                let Some(at) = set.seek(t, from, self.order)? else {
-                    self.from = None;
-                    return Ok(None);
-                };
-                if at != from {
-                    // This set has nothing at `from`: every set must reach
-                    // `at` (the seek moved only forward in `order`).
-                    from = at;
-                    continue 'search;
-                }
-            }
-            self.from = match self.order {
-                Order::OldestFirst => from.checked_add(1),
-                Order::NewestFirst => from.checked_sub(1),
+        let order = self.order;
+        'search: while let Some(from) = self.from {
+            let Some(at) = self.first.seek(&self.sets[0], t, from, order)? else {
+                break;
             };
-            return Ok(Some(from));
+            for (i, set) in self.sets.iter().enumerate().skip(1) {
+                if set.contains(t, at)? {
+                    self.misses[i] = 0;
+                    continue;
+                }
+                self.misses[i] += 1;
+                self.from = if self.misses[i] < PROBE_MISSES {
+                    step(at, order)
+                } else {
+                    self.misses[i] = 0;
+                    match step(at, order) {
+                        Some(next) => set.seek(t, next, order)?,
+                        None => None,
+                    }
+                };
+                continue 'search;
+            }
+            self.from = step(at, order);
+            return Ok(Some(at));
         }
+        self.from = None;
+        Ok(None)
     }
 }
 
 /// The candidate set `condition` alone gives, if it can be had cheaply.
-fn driver_of(db: &MetaDb, condition: &Condition) -> Result<Driver, DbError> {
+fn driver_of(t: &mut catalog_db::Tables<'_>, condition: &Condition) -> Result<Driver, DbError> {
     let key = match condition {
         Condition::Tag(tag) => Key::Tag(tag.clone()),
         Condition::LinksTo(target) => Key::LinksTo(*target),
@@ -196,22 +313,35 @@ fn driver_of(db: &MetaDb, condition: &Condition) -> Result<Driver, DbError> {
         Condition::CustomKey(key) => Key::CustomName(key.clone()),
         Condition::Custom(key, value) => Key::Custom(key.clone(), value.clone()),
         Condition::LinkedFrom(source) => {
-            let Some(source) = db.live(source)? else {
+            let Some(source) = catalog_db::lookup(t, source)? else {
                 return Ok(Driver::Empty);
             };
             // Links are to live artifacts only (a delete drops them).
             let mut seqs = Vec::with_capacity(source.meta.links.len());
             for id in &source.meta.links {
-                seqs.extend(db.live_seq(id)?);
+                seqs.extend(catalog_db::live_seq(t, id)?);
             }
             seqs.sort_unstable();
             return Ok(Driver::Seqs(seqs));
         }
         Condition::FilenamePrefix(prefix) => {
-            return Ok(bounded(db.filename_prefix(prefix, RANGE_DRIVER_MAX + 1)?));
+            return Ok(bounded(catalog_db::filename_prefix(
+                t,
+                prefix,
+                RANGE_DRIVER_MAX + 1,
+            )?));
         }
         Condition::Created(range) => {
-            return Ok(bounded(db.time_range(
+            if catalog_db::created_in_commit_order(t)? {
+                return Ok(
+                    match catalog_db::created_span(t, range.from_ms, range.to_ms)? {
+                        Some((low, high)) => Driver::Span(low, high),
+                        None => Driver::Empty,
+                    },
+                );
+            }
+            return Ok(bounded(catalog_db::time_range(
+                t,
                 false,
                 range.from_ms,
                 range.to_ms,
@@ -219,7 +349,8 @@ fn driver_of(db: &MetaDb, condition: &Condition) -> Result<Driver, DbError> {
             )?));
         }
         Condition::Modified(range) => {
-            return Ok(bounded(db.time_range(
+            return Ok(bounded(catalog_db::time_range(
+                t,
                 true,
                 range.from_ms,
                 range.to_ms,
@@ -227,10 +358,8 @@ fn driver_of(db: &MetaDb, condition: &Condition) -> Result<Driver, DbError> {
             )?));
         }
     };
-    Ok(match db.count(&key, COUNT_MAX)? {
-        0 => Driver::Empty,
-        n => Driver::Postings(key, n),
-    })
+    // Counted only if there is another set to order it against.
+    Ok(Driver::Postings(catalog_db::Prefix::of(&key), 0))
 }
 
 /// A range's matches as a driver, unless there were too many to collect.
@@ -317,10 +446,12 @@ impl Store {
     fn query_with(&self, query: &Query, scan: bool) -> Result<QueryPage, StoreError> {
         check_query(query)?;
         let state = lock(&self.inner.state);
-        let db = &state.db;
+        // Opened once for the whole query: each seek and read would
+        // otherwise open its table again.
+        let mut t = state.db.catalog_tables()?;
         let after = match &query.after {
             None => None,
-            Some(after) => match db.seq_of(after)? {
+            Some(after) => match catalog_db::seq_of(&mut t, after)? {
                 Some(seq) => Some(seq),
                 None => return Err(not_found(after)),
             },
@@ -328,26 +459,35 @@ impl Store {
         let mut linked = HashMap::new();
         for condition in &query.conditions {
             if let Condition::LinkedFrom(source) = condition {
-                if let Some(artifact) = db.live(source)? {
+                if let Some(artifact) = catalog_db::lookup(&mut t, source)? {
                     linked.insert(*source, artifact.meta.links);
                 }
             }
         }
+        let empty = QueryPage {
+            ids: Vec::new(),
+            next: None,
+        };
         // Every condition that names a set narrows the candidates; with
-        // two or more they are intersected by leapfrogging (each set seeks
-        // to the largest position any other reached), so a page costs
-        // about one seek per set per match, not a walk of the smallest set.
+        // two or more they are intersected (the first read ahead, probed
+        // in the others), so a page costs about one lookup per set per
+        // candidate, not a walk of every set.
         let mut sets: Vec<Driver> = Vec::new();
         for condition in query.conditions.iter().filter(|_| !scan) {
-            match driver_of(db, condition)? {
+            match driver_of(&mut t, condition)? {
                 Driver::All => {}
-                Driver::Empty => {
-                    return Ok(QueryPage {
-                        ids: Vec::new(),
-                        next: None,
-                    })
-                }
+                Driver::Empty => return Ok(empty),
                 set => sets.push(set),
+            }
+        }
+        if sets.len() > 1 {
+            for set in &mut sets {
+                if let Driver::Postings(prefix, n) = set {
+                    *n = catalog_db::count(&mut t, prefix, COUNT_MAX)?;
+                    if *n == 0 {
+                        return Ok(empty);
+                    }
+                }
             }
         }
         // Every set is exact (a key's postings, a source's live links, the
@@ -356,39 +496,43 @@ impl Store {
         let exact = !scan && !query.conditions.is_empty() && sets.len() == query.conditions.len();
         sets.sort_by_key(Driver::len);
         let order = query.order;
-        let mut leapfrog = Leapfrog::new(&sets, after, order);
-        let mut walk = Walk {
-            after,
-            order,
-            batch: Vec::new().into_iter(),
-            done: false,
-        };
         let mut ids = Vec::new();
         let mut more = false;
-        // Opened once for the whole page: each seek and read would
-        // otherwise open its table again.
-        let mut t = db.catalog_tables()?;
-        // One exact key: its postings are the page, read in one range.
-        let single = match (exact, sets.as_slice()) {
-            (true, [Driver::Postings(key, _)]) => Some(key.clone()),
-            _ => None,
-        };
-        if let Some(key) = &single {
-            let seqs =
-                catalog_db::postings(&mut t, key, after, order, query.limit.saturating_add(1))?;
-            more = seqs.len() > query.limit;
-            for &seq in seqs.iter().take(query.limit) {
-                ids.extend(catalog_db::id_at_seq(&mut t, seq)?);
-            }
-        }
-        while single.is_none() {
-            let seq = if sets.is_empty() {
-                walk.next(&mut t)?
-            } else {
-                leapfrog.next(&mut t)?
+        if sets.is_empty() {
+            let mut walk = Walk {
+                after,
+                order,
+                batch: Vec::new().into_iter(),
+                done: false,
             };
-            let Some(seq) = seq else { break };
-            if exact {
+            while let Some(seq) = walk.next(&mut t)? {
+                let Some(artifact) = catalog_db::at_seq(&mut t, seq)? else {
+                    continue;
+                };
+                let meta = &artifact.meta;
+                if query.conditions.iter().all(|c| meets(&linked, meta, c)) {
+                    if ids.len() == query.limit {
+                        more = true;
+                        break;
+                    }
+                    ids.push(meta.id);
+                }
+            }
+        } else {
+            let mut matches = Intersection::new(&sets, after, order);
+            while let Some(seq) = matches.next(&mut t)? {
+                if !exact {
+                    let Some(artifact) = catalog_db::at_seq(&mut t, seq)? else {
+                        continue;
+                    };
+                    if !query
+                        .conditions
+                        .iter()
+                        .all(|c| meets(&linked, &artifact.meta, c))
+                    {
+                        continue;
+                    }
+                }
                 let Some(id) = catalog_db::id_at_seq(&mut t, seq)? else {
                     continue;
                 };
@@ -397,18 +541,6 @@ impl Store {
                     break;
                 }
                 ids.push(id);
-                continue;
-            }
-            let Some(artifact) = catalog_db::at_seq(&mut t, seq)? else {
-                continue;
-            };
-            let meta = &artifact.meta;
-            if query.conditions.iter().all(|c| meets(&linked, meta, c)) {
-                if ids.len() == query.limit {
-                    more = true;
-                    break;
-                }
-                ids.push(meta.id);
             }
         }
         let next = match (more, ids.last()) {
