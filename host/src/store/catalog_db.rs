@@ -236,10 +236,11 @@ fn set_counter(t: &mut Tables<'_>, name: &str, value: u64) -> Result<(), DbError
 /// Makes sure the counters say whether creation times follow commit
 /// order: tables written before they did are walked once (their creation
 /// postings in key order: the seqs rise throughout exactly when they do).
-/// Called at open, before anything is inserted.
-pub fn track_created_order(t: &mut Tables<'_>) -> Result<(), DbError> {
+/// Called at open, before anything is inserted; true if it changed the
+/// tables (to be checkpointed, so the walk is not made again).
+pub fn track_created_order(t: &mut Tables<'_>) -> Result<bool, DbError> {
     if t.counters()?.get(CREATED_MAX)?.is_some() {
-        return Ok(());
+        return Ok(false);
     }
     let low = time_prefix(false, 0);
     let high = time_prefix(true, 0);
@@ -261,7 +262,7 @@ pub fn track_created_order(t: &mut Tables<'_>) -> Result<(), DbError> {
     }
     set_counter(t, CREATED_MAX, max)?;
     set_counter(t, CREATED_DISORDER, disorder)?;
-    Ok(())
+    Ok(true)
 }
 
 /// The latest creation time committed: a commit's is never earlier (see
@@ -658,7 +659,7 @@ pub fn load(t: &mut Tables<'_>, catalog: &Catalog) -> Result<(), DbError> {
     counters.insert(NEXT_SEQ, next)?;
     counters.insert(LIVE, catalog.artifacts.len() as u64)?;
     counters.insert(LOGICAL_BYTES, catalog.logical_bytes)?;
-    track_created_order(t)
+    track_created_order(t).map(drop)
 }
 
 #[cfg(test)]
@@ -867,7 +868,7 @@ mod tests {
                 .expect("c")
                 .remove(CREATED_DISORDER)
                 .expect("rm");
-            track_created_order(&mut t).expect("track");
+            assert!(track_created_order(&mut t).expect("track"), "older tables");
             assert_eq!(
                 created_in_commit_order(&mut t).expect("o"),
                 ordered,

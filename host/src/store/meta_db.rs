@@ -58,6 +58,9 @@ pub struct MetaDb {
     upload_pins: HashMap<Hash, u32>,
     /// On a file that outlives the process (checkpoints mean something).
     on_file: bool,
+    /// The open added to the tables what older code did not keep (see
+    /// [`catalog_db::track_created_order`]): worth a checkpoint.
+    upgraded: bool,
 }
 
 /// What a checkpoint covers: `meta.log` up to `log_len` (whose last 4 KiB
@@ -165,7 +168,7 @@ impl MetaDb {
     pub fn new(db: redb::Database, on_file: bool) -> Result<MetaDb, DbError> {
         let txn = db::begin_write(&db, on_file)?;
         let chunks = ChunkDb::open(&txn)?;
-        catalog_db::track_created_order(&mut catalog_db::Tables::new(&txn))?;
+        let upgraded = catalog_db::track_created_order(&mut catalog_db::Tables::new(&txn))?;
         Ok(MetaDb {
             txn: Some(txn),
             db,
@@ -175,6 +178,7 @@ impl MetaDb {
             retained: HashMap::new(),
             upload_pins: HashMap::new(),
             on_file,
+            upgraded,
         })
     }
 
@@ -189,6 +193,11 @@ impl MetaDb {
 
     pub fn on_file(&self) -> bool {
         self.on_file
+    }
+
+    /// Whether opening these tables added what older code did not keep.
+    pub fn upgraded(&self) -> bool {
+        self.upgraded
     }
 
     /// The last durable checkpoint and the name index as of it, if the

@@ -463,6 +463,7 @@ impl Store {
         }
 
         let meta_log_len = meta_log.len();
+        let tables_upgraded = db.upgraded();
         let store = Store {
             inner: Arc::new(Inner {
                 options,
@@ -500,7 +501,7 @@ impl Store {
         // so the next open does not do it again; an open that found
         // everything in a checkpoint writes none.
         if store.inner.options.durability.fsyncs()
-            && (!from_checkpoint || open_stats.meta_records > 0 || upgraded)
+            && (!from_checkpoint || open_stats.meta_records > 0 || upgraded || tables_upgraded)
         {
             let meta_log = lock(&store.inner.meta_log);
             // Best effort: without one the next open rebuilds.
