@@ -78,6 +78,14 @@ pub struct Access {
     /// Open each store with [`Store::open_read_only`]: no lock, nothing
     /// written or created, every write refused.
     pub read_only: bool,
+    /// With `read_only`: a tenant whose writer lock is free is opened with
+    /// [`Store::open_read_only_in_place`], holding the lock while open (its
+    /// catalog read from its last checkpoint: fast at any scale, where a
+    /// snapshot rebuilds it); writers then wait for it as for any holder.
+    /// One a writer holds is opened as a snapshot beside it, as without
+    /// this. For short-lived readers (the command-line tool's reading
+    /// commands); a long-lived one would keep writers out.
+    pub reads_in_place: bool,
     /// How long a writer's open waits for a tenant another process holds
     /// before it fails with [`StoreError::InUse`]. At least one try is
     /// always made.
@@ -88,6 +96,7 @@ impl Default for Access {
     fn default() -> Self {
         Access {
             read_only: false,
+            reads_in_place: false,
             lock_wait: LOCK_WAIT_DEFAULT,
         }
     }
@@ -282,7 +291,10 @@ impl Tenants {
         }
         if self.access.read_only {
             let dir = self.existing_tenant_dir(name)?;
-            let store = Store::open_read_only(dir, self.options.clone())?;
+            let store = match self.reader_lock(&*dir, name)? {
+                Some(lock) => Store::open_read_only_in_place(dir, self.options.clone(), lock)?,
+                None => Store::open_read_only(dir, self.options.clone())?,
+            };
             *slot = Some(OpenTenant {
                 store: store.clone(),
                 _lock: None,
@@ -297,6 +309,27 @@ impl Tenants {
             _lock: Some(lock),
         });
         Ok(store)
+    }
+
+    /// The writer lock of tenant `name`, for a reader in place, if that is
+    /// asked for and no one holds it (one try: a reader never waits). A
+    /// tenant with no lock file never had a writer that takes it: none is
+    /// created.
+    fn reader_lock(&self, dir: &dyn Backend, name: &str) -> Result<Option<LockGuard>, StoreError> {
+        if !self.access.reads_in_place {
+            return Ok(None);
+        }
+        let entries = dir
+            .list()
+            .map_err(|e| io(format!("listing tenant {name}"), e))?;
+        if !entries.iter().any(|entry| entry.name == LOCK_NAME) {
+            return Ok(None);
+        }
+        match dir.lock(LOCK_NAME) {
+            Ok(guard) => Ok(Some(guard)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(io(format!("locking tenant {name}"), e)),
+        }
     }
 
     /// `tenants/<name>/`, created if missing. In the durable modes both
@@ -486,6 +519,7 @@ mod tests {
         let wait = Duration::from_millis(100);
         let writer = Tenants::new(root(), StoreOptions::default()).with_access(Access {
             read_only: false,
+            reads_in_place: false,
             lock_wait: wait,
         });
         let started = Instant::now();
@@ -508,6 +542,54 @@ mod tests {
         assert!(matches!(snapshot.delete(&id), Err(StoreError::ReadOnly(_))));
         assert!(matches!(reader.store("b"), Err(StoreError::NotFound(_))));
         assert!(matches!(reader.policy("b"), Err(StoreError::NotFound(_))));
+        assert!(!dir.path().join("tenants/b").exists());
+    }
+
+    /// Goal: with `reads_in_place`, a read-only `Tenants` opens a tenant no
+    /// writer holds in place (from its checkpoint, holding its lock, so a
+    /// writer waits and is refused, naming this process), and one a writer
+    /// holds as a snapshot beside it, seeing what it committed. Method:
+    /// writer and reader registries on one root, as two processes would be.
+    #[test]
+    fn readers_in_place_hold_the_lock_and_step_aside_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = || Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap();
+        let in_place = Access {
+            read_only: true,
+            reads_in_place: true,
+            ..Access::default()
+        };
+        let writer = Tenants::new(root(), StoreOptions::default());
+        let first = put_one(&writer.store("a").unwrap(), b"first");
+        drop(writer);
+
+        let reader = Tenants::new(root(), StoreOptions::default()).with_access(in_place);
+        let store = reader.store("a").unwrap();
+        assert!(store.open_stats().from_checkpoint);
+        assert!(store.exists(&first).unwrap());
+        let refused = Tenants::new(root(), StoreOptions::default()).with_access(Access {
+            lock_wait: Duration::from_millis(50),
+            ..Access::default()
+        });
+        match refused.store("a") {
+            Err(StoreError::InUse { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("expected in-use, got {:?}", other.map(|_| ())),
+        }
+        drop(store);
+        drop(reader);
+
+        let writer = Tenants::new(root(), StoreOptions::default());
+        let held = writer.store("a").unwrap();
+        let second = put_one(&held, b"second");
+        let reader = Tenants::new(root(), StoreOptions::default()).with_access(in_place);
+        let snapshot = reader.store("a").unwrap();
+        assert!(snapshot.is_snapshot());
+        assert!(
+            !snapshot.open_stats().from_checkpoint,
+            "rebuilt beside the writer"
+        );
+        assert!(snapshot.exists(&first).unwrap() && snapshot.exists(&second).unwrap());
+        assert!(matches!(reader.store("b"), Err(StoreError::NotFound(_))));
         assert!(!dir.path().join("tenants/b").exists());
     }
 

@@ -108,13 +108,17 @@ struct Options {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(at) = args.iter().position(|a| a == "--probe-open") {
-        probe_open(Path::new(&args[at + 1]), false);
+        probe_open(Path::new(&args[at + 1]), Open::Writer);
         return;
     }
     // A reader beside a writer: `Store::open_read_only` rebuilds the
     // tables in memory (measured by hand: `--probe-open-read-only DIR`).
     if let Some(at) = args.iter().position(|a| a == "--probe-open-read-only") {
-        probe_open(Path::new(&args[at + 1]), true);
+        probe_open(Path::new(&args[at + 1]), Open::Snapshot);
+        return;
+    }
+    if let Some(at) = args.iter().position(|a| a == "--probe-open-in-place") {
+        probe_open(Path::new(&args[at + 1]), Open::InPlace);
         return;
     }
     let options = parse_options(&args);
@@ -561,17 +565,34 @@ fn rss_kib() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// How a probe opens the store.
+#[derive(Clone, Copy)]
+enum Open {
+    Writer,
+    /// A reader beside a writer (`Store::open_read_only`).
+    Snapshot,
+    /// A reader holding the writer lock, as the CLI's reading commands
+    /// open when no writer runs (`Store::open_read_only_in_place`).
+    InPlace,
+}
+
 /// The child's side: opens the store in `path`, prints one JSON line.
-fn probe_open(path: &Path, read_only: bool) {
+fn probe_open(path: &Path, how: Open) {
+    use tensor_blob_host::store::backend::{cap::CapDir, Backend};
     let dir = open_dir(path);
     let (rss_before, _) = rss_kib();
     let started = Instant::now();
-    let store = if read_only {
-        let backend: std::sync::Arc<dyn tensor_blob_host::store::backend::Backend> =
-            std::sync::Arc::new(tensor_blob_host::store::backend::cap::CapDir::new(dir));
-        Store::open_read_only(backend, StoreOptions::default())
-    } else {
-        Store::open(dir, StoreOptions::default())
+    let store = match how {
+        Open::Writer => Store::open(dir, StoreOptions::default()),
+        Open::Snapshot => Store::open_read_only(
+            std::sync::Arc::new(CapDir::new(dir)),
+            StoreOptions::default(),
+        ),
+        Open::InPlace => {
+            let backend: std::sync::Arc<dyn Backend> = std::sync::Arc::new(CapDir::new(dir));
+            let lock = backend.lock("LOCK").expect("the writer lock");
+            Store::open_read_only_in_place(backend, StoreOptions::default(), lock)
+        }
     }
     .expect("open");
     let open = started.elapsed();
@@ -599,8 +620,12 @@ struct Probe {
 }
 
 fn probe(path: &Path) -> Probe {
+    probe_as(path, "--probe-open")
+}
+
+fn probe_as(path: &Path, flag: &str) -> Probe {
     let output = Command::new(std::env::current_exe().expect("current exe"))
-        .arg("--probe-open")
+        .arg(flag)
         .arg(path)
         .output()
         .expect("running the probe");
@@ -1034,6 +1059,21 @@ fn run(options: &Options) {
         empty.rss_kib as f64 / 1024.0,
         full.rss_kib as f64 / 1024.0,
         full.hwm_kib as f64 / 1024.0
+    );
+    // The command-line tool's reading commands, with no writer running.
+    let mut readers: Vec<Probe> = (0..OPENS)
+        .map(|_| probe_as(&full_path, "--probe-open-in-place"))
+        .collect();
+    readers.sort_by(|a, b| a.open_ms.total_cmp(&b.open_ms));
+    let reader = &readers[OPENS / 2];
+    assert_eq!(reader.artifacts, full.artifacts);
+    println!(
+        "reader in place (writer lock held, catalog file read from its checkpoint): median {:.0} ms of {:?} ms; RSS {:.0} MiB (VmHWM {:.0} MiB); open_stats {}",
+        reader.open_ms,
+        readers.iter().map(|p| p.open_ms.round()).collect::<Vec<_>>(),
+        reader.rss_kib as f64 / 1024.0,
+        reader.hwm_kib as f64 / 1024.0,
+        reader.open_stats
     );
     let full_bytes = (full.rss_kib.saturating_sub(empty.rss_kib) * 1024) as f64;
     println!(

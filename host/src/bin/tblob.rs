@@ -1307,6 +1307,9 @@ fn open_runtime(cli: &Cli) -> Result<Runtime> {
         gc: matches!(cli.command, Command::Run { .. }).then(GcPolicy::default),
         access: Access {
             read_only: reads_only(&cli.command),
+            // A one-shot reader: quick to open at any scale; a writer
+            // starting meanwhile waits `--wait` for it.
+            reads_in_place: true,
             lock_wait: cli.wait.unwrap_or(LOCK_WAIT_DEFAULT),
         },
     };

@@ -69,6 +69,154 @@ impl redb::StorageBackend for SeamFile {
     }
 }
 
+/// A database file read in place and never written: redb's writes (its
+/// open's housekeeping, a reader's replay of what the checkpoint does not
+/// cover) land in memory over the file, in blocks, and are gone when it
+/// closes. For a reader that holds the store's writer lock, so nothing
+/// changes the file under it (ARCHITECTURE.md, "Concurrent access").
+/// Memory grows with what is written, never with the file.
+pub struct OverlayFile {
+    file: Arc<dyn BackendFile>,
+    state: std::sync::Mutex<Overlay>,
+}
+
+struct Overlay {
+    /// Written blocks, by index.
+    blocks: std::collections::BTreeMap<u64, Box<[u8]>>,
+    /// The length redb sees.
+    len: u64,
+    /// Bytes of the file below this are visible where no block covers
+    /// them; above it (cut by a `set_len`, perhaps grown again) zeros.
+    file_visible: u64,
+}
+
+const OVERLAY_BLOCK: u64 = 4096;
+
+impl OverlayFile {
+    pub fn new(file: Arc<dyn BackendFile>) -> io::Result<OverlayFile> {
+        let len = file.len()?;
+        Ok(OverlayFile {
+            file,
+            state: std::sync::Mutex::new(Overlay {
+                blocks: Default::default(),
+                len,
+                file_visible: len,
+            }),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Overlay> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fills `out` with what the file shows at `offset`, below `visible`.
+    fn read_file(&self, visible: u64, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let from_file = visible.saturating_sub(offset).min(out.len() as u64) as usize;
+        let (file_part, zeros) = out.split_at_mut(from_file);
+        if !file_part.is_empty() {
+            self.file.read_exact_at(file_part, offset)?;
+        }
+        zeros.fill(0);
+        Ok(())
+    }
+}
+
+impl fmt::Debug for OverlayFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OverlayFile").finish_non_exhaustive()
+    }
+}
+
+impl redb::StorageBackend for OverlayFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.state().len)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let state = self.state();
+        let end = offset + out.len() as u64;
+        if end > state.len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the end of the database",
+            ));
+        }
+        self.read_file(state.file_visible, offset, out)?;
+        let first = offset / OVERLAY_BLOCK;
+        let last = end.div_ceil(OVERLAY_BLOCK);
+        for (&index, block) in state.blocks.range(first..last) {
+            let start = index * OVERLAY_BLOCK;
+            let from = offset.max(start);
+            let to = end.min(start + OVERLAY_BLOCK);
+            out[(from - offset) as usize..(to - offset) as usize]
+                .copy_from_slice(&block[(from - start) as usize..(to - start) as usize]);
+        }
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut state = self.state();
+        if len < state.len {
+            state.file_visible = state.file_visible.min(len);
+            let keep = len.div_ceil(OVERLAY_BLOCK);
+            state.blocks.split_off(&keep);
+            // What a later growth shows past `len` is zeros.
+            if !len.is_multiple_of(OVERLAY_BLOCK) {
+                if let Some(block) = state.blocks.get_mut(&(len / OVERLAY_BLOCK)) {
+                    block[(len % OVERLAY_BLOCK) as usize..].fill(0);
+                }
+            }
+        }
+        state.len = len;
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut state = self.state();
+        let end = offset + data.len() as u64;
+        let mut at = offset;
+        while at < end {
+            let index = at / OVERLAY_BLOCK;
+            let start = index * OVERLAY_BLOCK;
+            if !state.blocks.contains_key(&index) {
+                let mut block = vec![0u8; OVERLAY_BLOCK as usize].into_boxed_slice();
+                self.read_file(state.file_visible, start, &mut block)?;
+                state.blocks.insert(index, block);
+            }
+            let to = end.min(start + OVERLAY_BLOCK);
+            let block = state.blocks.get_mut(&index).expect("inserted above");
+            block[(at - start) as usize..(to - start) as usize]
+                .copy_from_slice(&data[(at - offset) as usize..(to - offset) as usize]);
+            at = to;
+        }
+        state.len = state.len.max(end);
+        Ok(())
+    }
+}
+
+/// Opens the database file `name` in `dir` in place, for a reader that
+/// holds the store's writer lock: the file is only read (see
+/// [`OverlayFile`]). `None` if there is no such file.
+pub fn open_in_place(
+    dir: &dyn Backend,
+    name: &str,
+    cache_bytes: usize,
+) -> Result<Option<redb::Database>, DbError> {
+    let file = match dir.open(name, OpenMode::Read) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error.into()),
+    };
+    let db = redb::Builder::new()
+        .set_cache_size(cache_bytes)
+        .create_with_backend(OverlayFile::new(file)?)?;
+    Ok(Some(db))
+}
+
 /// Why the database could not be opened or used.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -335,5 +483,104 @@ mod tests {
         }
         let db = open(&dir, "catalog.redb", CACHE).expect("reopen");
         assert_eq!(read_state(&db).expect("read"), model);
+    }
+
+    /// A database opened in place takes commits, durable or not, and reads
+    /// them back, across many pages and a shrink of the file redb may make,
+    /// while the file itself is never written: every byte of it stays as it
+    /// was, and the simulated disk counts no write to it.
+    #[test]
+    fn a_database_opened_in_place_works_in_memory_and_leaves_its_file_as_it_was() {
+        for seed in 0..8u64 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let disk = SimDisk::new(seed);
+            let mut model = State::new();
+            {
+                let db = open(disk.root().as_ref(), "catalog.redb", CACHE).expect("open");
+                for _ in 0..rng.usize(1..20) {
+                    random_commit(&db, &mut rng, &mut model, true).expect("commit");
+                }
+            }
+            let read = |disk: &SimDisk| {
+                let file = disk
+                    .root()
+                    .open("catalog.redb", OpenMode::Read)
+                    .expect("file");
+                let mut bytes = vec![0u8; file.len().expect("len") as usize];
+                file.read_exact_at(&mut bytes, 0).expect("read");
+                bytes
+            };
+            let before = read(&disk);
+            let writes = |disk: &SimDisk| {
+                disk.stats()
+                    .write_bytes_per_file
+                    .get("catalog.redb")
+                    .copied()
+                    .unwrap_or(0)
+            };
+            let written = writes(&disk);
+            let db = open_in_place(disk.root().as_ref(), "catalog.redb", CACHE)
+                .expect("in place")
+                .expect("there");
+            assert_eq!(read_state(&db).expect("read"), model, "seed {seed}");
+            for _ in 0..rng.usize(5..40) {
+                let durable = rng.bool();
+                random_commit(&db, &mut rng, &mut model, durable).expect("commit");
+                assert_eq!(read_state(&db).expect("read"), model, "seed {seed}");
+            }
+            drop(db);
+            assert_eq!(read(&disk), before, "seed {seed}: the file changed");
+            assert_eq!(writes(&disk), written, "seed {seed}: written to");
+            assert!(open_in_place(disk.root().as_ref(), "other.redb", CACHE)
+                .expect("missing")
+                .is_none());
+        }
+    }
+
+    /// The overlay reads what was written over the file, zeros past a cut,
+    /// and the file below: the same bytes a plain file would hold.
+    #[test]
+    fn the_overlay_reads_as_a_file_would() {
+        use redb::StorageBackend;
+        for seed in 0..20u64 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let disk = SimDisk::new(seed);
+            let file = disk.root().open("f", OpenMode::CreateOrOpen).expect("f");
+            let mut model: Vec<u8> = (0..rng.usize(0..20_000)).map(|_| rng.u8(..)).collect();
+            file.write_all_at(&model, 0).expect("write");
+            let original = model.clone();
+            let overlay = OverlayFile::new(Arc::clone(&file)).expect("overlay");
+            for _ in 0..200 {
+                match rng.u8(0..4) {
+                    0 => {
+                        let len = rng.u64(0..30_000);
+                        overlay.set_len(len).expect("set_len");
+                        model.resize(len as usize, 0);
+                    }
+                    1 | 2 => {
+                        let at = rng.usize(0..model.len() + 100);
+                        let data: Vec<u8> = (0..rng.usize(0..9000)).map(|_| rng.u8(..)).collect();
+                        overlay.write(at as u64, &data).expect("write");
+                        if model.len() < at + data.len() {
+                            model.resize(at + data.len(), 0);
+                        }
+                        model[at..at + data.len()].copy_from_slice(&data);
+                    }
+                    _ => {}
+                }
+                assert_eq!(overlay.len().expect("len"), model.len() as u64);
+                let at = rng.usize(0..=model.len());
+                let len = rng.usize(0..=model.len() - at);
+                let mut out = vec![0xAA; len];
+                overlay.read(at as u64, &mut out).expect("read");
+                assert_eq!(out, model[at..at + len], "seed {seed} at {at}+{len}");
+            }
+            let mut out = vec![0u8; model.len()];
+            overlay.read(0, &mut out).expect("read");
+            assert_eq!(out, model);
+            let mut bytes = vec![0u8; original.len()];
+            file.read_exact_at(&mut bytes, 0).expect("read");
+            assert_eq!(bytes, original, "the file below is untouched");
+        }
     }
 }

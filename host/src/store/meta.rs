@@ -203,7 +203,7 @@ impl MetaLog {
         apply: impl FnMut(u64, MetaRecord),
     ) -> Result<(MetaLog, ReplayOutcome), StoreError> {
         if read_only {
-            return MetaLog::open_read_only(dir, durability, fsyncs, apply);
+            return MetaLog::open_read_only(dir, durability, fsyncs, from, apply);
         }
         MetaLog::open_to_write(dir, durability, fsyncs, from, apply)
     }
@@ -213,6 +213,7 @@ impl MetaLog {
         dir: &Arc<dyn Backend>,
         durability: Durability,
         fsyncs: Fsyncs,
+        from: u64,
         apply: impl FnMut(u64, MetaRecord),
     ) -> Result<(MetaLog, ReplayOutcome), StoreError> {
         let mut outcome = ReplayOutcome::default();
@@ -244,14 +245,7 @@ impl MetaLog {
             .map_err(io(|| format!("reading header of {META_LOG_NAME}")))?;
         log.version = format::decode_meta_header_version(&header)
             .map_err(|reason| StoreError::Corrupted(format!("{META_LOG_NAME}: {reason}")))?;
-        let replayed = replay(
-            &*log.file,
-            log.version,
-            META_HEADER_BYTES,
-            len,
-            &mut outcome,
-            apply,
-        )?;
+        let replayed = replay(&*log.file, log.version, from, len, &mut outcome, apply)?;
         log.damaged = replayed.damaged;
         if let Some((at, reason)) = replayed.torn {
             outcome.truncated_bytes += len - at;

@@ -189,6 +189,9 @@ struct Inner {
     /// (or at open): [`Inner::maybe_checkpoint`] takes the next one
     /// [`CHECKPOINT_LOG_BYTES`] later.
     checkpointed_log_len: std::sync::atomic::AtomicU64,
+    /// The writer lock a reader in place holds (see
+    /// [`Store::open_read_only_in_place`]), released when the store closes.
+    _writer_lock: Option<backend::LockGuard>,
 }
 
 struct State {
@@ -233,7 +236,7 @@ impl Store {
 
     /// [`Store::open`] on any [`Backend`]: the store's directory is `dir`.
     pub fn open_backend(dir: Arc<dyn Backend>, options: StoreOptions) -> Result<Store, StoreError> {
-        Store::open_with(dir, options, false)
+        Store::open_with(dir, options, false, false, &mut None)
     }
 
     /// Opens the store in `dir` for reading only, beside a writer that may
@@ -259,6 +262,32 @@ impl Store {
         dir: Arc<dyn Backend>,
         options: StoreOptions,
     ) -> Result<Store, StoreError> {
+        Store::open_read_only_with(dir, options, None)
+    }
+
+    /// [`Store::open_read_only`] by a reader that holds the store's writer
+    /// lock (`lock`, taken with [`Backend::lock`] on the name every writer
+    /// takes; kept until the store closes), so no writer changes anything
+    /// meanwhile: the catalog database is read in place from its last
+    /// checkpoint, as a writer's open would (milliseconds at any scale),
+    /// instead of being rebuilt in memory from the segments and the log.
+    /// Still writes nothing: what the open replays past the checkpoint is
+    /// applied in memory over the file ([`db::OverlayFile`]). A store whose
+    /// catalog file is missing or does not match is rebuilt in memory, as
+    /// by [`Store::open_read_only`].
+    pub fn open_read_only_in_place(
+        dir: Arc<dyn Backend>,
+        options: StoreOptions,
+        lock: backend::LockGuard,
+    ) -> Result<Store, StoreError> {
+        Store::open_read_only_with(dir, options, Some(lock))
+    }
+
+    fn open_read_only_with(
+        dir: Arc<dyn Backend>,
+        options: StoreOptions,
+        mut lock: Option<backend::LockGuard>,
+    ) -> Result<Store, StoreError> {
         // No store here is an answer, not a race to retry: a writer's first
         // open makes `segments/` and then `meta.log`, neither ever removed.
         let entries = dir
@@ -276,7 +305,14 @@ impl Store {
         }
         let mut attempt = 1;
         loop {
-            let result = Store::open_with(Arc::clone(&dir), options.clone(), true);
+            let in_place = lock.is_some();
+            let result =
+                Store::open_with(Arc::clone(&dir), options.clone(), true, in_place, &mut lock);
+            // With the lock held no writer races the open: what it found
+            // is so, and a retry would not hold the lock any more.
+            if in_place {
+                return result;
+            }
             let raced = match &result {
                 Ok(store) => store
                     .inner
@@ -303,10 +339,15 @@ impl Store {
         self.inner.snapshot
     }
 
+    /// Opens the store; `in_place` (with `read_only`, the writer lock held
+    /// in `writer_lock`, which the store then keeps): see
+    /// [`Store::open_read_only_in_place`].
     fn open_with(
         dir: Arc<dyn Backend>,
         options: StoreOptions,
         read_only: bool,
+        in_place: bool,
+        writer_lock: &mut Option<backend::LockGuard>,
     ) -> Result<Store, StoreError> {
         let fsyncs = Fsyncs::default();
         let (segments_dir, _) = dir
@@ -335,10 +376,13 @@ impl Store {
             remove_catalog_db(&*dir)?;
         }
         let mut catalog_problems = Vec::new();
-        let mut trust_checkpoint = on_file;
+        let mut trust_checkpoint = on_file || in_place;
         let built = loop {
-            let (mut db, checkpoint) =
-                open_catalog_db(&dir, on_file, trust_checkpoint, &mut catalog_problems)?;
+            let (mut db, checkpoint) = if in_place {
+                open_catalog_in_place(&dir, trust_checkpoint, &mut catalog_problems)?
+            } else {
+                open_catalog_db(&dir, on_file, trust_checkpoint, &mut catalog_problems)?
+            };
             let covered = checkpoint
                 .as_ref()
                 .map(|c| c.segments.clone())
@@ -490,6 +534,7 @@ impl Store {
                 policy_write: Mutex::new(()),
                 writers_open: std::sync::atomic::AtomicU64::new(0),
                 checkpointed_log_len: std::sync::atomic::AtomicU64::new(meta_log_len),
+                _writer_lock: writer_lock.take(),
             }),
         };
         // Best effort, and only if it is missing: opening never needs free
@@ -1146,6 +1191,53 @@ fn open_catalog_db(
     Ok((db, Some(checkpoint)))
 }
 
+/// The catalog database for a reader holding the writer lock: the file
+/// read in place if its checkpoint matches `meta.log` (and `trust`), else
+/// tables in memory, to be rebuilt (a mismatch reported as a writer's
+/// open would; a missing file, as older stores have, is not a problem).
+fn open_catalog_in_place(
+    dir: &Arc<dyn Backend>,
+    trust: bool,
+    problems: &mut Vec<Problem>,
+) -> Result<(MetaDb, Option<meta_db::Checkpoint>), StoreError> {
+    let in_memory = |why: Option<String>, problems: &mut Vec<Problem>| {
+        if let Some(why) = why {
+            problems.push(Problem::new(
+                ProblemKind::CatalogRebuilt,
+                format!("{CATALOG_DB_NAME}: {why}; tables rebuilt in memory (read-only)"),
+            ));
+        }
+        Ok((MetaDb::in_memory()?, None))
+    };
+    if !trust {
+        return in_memory(None, problems);
+    }
+    let database = match db::open_in_place(&**dir, CATALOG_DB_NAME, meta_db::CACHE_BYTES) {
+        Ok(Some(database)) => database,
+        Ok(None) => return in_memory(None, problems),
+        Err(error) => return in_memory(Some(format!("unreadable ({error})")), problems),
+    };
+    let mut db = match MetaDb::new(database, false) {
+        Ok(db) => db,
+        Err(error) => return in_memory(Some(format!("unreadable ({error})")), problems),
+    };
+    let checkpoint = match db.read_checkpoint() {
+        Ok(Some(checkpoint)) => checkpoint,
+        Ok(None) => return in_memory(None, problems),
+        Err(error) => return in_memory(Some(format!("checkpoint unreadable ({error})")), problems),
+    };
+    if meta::fingerprint(&**dir, checkpoint.log_len)? != Some(checkpoint.fingerprint) {
+        return in_memory(
+            Some(format!(
+                "its checkpoint covers {} bytes of a meta.log that is not there (rewritten or cut since)",
+                checkpoint.log_len
+            )),
+            problems,
+        );
+    }
+    Ok((db, Some(checkpoint)))
+}
+
 /// Why the files do not match what a checkpoint's tables say, if they
 /// do not: a covered segment shorter than covered, or gone while the
 /// tables still place chunks in it.
@@ -1248,9 +1340,14 @@ fn build_state(
         // into a segment before the commit was appended, so the segments
         // listed after it hold them all.
         let mut records = Vec::new();
-        let log = MetaLog::open(dir, options.durability, fsyncs.clone(), true, 0, |at, r| {
-            records.push((at, r))
-        })?;
+        let log = MetaLog::open(
+            dir,
+            options.durability,
+            fsyncs.clone(),
+            true,
+            from,
+            |at, r| records.push((at, r)),
+        )?;
         let segments = open_segments(db)?;
         for (offset, record) in records {
             replay(db, offset, record);

@@ -95,6 +95,18 @@ fn assert_refuses_writes(store: &Store, live: &ArtifactId) {
 /// repair (the reader left it), and the same artifacts.
 #[test]
 fn a_read_only_open_writes_nothing() {
+    read_only_open_writes_nothing(false);
+}
+
+/// The same of a reader in place ([`Store::open_read_only_in_place`]),
+/// which reads the catalog file from its checkpoint and replays past it
+/// in memory: the lock it is handed is taken before the image.
+#[test]
+fn a_read_only_open_in_place_writes_nothing() {
+    read_only_open_writes_nothing(true);
+}
+
+fn read_only_open_writes_nothing(in_place: bool) {
     let dir = tempfile::tempdir().unwrap();
     let options = StoreOptions {
         durability: Durability::Sync,
@@ -116,9 +128,15 @@ fn a_read_only_open_writes_nothing() {
     std::fs::write(root.join("meta.log.compact"), b"unfinished").unwrap();
     std::fs::write(root.join("policy.tmp"), b"unfinished").unwrap();
     std::fs::remove_file(root.join("reserve")).unwrap();
+    let lock = in_place.then(|| backend(&dir).lock("LOCK").unwrap());
     let before = image(root);
 
-    let reader = open_read_only(&dir, options.clone()).unwrap();
+    let reader = match lock {
+        Some(lock) => Store::open_read_only_in_place(backend(&dir), options.clone(), lock),
+        None => open_read_only(&dir, options.clone()),
+    }
+    .unwrap();
+    assert_eq!(reader.open_stats().from_checkpoint, in_place);
     for (id, content) in ids.iter().zip(&contents) {
         assert_eq!(&get(&reader, id).unwrap(), content);
         reader.verify(id).unwrap();
@@ -279,6 +297,15 @@ fn readers_beside_a_compacting_writer_never_see_wrong_bytes() {
 /// a writer's open in its place.)
 #[test]
 fn a_read_only_open_makes_no_write_sync_or_directory_change_on_the_simulated_disk() {
+    read_only_open_changes_nothing_on_the_simulated_disk(false);
+}
+
+#[test]
+fn a_read_only_open_in_place_makes_no_write_sync_or_directory_change_on_the_simulated_disk() {
+    read_only_open_changes_nothing_on_the_simulated_disk(true);
+}
+
+fn read_only_open_changes_nothing_on_the_simulated_disk(in_place: bool) {
     use crate::store::backend::sim::SimDisk;
     use crate::store::backend::OpenMode;
     let disk = SimDisk::new(41);
@@ -326,9 +353,15 @@ fn a_read_only_open_makes_no_write_sync_or_directory_change_on_the_simulated_dis
             .map(|p| (p.clone(), disk.read(&p)))
             .collect()
     };
+    let lock = in_place.then(|| disk.root().lock("LOCK").unwrap());
     let (counted, files) = (counters(&disk), contents_of(&disk));
 
-    let reader = Store::open_read_only(disk.root(), options).unwrap();
+    let reader = match lock {
+        Some(lock) => Store::open_read_only_in_place(disk.root(), options, lock),
+        None => Store::open_read_only(disk.root(), options),
+    }
+    .unwrap();
+    assert_eq!(reader.open_stats().from_checkpoint, in_place);
     for (id, content) in ids.iter().zip(&contents) {
         assert_eq!(&get(&reader, id).unwrap(), content);
     }
@@ -341,4 +374,93 @@ fn a_read_only_open_makes_no_write_sync_or_directory_change_on_the_simulated_dis
         "writes, syncs, renames, removes, creates, punches"
     );
     assert_eq!(contents_of(&disk), files);
+}
+
+/// Goal: a reader in place reads the catalog from its checkpoint, replays
+/// what the log holds past it (here a writer that crashed after more
+/// commits, a delete and an update), answers as that writer did, holds the
+/// writer lock while open; and a catalog file that is not there leaves it
+/// rebuilding in memory, with the same answers. Method: a real store, the
+/// writer forgotten instead of closed (no checkpoint of its last changes).
+#[test]
+fn a_reader_in_place_resumes_from_the_checkpoint_and_answers_as_the_writer_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        durability: Durability::Sync,
+        segment_bytes_max: 8192,
+        ..StoreOptions::default()
+    };
+    let tagged = |tag: &str| NewMetadata {
+        tags: vec![tag.into()],
+        ..NewMetadata::default()
+    };
+    let store = open(&dir, options.clone());
+    let mut contents = Vec::new();
+    for i in 0..5 {
+        let bytes = data(3000, 300 + i);
+        contents.push((
+            put_with(&store, &bytes, 500, tagged("early")).unwrap(),
+            bytes,
+        ));
+    }
+    drop(store);
+    let store = open(&dir, options.clone());
+    for i in 0..2 {
+        let bytes = data(3000, 400 + i);
+        contents.push((
+            put_with(&store, &bytes, 500, tagged("late")).unwrap(),
+            bytes,
+        ));
+    }
+    store.delete(&contents[0].0).unwrap();
+    contents.remove(0);
+    store
+        .update(
+            &contents[0].0,
+            MetadataUpdate {
+                add_tags: vec!["changed".into()],
+                ..MetadataUpdate::default()
+            },
+        )
+        .unwrap();
+    let answers = |store: &Store| {
+        let ids: Vec<ArtifactId> = store.ids().collect();
+        let tags: Vec<Vec<ArtifactId>> = ["early", "late", "changed"]
+            .iter()
+            .map(|tag| store.find_by_tag(tag, 100).unwrap())
+            .collect();
+        let metadata: Vec<Metadata> = ids.iter().map(|id| store.metadata(id).unwrap()).collect();
+        (ids, tags, metadata, store.stats().artifacts)
+    };
+    let expected = answers(&store);
+    assert_eq!(expected.1[2], [contents[0].0]);
+    std::mem::forget(store);
+
+    let lock = backend(&dir).lock("LOCK").unwrap();
+    let reader = Store::open_read_only_in_place(backend(&dir), options.clone(), lock).unwrap();
+    let stats = reader.open_stats();
+    assert!(stats.from_checkpoint, "{stats:?}");
+    assert_eq!(
+        stats.meta_records, 4,
+        "2 commits, a delete, an update: {stats:?}"
+    );
+    assert_eq!(answers(&reader), expected);
+    for (id, bytes) in &contents {
+        assert_eq!(&get(&reader, id).unwrap(), bytes);
+    }
+    assert_refuses_writes(&reader, &contents[1].0);
+    let held = backend(&dir).lock("LOCK");
+    assert_eq!(
+        held.err().map(|e| e.kind()),
+        Some(std::io::ErrorKind::WouldBlock),
+        "the reader holds the writer lock"
+    );
+    drop(reader);
+
+    super::forget_catalog(&dir);
+    let lock = backend(&dir).lock("LOCK").unwrap();
+    let reader = Store::open_read_only_in_place(backend(&dir), options, lock).unwrap();
+    assert!(!reader.open_stats().from_checkpoint);
+    assert_eq!(answers(&reader), expected);
+    assert!(reader.recovery_report().damage().next().is_none());
 }
