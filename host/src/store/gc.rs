@@ -26,8 +26,6 @@ use super::format::{
 };
 use super::index::Location;
 use super::meta::{self, Artifact};
-use super::meta_db::MetaDb;
-use super::names;
 use super::types::Hash;
 use super::{lock, segment, GcPolicy, GcReport, State, Store, StoreError};
 
@@ -235,11 +233,12 @@ fn punch(store: &Store, id: u64, report: &mut GcReport) -> Result<(), StoreError
 /// Rewrites `meta.log` as one commit (and at most one update) per live
 /// artifact, in commit order, when its dead share reaches
 /// [`GcPolicy::meta_log_dead_ratio_min`] (and it is at least
-/// [`GcPolicy::meta_log_bytes_min`] long). Copying the catalog out is a
-/// walk of the live artifacts under the store lock: a known cost, kept to
-/// passes where the log is long enough to matter. Holds
-/// the log lock throughout, so no commit, delete or update lands meanwhile;
-/// the store lock only while copying the catalog out. A log whose replay
+/// [`GcPolicy::meta_log_bytes_min`] long). The catalog is read out of the
+/// tables twice (to measure the live records, then to write them), a page
+/// at a time ([`Snapshot`]): a known cost, kept to passes where the log is
+/// long enough to matter. Holds the log lock throughout, so no commit,
+/// delete or update lands meanwhile; the store lock only while reading a
+/// page. A log whose replay
 /// found damage is left alone (see [`MetaLog::damaged`](super::meta::MetaLog::damaged)).
 /// Returns the bytes freed.
 fn compact_meta_log(store: &Store, policy: &GcPolicy) -> Result<u64, StoreError> {
@@ -248,11 +247,13 @@ fn compact_meta_log(store: &Store, policy: &GcPolicy) -> Result<u64, StoreError>
     if meta_log.damaged() || meta_log.len() < policy.meta_log_bytes_min {
         return Ok(0);
     }
-    let snapshot = Snapshot::of(&lock(&inner.state).db)?;
-    let records = || snapshot.records();
-    let live_bytes: u64 = records()
-        .map(|record| format::meta_record_len(&record))
-        .sum();
+    // Paged out of the tables under the state lock a page at a time: the
+    // log lock keeps the catalog as it is meanwhile.
+    let records = || Snapshot::records(|after| lock(&inner.state).db.snapshot_page(after));
+    let mut live_bytes = 0u64;
+    for record in records() {
+        live_bytes += format::meta_record_len(&record?);
+    }
     let old_len = meta_log.len();
     let record_bytes = old_len - META_HEADER_BYTES;
     if !worth_compacting(
@@ -278,38 +279,53 @@ fn compact_meta_log(store: &Store, policy: &GcPolicy) -> Result<u64, StoreError>
 
 /// The catalog as a compacted `meta.log` holds it: every container first
 /// (the bound commits that follow need them), then each live artifact's
-/// commit (with its binding) and update, in commit order. Copied out under
-/// the store lock; the records are made from it as they are written.
-pub(super) struct Snapshot {
-    containers: Vec<MetaRecord>,
-    live: Vec<(Artifact, Option<(String, String)>)>,
-}
+/// commit (with its binding) and update, in commit order. Read a page of
+/// [`SNAPSHOT_PAGE`] artifacts at a time, so memory stays bounded by a page
+/// whatever the catalog holds; the caller holds the log lock, so nothing in
+/// the catalog changes between pages.
+pub(super) struct Snapshot;
+
+/// Artifacts a snapshot reads from the tables at once.
+pub(super) const SNAPSHOT_PAGE: usize = 1024;
+
+/// One page of a snapshot: the containers on the first (`after` = `None`),
+/// then artifacts with their bindings, and the last seq read.
+pub(super) type SnapshotPage = (Vec<MetaRecord>, Vec<(Artifact, Option<(String, String)>)>);
 
 impl Snapshot {
-    pub(super) fn of(db: &MetaDb) -> Result<Snapshot, StoreError> {
-        let mut live = Vec::new();
-        let mut after = None;
-        loop {
-            let page = db.live_page(after, 4096)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.seq);
-            live.extend(page.into_iter().map(|artifact| {
-                let bound = db.names.bound.get(&artifact.meta.id).cloned();
-                (artifact, bound)
-            }));
-        }
-        Ok(Snapshot {
-            containers: names::snapshot_records(&db.names),
-            live,
+    /// The records, reading each page with `page(after)`.
+    pub(super) fn records<F>(mut page: F) -> impl Iterator<Item = Result<MetaRecord, StoreError>>
+    where
+        F: FnMut(Option<u64>) -> Result<SnapshotPage, StoreError>,
+    {
+        let mut after: Option<u64> = None;
+        let mut started = false;
+        let mut done = false;
+        let mut pending = std::collections::VecDeque::new();
+        std::iter::from_fn(move || loop {
+            if let Some(record) = pending.pop_front() {
+                return Some(Ok(record));
+            }
+            if done {
+                return None;
+            }
+            let (containers, live) = match page(after) {
+                Ok(read) => read,
+                Err(error) => {
+                    done = true;
+                    return Some(Err(error));
+                }
+            };
+            if !started {
+                started = true;
+                pending.extend(containers);
+            }
+            done = live.len() < SNAPSHOT_PAGE;
+            after = live.last().map(|(artifact, _)| artifact.seq).or(after);
+            for (artifact, bound) in &live {
+                pending.extend(meta::snapshot_records(artifact, bound.as_ref()));
+            }
         })
-    }
-
-    pub(super) fn records(&self) -> impl Iterator<Item = MetaRecord> + '_ {
-        self.containers.iter().cloned().chain(
-            self.live
-                .iter()
-                .flat_map(|(artifact, bound)| meta::snapshot_records(artifact, bound.as_ref())),
-        )
     }
 }
 

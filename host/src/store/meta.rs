@@ -403,7 +403,7 @@ impl MetaLog {
     /// Returns the new length.
     pub fn rewrite(
         &mut self,
-        records: impl Iterator<Item = MetaRecord>,
+        records: impl Iterator<Item = Result<MetaRecord, StoreError>>,
     ) -> Result<u64, StoreError> {
         let file = match self.write_compacted(records) {
             Ok(file) => file,
@@ -439,13 +439,12 @@ impl MetaLog {
     /// Writes `records` after a header to a new [`META_COMPACT_NAME`].
     fn write_compacted(
         &self,
-        records: impl Iterator<Item = MetaRecord>,
+        records: impl Iterator<Item = Result<MetaRecord, StoreError>>,
     ) -> Result<(Arc<dyn BackendFile>, u64), StoreError> {
         let file = self
             .dir
             .open(META_COMPACT_NAME, OpenMode::Truncate)
             .map_err(io(|| format!("creating {META_COMPACT_NAME}")))?;
-        let write_error = io(|| format!("writing {META_COMPACT_NAME}"));
         // Written a megabyte at a time: the live records, never the log.
         const FLUSH_BYTES: usize = 1 << 20;
         let mut buffer = Vec::with_capacity(FLUSH_BYTES * 2);
@@ -457,16 +456,17 @@ impl MetaLog {
             buffer.clear();
             Ok(())
         };
-        let written = (|| {
-            for record in records {
-                buffer.extend_from_slice(&format::encode_meta_record(&record));
-                if buffer.len() >= FLUSH_BYTES {
-                    flush(&mut buffer, &mut len)?;
-                }
+        // A record that cannot be read (the catalog's tables failed) ends
+        // the rewrite: the caller removes the partial file, the old log
+        // stays in force.
+        for record in records {
+            buffer.extend_from_slice(&format::encode_meta_record(&record?));
+            if buffer.len() >= FLUSH_BYTES {
+                flush(&mut buffer, &mut len)
+                    .map_err(io(|| format!("writing {META_COMPACT_NAME}")))?;
             }
-            flush(&mut buffer, &mut len)
-        })();
-        written.map_err(write_error)?;
+        }
+        flush(&mut buffer, &mut len).map_err(io(|| format!("writing {META_COMPACT_NAME}")))?;
         if self.durability.fsyncs() {
             self.fsyncs
                 .all(&*file)

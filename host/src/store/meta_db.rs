@@ -516,6 +516,30 @@ impl MetaDb {
         )
     }
 
+    /// A page of the catalog as a compacted `meta.log` holds it (see
+    /// [`gc::Snapshot`](super::gc::Snapshot)): the containers with the
+    /// first page (`after` = `None`), then up to
+    /// [`SNAPSHOT_PAGE`](super::gc::SNAPSHOT_PAGE) live artifacts past
+    /// `after`, each with its binding.
+    pub fn snapshot_page(
+        &self,
+        after: Option<u64>,
+    ) -> Result<super::gc::SnapshotPage, crate::error::StoreError> {
+        let containers = match after {
+            None => super::names::snapshot_records(&self.names),
+            Some(_) => Vec::new(),
+        };
+        let live = self
+            .live_page(after, super::gc::SNAPSHOT_PAGE)?
+            .into_iter()
+            .map(|artifact| {
+                let bound = self.names.bound.get(&artifact.meta.id).cloned();
+                (artifact, bound)
+            })
+            .collect();
+        Ok((containers, live))
+    }
+
     /// Up to `limit` live artifacts in commit order past `after`.
     pub fn live_page(&self, after: Option<u64>, limit: usize) -> Result<Vec<Artifact>, DbError> {
         let mut t = catalog_db::Tables::new(self.txn()?);

@@ -435,8 +435,7 @@ impl Store {
         let mut upgraded = false;
         if !read_only && meta_log.version() < format::META_VERSION && !meta_log.damaged() {
             let from = meta_log.version();
-            let snapshot = gc::Snapshot::of(&db)?;
-            match meta_log.rewrite(snapshot.records()) {
+            match meta_log.rewrite(gc::Snapshot::records(|after| db.snapshot_page(after))) {
                 Ok(_) => upgraded = true,
                 Err(error) => {
                     if meta_log.sync_failed() {
