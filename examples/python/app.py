@@ -46,6 +46,7 @@ def options(**fields) -> PutOptions:
         external_links=[],
         custom=[],
         chunking=None,
+        compress=None,
     )
     base.update(fields)
     return PutOptions(**base)

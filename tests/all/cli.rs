@@ -1517,6 +1517,80 @@ fn stats_prints_the_store_totals() {
     assert_eq!(stats["logical_bytes"], bytes.len() as u64);
 }
 
+/// Goal: compressible files are stored compressed unless `put
+/// --no-compress` says not to, `stats` tells stored from physical bytes,
+/// and both come back byte for byte. Method: text-like and random files,
+/// each put once with and once without compression (different contents,
+/// so no dedup), stats in JSON and text, gets compared.
+#[test]
+fn put_compresses_unless_told_not_to_and_stats_tell_stored_bytes() {
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let s = store.path();
+    let text = |seed: u64| -> Vec<u8> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let words = ["alpha ", "beta ", "gamma ", "delta\n", "epsilon "];
+        let mut out = Vec::new();
+        while out.len() < 300_000 {
+            out.extend_from_slice(words[rng.usize(..words.len())].as_bytes());
+        }
+        out.truncate(300_000);
+        out
+    };
+    let stored = |s: &Path| -> (u64, u64) {
+        let stats: serde_json::Value =
+            serde_json::from_str(&quiet(s, &["stats", "--json"])).unwrap();
+        (
+            stats["stored_bytes"].as_u64().unwrap(),
+            stats["physical_bytes"].as_u64().unwrap(),
+        )
+    };
+    let files: Vec<(PathBuf, Vec<u8>)> = [text(1), text(2), data(100_000, 3)]
+        .into_iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            let file = work.path().join(format!("f{i}"));
+            std::fs::write(&file, &bytes).unwrap();
+            (file, bytes)
+        })
+        .collect();
+    let compressed = put(s, &files[0].0, &[]);
+    let (after_one, physical) = stored(s);
+    assert_eq!(physical, files[0].1.len() as u64);
+    assert!(
+        after_one < physical / 3,
+        "text stored compressed: {after_one} of {physical}"
+    );
+    let plain = put(s, &files[1].0, &["--no-compress"]);
+    let (after_two, _) = stored(s);
+    assert_eq!(
+        after_two,
+        after_one + files[1].1.len() as u64,
+        "stored as it is"
+    );
+    let random = put(s, &files[2].0, &[]);
+    let (after_three, physical) = stored(s);
+    assert_eq!(
+        after_three,
+        after_two + 100_000,
+        "random bytes do not shrink"
+    );
+    let text_out = quiet(s, &["stats"]);
+    assert_eq!(
+        number_after(&text_out, "stored bytes:"),
+        after_three,
+        "{text_out}"
+    );
+    assert!(text_out.contains("compression ratio"), "{text_out}");
+    assert_eq!(physical, 700_000);
+    for (id, (_, bytes)) in [compressed, plain, random].iter().zip(&files) {
+        let out = work.path().join(format!("{id}.out"));
+        ok(&tblob(s, &["get", id, "-o", out.to_str().unwrap()]));
+        assert_eq!(&std::fs::read(&out).unwrap(), bytes);
+    }
+    ok(&tblob(s, &["verify"]));
+}
+
 /// Goal: `find` and `stats` are reading commands: they run while another
 /// process writes the tenant and see what it committed, while `tag`,
 /// `link` and `update` are writes, refused while the tenant is in use.

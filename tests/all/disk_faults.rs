@@ -68,9 +68,9 @@ fn a_full_real_disk_fails_writes_cleanly_and_gc_makes_room() {
     let mut contents = Vec::new();
     for i in 0..64u32 {
         let len = if i == 0 { 1_500_000 } else { 400_000 };
-        let bytes: Vec<u8> = (0..len)
-            .map(|j: u32| (j.wrapping_mul(i + 7) >> 3) as u8)
-            .collect();
+        // Incompressible, so the disk fills as the sizes say.
+        let mut bytes = vec![0u8; len];
+        fastrand::Rng::with_seed(u64::from(i)).fill(&mut bytes);
         match try_put(&store, &bytes) {
             Ok(id) => {
                 ids.push(id);
@@ -85,8 +85,10 @@ fn a_full_real_disk_fails_writes_cleanly_and_gc_makes_room() {
         "{} artifacts fit",
         ids.len()
     );
+    let mut more = vec![0u8; 400_000];
+    fastrand::Rng::with_seed(1000).fill(&mut more);
     assert!(matches!(
-        try_put(&store, &[7u8; 400_000]),
+        try_put(&store, &more),
         Err(StoreError::NoSpace(_))
     ));
     assert_eq!(store.ids().count(), ids.len(), "nothing partial is visible");

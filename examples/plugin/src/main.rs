@@ -59,6 +59,7 @@ fn options(filename: Option<&str>) -> PutOptions {
             avg: 64 << 10,
             max: 256 << 10,
         })),
+        compress: None,
     }
 }
 

@@ -116,6 +116,10 @@ enum Command {
         /// Fixed chunk size, or average CDC chunk size, in bytes.
         #[arg(long)]
         chunk_size: Option<u32>,
+        /// Store the chunks as they are, not compressed (for data known
+        /// not to compress: it saves the host the attempt).
+        #[arg(long)]
+        no_compress: bool,
     },
     /// Write an artifact's bytes to OUT (default: stdout).
     Get {
@@ -623,6 +627,7 @@ fn run(cli: Cli) -> Result<u8> {
             custom,
             chunking,
             chunk_size,
+            ..
         } => Some((
             put_chunking(*chunking, *chunk_size)?,
             parse_pairs("--set", custom)?,
@@ -672,6 +677,7 @@ fn run(cli: Cli) -> Result<u8> {
             links,
             external_links,
             creator,
+            no_compress,
             ..
         } => {
             let (chunking, custom, (), (mut source, size)) =
@@ -693,6 +699,7 @@ fn run(cli: Cli) -> Result<u8> {
                     .map(|(key, value)| KeyValue { key, value })
                     .collect(),
                 chunking,
+                compress: no_compress.then_some(false),
             };
             let mut chunker = runtime.chunker(tenant)?;
             let bar = progress(size, "put");
@@ -1042,15 +1049,16 @@ fn print_metadata(meta: &Metadata, json: bool) -> Result<()> {
 
 /// The store's totals, as `stats` (and `stat` without an id) print them.
 fn print_stats(stats: &Stats, json: bool) -> Result<()> {
-    let dedup_ratio = if stats.physical_bytes == 0 {
-        1.0
-    } else {
-        stats.logical_bytes as f64 / stats.physical_bytes as f64
-    };
+    let ratio = |of: u64, to: u64| if to == 0 { 1.0 } else { of as f64 / to as f64 };
+    // Content per distinct chunk byte, and distinct chunk bytes per byte
+    // stored (1.0 when nothing compressed).
+    let dedup_ratio = ratio(stats.logical_bytes, stats.physical_bytes);
+    let compression_ratio = ratio(stats.physical_bytes, stats.stored_bytes);
     let mut out = std::io::stdout().lock();
     if json {
         let mut value = serde_json::to_value(stats)?;
         value["dedup_ratio"] = serde_json::json!(dedup_ratio);
+        value["compression_ratio"] = serde_json::json!(compression_ratio);
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(());
     }
@@ -1058,6 +1066,11 @@ fn print_stats(stats: &Stats, json: bool) -> Result<()> {
     writeln!(out, "chunks:         {}", stats.chunks)?;
     writeln!(out, "logical bytes:  {}", stats.logical_bytes)?;
     writeln!(out, "physical bytes: {}", stats.physical_bytes)?;
+    writeln!(
+        out,
+        "stored bytes:   {} (compression ratio {compression_ratio:.3})",
+        stats.stored_bytes
+    )?;
     writeln!(out, "disk bytes:     {}", stats.disk_bytes)?;
     writeln!(out, "dedup ratio:    {dedup_ratio:.3}")?;
     writeln!(

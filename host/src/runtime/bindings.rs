@@ -81,6 +81,7 @@ impl Default for PutOptions {
             external_links: Vec::new(),
             custom: Vec::new(),
             chunking: None,
+            compress: None,
         }
     }
 }

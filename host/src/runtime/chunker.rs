@@ -162,7 +162,31 @@ impl Chunker {
     pub fn put(&mut self, data: &[u8], options: &PutOptions) -> Result<String, BlobError> {
         check::inline_data(data.len())?;
         check::put_options(options)?;
-        self.call(|b, s| b.call_put(s, data, options))
+        self.with_put_options(options, |chunker| {
+            chunker.call(|b, s| b.call_put(s, data, options))
+        })
+    }
+
+    /// Runs `call` (a `put` or `create-writer`) with the host-side part of
+    /// `options` in the instance's state, where the uploads the chunker
+    /// begins during the call take it from; cleared afterwards.
+    fn with_put_options<R>(
+        &mut self,
+        options: &PutOptions,
+        call: impl FnOnce(&mut Self) -> Result<R, BlobError>,
+    ) -> Result<R, BlobError> {
+        let compression = match options.compress {
+            Some(false) => Some(store::Compression::Off),
+            Some(true) | None => None,
+        };
+        self.ensure_instance().map_err(BlobError::Trap)?;
+        let instance = self.instance.as_mut().expect("ensured above");
+        instance.store.data_mut().compression = compression;
+        let result = call(self);
+        if let Some(instance) = self.instance.as_mut() {
+            instance.store.data_mut().compression = None;
+        }
+        result
     }
 
     pub fn get(&mut self, id: &str) -> Result<Vec<u8>, BlobError> {
@@ -172,7 +196,9 @@ impl Chunker {
 
     pub fn create_writer(&mut self, options: &PutOptions) -> Result<ChunkerResource, BlobError> {
         check::put_options(options)?;
-        let resource = self.call(|b, s| b.call_create_writer(s, options))?;
+        let resource = self.with_put_options(options, |chunker| {
+            chunker.call(|b, s| b.call_create_writer(s, options))
+        })?;
         Ok(ChunkerResource {
             resource,
             generation: self.generation,

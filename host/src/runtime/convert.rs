@@ -162,6 +162,7 @@ pub fn wit_stats(stats: store::Stats) -> StoreStats {
         chunks: stats.chunks,
         logical_bytes: stats.logical_bytes,
         physical_bytes: stats.physical_bytes,
+        stored_bytes: stats.stored_bytes,
         disk_bytes: stats.disk_bytes,
         live_bytes: stats.live_bytes,
         dead_bytes: stats.dead_bytes,

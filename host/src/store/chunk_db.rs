@@ -13,11 +13,13 @@
 //! unreferenced and not pinned.
 //!
 //! Tables:
-//! - `chunks`: digest -> (segment, offset, length, references); segment 0
-//!   (no segment has id 0) for a lost placeholder, a chunk a manifest
-//!   references but no segment holds.
-//! - `segment_chunks`: (segment, offset) -> (digest, length), the records
-//!   each segment holds in file order (GC's [`ChunkDb::chunks_in`]).
+//! - `chunks`: digest -> (segment, offset, chunk length, stored length,
+//!   references); segment 0 (no segment has id 0) for a lost placeholder,
+//!   a chunk a manifest references but no segment holds. The stored length
+//!   is its record's payload: the chunk length, or less when compressed.
+//! - `segment_chunks`: (segment, offset) -> (digest, chunk length, stored
+//!   length), the records each segment holds in file order (GC's
+//!   [`ChunkDb::chunks_in`]).
 //! - `accounts`: segment -> (indexed record bytes, unreferenced record
 //!   bytes), and `totals`: the running totals. Both are kept in memory
 //!   while the store is open and written by [`ChunkDb::flush`], before each
@@ -33,13 +35,13 @@ use super::index::{ChunkEntry, Location};
 use super::types::Hash;
 
 const CHUNKS: TableDefinition<&[u8; 32], ChunkRow> = TableDefinition::new("chunks");
-const SEGMENT_CHUNKS: TableDefinition<(u64, u64), (&[u8; 32], u32)> =
+const SEGMENT_CHUNKS: TableDefinition<(u64, u64), (&[u8; 32], u32, u32)> =
     TableDefinition::new("segment_chunks");
 const ACCOUNTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("accounts");
 const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
 
-type ChunkRow = (u64, u64, u32, u64);
-type RowsTable<'t> = Table<'t, (u64, u64), (&'static [u8; 32], u32)>;
+type ChunkRow = (u64, u64, u32, u32, u64);
+type RowsTable<'t> = Table<'t, (u64, u64), (&'static [u8; 32], u32, u32)>;
 
 /// The chunk tables of one write transaction, each opened on its first
 /// use and kept open until this is dropped (drop it before the commit):
@@ -80,15 +82,17 @@ fn record_bytes(len: u32) -> u64 {
 struct Totals {
     referenced_chunks: u64,
     referenced_bytes: u64,
+    referenced_stored_bytes: u64,
     unreferenced_chunks: u64,
     unreferenced_payload_bytes: u64,
     indexed_record_bytes: u64,
     unreferenced_record_bytes: u64,
 }
 
-const TOTAL_NAMES: [&str; 6] = [
+const TOTAL_NAMES: [&str; 7] = [
     "referenced_chunks",
     "referenced_bytes",
+    "referenced_stored_bytes",
     "unreferenced_chunks",
     "unreferenced_payload_bytes",
     "indexed_record_bytes",
@@ -96,10 +100,11 @@ const TOTAL_NAMES: [&str; 6] = [
 ];
 
 impl Totals {
-    fn fields(&mut self) -> [&mut u64; 6] {
+    fn fields(&mut self) -> [&mut u64; 7] {
         [
             &mut self.referenced_chunks,
             &mut self.referenced_bytes,
+            &mut self.referenced_stored_bytes,
             &mut self.unreferenced_chunks,
             &mut self.unreferenced_payload_bytes,
             &mut self.indexed_record_bytes,
@@ -134,8 +139,8 @@ pub struct ChunkDb {
     accounts: HashMap<u64, Account>,
     /// Pins per chunk (absent: none).
     pins: HashMap<Hash, u64>,
-    /// Of the unreferenced stored chunks, the pinned ones: chunks, payload
-    /// bytes, record bytes, and record bytes per segment.
+    /// Of the unreferenced stored chunks, the pinned ones: chunks, stored
+    /// payload bytes, record bytes, and record bytes per segment.
     pinned_unreferenced: (u64, u64, u64),
     pinned_unreferenced_in: HashMap<u64, u64>,
 }
@@ -143,7 +148,7 @@ pub struct ChunkDb {
 /// What one entry adds to the persisted totals and its segment's account.
 fn contribution(entry: &ChunkEntry) -> Option<(u64, Totals)> {
     let location = entry.location?;
-    let record = record_bytes(entry.len);
+    let record = record_bytes(entry.stored);
     let mut totals = Totals {
         indexed_record_bytes: record,
         ..Totals::default()
@@ -151,9 +156,10 @@ fn contribution(entry: &ChunkEntry) -> Option<(u64, Totals)> {
     if entry.refs > 0 {
         totals.referenced_chunks = 1;
         totals.referenced_bytes = u64::from(entry.len);
+        totals.referenced_stored_bytes = u64::from(entry.stored);
     } else {
         totals.unreferenced_chunks = 1;
-        totals.unreferenced_payload_bytes = u64::from(entry.len);
+        totals.unreferenced_payload_bytes = u64::from(entry.stored);
         totals.unreferenced_record_bytes = record;
     }
     Some((location.segment, totals))
@@ -163,7 +169,7 @@ fn stored(entry: &ChunkEntry) -> ChunkRow {
     let (segment, offset) = entry
         .location
         .map_or((0, 0), |location| (location.segment, location.offset));
-    (segment, offset, entry.len, entry.refs)
+    (segment, offset, entry.len, entry.stored, entry.refs)
 }
 
 impl ChunkDb {
@@ -201,12 +207,15 @@ impl ChunkDb {
     pub fn get(&self, t: &mut Tables<'_>, digest: &Hash) -> Result<Option<ChunkEntry>, DbError> {
         let table = t.chunks()?;
         let found = table.get(digest.as_bytes())?.map(|value| value.value());
-        Ok(found.map(|(segment, offset, len, refs)| ChunkEntry {
-            location: (segment != 0).then_some(Location { segment, offset }),
-            len,
-            refs,
-            pins: self.pins.get(digest).copied().unwrap_or(0),
-        }))
+        Ok(
+            found.map(|(segment, offset, len, stored, refs)| ChunkEntry {
+                location: (segment != 0).then_some(Location { segment, offset }),
+                len,
+                stored,
+                refs,
+                pins: self.pins.get(digest).copied().unwrap_or(0),
+            }),
+        )
     }
 
     /// Takes `entry` out of (`add` false) or puts it into the totals,
@@ -227,7 +236,8 @@ impl ChunkDb {
             let offset = entry.location.expect("a stored chunk").offset;
             let rows = t.rows()?;
             if add {
-                let previous = rows.insert((segment, offset), (digest.as_bytes(), entry.len))?;
+                let row = (digest.as_bytes(), entry.len, entry.stored);
+                let previous = rows.insert((segment, offset), row)?;
                 assert!(previous.is_none(), "one indexed record per offset");
             } else {
                 let removed = rows.remove((segment, offset))?;
@@ -258,9 +268,9 @@ impl ChunkDb {
             self.accounts.remove(&segment);
         }
         if entry.refs == 0 && entry.pins > 0 {
-            let record = record_bytes(entry.len);
+            let record = record_bytes(entry.stored);
             apply(&mut self.pinned_unreferenced.0, 1);
-            apply(&mut self.pinned_unreferenced.1, u64::from(entry.len));
+            apply(&mut self.pinned_unreferenced.1, u64::from(entry.stored));
             apply(&mut self.pinned_unreferenced.2, record);
             let in_segment = self.pinned_unreferenced_in.entry(segment).or_default();
             apply(in_segment, record);
@@ -313,7 +323,9 @@ impl ChunkDb {
         };
         let mut after = before;
         let result = change(&mut after);
-        let moved = before.location != after.location || before.len != after.len;
+        let moved = before.location != after.location
+            || before.len != after.len
+            || before.stored != after.stored;
         self.account(
             t,
             digest,
@@ -349,6 +361,7 @@ impl ChunkDb {
         digest: Hash,
         location: Location,
         len: u32,
+        stored: u32,
     ) -> Result<bool, DbError> {
         if self.get(t, &digest)?.is_some() {
             return Ok(false);
@@ -356,6 +369,7 @@ impl ChunkDb {
         let entry = ChunkEntry {
             location: Some(location),
             len,
+            stored,
             refs: 0,
             pins: 0,
         };
@@ -370,17 +384,20 @@ impl ChunkDb {
         digest: Hash,
         location: Location,
         len: u32,
+        stored: u32,
     ) -> Result<(), DbError> {
         let healed = self.modify(t, &digest, |entry| {
             assert!(entry.location.is_none(), "only a lost chunk is put again");
             entry.location = Some(location);
             entry.len = len;
+            entry.stored = stored;
             entry.pins += 1;
         })?;
         if healed.is_none() {
             let entry = ChunkEntry {
                 location: Some(location),
                 len,
+                stored,
                 refs: 0,
                 pins: 1,
             };
@@ -406,6 +423,7 @@ impl ChunkDb {
                 let entry = ChunkEntry {
                     location: None,
                     len,
+                    stored: 0,
                     refs: 1,
                     pins: 0,
                 };
@@ -480,12 +498,17 @@ impl ChunkDb {
         }
         self.account(t, digest, &entry, false, true)?;
         self.store(t, digest, None)?;
-        Ok(Some(entry.len))
+        Ok(Some(entry.stored))
     }
 
     /// Distinct stored chunks referenced by a live manifest, and their bytes.
     pub fn referenced(&self) -> (u64, u64) {
         (self.totals.referenced_chunks, self.totals.referenced_bytes)
+    }
+
+    /// As [`Index::referenced_stored_bytes`](super::index::Index::referenced_stored_bytes).
+    pub fn referenced_stored_bytes(&self) -> u64 {
+        self.totals.referenced_stored_bytes
     }
 
     /// Bytes of stored chunks pinned by uploads but not referenced.
@@ -496,7 +519,7 @@ impl ChunkDb {
 
     /// As [`Index::cost_bytes`](super::index::Index::cost_bytes).
     pub fn cost_bytes(&self) -> u64 {
-        self.totals.referenced_bytes
+        self.totals.referenced_stored_bytes
             + self.pinned_unreferenced.1
             + CHUNK_HEADER_BYTES * (self.totals.referenced_chunks + self.pinned_unreferenced.0)
     }
@@ -537,7 +560,7 @@ impl ChunkDb {
         &self,
         t: &mut Tables<'_>,
         segment: u64,
-    ) -> Result<Vec<(Hash, Location, u32)>, DbError> {
+    ) -> Result<Vec<(Hash, Location, u32, u32)>, DbError> {
         let table = t.rows()?;
         let mut chunks = Vec::new();
         let end = segment
@@ -546,11 +569,12 @@ impl ChunkDb {
         for row in table.range((segment, 0)..end)? {
             let (key, value) = row?;
             let (segment, offset) = key.value();
-            let (digest, len) = value.value();
+            let (digest, len, stored) = value.value();
             if (segment, offset) == end {
                 break; // the range is half-open, except at u64::MAX
             }
-            chunks.push((Hash::from_bytes(*digest), Location { segment, offset }, len));
+            let location = Location { segment, offset };
+            chunks.push((Hash::from_bytes(*digest), location, len, stored));
         }
         Ok(chunks)
     }
@@ -561,15 +585,16 @@ impl ChunkDb {
     pub fn check_accounting(&self, t: &mut Tables<'_>) -> Result<(), String> {
         let fail = |error: DbError| error.to_string();
         let mut fresh = ChunkDb::default();
-        let mut rows: BTreeMap<(u64, u64), (Hash, u32)> = BTreeMap::new();
+        let mut rows: BTreeMap<(u64, u64), (Hash, u32, u32)> = BTreeMap::new();
         let table = t.chunks().map_err(fail)?;
         for row in table.range::<&[u8; 32]>(..).map_err(|e| fail(e.into()))? {
             let (key, value) = row.map_err(|e| fail(e.into()))?;
             let digest = Hash::from_bytes(*key.value());
-            let (segment, offset, len, refs) = value.value();
+            let (segment, offset, len, stored, refs) = value.value();
             let entry = ChunkEntry {
                 location: (segment != 0).then_some(Location { segment, offset }),
                 len,
+                stored,
                 refs,
                 pins: self.pins.get(&digest).copied().unwrap_or(0),
             };
@@ -577,7 +602,7 @@ impl ChunkDb {
                 return Err(format!("lost placeholder {digest} is garbage but kept"));
             }
             if segment != 0 {
-                rows.insert((segment, offset), (digest, len));
+                rows.insert((segment, offset), (digest, len, stored));
             }
             fresh
                 .pins
@@ -607,8 +632,8 @@ impl ChunkDb {
         let mut listed_rows = BTreeMap::new();
         for row in listed.range::<(u64, u64)>(..).map_err(|e| fail(e.into()))? {
             let (key, value) = row.map_err(|e| fail(e.into()))?;
-            let (digest, len) = value.value();
-            listed_rows.insert(key.value(), (Hash::from_bytes(*digest), len));
+            let (digest, len, stored) = value.value();
+            listed_rows.insert(key.value(), (Hash::from_bytes(*digest), len, stored));
         }
         if listed_rows != rows {
             return Err("segment record lists drifted".into());
@@ -624,6 +649,7 @@ mod tests {
     use super::*;
     use crate::store::backend::sim::SimDisk;
     use crate::store::db;
+    use crate::store::index::accounting_tests::stored_of;
     use crate::store::index::Index;
 
     fn compare(db: &ChunkDb, t: &mut Tables<'_>, index: &Index, digests: &[Hash]) {
@@ -639,6 +665,10 @@ mod tests {
             (index.referenced_chunks(), index.referenced_bytes())
         );
         assert_eq!(db.pinned_only_bytes(), index.pinned_only_bytes());
+        assert_eq!(
+            db.referenced_stored_bytes(),
+            index.referenced_stored_bytes()
+        );
         assert_eq!(db.cost_bytes(), index.cost_bytes());
         assert_eq!(db.garbage(), index.garbage());
         assert_eq!(db.record_bytes(), index.record_bytes());
@@ -698,12 +728,13 @@ mod tests {
                 let mut t = Tables::new(&txn);
                 match op {
                     0 => {
-                        let ours = chunk_db.insert_found(&mut t, digest, at, len).unwrap();
-                        prop_assert_eq!(ours, index.insert_found(digest, at, len));
+                        let stored = stored_of(len);
+                        let ours = chunk_db.insert_found(&mut t, digest, at, len, stored).unwrap();
+                        prop_assert_eq!(ours, index.insert_found(digest, at, len, stored));
                     }
                     1 if entry.is_none_or(|e| e.location.is_none()) => {
-                        chunk_db.insert_put(&mut t, digest, at, len).unwrap();
-                        index.insert_put(digest, at, len);
+                        chunk_db.insert_put(&mut t, digest, at, len, stored_of(len)).unwrap();
+                        index.insert_put(digest, at, len, stored_of(len));
                     }
                     2 => {
                         let ours = chunk_db.add_ref(&mut t, &digest, len).unwrap();

@@ -95,9 +95,21 @@ const _: () = assert!(SEGMENT_HEADER_BYTES == 24);
 /// in UTF-8, so the same value is used for metadata records (see
 /// [`META_RECORD_MAGIC`]).
 pub const CHUNK_RECORD_MAGIC: u32 = u32::from_le_bytes([0xFE, 0xC4, 0xFF, 0x01]);
-/// Chunk record version. History: 1 = first release (CRC-32 check); 2 =
-/// keyed check (see [`RecordKey`]).
+/// Chunk record version of an uncompressed record. History: 1 = first
+/// release (CRC-32 check); 2 = keyed check (see [`RecordKey`]); 3 = the
+/// flags byte is used ([`CHUNK_FLAG_ZSTD`]). Uncompressed records are still
+/// written as version 2, so a store written with compression off stays
+/// readable by the code before version 3.
 pub const CHUNK_RECORD_VERSION: u8 = 2;
+/// Chunk record version of a record with flags (a compressed one).
+pub const CHUNK_RECORD_VERSION_FLAGS: u8 = 3;
+/// Record flag (version 3): the payload is the chunk's length, u32, then
+/// one zstd frame of the chunk's bytes. Payload and length are both
+/// checked on every read: the frame must decompress to exactly that many
+/// bytes (at most [`CHUNK_BYTES_MAX`]), hashing to the record's digest.
+pub const CHUNK_FLAG_ZSTD: u8 = 1;
+/// Bytes before the zstd frame in a compressed payload.
+pub const ZSTD_PREFIX_BYTES: u32 = 4;
 
 // Chunk record header layout, each offset derived from the previous field.
 const CHUNK_MAGIC_AT: usize = 0;
@@ -183,22 +195,32 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<[u8; SEGMENT_SALT_BYTES], S
 /// A decoded, checked chunk record header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkHeader {
+    /// Bytes of the payload as stored.
     pub payload_len: u32,
     pub digest: [u8; 32],
+    /// The payload is compressed ([`CHUNK_FLAG_ZSTD`]).
+    pub compressed: bool,
 }
 
 /// Encodes a chunk record header for a payload of `payload_len` bytes in a
-/// segment whose record key is `key`.
+/// segment whose record key is `key`; `compressed`: the payload is a
+/// [`CHUNK_FLAG_ZSTD`] one.
 pub fn encode_chunk_header(
     key: &RecordKey,
     digest: &[u8; 32],
     payload_len: u32,
+    compressed: bool,
 ) -> [u8; CHUNK_HEADER_END] {
     assert!((1..=CHUNK_BYTES_MAX).contains(&payload_len));
     let mut header = [0u8; CHUNK_HEADER_END];
     header[CHUNK_MAGIC_AT..CHUNK_VERSION_AT].copy_from_slice(&CHUNK_RECORD_MAGIC.to_le_bytes());
-    header[CHUNK_VERSION_AT] = CHUNK_RECORD_VERSION;
-    header[CHUNK_FLAGS_AT] = 0;
+    if compressed {
+        header[CHUNK_VERSION_AT] = CHUNK_RECORD_VERSION_FLAGS;
+        header[CHUNK_FLAGS_AT] = CHUNK_FLAG_ZSTD;
+    } else {
+        header[CHUNK_VERSION_AT] = CHUNK_RECORD_VERSION;
+        header[CHUNK_FLAGS_AT] = 0;
+    }
     header[CHUNK_LEN_AT..CHUNK_DIGEST_AT].copy_from_slice(&payload_len.to_le_bytes());
     header[CHUNK_DIGEST_AT..CHUNK_CHECK_AT].copy_from_slice(digest);
     let check = key.header_check(&header[..CHUNK_CHECK_AT]);
@@ -219,16 +241,24 @@ pub fn decode_chunk_header(key: &RecordKey, bytes: &[u8]) -> Result<ChunkHeader,
     if bytes[CHUNK_CHECK_AT..CHUNK_HEADER_END] != key.header_check(&bytes[..CHUNK_CHECK_AT]) {
         return Err("chunk header check mismatch".to_string());
     }
-    if bytes[CHUNK_VERSION_AT] != CHUNK_RECORD_VERSION {
-        return Err(format!(
-            "unsupported chunk record version {}",
-            bytes[CHUNK_VERSION_AT]
-        ));
-    }
+    let flags = bytes[CHUNK_FLAGS_AT];
+    let compressed = match (bytes[CHUNK_VERSION_AT], flags) {
+        (CHUNK_RECORD_VERSION, 0) => false,
+        (CHUNK_RECORD_VERSION_FLAGS, CHUNK_FLAG_ZSTD) => true,
+        (CHUNK_RECORD_VERSION | CHUNK_RECORD_VERSION_FLAGS, flags) => {
+            return Err(format!("unknown chunk record flags {flags:#04x}"));
+        }
+        (version, _) => return Err(format!("unsupported chunk record version {version}")),
+    };
     let payload_len = u32_at(CHUNK_LEN_AT);
     if payload_len == 0 || payload_len > CHUNK_BYTES_MAX {
         return Err(format!(
             "chunk length {payload_len} outside 1..={CHUNK_BYTES_MAX}"
+        ));
+    }
+    if compressed && payload_len <= ZSTD_PREFIX_BYTES {
+        return Err(format!(
+            "compressed chunk payload of {payload_len} bytes holds no frame"
         ));
     }
     let mut digest = [0u8; 32];
@@ -236,7 +266,26 @@ pub fn decode_chunk_header(key: &RecordKey, bytes: &[u8]) -> Result<ChunkHeader,
     Ok(ChunkHeader {
         payload_len,
         digest,
+        compressed,
     })
+}
+
+/// The chunk length a compressed payload declares (its first
+/// [`ZSTD_PREFIX_BYTES`]), checked: 1..=[`CHUNK_BYTES_MAX`], and more than
+/// the payload (a record is compressed only when that saves bytes).
+pub fn decode_zstd_prefix(payload_len: u32, prefix: &[u8]) -> Result<u32, String> {
+    let bytes: [u8; 4] = prefix
+        .get(..ZSTD_PREFIX_BYTES as usize)
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(|| "compressed chunk payload shorter than its length prefix".to_string())?;
+    let len = u32::from_le_bytes(bytes);
+    if len <= payload_len || len > CHUNK_BYTES_MAX {
+        return Err(format!(
+            "compressed chunk of {payload_len} bytes declares {len} bytes, outside {}..={CHUNK_BYTES_MAX}",
+            u64::from(payload_len) + 1
+        ));
+    }
+    Ok(len)
 }
 
 // ---------------------------------------------------------------------------
@@ -245,8 +294,13 @@ pub fn decode_chunk_header(key: &RecordKey, bytes: &[u8]) -> Result<ChunkHeader,
 
 /// First four bytes of a hint file ("TBHT").
 pub const HINT_MAGIC: u32 = u32::from_le_bytes(*b"TBHT");
-/// Hint file version. History: 1 = first release.
-pub const HINT_VERSION: u8 = 1;
+/// Hint file version. History: 1 = first release; 2 = each entry also
+/// holds the chunk's length (which a compressed record's payload length
+/// is not). Version 1 hints are still read: their segments hold no
+/// compressed records.
+pub const HINT_VERSION: u8 = 2;
+/// The oldest hint version read.
+pub const HINT_VERSION_V1: u8 = 1;
 /// Hint flag: the segment was fsynced before the hint was written.
 pub const HINT_FLAG_SEGMENT_SYNCED: u8 = 1;
 
@@ -262,8 +316,11 @@ const HINT_HEADER_END: usize = HINT_COUNT_AT + 8;
 /// Bytes of a hint file header.
 pub const HINT_HEADER_BYTES: u64 = HINT_HEADER_END as u64;
 const _: () = assert!(HINT_HEADER_BYTES == 32);
-/// Bytes of one hint entry: record offset u64, payload length u32, digest.
-pub const HINT_ENTRY_BYTES: u64 = 8 + 4 + 32;
+/// Bytes of one hint entry: record offset u64, payload length u32, chunk
+/// length u32, digest.
+pub const HINT_ENTRY_BYTES: u64 = 8 + 4 + 4 + 32;
+/// Bytes of one version 1 hint entry: no chunk length.
+const HINT_ENTRY_BYTES_V1: u64 = 8 + 4 + 32;
 /// Bytes of the trailer: CRC-32 of everything before it.
 pub const HINT_TRAILER_BYTES: u64 = 4;
 
@@ -278,8 +335,19 @@ pub fn hint_bytes_max(segment_len: u64) -> u64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HintEntry {
     pub offset: u64,
+    /// Bytes of the payload as stored.
     pub payload_len: u32,
+    /// Bytes of the chunk: `payload_len` unless the record is compressed,
+    /// then more.
+    pub chunk_len: u32,
     pub digest: [u8; 32],
+}
+
+impl HintEntry {
+    /// Whether the record is compressed.
+    pub fn compressed(&self) -> bool {
+        self.chunk_len != self.payload_len
+    }
 }
 
 /// Encodes the hint of segment `segment` (`segment_len` bytes long) whose
@@ -300,6 +368,7 @@ pub fn encode_hint(segment: u64, segment_len: u64, synced: bool, entries: &[Hint
     for entry in entries {
         bytes.extend_from_slice(&entry.offset.to_le_bytes());
         bytes.extend_from_slice(&entry.payload_len.to_le_bytes());
+        bytes.extend_from_slice(&entry.chunk_len.to_le_bytes());
         bytes.extend_from_slice(&entry.digest);
     }
     let crc = crc32fast::hash(&bytes);
@@ -315,12 +384,22 @@ pub struct Hint<'a> {
     /// (an active segment's checkpoint) whose records end there.
     pub segment_len: u64,
     entries: &'a [u8],
+    /// Version 1: entries without a chunk length.
+    v1: bool,
 }
 
 impl Hint<'_> {
+    fn entry_bytes(&self) -> usize {
+        if self.v1 {
+            HINT_ENTRY_BYTES_V1 as usize
+        } else {
+            HINT_ENTRY_BYTES as usize
+        }
+    }
+
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.entries.len() / HINT_ENTRY_BYTES as usize
+        self.entries.len() / self.entry_bytes()
     }
 
     /// Whether the segment has no records.
@@ -330,12 +409,26 @@ impl Hint<'_> {
 
     /// The entries, in file order.
     pub fn entries(&self) -> impl Iterator<Item = HintEntry> + '_ {
+        let v1 = self.v1;
         self.entries
-            .chunks_exact(HINT_ENTRY_BYTES as usize)
-            .map(|entry| HintEntry {
-                offset: u64::from_le_bytes(entry[0..8].try_into().expect("8 bytes")),
-                payload_len: u32::from_le_bytes(entry[8..12].try_into().expect("4 bytes")),
-                digest: entry[12..44].try_into().expect("32 bytes"),
+            .chunks_exact(self.entry_bytes())
+            .map(move |entry| {
+                let u32_at =
+                    |at: usize| u32::from_le_bytes(entry[at..at + 4].try_into().expect("4 bytes"));
+                let payload_len = u32_at(8);
+                let (chunk_len, digest_at) = if v1 {
+                    (payload_len, 12)
+                } else {
+                    (u32_at(12), 16)
+                };
+                HintEntry {
+                    offset: u64::from_le_bytes(entry[0..8].try_into().expect("8 bytes")),
+                    payload_len,
+                    chunk_len,
+                    digest: entry[digest_at..digest_at + 32]
+                        .try_into()
+                        .expect("32 bytes"),
+                }
             })
     }
 }
@@ -367,12 +460,16 @@ pub fn decode_hint(bytes: &[u8], segment: u64, segment_len: u64) -> Result<Hint<
     if magic != HINT_MAGIC {
         return Err(format!("bad hint magic {magic:#010x}"));
     }
-    if body[HINT_VERSION_AT] != HINT_VERSION {
-        return Err(format!(
-            "unsupported hint version {}",
-            body[HINT_VERSION_AT]
-        ));
-    }
+    let v1 = match body[HINT_VERSION_AT] {
+        HINT_VERSION => false,
+        HINT_VERSION_V1 => true,
+        version => return Err(format!("unsupported hint version {version}")),
+    };
+    let entry_bytes = if v1 {
+        HINT_ENTRY_BYTES_V1
+    } else {
+        HINT_ENTRY_BYTES
+    };
     if u64_at(HINT_SEGMENT_AT) != segment {
         return Err(format!("hint is for segment {}", u64_at(HINT_SEGMENT_AT)));
     }
@@ -384,7 +481,7 @@ pub fn decode_hint(bytes: &[u8], segment: u64, segment_len: u64) -> Result<Hint<
     }
     let entries = &body[HINT_HEADER_END..];
     let count = u64_at(HINT_COUNT_AT);
-    if count.checked_mul(HINT_ENTRY_BYTES) != Some(entries.len() as u64) {
+    if count.checked_mul(entry_bytes) != Some(entries.len() as u64) {
         return Err(format!(
             "hint claims {count} entries in {} bytes",
             entries.len()
@@ -394,6 +491,7 @@ pub fn decode_hint(bytes: &[u8], segment: u64, segment_len: u64) -> Result<Hint<
         segment_synced: body[HINT_FLAGS_AT] & HINT_FLAG_SEGMENT_SYNCED != 0,
         segment_len: hinted_len,
         entries,
+        v1,
     };
     let mut end = SEGMENT_HEADER_BYTES;
     for entry in hint.entries() {
@@ -407,6 +505,16 @@ pub fn decode_hint(bytes: &[u8], segment: u64, segment_len: u64) -> Result<Hint<
             return Err(format!(
                 "hint entry length {} outside 1..={CHUNK_BYTES_MAX}",
                 entry.payload_len
+            ));
+        }
+        // A compressed record is smaller than its chunk and holds a frame.
+        let compressed_ok = entry.chunk_len > entry.payload_len
+            && entry.payload_len > ZSTD_PREFIX_BYTES
+            && entry.chunk_len <= CHUNK_BYTES_MAX;
+        if entry.compressed() && !compressed_ok {
+            return Err(format!(
+                "hint entry at {}: a chunk of {} bytes stored in {}",
+                entry.offset, entry.chunk_len, entry.payload_len
             ));
         }
         end = entry
@@ -1241,12 +1349,13 @@ mod tests {
 
     #[test]
     fn chunk_header_round_trips_and_detects_damage() {
-        let header = encode_chunk_header(&RecordKey::from_salt(&[1; 16]), &[7; 32], 1234);
+        let header = encode_chunk_header(&RecordKey::from_salt(&[1; 16]), &[7; 32], 1234, true);
         assert_eq!(
             decode_chunk_header(&RecordKey::from_salt(&[1; 16]), &header).unwrap(),
             ChunkHeader {
                 payload_len: 1234,
-                digest: [7; 32]
+                digest: [7; 32],
+                compressed: true,
             }
         );
         for at in 0..header.len() {

@@ -420,16 +420,25 @@ fn update_record() -> impl Strategy<Value = MetaRecord> {
 /// Valid hint entries, back to back with random gaps (garbage between
 /// records is allowed), and the segment length they end at.
 fn hint_entries() -> impl Strategy<Value = (Vec<HintEntry>, u64)> {
-    proptest::collection::vec((0u64..100, chunk_len(), any::<[u8; 32]>()), 0..20).prop_map(|raw| {
+    let entry = (0u64..100, chunk_len(), any::<bool>(), any::<[u8; 32]>());
+    proptest::collection::vec(entry, 0..20).prop_map(|raw| {
         let mut at = SEGMENT_HEADER_BYTES;
         let entries = raw
             .into_iter()
-            .map(|(gap, payload_len, digest)| {
+            .map(|(gap, payload_len, compressed, digest)| {
                 let offset = at + gap;
                 at = offset + CHUNK_HEADER_BYTES + u64::from(payload_len);
+                // A compressed record holds a longer chunk.
+                let compressible = payload_len > ZSTD_PREFIX_BYTES && payload_len < CHUNK_BYTES_MAX;
+                let chunk_len = if compressed && compressible {
+                    payload_len + 1 + (payload_len % 1000).min(CHUNK_BYTES_MAX - payload_len - 1)
+                } else {
+                    payload_len
+                };
                 HintEntry {
                     offset,
                     payload_len,
+                    chunk_len,
                     digest,
                 }
             })
@@ -594,12 +603,13 @@ proptest! {
     /// Goal: chunk headers round-trip. Method: random digest and length in
     /// 1..=CHUNK_BYTES_MAX, encode, decode (with trailing payload bytes).
     #[test]
-    fn chunk_headers_round_trip(digest in any::<[u8; 32]>(), len in chunk_len(), tail in proptest::collection::vec(any::<u8>(), 0..8)) {
-        let mut bytes = encode_chunk_header(&test_key(), &digest, len).to_vec();
+    fn chunk_headers_round_trip(digest in any::<[u8; 32]>(), len in chunk_len(), compressed in any::<bool>(), tail in proptest::collection::vec(any::<u8>(), 0..8)) {
+        let compressed = compressed && len > ZSTD_PREFIX_BYTES;
+        let mut bytes = encode_chunk_header(&test_key(), &digest, len, compressed).to_vec();
         bytes.extend_from_slice(&tail);
         prop_assert_eq!(
             decode_chunk_header(&test_key(), &bytes),
-            Ok(ChunkHeader { payload_len: len, digest })
+            Ok(ChunkHeader { payload_len: len, digest, compressed })
         );
         prop_assert_eq!(decode_segment_header(&encode_segment_header(&TEST_SALT)), Ok(TEST_SALT));
         prop_assert_eq!(decode_meta_header(&encode_meta_header()), Ok(()));
@@ -666,7 +676,7 @@ proptest! {
         cut in any::<prop::sample::Index>(),
     ) {
         let meta = encode_meta_record(&record);
-        let chunk = encode_chunk_header(&test_key(), &digest, len).to_vec();
+        let chunk = encode_chunk_header(&test_key(), &digest, len, false).to_vec();
         let hint = encode_hint(3, end, true, &entries);
         let decoders: [Decoder<'_>; 3] = [
             ("meta record", &meta, &|b: &[u8]| decode_meta_whole(b).is_ok()),
@@ -891,10 +901,12 @@ fn valid_commit() -> MetaRecord {
 }
 
 /// A hint file with arbitrary header fields, crc stamped.
+/// A version 1 hint (what stores before compression wrote) with `count`
+/// in its count field and `entries` (offset, payload length).
 fn raw_hint(segment: u64, hinted_len: u64, count: u64, entries: &[(u64, u32)]) -> Vec<u8> {
     let mut bytes = Vec::new();
     bytes.extend_from_slice(&HINT_MAGIC.to_le_bytes());
-    bytes.extend_from_slice(&[HINT_VERSION, HINT_FLAG_SEGMENT_SYNCED, 0, 0]);
+    bytes.extend_from_slice(&[HINT_VERSION_V1, HINT_FLAG_SEGMENT_SYNCED, 0, 0]);
     bytes.extend_from_slice(&segment.to_le_bytes());
     bytes.extend_from_slice(&hinted_len.to_le_bytes());
     bytes.extend_from_slice(&count.to_le_bytes());
@@ -908,9 +920,24 @@ fn raw_hint(segment: u64, hinted_len: u64, count: u64, entries: &[(u64, u32)]) -
     bytes
 }
 
+/// A version 2 hint of segment 1, 140 bytes, with `entries` (offset,
+/// payload length, chunk length).
+fn hint_v2(entries: &[(u64, u32, u32)]) -> Vec<u8> {
+    let entries: Vec<HintEntry> = entries
+        .iter()
+        .map(|&(offset, payload_len, chunk_len)| HintEntry {
+            offset,
+            payload_len,
+            chunk_len,
+            digest: [9; 32],
+        })
+        .collect();
+    encode_hint(1, 140, true, &entries)
+}
+
 /// A chunk header with `len` in its length field and a valid crc.
 fn chunk_header_with_len(len: u32) -> Vec<u8> {
-    let mut bytes = encode_chunk_header(&test_key(), &[7; 32], 1).to_vec();
+    let mut bytes = encode_chunk_header(&test_key(), &[7; 32], 1, false).to_vec();
     bytes[8..12].copy_from_slice(&len.to_le_bytes());
     fix_chunk_crc(&mut bytes);
     bytes
@@ -961,15 +988,26 @@ fn corpus() -> Vec<(&'static str, Target, Vec<u8>, bool)> {
     let two = [(24u64, 10u32), (82, 10)];
     let mut hint_trailing = encode_hint(1, 124, true, &[]);
     hint_trailing.push(0);
-    let mut hint_v2 = encode_hint(1, 124, true, &[]);
-    hint_v2[4] = 2;
-    fix_hint_crc(&mut hint_v2);
+    let mut hint_v3 = encode_hint(1, 124, true, &[]);
+    hint_v3[4] = 3;
+    fix_hint_crc(&mut hint_v3);
     let mut hint_magic = encode_hint(1, 124, true, &[]);
     hint_magic[0] ^= 0x20;
     fix_hint_crc(&mut hint_magic);
-    let mut chunk_v2 = encode_chunk_header(&test_key(), &[7; 32], 5).to_vec();
-    chunk_v2[4] = 3;
-    fix_chunk_crc(&mut chunk_v2);
+    let mut chunk_v4 = encode_chunk_header(&test_key(), &[7; 32], 5, false).to_vec();
+    chunk_v4[4] = 4;
+    fix_chunk_crc(&mut chunk_v4);
+    // Version 3 with no flag, or an unknown one; a compressed payload too
+    // short for its length prefix.
+    let mut chunk_v3_no_flag = encode_chunk_header(&test_key(), &[7; 32], 5, true).to_vec();
+    chunk_v3_no_flag[5] = 0;
+    fix_chunk_crc(&mut chunk_v3_no_flag);
+    let mut chunk_v3_flag = encode_chunk_header(&test_key(), &[7; 32], 5, true).to_vec();
+    chunk_v3_flag[5] = 2;
+    fix_chunk_crc(&mut chunk_v3_flag);
+    let mut chunk_v3_short = encode_chunk_header(&test_key(), &[7; 32], 5, true).to_vec();
+    chunk_v3_short[8..12].copy_from_slice(&4u32.to_le_bytes());
+    fix_chunk_crc(&mut chunk_v3_short);
     let mut segment_reserved = encode_segment_header(&TEST_SALT).to_vec();
     segment_reserved[5] = 1;
     let mut meta_v3 = encode_meta_header().to_vec();
@@ -1034,7 +1072,7 @@ fn corpus() -> Vec<(&'static str, Target, Vec<u8>, bool)> {
         (
             "chunk: 47 bytes",
             Chunk,
-            encode_chunk_header(&test_key(), &[7; 32], 5)[..47].to_vec(),
+            encode_chunk_header(&test_key(), &[7; 32], 5, false)[..47].to_vec(),
             false,
         ),
         ("chunk: all 0xFF", Chunk, vec![0xFF; 48], false),
@@ -1042,13 +1080,17 @@ fn corpus() -> Vec<(&'static str, Target, Vec<u8>, bool)> {
         (
             "chunk: valid",
             Chunk,
-            encode_chunk_header(&test_key(), &[7; 32], 5).to_vec(),
+            encode_chunk_header(&test_key(), &[7; 32], 5, false).to_vec(),
             true,
         ),
         (
             "chunk: valid, payload follows",
             Chunk,
-            [&encode_chunk_header(&test_key(), &[7; 32], 5)[..], &[1; 5]].concat(),
+            [
+                &encode_chunk_header(&test_key(), &[7; 32], 5, false)[..],
+                &[1; 5],
+            ]
+            .concat(),
             true,
         ),
         (
@@ -1081,7 +1123,25 @@ fn corpus() -> Vec<(&'static str, Target, Vec<u8>, bool)> {
             chunk_header_with_len(u32::MAX),
             false,
         ),
-        ("chunk: version 3, check valid", Chunk, chunk_v2, false),
+        ("chunk: version 4, check valid", Chunk, chunk_v4, false),
+        (
+            "chunk: version 3 without its flag",
+            Chunk,
+            chunk_v3_no_flag,
+            false,
+        ),
+        (
+            "chunk: version 3, unknown flag",
+            Chunk,
+            chunk_v3_flag,
+            false,
+        ),
+        (
+            "chunk: compressed, no room for a frame",
+            Chunk,
+            chunk_v3_short,
+            false,
+        ),
         (
             "chunk: meta record magic",
             Chunk,
@@ -1116,12 +1176,47 @@ fn corpus() -> Vec<(&'static str, Target, Vec<u8>, bool)> {
             true,
         ),
         (
+            "hint v2: a compressed record and a plain one",
+            HintFile(1, 140),
+            hint_v2(&[(24, 10, 500), (82, 10, 10)]),
+            true,
+        ),
+        (
+            "hint v2: a chunk shorter than its payload",
+            HintFile(1, 140),
+            hint_v2(&[(24, 10, 9), (82, 10, 10)]),
+            false,
+        ),
+        (
+            "hint v2: a chunk over the limit",
+            HintFile(1, 140),
+            hint_v2(&[(24, 10, CHUNK_BYTES_MAX + 1), (82, 10, 10)]),
+            false,
+        ),
+        (
+            "hint v2: compressed, no room for a frame",
+            HintFile(1, 140),
+            hint_v2(&[(24, 4, 500), (76, 16, 16)]),
+            false,
+        ),
+        (
+            "hint v2: version 1 entry sizes",
+            HintFile(1, 140),
+            {
+                let mut bytes = raw_hint(1, 140, 2, &two);
+                bytes[4] = HINT_VERSION;
+                fix_hint_crc(&mut bytes);
+                bytes
+            },
+            false,
+        ),
+        (
             "hint: trailing byte",
             HintFile(1, 124),
             hint_trailing,
             false,
         ),
-        ("hint: version 2", HintFile(1, 124), hint_v2, false),
+        ("hint: version 3", HintFile(1, 124), hint_v3, false),
         (
             "hint: bad magic, crc valid",
             HintFile(1, 124),

@@ -27,7 +27,7 @@ use super::format::{
 use super::index::Location;
 use super::meta::{self, Artifact};
 use super::types::Hash;
-use super::{lock, segment, GcPolicy, GcReport, State, Store, StoreError};
+use super::{lock, segment, GcPolicy, GcReport, Inner, State, Store, StoreError};
 
 /// Chunks of one segment looked at per taking of the store lock while GC
 /// drops garbage: bounds how long a put or get can wait behind GC.
@@ -177,9 +177,9 @@ fn punch(store: &Store, id: u64, report: &mut GcReport) -> Result<(), StoreError
             return Ok(());
         };
         let mut live: Vec<(u64, u32)> = Vec::new();
-        for (digest, location, len) in state.db.chunks_in(id)? {
-            if !drop_if_garbage(&mut state, report, &digest, location)? {
-                live.push((location.offset, len));
+        for (digest, location, _, stored) in inner.db(state.db.chunks_in(id))? {
+            if !drop_if_garbage(inner, &mut state, report, &digest, location)? {
+                live.push((location.offset, stored));
             }
         }
         let (ranges, forgotten) = state.segments.dead_ranges(id, &live);
@@ -331,13 +331,16 @@ impl Snapshot {
 
 /// Drops `digest` from the index if it is garbage still at `from`,
 /// counting it in `report`; whether it was.
+/// A failure of the catalog database stops the store's writes (see
+/// `Inner::db`): the change may be half applied to its tables.
 fn drop_if_garbage(
+    inner: &Inner,
     state: &mut State,
     report: &mut GcReport,
     digest: &Hash,
     from: Location,
 ) -> Result<bool, StoreError> {
-    let dropped = state.db.remove_garbage(digest, from)?;
+    let dropped = inner.db(state.db.remove_garbage(digest, from))?;
     if let Some(len) = dropped {
         report.chunks_removed += 1;
         report.chunk_bytes_removed += u64::from(len);
@@ -364,43 +367,46 @@ fn compact(
             .segments
             .handle(id)
             .expect("candidate segments are open");
-        (state.db.chunks_in(id)?, file)
+        (inner.db(state.db.chunks_in(id))?, file)
     };
     let mut written = BTreeSet::new();
     for batch in chunks.chunks(BATCH_CHUNKS) {
-        let live: Vec<(Hash, Location, u32)> = {
+        let live: Vec<(Hash, Location, u32, u32)> = {
             let mut state = lock(&inner.state);
             let mut live = Vec::with_capacity(batch.len());
-            for &(digest, from, len) in batch {
-                if !drop_if_garbage(&mut state, report, &digest, from)? {
-                    live.push((digest, from, len));
+            for &(digest, from, len, stored) in batch {
+                if !drop_if_garbage(inner, &mut state, report, &digest, from)? {
+                    live.push((digest, from, len, stored));
                 }
             }
             live
         };
-        for (digest, from, len) in live {
-            let bytes = match segment::read_payload(&*file, id, from.offset, &digest, len) {
+        for (digest, from, len, stored) in live {
+            // Copied as stored (a compressed record stays compressed),
+            // after checking it holds the chunk.
+            let read = segment::read_verified_record(&*file, id, from.offset, &digest, len, stored);
+            let bytes = match read {
                 Ok(bytes) => bytes,
                 Err(StoreError::Corrupted(_)) => return Ok(()),
                 Err(e) => return Err(e),
             };
             let mut state = lock(&inner.state);
             // Deleted and unpinned while we read it: no need to copy.
-            if drop_if_garbage(&mut state, report, &digest, from)? {
+            if drop_if_garbage(inner, &mut state, report, &digest, from)? {
                 continue;
             }
             let active_before = state.segments.active;
-            let (segment, offset, rotated) = state.segments.append(&digest, &bytes)?;
+            let (segment, offset, rotated) = state.segments.append(&digest, &bytes, len)?;
             if segment != active_before {
                 *written_bytes += SEGMENT_HEADER_BYTES;
             }
             sealed.extend(rotated);
-            let moved = state
+            let moved = inner.db(state
                 .db
-                .relocate(&digest, from, Location { segment, offset })?;
+                .relocate(&digest, from, Location { segment, offset }))?;
             assert!(moved, "only GC moves or drops chunks, and GC runs alone");
             written.insert(segment);
-            let record_bytes = CHUNK_HEADER_BYTES + u64::from(len);
+            let record_bytes = CHUNK_HEADER_BYTES + u64::from(stored);
             *written_bytes += record_bytes;
             report.bytes_copied += record_bytes;
         }

@@ -99,7 +99,11 @@ pub struct ChunkEntry {
     /// holds (lost to damage): reads of it are `Corrupted`, and putting its
     /// bytes again heals every artifact that uses it.
     pub location: Option<Location>,
+    /// Bytes of the chunk.
     pub len: u32,
+    /// Bytes of its record's payload: `len`, or fewer for a compressed
+    /// record; 0 for a lost placeholder (it has no record).
+    pub stored: u32,
     /// Live manifest entries referring to this chunk.
     pub refs: u64,
     /// Uploads holding this chunk (each counts once).
@@ -112,13 +116,14 @@ impl ChunkEntry {
         self.refs == 0 && self.pins == 0
     }
 
-    /// Contribution to (referenced chunks, referenced bytes, pinned-only bytes).
-    fn totals(&self) -> (u64, u64, u64) {
+    /// Contribution to (referenced chunks, referenced bytes, referenced
+    /// stored bytes, pinned-only stored bytes).
+    fn totals(&self) -> (u64, u64, u64, u64) {
         match (self.location, self.refs, self.pins) {
-            (None, _, _) => (0, 0, 0),
-            (Some(_), 0, 0) => (0, 0, 0),
-            (Some(_), 0, _) => (0, 0, u64::from(self.len)),
-            (Some(_), _, _) => (1, u64::from(self.len), 0),
+            (None, _, _) => (0, 0, 0, 0),
+            (Some(_), 0, 0) => (0, 0, 0, 0),
+            (Some(_), 0, _) => (0, 0, 0, u64::from(self.stored)),
+            (Some(_), _, _) => (1, u64::from(self.len), u64::from(self.stored), 0),
         }
     }
 }
@@ -154,11 +159,12 @@ pub struct Index {
     entries: HashMap<Hash, ChunkEntry, DigestHashState>,
     referenced_chunks: u64,
     referenced_bytes: u64,
+    referenced_stored_bytes: u64,
     pinned_only_bytes: u64,
     pinned_only_chunks: u64,
     /// Per segment id; a segment with no indexed chunk has no account.
     segments: HashMap<u64, SegmentAccount>,
-    /// Stored chunks that are garbage, and their payload bytes.
+    /// Stored chunks that are garbage, and their stored payload bytes.
     garbage_chunks: u64,
     garbage_payload_bytes: u64,
     /// Bytes of every indexed record, and of the garbage ones among them.
@@ -181,7 +187,13 @@ impl Index {
         self.referenced_bytes
     }
 
-    /// Bytes of stored chunks pinned by uploads but not (yet) referenced.
+    /// Bytes of the payloads of [`Index::referenced_chunks`] as stored
+    /// (compressed, where they are).
+    pub fn referenced_stored_bytes(&self) -> u64 {
+        self.referenced_stored_bytes
+    }
+
+    /// Stored payload bytes of chunks pinned by uploads but not (yet) referenced.
     #[cfg(test)]
     pub fn pinned_only_bytes(&self) -> u64 {
         self.pinned_only_bytes
@@ -190,7 +202,7 @@ impl Index {
     /// What the referenced and pinned chunks cost on disk: their records,
     /// headers included (a 1-byte chunk costs 49 bytes, not 1).
     pub fn cost_bytes(&self) -> u64 {
-        self.referenced_bytes
+        self.referenced_stored_bytes
             + self.pinned_only_bytes
             + CHUNK_HEADER_BYTES * (self.referenced_chunks + self.pinned_only_chunks)
     }
@@ -201,22 +213,26 @@ impl Index {
     fn modify<R>(&mut self, digest: &Hash, change: impl FnOnce(&mut ChunkEntry) -> R) -> Option<R> {
         let entry = self.entries.get_mut(digest)?;
         let before = *entry;
-        let (chunks, bytes, pinned) = entry.totals();
+        let (chunks, bytes, stored, pinned) = entry.totals();
         let result = change(entry);
         let after = *entry;
-        let (chunks_after, bytes_after, pinned_after) = entry.totals();
+        let (chunks_after, bytes_after, stored_after, pinned_after) = entry.totals();
         // Each total is a sum that includes the old contribution: no underflow.
         self.referenced_chunks = self.referenced_chunks - chunks + chunks_after;
         self.referenced_bytes = self.referenced_bytes - bytes + bytes_after;
+        self.referenced_stored_bytes = self.referenced_stored_bytes - stored + stored_after;
         self.pinned_only_bytes = self.pinned_only_bytes - pinned + pinned_after;
         self.pinned_only_chunks =
             self.pinned_only_chunks - u64::from(pinned > 0) + u64::from(pinned_after > 0);
-        if before.location != after.location || before.len != after.len {
+        if before.location != after.location
+            || before.len != after.len
+            || before.stored != after.stored
+        {
             self.unaccount(digest, &before);
             self.account(digest, &after);
         } else if before.is_garbage() != after.is_garbage() {
             if let Some(location) = after.location {
-                self.account_garbage(location.segment, after.len, after.is_garbage());
+                self.account_garbage(location.segment, after.stored, after.is_garbage());
             }
         }
         if after.is_garbage() && after.location.is_none() {
@@ -226,11 +242,12 @@ impl Index {
     }
 
     fn insert(&mut self, digest: Hash, entry: ChunkEntry) {
-        let (chunks, bytes, pinned) = entry.totals();
+        let (chunks, bytes, stored, pinned) = entry.totals();
         let previous = self.entries.insert(digest, entry);
         assert!(previous.is_none(), "insert only new digests");
         self.referenced_chunks += chunks;
         self.referenced_bytes += bytes;
+        self.referenced_stored_bytes += stored;
         self.pinned_only_bytes += pinned;
         self.pinned_only_chunks += u64::from(pinned > 0);
         self.account(&digest, &entry);
@@ -242,14 +259,14 @@ impl Index {
         let Some(location) = entry.location else {
             return;
         };
-        let bytes = record_bytes(entry.len);
+        let bytes = record_bytes(entry.stored);
         let account = self.segments.entry(location.segment).or_default();
         let previous = account.chunks.insert(location.offset, *digest);
         assert!(previous.is_none(), "one indexed record per offset");
         account.indexed_bytes += bytes;
         self.indexed_record_bytes += bytes;
         if entry.is_garbage() {
-            self.account_garbage(location.segment, entry.len, true);
+            self.account_garbage(location.segment, entry.stored, true);
         }
     }
 
@@ -259,9 +276,9 @@ impl Index {
             return;
         };
         if entry.is_garbage() {
-            self.account_garbage(location.segment, entry.len, false);
+            self.account_garbage(location.segment, entry.stored, false);
         }
-        let bytes = record_bytes(entry.len);
+        let bytes = record_bytes(entry.stored);
         let account = self
             .segments
             .get_mut(&location.segment)
@@ -280,7 +297,7 @@ impl Index {
         }
     }
 
-    /// Counts a stored chunk of `len` bytes in `segment` into (`garbage`
+    /// Counts a stored chunk of `len` payload bytes on disk in `segment` into (`garbage`
     /// true) or out of the garbage totals.
     fn account_garbage(&mut self, segment: u64, len: u32, garbage: bool) {
         let bytes = record_bytes(len);
@@ -309,8 +326,15 @@ impl Index {
     /// Records a chunk found by the recovery scan. A second copy of a digest
     /// already indexed is ignored (it is garbage for compaction); returns
     /// whether this copy was taken. Found chunks have no references or pins
-    /// yet, so the totals do not change.
-    pub fn insert_found(&mut self, digest: Hash, location: Location, len: u32) -> bool {
+    /// yet, so the totals do not change. `len`: the chunk's bytes,
+    /// `stored`: its record's payload bytes.
+    pub fn insert_found(
+        &mut self,
+        digest: Hash,
+        location: Location,
+        len: u32,
+        stored: u32,
+    ) -> bool {
         if self.entries.contains_key(&digest) {
             return false;
         }
@@ -319,6 +343,7 @@ impl Index {
             ChunkEntry {
                 location: Some(location),
                 len,
+                stored,
                 refs: 0,
                 pins: 0,
             },
@@ -328,12 +353,13 @@ impl Index {
 
     /// Records a chunk just appended by an upload, pinned once by it. If the
     /// digest was a lost placeholder, this heals it.
-    pub fn insert_put(&mut self, digest: Hash, location: Location, len: u32) {
+    pub fn insert_put(&mut self, digest: Hash, location: Location, len: u32, stored: u32) {
         if self
             .modify(&digest, |entry| {
                 assert!(entry.location.is_none(), "only a lost chunk is put again");
                 entry.location = Some(location);
                 entry.len = len;
+                entry.stored = stored;
                 entry.pins += 1;
             })
             .is_none()
@@ -343,6 +369,7 @@ impl Index {
                 ChunkEntry {
                     location: Some(location),
                     len,
+                    stored,
                     refs: 0,
                     pins: 1,
                 },
@@ -364,6 +391,7 @@ impl Index {
                     ChunkEntry {
                         location: None,
                         len,
+                        stored: 0,
                         refs: 1,
                         pins: 0,
                     },
@@ -417,7 +445,7 @@ impl Index {
 
     /// Drops `digest` from the index if it is garbage and its record is
     /// still at `at` (GC, once it frees that record's bytes); returns its
-    /// length if it was dropped. A chunk pinned or referenced meanwhile
+    /// record's payload bytes if it was dropped. A chunk pinned or referenced meanwhile
     /// stays.
     pub fn remove_garbage(&mut self, digest: &Hash, at: Location) -> Option<u32> {
         let entry = *self.entries.get(digest)?;
@@ -427,11 +455,11 @@ impl Index {
         self.entries.remove(digest);
         // Garbage contributes nothing to the reference and pin totals.
         self.unaccount(digest, &entry);
-        Some(entry.len)
+        Some(entry.stored)
     }
 
     /// Stored chunks nothing references or pins: how many, and their
-    /// payload bytes.
+    /// payload bytes as stored.
     pub fn garbage(&self) -> (u64, u64) {
         (self.garbage_chunks, self.garbage_payload_bytes)
     }
@@ -450,9 +478,10 @@ impl Index {
         self.segments.get(&segment)
     }
 
-    /// The chunks whose records are in `segment`, in file order. Costs the
-    /// segment's chunk count, not the index's.
-    pub fn chunks_in(&self, segment: u64) -> Vec<(Hash, Location, u32)> {
+    /// The chunks whose records are in `segment`, in file order, with
+    /// their chunk and stored payload bytes. Costs the segment's chunk
+    /// count, not the index's.
+    pub fn chunks_in(&self, segment: u64) -> Vec<(Hash, Location, u32, u32)> {
         let Some(account) = self.segments.get(&segment) else {
             return Vec::new();
         };
@@ -461,7 +490,12 @@ impl Index {
             .iter()
             .map(|(&offset, digest)| {
                 let entry = &self.entries[digest];
-                (*digest, Location { segment, offset }, entry.len)
+                (
+                    *digest,
+                    Location { segment, offset },
+                    entry.len,
+                    entry.stored,
+                )
             })
             .collect()
     }
@@ -481,6 +515,7 @@ impl Index {
             (
                 index.referenced_chunks,
                 index.referenced_bytes,
+                index.referenced_stored_bytes,
                 index.pinned_only_bytes,
                 index.pinned_only_chunks,
                 index.garbage_chunks,
@@ -515,10 +550,11 @@ mod tests {
             segment: 1,
             offset: 8,
         };
-        index.insert_put(a, at, 10);
+        // A compressed record: 10 bytes of chunk in 6 on disk.
+        index.insert_put(a, at, 10, 6);
         assert_eq!(
             (index.referenced_chunks(), index.pinned_only_bytes()),
-            (0, 10)
+            (0, 6)
         );
         assert!(index.add_ref(&a, 10));
         index.unpin(&a);
@@ -526,10 +562,12 @@ mod tests {
             (
                 index.referenced_chunks(),
                 index.referenced_bytes(),
+                index.referenced_stored_bytes(),
                 index.pinned_only_bytes()
             ),
-            (1, 10, 0)
+            (1, 10, 6, 0)
         );
+        assert_eq!(index.cost_bytes(), CHUNK_HEADER_BYTES + 6);
         let lost = Hash::of(b"lost");
         assert!(!index.add_ref(&lost, 7));
         assert_eq!(index.referenced_bytes(), 10, "lost chunks hold no bytes");
@@ -541,19 +579,21 @@ mod tests {
                 offset: 100,
             },
             7,
+            7,
         );
         assert_eq!(
             (index.referenced_chunks(), index.referenced_bytes()),
             (2, 17)
         );
+        assert_eq!(index.referenced_stored_bytes(), 13);
         index.check_accounting().unwrap();
         index.unpin(&lost);
         index.drop_ref(&lost);
         index.drop_ref(&a);
-        assert_eq!(index.garbage(), (2, 17));
+        assert_eq!(index.garbage(), (2, 13), "stored bytes");
         assert_eq!(index.chunks_in(1).len(), 2);
         index.check_accounting().unwrap();
-        assert_eq!(index.remove_garbage(&a, at), Some(10));
+        assert_eq!(index.remove_garbage(&a, at), Some(6));
         assert_eq!(
             index.remove_garbage(&lost, at),
             None,
@@ -579,9 +619,19 @@ mod tests {
 }
 
 #[cfg(test)]
-mod accounting_tests {
+pub mod accounting_tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The stored bytes of a test chunk of `len` bytes: odd lengths stand
+    /// for compressed records.
+    pub fn stored_of(len: u32) -> u32 {
+        if len % 2 == 1 {
+            len.div_ceil(2)
+        } else {
+            len
+        }
+    }
 
     /// Goal: the per-segment accounts and garbage totals GC relies on never
     /// drift from the entries, whatever sequence of index changes happens.
@@ -601,8 +651,9 @@ mod accounting_tests {
                 next_offset += 100;
                 let at = Location { segment, offset: next_offset };
                 match op {
-                    0 => { index.insert_found(digest, at, len); }
-                    1 if entry.is_none_or(|e| e.location.is_none()) => index.insert_put(digest, at, len),
+                    // Odd lengths stand for compressed records.
+                    0 => { index.insert_found(digest, at, len, stored_of(len)); }
+                    1 if entry.is_none_or(|e| e.location.is_none()) => index.insert_put(digest, at, len, stored_of(len)),
                     2 => { index.add_ref(&digest, len); }
                     3 if entry.is_some_and(|e| e.refs > 0) => index.drop_ref(&digest),
                     4 => { index.pin(&digest); }
@@ -621,8 +672,8 @@ mod accounting_tests {
                     let live: u64 = index
                         .chunks_in(segment)
                         .iter()
-                        .filter(|(d, _, _)| !index.get(d).unwrap().is_garbage())
-                        .map(|(_, _, len)| record_bytes(*len))
+                        .filter(|(d, _, _, _)| !index.get(d).unwrap().is_garbage())
+                        .map(|(_, _, _, stored)| record_bytes(*stored))
                         .sum();
                     prop_assert_eq!(index.segment(segment).map_or(0, |a| a.live_bytes()), live);
                 }

@@ -94,7 +94,7 @@ pub fn catalog_tables(
     for i in 0..artifacts {
         let (meta, manifest) = make(i);
         for (k, chunk) in manifest.chunks.iter().enumerate() {
-            index.insert_put(chunk.digest, at(i, k as u64), chunk.len);
+            index.insert_put(chunk.digest, at(i, k as u64), chunk.len, chunk.len);
         }
         catalog.insert(meta, Arc::clone(&manifest));
         for chunk in &manifest.chunks {
@@ -116,7 +116,13 @@ pub fn catalog_tables(
         let mut chunk_tables = chunk_db::Tables::new(&txn);
         let mut catalog_tables = catalog_db::Tables::new(&txn);
         for (k, chunk) in manifest.chunks.iter().enumerate() {
-            chunks.insert_put(&mut chunk_tables, chunk.digest, at(i, k as u64), chunk.len)?;
+            chunks.insert_put(
+                &mut chunk_tables,
+                chunk.digest,
+                at(i, k as u64),
+                chunk.len,
+                chunk.len,
+            )?;
         }
         catalog_db::insert(&mut catalog_tables, meta, Arc::clone(&manifest))?;
         for chunk in &manifest.chunks {

@@ -73,8 +73,9 @@ pub struct Checkpoint {
 }
 
 /// 2: the catalog's `seq_ids` table (a file of version 1 lacks it and is
-/// rebuilt).
-const CHECKPOINT_VERSION: u8 = 2;
+/// rebuilt); 3: chunk rows hold stored lengths beside chunk lengths
+/// (compression; an older file is rebuilt).
+const CHECKPOINT_VERSION: u8 = 3;
 
 impl Checkpoint {
     fn encode(&self) -> Vec<u8> {
@@ -264,24 +265,30 @@ impl MetaDb {
 
     /// Indexes records an open found in the segments (a digest already
     /// indexed keeps its entry), with the tables opened once per run of
-    /// them (an open indexes millions).
-    pub fn insert_found_all(&mut self, found: &[(Hash, Location, u32)]) -> Result<(), DbError> {
+    /// them (an open indexes millions). Each: digest, location, chunk
+    /// length, stored length.
+    pub fn insert_found_all(
+        &mut self,
+        found: &[(Hash, Location, u32, u32)],
+    ) -> Result<(), DbError> {
         self.chunk_op(|c, t| {
-            for &(digest, location, len) in found {
-                c.insert_found(t, digest, location, len)?;
+            for &(digest, location, len, stored) in found {
+                c.insert_found(t, digest, location, len, stored)?;
             }
             Ok(())
         })
     }
 
-    /// A chunk an upload wrote, pinned for it.
+    /// A chunk an upload wrote (`len` bytes in a payload of `stored`),
+    /// pinned for it.
     pub fn insert_put(
         &mut self,
         digest: Hash,
         location: Location,
         len: u32,
+        stored: u32,
     ) -> Result<(), DbError> {
-        self.chunk_op(|c, t| c.insert_put(t, digest, location, len))?;
+        self.chunk_op(|c, t| c.insert_put(t, digest, location, len, stored))?;
         *self.upload_pins.entry(digest).or_default() += 1;
         Ok(())
     }
@@ -349,7 +356,7 @@ impl MetaDb {
         self.chunk_op(|c, t| c.remove_garbage(t, digest, at))
     }
 
-    pub fn chunks_in(&self, segment: u64) -> Result<Vec<(Hash, Location, u32)>, DbError> {
+    pub fn chunks_in(&self, segment: u64) -> Result<Vec<(Hash, Location, u32, u32)>, DbError> {
         self.chunks
             .chunks_in(&mut chunk_db::Tables::new(self.txn()?), segment)
     }
@@ -360,6 +367,10 @@ impl MetaDb {
 
     pub fn referenced(&self) -> (u64, u64) {
         self.chunks.referenced()
+    }
+
+    pub fn referenced_stored_bytes(&self) -> u64 {
+        self.chunks.referenced_stored_bytes()
     }
 
     pub fn cost_bytes(&self) -> u64 {

@@ -56,6 +56,7 @@
 pub mod backend;
 mod catalog_db;
 mod chunk_db;
+pub mod compress;
 mod db;
 pub mod format;
 mod fsync;
@@ -92,6 +93,7 @@ use cap_std::fs::Dir;
 
 use self::backend::Backend;
 
+pub use self::compress::Compression;
 pub use self::format::{
     CHUNK_BYTES_MAX, CUSTOM_KEY_BYTES_MAX, CUSTOM_PAIRS_MAX, CUSTOM_VALUE_BYTES_MAX,
     EXTERNAL_LINKS_MAX, EXTERNAL_LINK_BYTES_MAX, LINKS_MAX, MANIFEST_CHUNKS_MAX, MANIFEST_PAGE_MAX,
@@ -687,7 +689,7 @@ impl Store {
     pub fn read_chunk(&self, digest: &Hash) -> Result<Vec<u8>, StoreError> {
         let mut attempt = 0;
         loop {
-            let (file, location, len) = {
+            let (file, location, len, stored) = {
                 let state = lock(&self.inner.state);
                 let entry = state
                     .db
@@ -702,10 +704,16 @@ impl Store {
                     .segments
                     .handle(location.segment)
                     .expect("indexed chunks are in open segments");
-                (file, location, entry.len)
+                (file, location, entry.len, entry.stored)
             };
-            let result =
-                segment::read_payload(&*file, location.segment, location.offset, digest, len);
+            let result = segment::read_payload(
+                &*file,
+                location.segment,
+                location.offset,
+                digest,
+                len,
+                stored,
+            );
             attempt += 1;
             if result.is_ok() || attempt >= READ_CHUNK_ATTEMPTS_MAX {
                 return result;
@@ -960,6 +968,7 @@ impl Store {
             chunks,
             logical_bytes,
             physical_bytes,
+            stored_bytes: state.db.referenced_stored_bytes(),
             disk_bytes,
             garbage_chunks,
             garbage_bytes,
@@ -1313,8 +1322,8 @@ fn build_state(
         const BATCH: usize = 4096;
         let mut batch = Vec::with_capacity(BATCH);
         let opened = {
-            let mut found = |digest, location, len| {
-                batch.push((digest, location, len));
+            let mut found = |digest, location, len, stored| {
+                batch.push((digest, location, len, stored));
                 if batch.len() == BATCH {
                     db.insert_found_all(&batch)?;
                     batch.clear();

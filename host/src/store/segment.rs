@@ -14,9 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::backend::{Backend, BackendFile, EntryKind, OpenMode};
+use super::compress;
 use super::format::{
-    self, ChunkHeader, HintEntry, RecordKey, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES,
-    SEGMENT_SALT_BYTES,
+    self, HintEntry, RecordKey, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES, SEGMENT_SALT_BYTES,
 };
 use super::fsync::{self, Fsyncs};
 use super::index::Location;
@@ -190,7 +190,7 @@ impl Segments {
         fsyncs: Fsyncs,
         read_only: bool,
         covered: &BTreeMap<u64, u64>,
-        found: &mut dyn FnMut(Hash, Location, u32) -> Result<(), StoreError>,
+        found: &mut dyn FnMut(Hash, Location, u32, u32) -> Result<(), StoreError>,
     ) -> Result<(Segments, ScanOutcome), StoreError> {
         let mut ids = Vec::new();
         let mut hinted = BTreeSet::new();
@@ -464,6 +464,7 @@ impl Segments {
                         segment: id,
                         offset: record.offset,
                     },
+                    record.chunk_len,
                     record.payload_len,
                 )?;
                 outcome.stats.chunk_records += 1;
@@ -667,14 +668,19 @@ impl Segments {
     }
 
     /// Appends one chunk record to the active segment, rotating first if it
-    /// would overflow. Returns (segment, record offset, the segment sealed
+    /// would overflow: `payload` is the chunk's `chunk_len` bytes, or fewer
+    /// for a compressed payload ([`super::compress`]). Returns (segment, record offset, the segment sealed
     /// by rotating, if any). No fsync.
     pub fn append(
         &mut self,
         digest: &Hash,
         payload: &[u8],
+        chunk_len: u32,
     ) -> Result<(u64, u64, Option<u64>), StoreError> {
         let payload_len = u32::try_from(payload.len()).expect("chunk length checked by caller");
+        // A payload shorter than its chunk is a compressed one.
+        let compressed = payload_len != chunk_len;
+        debug_assert!(!compressed || payload_len < chunk_len);
         let record_bytes = CHUNK_HEADER_BYTES + u64::from(payload_len);
         let active = &self.segments[&self.active];
         let mut sealed = None;
@@ -685,7 +691,8 @@ impl Segments {
         let segment = self.segments.get_mut(&id).expect("active segment exists");
         let offset = segment.len;
         // Keyed by the segment it lands in: after a rotation, the new one.
-        let header = format::encode_chunk_header(&segment.key, digest.as_bytes(), payload_len);
+        let header =
+            format::encode_chunk_header(&segment.key, digest.as_bytes(), payload_len, compressed);
         let written = segment.file.write_all_at(&header, offset).and_then(|()| {
             segment
                 .file
@@ -706,6 +713,7 @@ impl Segments {
         self.active_records.push(HintEntry {
             offset,
             payload_len,
+            chunk_len,
             digest: *digest.as_bytes(),
         });
         Ok((id, offset, sealed))
@@ -941,21 +949,81 @@ impl HintWriter {
     }
 }
 
-/// Reads and verifies the payload of the record at (`segment`, `offset`).
-/// Runs without the store lock.
+/// Reads and verifies the chunk whose record is at (`segment`, `offset`):
+/// `payload_len` bytes on disk holding `chunk_len` bytes of chunk (fewer
+/// for a compressed record, decompressed here). Runs without the store
+/// lock.
 pub fn read_payload(
     file: &dyn BackendFile,
     segment: u64,
     offset: u64,
     digest: &Hash,
-    len: u32,
+    chunk_len: u32,
+    payload_len: u32,
 ) -> Result<Vec<u8>, StoreError> {
-    let mut payload = vec![0u8; len as usize];
+    let payload = read_stored(file, segment, offset, digest, payload_len)?;
+    let decompressed = verify(&payload, segment, offset, digest, chunk_len)?;
+    Ok(decompressed.unwrap_or(payload))
+}
+
+/// Reads the record at (`segment`, `offset`) as stored, after verifying it
+/// holds the chunk (decompressed and hashed): what GC copies, so a
+/// compressed record moves without being compressed again.
+pub fn read_verified_record(
+    file: &dyn BackendFile,
+    segment: u64,
+    offset: u64,
+    digest: &Hash,
+    chunk_len: u32,
+    payload_len: u32,
+) -> Result<Vec<u8>, StoreError> {
+    let payload = read_stored(file, segment, offset, digest, payload_len)?;
+    verify(&payload, segment, offset, digest, chunk_len)?;
+    Ok(payload)
+}
+
+/// Checks that a record's `payload` holds the `chunk_len` bytes hashing to
+/// `digest`: `None` if the payload is those bytes, else the bytes
+/// decompressed from it.
+fn verify(
+    payload: &[u8],
+    segment: u64,
+    offset: u64,
+    digest: &Hash,
+    chunk_len: u32,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let corrupted = |why: String| {
+        StoreError::Corrupted(format!(
+            "chunk {digest}: record in segment {} at offset {offset}: {why}",
+            segment_name(segment)
+        ))
+    };
+    let decompressed = if payload.len() == chunk_len as usize {
+        None
+    } else {
+        Some(compress::decompress(payload, chunk_len).map_err(corrupted)?)
+    };
+    if Hash::of(decompressed.as_deref().unwrap_or(payload)) != *digest {
+        return Err(corrupted("its bytes do not hash to the digest".into()));
+    }
+    Ok(decompressed)
+}
+
+/// Reads the `payload_len` bytes of the payload of the record at
+/// (`segment`, `offset`), as stored, unverified.
+fn read_stored(
+    file: &dyn BackendFile,
+    segment: u64,
+    offset: u64,
+    digest: &Hash,
+    payload_len: u32,
+) -> Result<Vec<u8>, StoreError> {
+    let mut payload = vec![0u8; payload_len as usize];
     let at = offset + CHUNK_HEADER_BYTES;
     file.read_exact_at(&mut payload, at).map_err(|source| {
         if source.kind() == std::io::ErrorKind::UnexpectedEof {
             StoreError::Corrupted(format!(
-                "chunk {digest}: segment {} ends before offset {at} + {len}",
+                "chunk {digest}: segment {} ends before offset {at} + {payload_len}",
                 segment_name(segment)
             ))
         } else {
@@ -968,12 +1036,6 @@ pub fn read_payload(
             )
         }
     })?;
-    if Hash::of(&payload) != *digest {
-        return Err(StoreError::Corrupted(format!(
-            "chunk {digest}: bytes in segment {} at offset {offset} do not hash to it",
-            segment_name(segment)
-        )));
-    }
     Ok(payload)
 }
 
@@ -1014,13 +1076,9 @@ fn scan(
     let mut at = from;
     while at < len {
         match record_at(file, segment, key, at, len, verify_payloads, &mut payload)? {
-            Ok(header) => {
-                out.records.push(HintEntry {
-                    offset: at,
-                    payload_len: header.payload_len,
-                    digest: header.digest,
-                });
-                at += CHUNK_HEADER_BYTES + u64::from(header.payload_len);
+            Ok(record) => {
+                at += CHUNK_HEADER_BYTES + u64::from(record.payload_len);
+                out.records.push(record);
             }
             Err(reason) => {
                 let next = next_record(
@@ -1067,7 +1125,9 @@ fn scan(
     Ok(out)
 }
 
-/// Checks the record at `at`: Ok(header) if valid, Err(reason) if not.
+/// Checks the record at `at`: Ok(its entry) if valid, Err(reason) if not.
+/// A compressed record's length prefix is read and checked; with
+/// `verify_payload` its frame is decompressed and hashed too.
 fn record_at(
     file: &mut Reader<'_>,
     segment: u64,
@@ -1076,7 +1136,7 @@ fn record_at(
     len: u64,
     verify_payload: bool,
     payload: &mut Vec<u8>,
-) -> Result<Result<ChunkHeader, String>, StoreError> {
+) -> Result<Result<HintEntry, String>, StoreError> {
     if len - at < CHUNK_HEADER_BYTES {
         return Ok(Err(format!("{} bytes, short of a record header", len - at)));
     }
@@ -1095,17 +1155,42 @@ fn record_at(
             header.payload_len
         )));
     }
+    let chunk_len = if header.compressed {
+        let mut prefix = [0u8; format::ZSTD_PREFIX_BYTES as usize];
+        file.read_exact_at(&mut prefix, at + CHUNK_HEADER_BYTES)
+            .map_err(io(|| {
+                format!("reading segment {} at {at}", segment_name(segment))
+            }))?;
+        match format::decode_zstd_prefix(header.payload_len, &prefix) {
+            Ok(chunk_len) => chunk_len,
+            Err(reason) => return Ok(Err(reason)),
+        }
+    } else {
+        header.payload_len
+    };
     if verify_payload {
         payload.resize(header.payload_len as usize, 0);
         file.read_exact_at(payload, at + CHUNK_HEADER_BYTES)
             .map_err(io(|| {
                 format!("reading segment {} at {at}", segment_name(segment))
             }))?;
-        if *Hash::of(payload).as_bytes() != header.digest {
+        let hashes = if header.compressed {
+            compress::decompress(payload, chunk_len)
+                .ok()
+                .is_some_and(|chunk| *Hash::of(&chunk).as_bytes() == header.digest)
+        } else {
+            *Hash::of(payload).as_bytes() == header.digest
+        };
+        if !hashes {
             return Ok(Err("payload does not hash to its digest".to_string()));
         }
     }
-    Ok(Ok(header))
+    Ok(Ok(HintEntry {
+        offset: at,
+        payload_len: header.payload_len,
+        chunk_len,
+        digest: header.digest,
+    }))
 }
 
 /// Whether bytes `from..to` of the segment are all zero.

@@ -1998,6 +1998,8 @@ fn payloads_cannot_forge_record_headers_for_recovery_to_pick_up() {
     ));
 }
 
+/// Chunk compression (issue 11).
+mod compress_tests;
 /// Incremental, budgeted and online GC (issue 8).
 mod gc_tests;
 /// The wasi:blobstore name index (issue 9).

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Serialize, Serializer};
 
+use super::compress::Compression;
 use crate::error::StoreError;
 
 /// A BLAKE3-256 digest.
@@ -295,13 +296,16 @@ pub struct Stats {
     pub logical_bytes: u64,
     /// Sum of the lengths of distinct referenced chunks.
     pub physical_bytes: u64,
+    /// What [`Stats::physical_bytes`] take on disk: the payloads of their
+    /// records, compressed where that shrank them (headers excluded).
+    pub stored_bytes: u64,
     /// Bytes the segment files occupy, garbage and headers included, holes
     /// punched by GC on a full disk excluded.
     pub disk_bytes: u64,
     /// Pending garbage: stored chunks nothing references or pins, not yet
     /// collected (GC frees them when it compacts their segment).
     pub garbage_chunks: u64,
-    /// Payload bytes of [`Stats::garbage_chunks`].
+    /// Payload bytes of [`Stats::garbage_chunks`], as stored.
     pub garbage_bytes: u64,
     /// Disk bytes of segments that hold no live record: garbage records,
     /// second copies, damaged and torn records (segment headers excluded).
@@ -362,6 +366,11 @@ pub struct StoreOptions {
     /// [`Store::set_policy`](super::Store::set_policy)); the default is
     /// unlimited.
     pub quota: Quota,
+    /// How new chunks are stored: zstd level 3 by default, each chunk
+    /// stored as it is when it would not shrink (see
+    /// [`compress`](super::compress)). Stores written with any setting open
+    /// with any other.
+    pub compression: Compression,
 }
 
 impl Default for StoreOptions {
@@ -370,6 +379,7 @@ impl Default for StoreOptions {
             durability: Durability::Sync,
             segment_bytes_max: super::format::SEGMENT_BYTES_MAX_DEFAULT,
             quota: Quota::default(),
+            compression: Compression::DEFAULT,
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::{HashSet, VecDeque};
 
+use super::compress::{self, Compression};
 use super::format::{self, MetaRecord, MutableFields, CHUNK_HEADER_BYTES};
 use super::index::Location;
 use super::{
@@ -39,6 +40,9 @@ pub struct Upload {
     /// The object name (container, name) the commit binds the artifact to,
     /// in the same record (see [`Upload::bind_to`]).
     bound: Option<Box<(String, String)>>,
+    /// How this upload's new chunks are stored (the store's setting unless
+    /// [`Upload::set_compression`] says otherwise).
+    compression: Compression,
 }
 
 /// The running whole-content hash of an upload (see [`Upload`]'s
@@ -58,6 +62,7 @@ struct ContentHash {
 
 impl Upload {
     pub(super) fn new(store: Store) -> Upload {
+        let compression = store.inner.options.compression;
         Upload {
             store,
             pinned: HashSet::new(),
@@ -72,7 +77,15 @@ impl Upload {
                 put: HashSet::new(),
             })),
             bound: None,
+            compression,
         }
+    }
+
+    /// How the chunks this upload puts from now on are stored: for example
+    /// [`Compression::Off`] for data known not to compress. Chunks already
+    /// stored keep their form (a chunk is stored once, however it came).
+    pub fn set_compression(&mut self, compression: Compression) {
+        self.compression = compression;
     }
 
     /// Feeds the running hash with the pending chunks whose bytes are
@@ -308,6 +321,12 @@ impl Upload {
         self.take_writer_slot()?;
         let len = bytes.len() as u32;
         let content_bytes = self.content_with(len, digest)?;
+        // Compressed outside the lock too (it costs about what hashing
+        // does); a chunk some other upload stores meanwhile is then only
+        // pinned, the work wasted but nothing stored twice.
+        let compressed = compress::compress(bytes, self.compression);
+        let payload = compressed.as_deref().unwrap_or(bytes);
+        let stored = payload.len() as u32;
         let mut state = lock(&self.store.inner.state);
         if self.store.inner.db(state.db.pin(digest))? {
             self.pinned.insert(*digest);
@@ -316,17 +335,20 @@ impl Upload {
         }
         if let Some(quota) = self.store.inner.quota().bytes_max {
             let used = self.store.inner.cost_bytes(&state);
-            let record = CHUNK_HEADER_BYTES + u64::from(len);
+            let record = CHUNK_HEADER_BYTES + u64::from(stored);
             if used.saturating_add(record) > quota {
                 return Err(QuotaLimit::Bytes.exceeded(format_args!(
                     "chunk {digest} of {len} bytes ({record} on disk): {used} of {quota} bytes in use"
                 )));
             }
         }
-        let (segment, offset, sealed) = state.segments.append(digest, bytes)?;
-        self.store.inner.db(state
-            .db
-            .insert_put(*digest, Location { segment, offset }, len))?;
+        let (segment, offset, sealed) = state.segments.append(digest, payload, len)?;
+        self.store.inner.db(state.db.insert_put(
+            *digest,
+            Location { segment, offset },
+            len,
+            stored,
+        ))?;
         self.pinned.insert(*digest);
         self.content_bytes = content_bytes;
         // Checkpoint the active segment every ACTIVE_CHECKPOINT_BYTES, so

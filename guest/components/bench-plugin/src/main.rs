@@ -44,6 +44,7 @@ fn main() {
         external_links: Vec::new(),
         custom: Vec::new(),
         chunking: None,
+        compress: None,
     };
 
     let started = Instant::now();
@@ -153,6 +154,7 @@ fn options() -> PutOptions {
         external_links: Vec::new(),
         custom: Vec::new(),
         chunking: None,
+        compress: None,
     }
 }
 

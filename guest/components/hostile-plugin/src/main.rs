@@ -94,6 +94,7 @@ fn options() -> PutOptions {
         external_links: Vec::new(),
         custom: Vec::new(),
         chunking: None,
+        compress: None,
     }
 }
 

@@ -185,6 +185,7 @@ fn setup() {
             external_links: strings(external),
             custom: pairs(custom),
             chunking: None,
+            compress: None,
         };
         let data = format!("artifact {name}");
         let id = blobs::put(data.as_bytes(), &options).expect("put");

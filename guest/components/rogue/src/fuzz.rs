@@ -380,6 +380,7 @@ impl Fuzz {
             external_links: Vec::new(),
             custom: self.custom(true),
             chunking: None,
+            compress: None,
         };
         match bad {
             Some(0) => options.filename = Some(self.string(false)),

@@ -288,6 +288,11 @@ pub struct ChunkerState {
     /// calls are synchronous), taken by that call's `commit`, and cleared
     /// after it whatever happened (see `Chunker::writer_finish_bound`).
     pub(crate) binding: Option<(String, String)>,
+    /// How the uploads begun during the current chunker call store their
+    /// chunks: the plugin's `put-options.compress`, set by the host around
+    /// `put` and `create-writer` (see `Chunker::with_put_options`). `None`:
+    /// the store's setting.
+    pub(crate) compression: Option<store::Compression>,
 }
 
 impl ChunkerState {
@@ -299,6 +304,7 @@ impl ChunkerState {
             uploads_open: 0,
             budget: std::sync::Arc::default(),
             binding: None,
+            compression: None,
         }
     }
 }
@@ -448,7 +454,10 @@ impl chunk_store::Host for ChunkerState {
                 "at most {UPLOADS_OPEN_MAX} uploads may be open at once"
             )));
         }
-        let upload = self.store.try_begin_upload()?;
+        let mut upload = self.store.try_begin_upload()?;
+        if let Some(compression) = self.compression {
+            upload.set_compression(compression);
+        }
         let handle = self.table.push(UploadHandle {
             state: UploadState::Inline(upload),
             chunks_put: 0,
