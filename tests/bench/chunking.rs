@@ -72,7 +72,7 @@ fn main() {
     for (name, versions) in &sets {
         let total: usize = versions.iter().map(Vec::len).sum();
         println!(
-            "\n{name}: {} versions, {:.1} MB in all (zstd level 3 per chunk, as the store does)",
+            "\n{name}: {} versions, {:.1} MB in all (zstd per chunk at the default level, as the store does)",
             versions.len(),
             total as f64 / MB
         );

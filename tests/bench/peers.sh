@@ -61,6 +61,8 @@ mkdir -p "$crates/src"
     echo 'name = "peers-data"'
     echo 'version = "0.0.0"'
     echo 'edition = "2021"'
+    # Its own workspace: target/ is inside this repository's.
+    echo '[workspace]'
     echo '[dependencies]'
 } >"$crates/Cargo.toml"
 touch "$crates/src/lib.rs"

@@ -40,9 +40,9 @@ pub enum Compression {
 }
 
 impl Compression {
-    /// The default: zstd level 3 (chosen by measurement: see
+    /// The default: zstd level 1 (chosen by measurement: see
     /// `ARCHITECTURE.md`, "Compression").
-    pub const DEFAULT: Compression = Compression::Zstd { level: 3 };
+    pub const DEFAULT: Compression = Compression::Zstd { level: 1 };
 
     pub fn enabled(self) -> bool {
         self != Compression::Off
@@ -182,7 +182,7 @@ mod tests {
         for len in [COMPRESS_BYTES_MIN, 5000, 64 << 10, CHUNK_BYTES_MAX as usize] {
             let chunk = text(len);
             let payload = compress(&chunk, Compression::DEFAULT).expect("text shrinks");
-            assert!(payload.len() < chunk.len() / 4, "{len}: {}", payload.len());
+            assert!(payload.len() < chunk.len() / 2, "{len}: {}", payload.len());
             assert_eq!(decompress(&payload, len as u32).unwrap(), chunk);
         }
     }

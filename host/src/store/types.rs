@@ -366,7 +366,7 @@ pub struct StoreOptions {
     /// [`Store::set_policy`](super::Store::set_policy)); the default is
     /// unlimited.
     pub quota: Quota,
-    /// How new chunks are stored: zstd level 3 by default, each chunk
+    /// How new chunks are stored: zstd level 1 by default, each chunk
     /// stored as it is when it would not shrink (see
     /// [`compress`](super::compress)). Stores written with any setting open
     /// with any other.
