@@ -30,6 +30,12 @@ use crate::error::StoreError;
 /// four fsyncs) per 64 MiB appended.
 pub const ACTIVE_CHECKPOINT_BYTES: u64 = 64 << 20;
 
+/// In the durable modes, writeback of the active segment is started every
+/// this many bytes appended ([`BackendFile::start_writeback`]), so the
+/// disk writes while the put goes on and the commit's fsync waits only for
+/// the last few MiB, not the whole artifact.
+const WRITEBACK_BYTES: u64 = 8 << 20;
+
 /// One segment file.
 pub struct Segment {
     /// Shared with readers, which pread without holding the store lock.
@@ -65,6 +71,8 @@ pub struct Segments {
     active_records: Vec<HintEntry>,
     /// Bytes of the active segment its hint file covers (0: none).
     active_hinted_len: u64,
+    /// Bytes of the active segment whose writeback was started.
+    active_writeback_len: u64,
     /// Records of segments sealed but not yet hinted, by id.
     sealing: BTreeMap<u64, Vec<HintEntry>>,
     segment_bytes_max: u64,
@@ -495,6 +503,7 @@ impl Segments {
             dir,
             active_records: Vec::new(),
             active_hinted_len: 0,
+            active_writeback_len: 0,
             sealing: BTreeMap::new(),
             segments,
             active: 0,
@@ -636,6 +645,7 @@ impl Segments {
         }
         self.sealing.insert(sealed, records);
         self.active_hinted_len = 0;
+        self.active_writeback_len = 0;
         Ok(sealed)
     }
 
@@ -710,6 +720,13 @@ impl Segments {
             ));
         }
         segment.len = offset + record_bytes;
+        let from = self.active_writeback_len.max(segment.synced_len);
+        if self.durability.fsyncs() && segment.len - from.min(segment.len) >= WRITEBACK_BYTES {
+            // A hint to the OS only: what makes the bytes durable is the
+            // fdatasync before the commit, which reports any write error.
+            let _ = segment.file.start_writeback(from, segment.len - from);
+            self.active_writeback_len = segment.len;
+        }
         self.active_records.push(HintEntry {
             offset,
             payload_len,

@@ -143,6 +143,16 @@ pub trait BackendFile: Send + Sync {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Cuts the file to (or extends it with zeros to) `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Starts writing `len` bytes from `offset` back to storage without
+    /// waiting for it or promising anything (`sync_file_range` with
+    /// `SYNC_FILE_RANGE_WRITE`): a hint that makes a later
+    /// [`BackendFile::sync_data`] shorter. Never a durability step: a
+    /// backend may do nothing (the default), and a simulated disk must
+    /// not treat it as a sync.
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
     /// Makes the file's bytes and length durable (`fdatasync`).
     fn sync_data(&self) -> io::Result<()>;
     /// Makes the file's bytes and all its metadata durable (`fsync`).
