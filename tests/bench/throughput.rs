@@ -13,8 +13,9 @@
 //!   plugin -> host -> chunker component -> host store, fsync at commit;
 //!   get verifies every chunk;
 //! - embedded put/get: the same through the host's `Chunker` API;
-//! - extra peak RSS of a `tblob put` / `tblob get` process over a `tblob stat`
-//!   process on the same store (engine + components loaded, no data).
+//! - extra peak RSS of a `tblob put` / `tblob get` process over a `tblob
+//!   get` of an empty artifact of the same store (engine and chunker
+//!   loaded, no data).
 
 use std::io::Cursor;
 use std::path::Path;
@@ -212,15 +213,20 @@ fn extra_rss(bytes: usize) -> (i64, i64) {
         }
         out.into_inner().unwrap().set_len(bytes as u64).unwrap();
     }
-    // Warm the compilation cache so no run pays for compiling.
-    let (_, _) = run_for_rss({
+    // An empty artifact: its put creates the tenant and warms the
+    // compilation cache (no later run pays for compiling), and its get is
+    // the baseline: engine and chunker loaded, no data moved.
+    let empty = work.path().join("empty.bin");
+    std::fs::write(&empty, b"").unwrap();
+    let (_, empty_id) = run_for_rss({
         let mut c = tblob(store.path());
-        c.arg("stat");
+        c.arg("put").arg(&empty);
         c
     });
+    let empty_id = String::from_utf8(empty_id).unwrap().trim().to_string();
     let (baseline, _) = run_for_rss({
         let mut c = tblob(store.path());
-        c.arg("stat");
+        c.args(["get", &empty_id]);
         c
     });
     let (put, id) = run_for_rss({
@@ -234,7 +240,7 @@ fn extra_rss(bytes: usize) -> (i64, i64) {
         c.args(["get", &id]);
         c
     });
-    println!("peak RSS (KiB): stat {baseline}, put {put}, get {get}",);
+    println!("peak RSS (KiB): empty get {baseline}, put {put}, get {get}",);
     (put - baseline, get - baseline)
 }
 
