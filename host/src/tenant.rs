@@ -606,7 +606,7 @@ mod tests {
             .commit(
                 &[chunk],
                 bytes.len() as u64,
-                &digest,
+                Some(&digest),
                 NewMetadata::default(),
             )
             .unwrap()

@@ -492,7 +492,7 @@ impl Sim {
             upload.commit(
                 &chunks,
                 content.len() as u64,
-                &digest_of(&content),
+                Some(&digest_of(&content)),
                 NewMetadata {
                     filename: state.filename.clone(),
                     tags: state.tags.clone(),
@@ -893,7 +893,7 @@ fn tables_rebuilt_after_a_failed_checkpoint_keep_pins_and_holds() {
                 len: new_bytes.len() as u32,
             }],
             new_bytes.len() as u64,
-            &digest,
+            Some(&digest),
             NewMetadata::default(),
         )
         .unwrap();
@@ -922,7 +922,7 @@ pub(crate) fn try_put(store: &Store, bytes: &[u8]) -> Result<ArtifactId, StoreEr
             len: bytes.len() as u32,
         }],
         bytes.len() as u64,
-        &digest,
+        Some(&digest),
         NewMetadata::default(),
     )
 }

@@ -108,7 +108,7 @@ fn open_with_active_segment(bytes: usize) -> ActiveOpen {
             len: chunk as u32,
         }];
         upload
-            .commit(&refs, chunk as u64, &digest, NewMetadata::default())
+            .commit(&refs, chunk as u64, Some(&digest), NewMetadata::default())
             .unwrap();
     };
     {
@@ -245,7 +245,7 @@ fn open_with_chunks(chunks: usize) -> (Duration, tensor_blob_host::store::OpenSt
                 .commit(
                     &refs,
                     (per_artifact * 64) as u64,
-                    &digest,
+                    Some(&digest),
                     NewMetadata::default(),
                 )
                 .unwrap();

@@ -447,7 +447,7 @@ fn commit_artifact(store: &Store, plan: &Plan, i: u64, links: Vec<ArtifactId>) -
     let size = refs.iter().map(|r| u64::from(r.len)).sum();
     let whole = Hash::from_bytes(*whole.finalize().as_bytes());
     upload
-        .commit(&refs, size, &whole, plan.metadata(i, links))
+        .commit(&refs, size, Some(&whole), plan.metadata(i, links))
         .expect("commit")
 }
 

@@ -1977,7 +1977,7 @@ fn put(store: &Store, bytes: &[u8], chunk_len: usize, meta: NewMetadata) -> Arti
         upload.put_chunk(&Hash::of(chunk), chunk).unwrap();
     }
     upload
-        .commit(&chunks, bytes.len() as u64, &Hash::of(bytes), meta)
+        .commit(&chunks, bytes.len() as u64, Some(&Hash::of(bytes)), meta)
         .unwrap()
 }
 

@@ -47,7 +47,8 @@
 //! let mut upload = store.begin_upload();
 //! upload.put_chunk(&digest, bytes)?;
 //! let chunk = tensor_blob_host::store::ChunkRef { digest, len: 5 };
-//! let id = upload.commit(&[chunk], 5, &digest, NewMetadata::default())?;
+//! // The store computes the whole digest; `Some(&digest)` would be checked.
+//! let id = upload.commit(&[chunk], 5, None, NewMetadata::default())?;
 //! assert_eq!(store.read_chunk(&store.manifest(&id, 0, 1)?[0].digest)?, bytes);
 //! # Ok(())
 //! # }

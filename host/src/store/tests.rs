@@ -51,7 +51,7 @@ fn put_with(
             upload.put_chunk(&Hash::of(chunk), chunk)?;
         }
     }
-    upload.commit(&chunks, bytes.len() as u64, &Hash::of(bytes), meta)
+    upload.commit(&chunks, bytes.len() as u64, Some(&Hash::of(bytes)), meta)
 }
 
 fn put(store: &Store, bytes: &[u8], chunk_len: usize) -> ArtifactId {
@@ -390,7 +390,12 @@ fn upload_argument_checks_and_closed_after_commit() {
     // Wrong length in the manifest, wrong size: refused, and closed.
     let wrong_len = ChunkRef { len: 4, ..chunk };
     assert!(matches!(
-        upload.commit(&[wrong_len], 4, &Hash::of(b"abc"), NewMetadata::default()),
+        upload.commit(
+            &[wrong_len],
+            4,
+            Some(&Hash::of(b"abc")),
+            NewMetadata::default()
+        ),
         Err(StoreError::InvalidArgument(_))
     ));
     assert!(matches!(
@@ -399,13 +404,13 @@ fn upload_argument_checks_and_closed_after_commit() {
     ));
     assert!(matches!(upload.missing(&[]), Err(StoreError::Closed)));
     assert!(matches!(
-        upload.commit(&[chunk], 3, &Hash::of(b"abc"), NewMetadata::default()),
+        upload.commit(&[chunk], 3, Some(&Hash::of(b"abc")), NewMetadata::default()),
         Err(StoreError::Closed)
     ));
     let mut upload = store.begin_upload();
     upload.put_chunk(&Hash::of(b"abc"), b"abc").unwrap();
     assert!(matches!(
-        upload.commit(&[chunk], 2, &Hash::of(b"abc"), NewMetadata::default()),
+        upload.commit(&[chunk], 2, Some(&Hash::of(b"abc")), NewMetadata::default()),
         Err(StoreError::InvalidArgument(_))
     ));
     assert_eq!(store.stats().artifacts, 0);
@@ -446,7 +451,12 @@ fn commit_referencing_a_chunk_this_upload_did_not_pin_is_invalid() {
         len: 7,
     };
     let error = upload
-        .commit(&[chunk], 7, &Hash::of(b"present"), NewMetadata::default())
+        .commit(
+            &[chunk],
+            7,
+            Some(&Hash::of(b"present")),
+            NewMetadata::default(),
+        )
         .unwrap_err();
     assert!(
         matches!(&error, StoreError::InvalidArgument(m) if m.contains(&chunk.digest.to_string())),
@@ -472,10 +482,56 @@ fn wrong_whole_digest_is_hash_mismatch() {
     // Right chunks, wrong order: every chunk checks out, the whole does not.
     chunks.swap(0, 1);
     assert!(matches!(
-        upload.commit(&chunks, 4000, &Hash::of(&bytes), NewMetadata::default()),
+        upload.commit(
+            &chunks,
+            4000,
+            Some(&Hash::of(&bytes)),
+            NewMetadata::default()
+        ),
         Err(StoreError::HashMismatch(_))
     ));
     assert_eq!(store.stats().artifacts, 0);
+}
+
+/// Goal: a commit that names no whole digest gets the one the store
+/// computes, whether the chunks came in protocol order (hashed as they went
+/// by) or not (read back at commit); the chunker relies on it.
+#[test]
+fn a_commit_without_a_digest_records_the_one_the_store_computes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, unsynced());
+    for in_order in [true, false] {
+        let bytes = data(4000, if in_order { 8 } else { 9 });
+        let mut upload = store.begin_upload();
+        let chunks: Vec<ChunkRef> = bytes
+            .chunks(1000)
+            .map(|c| ChunkRef {
+                digest: Hash::of(c),
+                len: 1000,
+            })
+            .collect();
+        if in_order {
+            let digests: Vec<Hash> = chunks.iter().map(|c| c.digest).collect();
+            upload.missing(&digests).unwrap();
+        }
+        // Out of order: put last to first, never asked about.
+        let mut pieces: Vec<&[u8]> = bytes.chunks(1000).collect();
+        if !in_order {
+            pieces.reverse();
+        }
+        for chunk in pieces {
+            upload.put_chunk(&Hash::of(chunk), chunk).unwrap();
+        }
+        let id = upload
+            .commit(&chunks, 4000, None, NewMetadata::default())
+            .unwrap();
+        assert_eq!(
+            store.metadata(&id).unwrap().digest,
+            Hash::of(&bytes),
+            "in order: {in_order}"
+        );
+        assert_eq!(get(&store, &id).unwrap(), bytes);
+    }
 }
 
 /// Seed defect: tensor_blob 0.4.0 kept a log of chunk writes and, on
@@ -733,7 +789,7 @@ fn gc_never_removes_chunks_pinned_by_an_upload_in_progress() {
         })
         .collect();
     let id = upload
-        .commit(&chunks, 6000, &Hash::of(&all), NewMetadata::default())
+        .commit(&chunks, 6000, Some(&Hash::of(&all)), NewMetadata::default())
         .unwrap();
     assert_eq!(get(&store, &id).unwrap(), all);
     drop(upload);
@@ -1687,7 +1743,12 @@ fn open_a_million_chunk_store() {
             }
             let digest = Hash::from_bytes(*hasher.finalize().as_bytes());
             upload
-                .commit(&chunks, PER_ARTIFACT * 8, &digest, NewMetadata::default())
+                .commit(
+                    &chunks,
+                    PER_ARTIFACT * 8,
+                    Some(&digest),
+                    NewMetadata::default(),
+                )
                 .unwrap();
         }
         let built = started.elapsed();
@@ -1834,7 +1895,7 @@ fn chunks_over_the_limit_are_errors_and_artifacts_past_4_gib_work() {
         .commit(
             &[huge],
             u64::from(u32::MAX),
-            &digest,
+            Some(&digest),
             NewMetadata::default(),
         )
         .unwrap_err();
@@ -1880,13 +1941,18 @@ fn chunks_over_the_limit_are_errors_and_artifacts_past_4_gib_work() {
     ];
     // A size that does not add up is refused, not wrapped.
     assert!(matches!(
-        upload.commit(&refs, size % (1 << 32), &whole, NewMetadata::default()),
+        upload.commit(
+            &refs,
+            size % (1 << 32),
+            Some(&whole),
+            NewMetadata::default()
+        ),
         Err(StoreError::InvalidArgument(_))
     ));
     let mut upload = store.begin_upload();
     upload.put_chunk(&chunk_digest, &chunk).unwrap();
     let id = upload
-        .commit(&refs, size, &whole, NewMetadata::default())
+        .commit(&refs, size, Some(&whole), NewMetadata::default())
         .unwrap();
     drop(chunk);
 

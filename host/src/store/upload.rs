@@ -376,15 +376,16 @@ impl Upload {
 
     /// Publishes an artifact made of `chunks` in order, once it is durable,
     /// and returns its id. Every chunk must have been put or pinned by this
-    /// upload with the length given; `size` must be their total and
-    /// `digest` the BLAKE3 of their concatenation, which the store computes
-    /// itself (from the verified bytes as they went by, or by reading the
-    /// chunks back). The upload is closed afterwards, whatever the outcome.
+    /// upload with the length given; `size` must be their total. The store
+    /// computes the BLAKE3 of their concatenation itself (from the verified
+    /// bytes as they went by, or by reading the chunks back); `digest`, if
+    /// given, must equal it (`HashMismatch`). The upload is closed
+    /// afterwards, whatever the outcome.
     pub fn commit(
         &mut self,
         chunks: &[ChunkRef],
         size: u64,
-        digest: &Hash,
+        digest: Option<&Hash>,
         meta: NewMetadata,
     ) -> Result<ArtifactId, StoreError> {
         if self.closed {
@@ -404,7 +405,7 @@ impl Upload {
         &mut self,
         chunks: &[ChunkRef],
         size: u64,
-        digest: &Hash,
+        digest: Option<&Hash>,
         meta: NewMetadata,
         content_digest: Option<Hash>,
     ) -> Result<ArtifactId, StoreError> {
@@ -486,7 +487,7 @@ impl Upload {
                 Hash::from_bytes(*hasher.finalize().as_bytes())
             }
         };
-        if actual != *digest {
+        if let Some(digest) = digest.filter(|claimed| **claimed != actual) {
             return Err(StoreError::HashMismatch(format!(
                 "content claimed to be {digest} hashes to {actual}"
             )));
@@ -496,7 +497,7 @@ impl Upload {
             // Assigned under the log lock, where uniqueness is checked.
             id: [0; 16],
             size,
-            digest: *digest.as_bytes(),
+            digest: *actual.as_bytes(),
             created_ms: now_ms(),
             chunks: chunks
                 .iter()

@@ -2,7 +2,10 @@
 //!
 //! Owns one host `upload` per writer. For every batch of completed chunks it
 //! asks the host which ones it lacks and sends only those, in order, while
-//! recording the manifest and hashing the whole content. Memory: the chunker's
+//! recording the manifest. The whole content's digest is the host's to
+//! compute (it hashes the verified chunks as they go by): hashing it here
+//! too would be a second pass over every byte on the guest's critical
+//! path. Memory: the chunker's
 //! window (< 2 × max chunk) plus the slice being written plus 36 bytes per
 //! chunk of manifest. A host error poisons the writer: every later call
 //! returns the same error, since the upload's state is unknown.
@@ -11,7 +14,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 
-use tensor_blob_chunking::{chunk_digest, Chunker, ContentHasher, Hash};
+use tensor_blob_chunking::{chunk_digest, Chunker, Hash};
 
 use crate::exports::tensor::blob::transfer::GuestWriter;
 use crate::tensor::blob::chunk_store;
@@ -25,7 +28,6 @@ const MISSING_BATCH_DIGESTS_MAX: usize = 1024;
 pub(crate) struct Upload {
     upload: chunk_store::Upload,
     chunker: Chunker,
-    content_hasher: ContentHasher,
     /// The chunks so far, in order: digest and length.
     manifest: Vec<(Hash, u32)>,
     options: PutOptions,
@@ -46,7 +48,6 @@ impl Upload {
         Ok(Upload {
             upload: chunk_store::begin_upload()?,
             chunker,
-            content_hasher: ContentHasher::new(),
             manifest: Vec::new(),
             options,
         })
@@ -54,16 +55,16 @@ impl Upload {
 
     /// Appends `data`, uploading the chunks it completes.
     pub(crate) fn push(&mut self, data: &[u8]) -> Result<(), Error> {
-        self.content_hasher.update(data);
         let chunks = self.chunker.push(data);
         store_chunks(&self.upload, &mut self.manifest, &chunks)
     }
 
     /// Uploads the tail and commits; the host closes the upload either way.
     pub(crate) fn finish(mut self) -> Result<ArtifactId, Error> {
+        // Read before `finish`, which resets it.
+        let size_bytes = self.chunker.pushed_bytes();
         let chunks = self.chunker.finish();
         store_chunks(&self.upload, &mut self.manifest, &chunks)?;
-        let size_bytes = self.content_hasher.len_bytes();
         let manifest_bytes: u64 = self.manifest.iter().map(|(_, len)| u64::from(*len)).sum();
         assert_eq!(
             manifest_bytes, size_bytes,
@@ -77,9 +78,8 @@ impl Upload {
                 len: *len,
             })
             .collect();
-        let digest = self.content_hasher.finalize();
         self.upload
-            .commit(&chunk_refs, size_bytes, digest.as_bytes(), &self.options)
+            .commit(&chunk_refs, size_bytes, None, &self.options)
     }
 }
 

@@ -721,7 +721,7 @@ impl Fuzz {
         let held = &mut self.uploads[u];
         let was_closed = held.closed;
         held.closed = true;
-        let result = held.upload.commit(&refs, size, &whole, &options);
+        let result = held.upload.commit(&refs, size, Some(&whole), &options);
         self.count(
             if dishonest {
                 "commit-doctored"

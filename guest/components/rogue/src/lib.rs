@@ -91,7 +91,7 @@ fn attack(name: &str, data: &[u8], options: &PutOptions) -> Result<ArtifactId, E
                 digest: lie,
                 len: data.len() as u32,
             };
-            upload.commit(&[chunk], size, &whole_digest(data), options)
+            upload.commit(&[chunk], size, Some(&whole_digest(data)), options)
         }
         "short-digest" => {
             let honest = chunk_digest(data);
@@ -101,27 +101,32 @@ fn attack(name: &str, data: &[u8], options: &PutOptions) -> Result<ArtifactId, E
                 digest: short.to_vec(),
                 len: data.len() as u32,
             };
-            upload.commit(&[chunk], size, &whole_digest(data), options)
+            upload.commit(&[chunk], size, Some(&whole_digest(data)), options)
         }
         "bad-whole-digest" => {
             let chunk = put_honestly(&upload, data)?;
             let lie = chunk_digest(b"not the content").to_vec();
-            upload.commit(&[chunk], size, &lie, options)
+            upload.commit(&[chunk], size, Some(&lie), options)
         }
         "unpinned-chunk" => {
             // Neither put nor asked about: the host must not take our word.
-            upload.commit(&[honest_ref(data)], size, &whole_digest(data), options)
+            upload.commit(
+                &[honest_ref(data)],
+                size,
+                Some(&whole_digest(data)),
+                options,
+            )
         }
         "wrong-size" => {
             let chunk = put_honestly(&upload, data)?;
-            upload.commit(&[chunk], size + 1, &whole_digest(data), options)
+            upload.commit(&[chunk], size + 1, Some(&whole_digest(data)), options)
         }
         "wrong-len" => {
             // The ref's length and the total agree with each other, not with
             // the stored chunk.
             let mut chunk = put_honestly(&upload, data)?;
             chunk.len += 1;
-            upload.commit(&[chunk], size + 1, &whole_digest(data), options)
+            upload.commit(&[chunk], size + 1, Some(&whole_digest(data)), options)
         }
         "oversized-chunk" => {
             let len = chunk_store::chunk_bytes_max() as usize + 1;
@@ -132,7 +137,7 @@ fn attack(name: &str, data: &[u8], options: &PutOptions) -> Result<ArtifactId, E
                 digest,
                 len: len as u32,
             };
-            upload.commit(&[chunk], len as u64, &whole_digest(&big), options)
+            upload.commit(&[chunk], len as u64, Some(&whole_digest(&big)), options)
         }
         "queued-oversized-chunk" | "queued-empty-chunk" => {
             // The first chunk is stored inline; from the second on the host
@@ -146,7 +151,7 @@ fn attack(name: &str, data: &[u8], options: &PutOptions) -> Result<ArtifactId, E
             let bad = vec![0x5a; len];
             upload.put_chunk(&chunk_digest(&bad).to_vec(), &bad)?;
             // Accepted into the queue: say so, whatever the commit answers.
-            let _ = upload.commit(&[chunk], size, &whole_digest(data), options);
+            let _ = upload.commit(&[chunk], size, Some(&whole_digest(data)), options);
             Ok(format!("the host queued a chunk of {len} bytes"))
         }
         "commit-twice" => {
@@ -154,10 +159,10 @@ fn attack(name: &str, data: &[u8], options: &PutOptions) -> Result<ArtifactId, E
             upload.commit(
                 std::slice::from_ref(&chunk),
                 size,
-                &whole_digest(data),
+                Some(&whole_digest(data)),
                 options,
             )?;
-            upload.commit(&[chunk], size, &whole_digest(data), options)
+            upload.commit(&[chunk], size, Some(&whole_digest(data)), options)
         }
         "huge-missing" => {
             let digests: Vec<Vec<u8>> = (0..HUGE_MISSING_DIGESTS as u64)
@@ -165,7 +170,7 @@ fn attack(name: &str, data: &[u8], options: &PutOptions) -> Result<ArtifactId, E
                 .collect();
             upload.missing(&digests)?;
             let chunk = put_honestly(&upload, data)?;
-            upload.commit(&[chunk], size, &whole_digest(data), options)
+            upload.commit(&[chunk], size, Some(&whole_digest(data)), options)
         }
         other => Err(Error::InvalidArgument(format!(
             "rogue: unknown attack {other:?}"

@@ -122,7 +122,7 @@ enum Request {
 struct CommitRequest {
     chunks: Vec<store::ChunkRef>,
     size: u64,
-    digest: store::Hash,
+    digest: Option<store::Hash>,
     meta: store::NewMetadata,
     bound: Option<(String, String)>,
 }
@@ -185,7 +185,7 @@ impl Pipeline {
                                 upload.commit(
                                     &commit.chunks,
                                     commit.size,
-                                    &commit.digest,
+                                    commit.digest.as_ref(),
                                     commit.meta,
                                 )
                             }
@@ -402,7 +402,7 @@ impl chunk_store::HostUpload for ChunkerState {
         handle: Resource<UploadHandle>,
         chunks: Vec<ChunkRef>,
         size: u64,
-        digest: Vec<u8>,
+        digest: Option<Vec<u8>>,
         options: PutOptions,
     ) -> Result<String, BlobError> {
         // Closed whatever the outcome: take the upload out first.
@@ -413,13 +413,15 @@ impl chunk_store::HostUpload for ChunkerState {
         }
         check::put_options(&options)?;
         let chunks = convert::chunk_refs(chunks)?;
-        let digest = convert::hash(&digest)?;
+        let digest = digest.as_deref().map(convert::hash).transpose()?;
         let meta = convert::new_metadata(options)?;
         let bound = self.binding.take();
         match state {
             UploadState::Inline(mut upload) => {
                 upload.bind_to(bound);
-                Ok(upload.commit(&chunks, size, &digest, meta)?.to_string())
+                Ok(upload
+                    .commit(&chunks, size, digest.as_ref(), meta)?
+                    .to_string())
             }
             UploadState::Piped(pipeline) => {
                 pipeline.check()?;
@@ -571,7 +573,7 @@ mod tests {
             borrow(handle),
             refs,
             size,
-            whole.finalize().as_bytes().to_vec(),
+            Some(whole.finalize().as_bytes().to_vec()),
             PutOptions::default(),
         )
     }
@@ -652,7 +654,7 @@ mod tests {
                 borrow(&handle),
                 refs,
                 3 * 4096,
-                whole.finalize().as_bytes().to_vec(),
+                Some(whole.finalize().as_bytes().to_vec()),
                 PutOptions::default(),
             )
             .unwrap();

@@ -132,7 +132,7 @@ fn compression_can_be_turned_off_per_upload_and_per_store() {
         .commit(
             &chunks,
             words.len() as u64,
-            &Hash::of(&words),
+            Some(&Hash::of(&words)),
             NewMetadata::default(),
         )
         .unwrap();

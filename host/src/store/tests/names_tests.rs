@@ -31,7 +31,7 @@ fn put_bound(
     upload.commit(
         &chunks,
         bytes.len() as u64,
-        &Hash::of(bytes),
+        Some(&Hash::of(bytes)),
         NewMetadata::default(),
     )
 }
@@ -351,7 +351,7 @@ fn a_compaction_over_many_snapshot_pages_keeps_every_artifact_and_binding() {
             tags: vec![format!("t{}", i % 7)],
             ..NewMetadata::default()
         };
-        ids.push(upload.commit(&[chunk], 64, &digest, meta).unwrap());
+        ids.push(upload.commit(&[chunk], 64, Some(&digest), meta).unwrap());
     }
     for (i, id) in ids.iter().enumerate() {
         if i % 3 == 0 {

@@ -640,7 +640,7 @@ fn put_bound(store: &Store, container: &str, name: &str, bytes: &[u8]) -> Artifa
         .commit(
             &[chunk],
             bytes.len() as u64,
-            &digest,
+            Some(&digest),
             NewMetadata::default(),
         )
         .unwrap()

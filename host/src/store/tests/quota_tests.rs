@@ -142,7 +142,7 @@ fn artifact_count_size_and_writer_limits_refuse_by_name() {
         len: 1,
     };
     second
-        .commit(&[chunk], 1, &Hash::of(b"x"), NewMetadata::default())
+        .commit(&[chunk], 1, Some(&Hash::of(b"x")), NewMetadata::default())
         .unwrap();
     assert_eq!(store.usage().writers, 0);
     store.try_begin_upload().unwrap();
