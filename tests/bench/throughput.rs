@@ -60,8 +60,9 @@ fn main() {
         embedded_put / native
     );
     println!(
-        "embedded get (verified):      {:8.1} MB/s",
-        embedded_get / MB
+        "embedded get (verified):      {:8.1} MB/s   plugin get / embedded get {:.3}",
+        embedded_get / MB,
+        plugin_get / embedded_get
     );
 
     println!(
