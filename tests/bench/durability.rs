@@ -3,7 +3,8 @@
 //!   (`Durability::Batch`) against one writer with `Durability::Sync`, and
 //!   against tensor_blob 0.4.0's DurableBlobStore with fsync
 //!   (`TBLOB_SEED_BENCH` names a built ../shared/seed-bench binary);
-//! - fsyncs per put in each mode (the store counts them);
+//! - fsyncs per put in each mode (the store counts them), and the CPU time
+//!   per put with the share that is hashing (a lower bound);
 //! - the time to open a store holding 1,000,000 chunks.
 //!
 //! `cargo bench -p tensor-blob-host --bench durability`.
@@ -31,20 +32,29 @@ fn small_put_benchmarks() {
     let component =
         runtime::ChunkerComponent::new(&engine, tensor_blob_artifacts::CHUNKER_WASM).unwrap();
 
-    let (sync_rate, sync_fsyncs) = small_puts(&component, Durability::Sync, 1, 200);
+    let (sync_rate, sync_fsyncs, _) = small_puts(&component, Durability::Sync, 1, 200);
     println!(
         "64 KiB puts, 1 writer, sync:      {sync_rate:8.0} puts/s  {sync_fsyncs:.2} fsyncs/put"
     );
-    let (batch1_rate, batch1_fsyncs) = small_puts(&component, Durability::Batch, 1, 200);
+    let (batch1_rate, batch1_fsyncs, _) = small_puts(&component, Durability::Batch, 1, 200);
     println!(
         "64 KiB puts, 1 writer, batch:     {batch1_rate:8.0} puts/s  {batch1_fsyncs:.2} fsyncs/put"
     );
-    let (batch_rate, batch_fsyncs) = small_puts(&component, Durability::Batch, 16, 100);
+    let (batch_rate, batch_fsyncs, cpu_us) = small_puts(&component, Durability::Batch, 16, 100);
     println!(
         "64 KiB puts, 16 writers, batch:   {batch_rate:8.0} puts/s  {batch_fsyncs:.2} fsyncs/put  ({:.1}x one sync writer)",
         batch_rate / sync_rate
     );
-    let (sync16_rate, sync16_fsyncs) = small_puts(&component, Durability::Sync, 16, 100);
+    // Every byte of a put is hashed three times: per chunk in the guest,
+    // per chunk again in the host, and into the whole-content digest in
+    // the host. Counted here at native speed (the guest's wasm BLAKE3 is
+    // slower), so the share is a lower bound.
+    let hash_us = 3.0 * native_hash_us(SMALL_BYTES);
+    println!(
+        "  CPU per put (process, all threads): {cpu_us:.0} us, of which hashing at least {hash_us:.0} us ({:.0} %)",
+        100.0 * hash_us / cpu_us
+    );
+    let (sync16_rate, sync16_fsyncs, _) = small_puts(&component, Durability::Sync, 16, 100);
     println!(
         "64 KiB puts, 16 writers, sync:    {sync16_rate:8.0} puts/s  {sync16_fsyncs:.2} fsyncs/put"
     );
@@ -161,7 +171,7 @@ fn small_puts(
     durability: Durability,
     writers: usize,
     per_writer: usize,
-) -> (f64, f64) {
+) -> (f64, f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let root =
         cap_std::fs::Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap();
@@ -175,6 +185,7 @@ fn small_puts(
         .map(|_| rt.chunker("default").unwrap())
         .collect();
     let fsyncs_before = store.fsync_count();
+    let cpu_before = process_cpu_us();
     let started = Instant::now();
     std::thread::scope(|scope| {
         for (w, chunker) in chunkers.iter_mut().enumerate() {
@@ -188,9 +199,35 @@ fn small_puts(
         }
     });
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_us = process_cpu_us() - cpu_before;
     let puts = (writers * per_writer) as f64;
     let fsyncs = (store.fsync_count() - fsyncs_before) as f64;
-    (puts / elapsed, fsyncs / puts)
+    (puts / elapsed, fsyncs / puts, cpu_us / puts)
+}
+
+/// User plus system CPU time of this process so far, in microseconds.
+fn process_cpu_us() -> f64 {
+    // SAFETY: getrusage writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    assert_eq!(rc, 0);
+    let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+    us(usage.ru_utime) + us(usage.ru_stime)
+}
+
+/// Microseconds one native BLAKE3 of `bytes` bytes takes (median of many).
+fn native_hash_us(bytes: usize) -> f64 {
+    let mut data = vec![0u8; bytes];
+    fill(&mut data, 7);
+    let mut times: Vec<f64> = (0..201)
+        .map(|_| {
+            let started = Instant::now();
+            std::hint::black_box(blake3::hash(std::hint::black_box(&data)));
+            started.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
 }
 
 /// tensor_blob 0.4.0 durable 64 KiB puts per second (its MB/s / 64 KiB).
