@@ -56,8 +56,9 @@ impl Default for Compression {
 }
 
 thread_local! {
-    /// (level, context): a zstd compression context costs about a
-    /// megabyte to set up, so each thread keeps one.
+    /// (level set, context): a zstd compression context costs about a
+    /// megabyte to set up, so each thread keeps one and only changes its
+    /// level (the sample's and the store's, in turn) as needed.
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
         const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
@@ -70,19 +71,24 @@ fn with_compressor<R>(
 ) -> Option<R> {
     COMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
-        if cell.as_ref().is_none_or(|(l, _)| *l != level) {
+        if cell.is_none() {
             *cell = Some((level, zstd::bulk::Compressor::new(level).ok()?));
         }
-        let (_, compressor) = cell.as_mut().expect("set just above");
+        let (set, compressor) = cell.as_mut().expect("set just above");
+        if *set != level {
+            compressor.set_compression_level(level).ok()?;
+            *set = level;
+        }
         f(compressor).ok()
     })
 }
 
 /// The compressed payload of `chunk` (its length, then one zstd frame) if
 /// `compression` is on and the chunk shrinks enough to be worth it; `None`
-/// to store it as it is. A chunk over [`SAMPLE_BYTES`] is first tried on
-/// a sample from its middle at the fastest level, so incompressible data
-/// costs a few percent of a full compression, not all of it.
+/// to store it as it is. A chunk over twice [`SAMPLE_BYTES`] is first
+/// tried on a sample from its middle at the fastest level, so
+/// incompressible data costs a few percent of a full compression, not all
+/// of it.
 pub fn compress(chunk: &[u8], compression: Compression) -> Option<Vec<u8>> {
     let Compression::Zstd { level } = compression else {
         return None;
@@ -108,8 +114,8 @@ pub fn compress(chunk: &[u8], compression: Compression) -> Option<Vec<u8>> {
     if !worth_it(stored, chunk.len()) {
         return None;
     }
+    // Not shrunk to fit: the caller writes it out and drops it.
     out.truncate(stored);
-    out.shrink_to_fit();
     Some(out)
 }
 
