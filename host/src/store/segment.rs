@@ -999,9 +999,8 @@ pub fn read_verified_record(
     Ok(payload)
 }
 
-/// Checks that a record's `payload` holds the `chunk_len` bytes hashing to
-/// `digest`: `None` if the payload is those bytes, else the bytes
-/// decompressed from it.
+/// [`chunk_in`] of the record at (`segment`, `offset`), its failure a
+/// `Corrupted` naming the record.
 fn verify(
     payload: &[u8],
     segment: u64,
@@ -1009,19 +1008,26 @@ fn verify(
     digest: &Hash,
     chunk_len: u32,
 ) -> Result<Option<Vec<u8>>, StoreError> {
-    let corrupted = |why: String| {
+    chunk_in(payload, chunk_len, digest.as_bytes()).map_err(|why| {
         StoreError::Corrupted(format!(
             "chunk {digest}: record in segment {} at offset {offset}: {why}",
             segment_name(segment)
         ))
-    };
+    })
+}
+
+/// Checks that a record's `payload` holds the `chunk_len` bytes hashing to
+/// `digest`, the one check of reads, GC's copies and the recovery scan:
+/// `None` if the payload is those bytes, else the bytes decompressed from
+/// it.
+fn chunk_in(payload: &[u8], chunk_len: u32, digest: &[u8; 32]) -> Result<Option<Vec<u8>>, String> {
     let decompressed = if payload.len() == chunk_len as usize {
         None
     } else {
-        Some(compress::decompress(payload, chunk_len).map_err(corrupted)?)
+        Some(compress::decompress(payload, chunk_len)?)
     };
-    if Hash::of(decompressed.as_deref().unwrap_or(payload)) != *digest {
-        return Err(corrupted("its bytes do not hash to the digest".into()));
+    if Hash::of(decompressed.as_deref().unwrap_or(payload)).as_bytes() != digest {
+        return Err("its bytes do not hash to its digest".into());
     }
     Ok(decompressed)
 }
@@ -1191,15 +1197,8 @@ fn record_at(
             .map_err(io(|| {
                 format!("reading segment {} at {at}", segment_name(segment))
             }))?;
-        let hashes = if header.compressed {
-            compress::decompress(payload, chunk_len)
-                .ok()
-                .is_some_and(|chunk| *Hash::of(&chunk).as_bytes() == header.digest)
-        } else {
-            *Hash::of(payload).as_bytes() == header.digest
-        };
-        if !hashes {
-            return Ok(Err("payload does not hash to its digest".to_string()));
+        if let Err(why) = chunk_in(payload, chunk_len, &header.digest) {
+            return Ok(Err(format!("payload: {why}")));
         }
     }
     Ok(Ok(HintEntry {
