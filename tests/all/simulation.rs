@@ -1298,3 +1298,58 @@ fn the_active_segment_is_checkpointed_while_it_grows() {
     assert_eq!(store.ids().count(), 66);
     assert!(store.verify_all().damaged.is_empty());
 }
+
+/// Writeback of the active segment is started while an upload grows it
+/// (every 8 MiB, so a commit's fdatasync waits only for the tail), and it
+/// is a hint, never a durability step: the simulated disk, the judge of
+/// what a power cut may leave, makes none of those bytes durable until the
+/// commit syncs them. Method: 20 chunks of 1 MiB into a durable store,
+/// the trace and the durable image of the segment looked at before and
+/// after the commit, then a power cut and a read back.
+#[test]
+fn writeback_starts_during_a_put_and_makes_nothing_durable() {
+    let disk = SimDisk::new(41);
+    let options = StoreOptions {
+        compression: tensor_blob_host::store::Compression::Off,
+        ..StoreOptions::default()
+    };
+    let store = Store::open_backend(disk.root(), options.clone()).unwrap();
+    let segment = "segments/0000000000000001.seg";
+    let mut upload = store.begin_upload();
+    let mut chunks = Vec::new();
+    let mut content = Vec::new();
+    for i in 0..20u64 {
+        let mut chunk = vec![0u8; 1 << 20];
+        fastrand::Rng::with_seed(i).fill(&mut chunk);
+        let digest = Hash::of(&chunk);
+        upload.put_chunk(&digest, &chunk).unwrap();
+        chunks.push(ChunkRef {
+            digest,
+            len: 1 << 20,
+        });
+        content.extend_from_slice(&chunk);
+    }
+    let writebacks: Vec<String> = disk
+        .trace()
+        .into_iter()
+        .filter(|op| op.starts_with("writeback") && op.contains(segment))
+        .collect();
+    assert_eq!(
+        writebacks.len(),
+        2,
+        "one per 8 MiB appended: {writebacks:?}"
+    );
+    let durable = disk.durable(segment).map_or(0, |bytes| bytes.len());
+    assert!(
+        durable < 1 << 20,
+        "the writeback hints made {durable} bytes durable"
+    );
+    let id = upload
+        .commit(&chunks, 20 << 20, None, NewMetadata::default())
+        .unwrap();
+    assert!(disk.durable(segment).unwrap().len() > 20 << 20);
+    drop(store);
+    let disk = disk.crash();
+    let store = Store::open_backend(disk.root(), options).unwrap();
+    assert_eq!(read(&store, &id), content);
+}

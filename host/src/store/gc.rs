@@ -409,6 +409,11 @@ fn compact(
             let record_bytes = CHUNK_HEADER_BYTES + u64::from(stored);
             *written_bytes += record_bytes;
             report.bytes_copied += record_bytes;
+            let writeback = state.segments.take_writeback();
+            drop(state);
+            if let Some(writeback) = writeback {
+                writeback.start();
+            }
         }
     }
     // The copies must be durable before the originals go.

@@ -31,9 +31,9 @@ use crate::error::StoreError;
 pub const ACTIVE_CHECKPOINT_BYTES: u64 = 64 << 20;
 
 /// In the durable modes, writeback of the active segment is started every
-/// this many bytes appended ([`BackendFile::start_writeback`]), so the
-/// disk writes while the put goes on and the commit's fsync waits only for
-/// the last few MiB, not the whole artifact.
+/// this many bytes appended ([`Segments::take_writeback`]), so the disk
+/// writes while the put goes on and the commit's fsync waits only for the
+/// last few MiB, not the whole artifact.
 const WRITEBACK_BYTES: u64 = 8 << 20;
 
 /// One segment file.
@@ -88,6 +88,22 @@ pub struct SyncPlan {
     pub len: u64,
     /// The segments directory, if the file's entry is not yet durable.
     dir: Option<Arc<dyn Backend>>,
+}
+
+/// Writeback to start of a range of the active segment (see
+/// [`Segments::take_writeback`]).
+pub struct Writeback {
+    file: Arc<dyn BackendFile>,
+    from: u64,
+    len: u64,
+}
+
+impl Writeback {
+    /// Starts it. A hint to the OS only: what makes the bytes durable is the
+    /// fdatasync before a commit, which also reports any write error.
+    pub fn start(self) {
+        let _ = self.file.start_writeback(self.from, self.len);
+    }
 }
 
 impl SyncPlan {
@@ -720,13 +736,6 @@ impl Segments {
             ));
         }
         segment.len = offset + record_bytes;
-        let from = self.active_writeback_len.max(segment.synced_len);
-        if self.durability.fsyncs() && segment.len - from.min(segment.len) >= WRITEBACK_BYTES {
-            // A hint to the OS only: what makes the bytes durable is the
-            // fdatasync before the commit, which reports any write error.
-            let _ = segment.file.start_writeback(from, segment.len - from);
-            self.active_writeback_len = segment.len;
-        }
         self.active_records.push(HintEntry {
             offset,
             payload_len,
@@ -734,6 +743,27 @@ impl Segments {
             digest: *digest.as_bytes(),
         });
         Ok((id, offset, sealed))
+    }
+
+    /// In the durable modes, once [`WRITEBACK_BYTES`] were appended to the
+    /// active segment since the last one, the writeback to start of what
+    /// is not yet synced: taken under the store lock after an append, run
+    /// without it (it may wait for the device's queue).
+    pub fn take_writeback(&mut self) -> Option<Writeback> {
+        if !self.durability.fsyncs() {
+            return None;
+        }
+        let segment = self.segments.get(&self.active)?;
+        let from = self.active_writeback_len.max(segment.synced_len);
+        if segment.len < from + WRITEBACK_BYTES {
+            return None;
+        }
+        self.active_writeback_len = segment.len;
+        Some(Writeback {
+            file: Arc::clone(&segment.file),
+            from,
+            len: segment.len - from,
+        })
     }
 
     /// The handle of segment `id`, for reading outside the store lock.

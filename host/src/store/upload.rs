@@ -354,7 +354,11 @@ impl Upload {
         // Checkpoint the active segment every ACTIVE_CHECKPOINT_BYTES, so
         // an open after a crash scans at most that much of it.
         let checkpoint_due = state.segments.active_checkpoint_due();
+        let writeback = state.segments.take_writeback();
         drop(state);
+        if let Some(writeback) = writeback {
+            writeback.start();
+        }
         if let Some(sealed) = sealed {
             self.store.inner.finish_seal(sealed)?;
         }

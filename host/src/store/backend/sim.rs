@@ -1056,6 +1056,14 @@ impl Disk {
         Ok(())
     }
 
+    /// A writeback hint: traced, and nothing else. It makes nothing durable:
+    /// a power cut after it may still lose every byte it named.
+    fn writeback(&mut self, path: &str, offset: u64, len: u64) -> io::Result<()> {
+        self.check_on()?;
+        self.note(format!("writeback {path} @{offset} +{len}"));
+        Ok(())
+    }
+
     fn punch(
         &mut self,
         id: NodeId,
@@ -1555,6 +1563,10 @@ impl BackendFile for SimFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         lock(&self.disk).set_len(self.node, &self.path, self.writable, len)
+    }
+
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        lock(&self.disk).writeback(&self.path, offset, len)
     }
 
     fn sync_data(&self) -> io::Result<()> {
