@@ -28,6 +28,17 @@ fn data(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// The manifest of `bytes` cut into fixed `chunk_len` chunks.
+fn chunk_refs(bytes: &[u8], chunk_len: usize) -> Vec<ChunkRef> {
+    bytes
+        .chunks(chunk_len)
+        .map(|c| ChunkRef {
+            digest: Hash::of(c),
+            len: c.len() as u32,
+        })
+        .collect()
+}
+
 /// Puts `bytes` cut into fixed `chunk_len` chunks, sending only the chunks
 /// the store reports missing, the way the chunker does.
 fn put_with(
@@ -37,13 +48,7 @@ fn put_with(
     meta: NewMetadata,
 ) -> Result<ArtifactId, StoreError> {
     let mut upload = store.begin_upload();
-    let chunks: Vec<ChunkRef> = bytes
-        .chunks(chunk_len)
-        .map(|c| ChunkRef {
-            digest: Hash::of(c),
-            len: c.len() as u32,
-        })
-        .collect();
+    let chunks = chunk_refs(bytes, chunk_len);
     let digests: Vec<Hash> = chunks.iter().map(|c| c.digest).collect();
     let missing = upload.missing(&digests)?;
     for (chunk, missing) in bytes.chunks(chunk_len).zip(missing) {
@@ -503,13 +508,7 @@ fn a_commit_without_a_digest_records_the_one_the_store_computes() {
     for in_order in [true, false] {
         let bytes = data(4000, if in_order { 8 } else { 9 });
         let mut upload = store.begin_upload();
-        let chunks: Vec<ChunkRef> = bytes
-            .chunks(1000)
-            .map(|c| ChunkRef {
-                digest: Hash::of(c),
-                len: 1000,
-            })
-            .collect();
+        let chunks = chunk_refs(&bytes, 1000);
         if in_order {
             let digests: Vec<Hash> = chunks.iter().map(|c| c.digest).collect();
             upload.missing(&digests).unwrap();

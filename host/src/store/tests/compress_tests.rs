@@ -118,13 +118,7 @@ fn compression_can_be_turned_off_per_upload_and_per_store() {
     let words = text(100_000, 3);
     let mut upload = store.begin_upload();
     upload.set_compression(Compression::Off);
-    let chunks: Vec<ChunkRef> = words
-        .chunks(10_000)
-        .map(|c| ChunkRef {
-            digest: Hash::of(c),
-            len: c.len() as u32,
-        })
-        .collect();
+    let chunks = chunk_refs(&words, 10_000);
     for chunk in words.chunks(10_000) {
         upload.put_chunk(&Hash::of(chunk), chunk).unwrap();
     }
@@ -202,14 +196,25 @@ fn gc_moves_compressed_records_as_they_are() {
     assert!(store.verify_all().damaged.is_empty());
 }
 
-/// The offset of the first compressed record of the first segment file,
-/// found by its header (version 3).
-fn first_compressed_record(segment: &PathBuf) -> u64 {
+/// (offset, version) of every record header in a segment file, found by
+/// the record magic (whose 0xFE and 0xFF bytes the text-like contents of
+/// these tests never hold).
+fn record_versions(segment: &PathBuf) -> Vec<(u64, u8)> {
     let bytes = std::fs::read(segment).unwrap();
     let magic = format::CHUNK_RECORD_MAGIC.to_le_bytes();
     (0..bytes.len() - 8)
-        .find(|&at| bytes[at..at + 4] == magic && bytes[at + 4] == 3)
-        .unwrap() as u64
+        .filter(|&at| bytes[at..at + 4] == magic)
+        .map(|at| (at as u64, bytes[at + 4]))
+        .collect()
+}
+
+/// The offset of the first compressed record (version 3) of a segment.
+fn first_compressed_record(segment: &PathBuf) -> u64 {
+    record_versions(segment)
+        .into_iter()
+        .find(|&(_, version)| version == format::CHUNK_RECORD_VERSION_FLAGS)
+        .unwrap()
+        .0
 }
 
 /// Goal: damage inside a compressed record (its frame, or the chunk length
@@ -306,6 +311,16 @@ fn stores_from_before_compression_still_open() {
     let old_bytes = text(300_000, 11);
     let old = put(&store, &old_bytes, 10_000);
     drop(store);
+    // With compression off every record is one code from before
+    // compression reads: version 2.
+    let versions: Vec<(u64, u8)> = segment_files(&dir)
+        .iter()
+        .flat_map(record_versions)
+        .collect();
+    assert_eq!(versions.len(), 30, "{versions:?}");
+    assert!(versions
+        .iter()
+        .all(|&(_, v)| v == format::CHUNK_RECORD_VERSION));
     // Rewrite every hint in version 1's layout.
     for hint in hint_files(&dir) {
         let bytes = std::fs::read(&hint).unwrap();

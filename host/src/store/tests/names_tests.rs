@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{data, get, open, unsynced};
+use super::{chunk_refs, data, get, open, unsynced};
 use crate::store::backend::cap::CapDir;
 use crate::store::*;
 
@@ -17,13 +17,7 @@ fn put_bound(
     bytes: &[u8],
 ) -> Result<ArtifactId, StoreError> {
     let mut upload = store.begin_upload();
-    let chunks: Vec<ChunkRef> = bytes
-        .chunks(4096)
-        .map(|c| ChunkRef {
-            digest: Hash::of(c),
-            len: c.len() as u32,
-        })
-        .collect();
+    let chunks = chunk_refs(bytes, 4096);
     for chunk in bytes.chunks(4096) {
         upload.put_chunk(&Hash::of(chunk), chunk)?;
     }
