@@ -61,6 +61,13 @@ pub struct MetaDb {
     /// The open added to the tables what older code did not keep (see
     /// [`catalog_db::track_created_order`]): worth a checkpoint.
     upgraded: bool,
+    /// Chunks indexed since the last checkpoint (or open): what an open
+    /// after a crash finds in the segments and indexes again.
+    indexed_since_checkpoint: u64,
+    /// Artifacts inserted with a chunk no segment held, while an open
+    /// replays the log (`None` once the open took them): what it checks,
+    /// instead of every chunk of every artifact.
+    incomplete: Option<Vec<ArtifactId>>,
 }
 
 /// What a checkpoint covers: `meta.log` up to `log_len` (whose last 4 KiB
@@ -180,6 +187,8 @@ impl MetaDb {
             upload_pins: HashMap::new(),
             on_file,
             upgraded,
+            indexed_since_checkpoint: 0,
+            incomplete: Some(Vec::new()),
         })
     }
 
@@ -199,6 +208,12 @@ impl MetaDb {
     /// Whether opening these tables added what older code did not keep.
     pub fn upgraded(&self) -> bool {
         self.upgraded
+    }
+
+    /// Chunks indexed since the last checkpoint (see
+    /// `Inner::maybe_checkpoint`).
+    pub fn indexed_since_checkpoint(&self) -> u64 {
+        self.indexed_since_checkpoint
     }
 
     /// The last durable checkpoint and the name index as of it, if the
@@ -244,6 +259,7 @@ impl MetaDb {
         open_txn(&self.txn)?;
         let txn = self.txn.take().expect("checked just above");
         txn.commit()?;
+        self.indexed_since_checkpoint = 0;
         self.txn = Some(db::begin_write(&self.db, self.on_file)?);
         Ok(())
     }
@@ -267,16 +283,25 @@ impl MetaDb {
     /// indexed keeps its entry), with the tables opened once per run of
     /// them (an open indexes millions). Each: digest, location, chunk
     /// length, stored length.
+    ///
+    /// In digest order: the chunk table's keys are random, so records in
+    /// file order touch its pages at random; sorted, a batch walks them
+    /// once, in order. Where one digest is found twice, the first found
+    /// (in file order) still wins: the sort is stable.
     pub fn insert_found_all(
         &mut self,
-        found: &[(Hash, Location, u32, u32)],
+        found: &mut [(Hash, Location, u32, u32)],
     ) -> Result<(), DbError> {
-        self.chunk_op(|c, t| {
-            for &(digest, location, len, stored) in found {
-                c.insert_found(t, digest, location, len, stored)?;
+        found.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let inserted = self.chunk_op(|c, t| {
+            let mut inserted = 0;
+            for &(digest, location, len, stored) in &*found {
+                inserted += u64::from(c.insert_found(t, digest, location, len, stored)?);
             }
-            Ok(())
-        })
+            Ok(inserted)
+        })?;
+        self.indexed_since_checkpoint += inserted;
+        Ok(())
     }
 
     /// A chunk an upload wrote (`len` bytes in a payload of `stored`),
@@ -289,6 +314,7 @@ impl MetaDb {
         stored: u32,
     ) -> Result<(), DbError> {
         self.chunk_op(|c, t| c.insert_put(t, digest, location, len, stored))?;
+        self.indexed_since_checkpoint += 1;
         *self.upload_pins.entry(digest).or_default() += 1;
         Ok(())
     }
@@ -443,6 +469,7 @@ impl MetaDb {
     /// Adds a committed artifact and its chunk references: false (and
     /// nothing changed) if its id was ever used.
     pub fn insert(&mut self, meta: Metadata, manifest: Arc<Manifest>) -> Result<bool, DbError> {
+        let id = meta.id;
         let txn = open_txn(&self.txn)?;
         if !catalog_db::insert(
             &mut catalog_db::Tables::new(txn),
@@ -452,10 +479,22 @@ impl MetaDb {
             return Ok(false);
         }
         let mut t = chunk_db::Tables::new(txn);
+        let mut complete = true;
         for chunk in &manifest.chunks {
-            self.chunks.add_ref(&mut t, &chunk.digest, chunk.len)?;
+            complete &= self.chunks.add_ref(&mut t, &chunk.digest, chunk.len)?;
+        }
+        if let (false, Some(incomplete)) = (complete, &mut self.incomplete) {
+            incomplete.push(id);
         }
         Ok(true)
+    }
+
+    /// The artifacts inserted since the tables were opened with a chunk
+    /// no segment held when they were (an open scans the segments before
+    /// it replays the log, so none comes later); from then on, none are
+    /// kept.
+    pub fn take_incomplete(&mut self) -> Vec<ArtifactId> {
+        self.incomplete.take().unwrap_or_default()
     }
 
     /// Removes a live artifact (dropping every link to it) and its name;

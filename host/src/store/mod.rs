@@ -410,14 +410,15 @@ impl Store {
                     ));
                     trust_checkpoint = false;
                 }
-                None => break (db, checkpoint.is_some(), built),
+                None => break (db, checkpoint.map(|c| c.log_len), built),
             }
         };
         let (
-            db,
-            from_checkpoint,
-            (segments, scanned, mut meta_log, mut replayed, replay_problems, commits),
+            mut db,
+            checkpoint_log_len,
+            (segments, scanned, mut meta_log, mut replayed, replay_problems),
         ) = built;
+        let from_checkpoint = checkpoint_log_len.is_some();
         let mut recovery = RecoveryReport {
             truncated_bytes: scanned.truncated_bytes,
             problems: scanned.problems,
@@ -463,8 +464,10 @@ impl Store {
         recovery.problems.extend(replay_problems);
         recovery.problems.extend(catalog_problems);
         // Artifacts a checkpoint covers had every chunk when it was taken,
-        // and their segments are there (checked above); the rest are
-        // checked one by one.
+        // and their segments are there (checked above); of the rest, those
+        // the replay found a chunk of missing for (the segments were
+        // scanned first) are reported if they are still live.
+        let incomplete = db.take_incomplete();
         let mut check = |artifact: &meta::Artifact| -> Result<(), StoreError> {
             let id = artifact.meta.id;
             let mut lost = None;
@@ -488,28 +491,19 @@ impl Store {
             }
             Ok(())
         };
-        if from_checkpoint {
-            for id in &commits {
-                if let Some(artifact) = db.live(id)? {
-                    check(&artifact)?;
-                }
-            }
-        } else {
-            let mut after = None;
-            loop {
-                let page = db.live_page(after, 4096)?;
-                let Some(last) = page.last().map(|artifact| artifact.seq) else {
-                    break;
-                };
-                for artifact in &page {
-                    check(artifact)?;
-                }
-                after = Some(last);
+        for id in &incomplete {
+            if let Some(artifact) = db.live(id)? {
+                check(&artifact)?;
             }
         }
 
         let meta_log_len = meta_log.len();
         let tables_upgraded = db.upgraded();
+        // What a replay past a checkpoint added is bounded (by
+        // CHECKPOINT_LOG_BYTES and CHECKPOINT_CHUNKS, which count it
+        // towards the next checkpoint): the next commit takes one, not the
+        // open. A rebuild or an upgrade is checkpointed at once.
+        let defer_checkpoint = from_checkpoint && !upgraded && !tables_upgraded;
         let store = Store {
             inner: Arc::new(Inner {
                 options,
@@ -535,7 +529,11 @@ impl Store {
                 policy: Mutex::new(tenant_policy),
                 policy_write: Mutex::new(()),
                 writers_open: std::sync::atomic::AtomicU64::new(0),
-                checkpointed_log_len: std::sync::atomic::AtomicU64::new(meta_log_len),
+                checkpointed_log_len: std::sync::atomic::AtomicU64::new(
+                    checkpoint_log_len
+                        .filter(|_| defer_checkpoint)
+                        .unwrap_or(meta_log_len),
+                ),
                 _writer_lock: writer_lock.take(),
             }),
         };
@@ -544,12 +542,10 @@ impl Store {
         if !read_only {
             store.inner.ensure_reserve();
         }
-        // Whatever this open rebuilt or replayed is checkpointed at once,
-        // so the next open does not do it again; an open that found
-        // everything in a checkpoint writes none.
-        if store.inner.options.durability.fsyncs()
-            && (!from_checkpoint || open_stats.meta_records > 0 || upgraded || tables_upgraded)
-        {
+        // Whatever this open rebuilt (or upgraded) is checkpointed at
+        // once, so the next open does not do it again; an open from a
+        // checkpoint writes none (see `defer_checkpoint`).
+        if store.inner.options.durability.fsyncs() && !defer_checkpoint {
             let meta_log = lock(&store.inner.meta_log);
             // Best effort: without one the next open rebuilds.
             let _ = store.inner.checkpoint_tables(&meta_log);
@@ -1122,6 +1118,13 @@ pub const CATALOG_DB_NAME: &str = "catalog.redb";
 /// database: what an open after a crash replays at most, about.
 const CHECKPOINT_LOG_BYTES: u64 = 2 << 20;
 
+/// Chunks indexed between two checkpoints, at most about: an open after a
+/// crash finds them in the segments and indexes them again, each a lookup
+/// and an insert at a random place in a table that may not be in memory
+/// (about 10 us each at a million chunks), so this bounds that part of
+/// the open as the log bytes bound the replay.
+const CHECKPOINT_CHUNKS: u64 = 8 << 10;
+
 fn remove_catalog_db(dir: &dyn Backend) -> Result<(), StoreError> {
     match dir.remove(CATALOG_DB_NAME) {
         Ok(()) => Ok(()),
@@ -1277,13 +1280,11 @@ type Built = (
     MetaLog,
     meta::ReplayOutcome,
     Vec<Problem>,
-    Vec<ArtifactId>,
 );
 
 /// Opens the segments and `meta.log` into `db`: segments a checkpoint
 /// covers (`covered`) and the log before `from` are not read again. Also
-/// returns the problems of records that did not apply and the ids of the
-/// commits replayed.
+/// returns the problems of records that did not apply.
 #[allow(clippy::too_many_arguments)]
 fn build_state(
     dir: &Arc<dyn Backend>,
@@ -1297,14 +1298,10 @@ fn build_state(
     from: u64,
 ) -> Result<Built, StoreError> {
     let mut replay_problems = Vec::new();
-    let mut commits = Vec::new();
     let mut db_error: Option<StoreError> = None;
     let mut replay = |db: &mut MetaDb, offset: u64, record: MetaRecord| {
         if db_error.is_some() {
             return;
-        }
-        if let MetaRecord::Commit { id, .. } = &record {
-            commits.push(ArtifactId::from_bytes(*id));
         }
         match apply(db, record) {
             Ok(()) => {}
@@ -1319,14 +1316,17 @@ fn build_state(
         }
     };
     let open_segments = |db: &mut MetaDb| {
-        // Indexed in batches: each batch opens the tables once.
-        const BATCH: usize = 4096;
-        let mut batch = Vec::with_capacity(BATCH);
+        // Indexed in batches: each batch opens the tables once, and is
+        // sorted (see `MetaDb::insert_found_all`).
+        const BATCH: usize = 1 << 16;
+        // Grown as records are found, not allocated up front: what an open
+        // allocates stays in proportion to the files it reads.
+        let mut batch = Vec::new();
         let opened = {
             let mut found = |digest, location, len, stored| {
                 batch.push((digest, location, len, stored));
                 if batch.len() == BATCH {
-                    db.insert_found_all(&batch)?;
+                    db.insert_found_all(&mut batch)?;
                     batch.clear();
                 }
                 Ok(())
@@ -1341,7 +1341,7 @@ fn build_state(
                 &mut found,
             )?
         };
-        db.insert_found_all(&batch)?;
+        db.insert_found_all(&mut batch)?;
         Ok::<_, StoreError>(opened)
     };
     let ((segments, scanned), (meta_log, replayed)) = if read_only {
@@ -1377,14 +1377,7 @@ fn build_state(
     if let Some(error) = db_error {
         return Err(error);
     }
-    Ok((
-        segments,
-        scanned,
-        meta_log,
-        replayed,
-        replay_problems,
-        commits,
-    ))
+    Ok((segments, scanned, meta_log, replayed, replay_problems))
 }
 
 /// Whether the space reserve is there whole: its full length, allocated.
@@ -1658,15 +1651,17 @@ impl Inner {
     }
 
     /// Takes a checkpoint of the catalog database if `meta.log` grew by
-    /// [`CHECKPOINT_LOG_BYTES`] since the last one. The caller holds the
-    /// log lock. Best effort: a failed one only costs the next open a
-    /// longer replay (and makes the store read-only, see
-    /// [`Inner::checkpoint_tables`]).
+    /// [`CHECKPOINT_LOG_BYTES`] or [`CHECKPOINT_CHUNKS`] chunks were
+    /// indexed since the last one. The caller holds the log lock. Best
+    /// effort: a failed one only costs the next open a longer replay (and
+    /// makes the store read-only, see [`Inner::checkpoint_tables`]).
     fn maybe_checkpoint(&self, meta_log: &MetaLog) {
         let last = self
             .checkpointed_log_len
             .load(std::sync::atomic::Ordering::Relaxed);
-        if meta_log.len() >= last + CHECKPOINT_LOG_BYTES {
+        if meta_log.len() >= last + CHECKPOINT_LOG_BYTES
+            || lock(&self.state).db.indexed_since_checkpoint() >= CHECKPOINT_CHUNKS
+        {
             let _ = self.checkpoint_tables(meta_log);
         }
     }

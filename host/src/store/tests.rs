@@ -1484,11 +1484,64 @@ fn sealed_segments_open_from_hints_without_reading_their_records() {
     assert_eq!(report.damaged[0].0, id);
 }
 
+/// A checkpoint is also taken every `CHECKPOINT_CHUNKS` chunks indexed,
+/// however little the log grew: the chunks an open after a crash must find
+/// in the segments and index again are bounded by that, not by the log.
+/// Method: commits of 1,000 tiny chunks each (their records far below
+/// `CHECKPOINT_LOG_BYTES`); after a crash, the open replays the commits
+/// since the last multiple of the bound, never more.
+#[test]
+fn chunks_indexed_since_the_last_checkpoint_are_bounded() {
+    const PER_COMMIT: u64 = 1000;
+    let commits = CHECKPOINT_CHUNKS / PER_COMMIT + 2;
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions::default();
+    let store = open(&dir, options.clone());
+    let mut ids = Vec::new();
+    for a in 0..commits {
+        let mut upload = store.begin_upload();
+        let mut refs = Vec::new();
+        for c in 0..PER_COMMIT {
+            let bytes = (a * PER_COMMIT + c).to_le_bytes();
+            let digest = Hash::of(&bytes);
+            upload.put_chunk(&digest, &bytes).unwrap();
+            refs.push(ChunkRef { digest, len: 8 });
+        }
+        ids.push(
+            upload
+                .commit(&refs, PER_COMMIT * 8, None, NewMetadata::default())
+                .unwrap(),
+        );
+    }
+    assert!(
+        store
+            .inner
+            .meta_log_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < CHECKPOINT_LOG_BYTES
+    );
+    std::mem::forget(store);
+    let store = open(&dir, options);
+    let stats = store.open_stats();
+    assert!(stats.from_checkpoint, "{stats:?}");
+    // The checkpoint came at the first commit that took the count to the
+    // bound: the commits after it are replayed, and no more.
+    let at = CHECKPOINT_CHUNKS.div_ceil(PER_COMMIT);
+    assert_eq!(stats.meta_records, commits - at, "{stats:?}");
+    assert!(
+        stats.chunk_records <= (commits - at) * PER_COMMIT,
+        "{stats:?}"
+    );
+    assert_eq!(store.stats().chunks, commits * PER_COMMIT);
+    for id in &ids {
+        assert_eq!(store.metadata(id).unwrap().size, PER_COMMIT * 8);
+    }
+}
+
 /// The catalog tables are checkpointed at a clean close: the next open
 /// reads neither sealed segment nor `meta.log` record, and answers as
 /// before. After a crash (no close), it replays only the log past the last
-/// checkpoint, scans only what was written since, and checkpoints that at
-/// once, so the open after it replays nothing.
+/// checkpoint and scans only what was written since.
 #[test]
 fn opens_resume_from_the_catalog_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
@@ -1551,11 +1604,20 @@ fn opens_resume_from_the_catalog_checkpoint() {
     assert_eq!(store.find_by_tag("late", 100).unwrap(), [late]);
     std::mem::forget(store);
 
+    // The open does not checkpoint what it replayed (bounded by the
+    // checkpoint intervals, which count it): another crash replays it
+    // again, and a clean close checkpoints it.
+    let store = open(&dir, options.clone());
+    let stats = store.open_stats();
+    assert!(stats.from_checkpoint, "{stats:?}");
+    assert_eq!(stats.meta_records, 2, "replayed again: {stats:?}");
+    assert_eq!(get(&store, &late).unwrap(), late_bytes);
+    drop(store);
     let store = open(&dir, options);
     let stats = store.open_stats();
     assert_eq!(
         stats.meta_records, 0,
-        "the replay was checkpointed: {stats:?}"
+        "the clean close checkpointed the replay: {stats:?}"
     );
     assert_eq!(get(&store, &late).unwrap(), late_bytes);
     assert_eq!(store.find_by_tag("early", 100).unwrap(), early[1..]);
