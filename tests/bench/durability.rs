@@ -24,7 +24,10 @@ fn main() {
     if !open_only {
         small_put_benchmarks();
     }
-    open_benchmarks();
+    // `TBLOB_BENCH_PUTS_ONLY=1`: only the small-put benchmarks.
+    if std::env::var_os("TBLOB_BENCH_PUTS_ONLY").is_none() {
+        open_benchmarks();
+    }
 }
 
 fn small_put_benchmarks() {
@@ -75,9 +78,21 @@ fn open_benchmarks() {
         ("durable, after a crash", Durability::Sync, false),
         ("durability none (tables rebuilt)", Durability::None, true),
     ] {
+        // `TBLOB_BENCH_OPEN_CASE=crash` (say): only the cases whose name
+        // holds it, to profile one.
+        if let Some(case) = std::env::var_os("TBLOB_BENCH_OPEN_CASE") {
+            if !what.contains(&*case.to_string_lossy()) {
+                continue;
+            }
+        }
         let (open, stats) = open_with_chunks(1_000_000, durability, close);
+        let slowest = if close {
+            ""
+        } else {
+            " (slowest of 12 crash points)"
+        };
         println!(
-            "open with 1,000,000 chunks, {what}: {:.3} s  ({} segments from hints, {} scanned, {} meta records replayed)",
+            "open with 1,000,000 chunks, {what}{slowest}: {:.3} s  ({} segments from hints, {} scanned, {} meta records replayed)",
             open.as_secs_f64(),
             stats.segments_from_hints,
             stats.segments_scanned,
@@ -85,6 +100,9 @@ fn open_benchmarks() {
         );
     }
 
+    if std::env::var_os("TBLOB_BENCH_OPEN_CASE").is_some() {
+        return;
+    }
     let active = open_with_active_segment(256 << 20);
     println!(
         "open, 256 MiB active segment:     clean close {:.3} s, after a crash {:.3} s, \
@@ -257,60 +275,79 @@ fn seed_small_puts(seedbench: &Path) -> Option<f64> {
     Some(mbps * 1e6 / SMALL_BYTES as f64)
 }
 
-/// Builds a store of `chunks` distinct 64-byte chunks (1000 per artifact,
-/// 8 MiB segments so most are sealed with hint files), closes it, and
-/// times a fresh open.
-/// Open of a store of `chunks` 64-byte chunks in artifacts of 1,000: in a
-/// durable mode the catalog database is read from its checkpoint (taken at
-/// a clean close, or the last one before a crash, the log replayed past
-/// it); without durability the tables are in memory, rebuilt at each open.
+/// Open of a store of `chunks` 64-byte chunks in artifacts of 1,000 (8 MiB
+/// segments, so most are sealed with hint files): in a durable mode the
+/// catalog database is read from its checkpoint (taken at a clean close,
+/// or the last one before a crash, the log replayed past it); without
+/// durability the tables are in memory, rebuilt at each open.
+///
+/// After a crash the open's work depends on how far the crash came after
+/// the last checkpoint, so that case crashes at `CRASH_POINTS` successive
+/// points (one more artifact each, which spans a checkpoint interval) and
+/// returns the slowest open; the clean cases return their one open.
 fn open_with_chunks(
     chunks: usize,
     durability: Durability,
     close: bool,
 ) -> (Duration, tensor_blob_host::store::OpenStats) {
+    const PER_ARTIFACT: usize = 1000;
+    const CRASH_POINTS: usize = 12;
     let dir = tempfile::tempdir().unwrap();
     let options = StoreOptions {
         durability,
         segment_bytes_max: 8 << 20,
         ..StoreOptions::default()
     };
+    let put_artifact = |store: &Store, a: usize| {
+        let mut bytes = [0u8; 64];
+        let mut upload = store.begin_upload();
+        let mut refs = Vec::with_capacity(PER_ARTIFACT);
+        let mut whole = blake3::Hasher::new();
+        for c in 0..PER_ARTIFACT {
+            let n = (a * PER_ARTIFACT + c) as u64;
+            bytes[..8].copy_from_slice(&n.to_le_bytes());
+            let digest = Hash::of(&bytes);
+            upload.put_chunk(&digest, &bytes).unwrap();
+            whole.update(&bytes);
+            refs.push(ChunkRef { digest, len: 64 });
+        }
+        let digest = Hash::from_slice(whole.finalize().as_bytes()).unwrap();
+        upload
+            .commit(
+                &refs,
+                (PER_ARTIFACT * 64) as u64,
+                Some(&digest),
+                NewMetadata::default(),
+            )
+            .unwrap();
+    };
+    let mut artifacts = chunks / PER_ARTIFACT;
     {
         let store = Store::open(open_dir(dir.path()), options.clone()).unwrap();
-        let mut bytes = [0u8; 64];
-        let per_artifact = 1000;
-        for a in 0..chunks / per_artifact {
-            let mut upload = store.begin_upload();
-            let mut refs = Vec::with_capacity(per_artifact);
-            let mut whole = blake3::Hasher::new();
-            for c in 0..per_artifact {
-                let n = (a * per_artifact + c) as u64;
-                bytes[..8].copy_from_slice(&n.to_le_bytes());
-                let digest = Hash::of(&bytes);
-                upload.put_chunk(&digest, &bytes).unwrap();
-                whole.update(&bytes);
-                refs.push(ChunkRef { digest, len: 64 });
-            }
-            let digest = Hash::from_slice(whole.finalize().as_bytes()).unwrap();
-            upload
-                .commit(
-                    &refs,
-                    (per_artifact * 64) as u64,
-                    Some(&digest),
-                    NewMetadata::default(),
-                )
-                .unwrap();
+        for a in 0..artifacts {
+            put_artifact(&store, a);
         }
         if !close {
             // As a crash: no close, so no last checkpoint.
             std::mem::forget(store);
         }
     }
-    let started = Instant::now();
-    let store = Store::open(open_dir(dir.path()), options).unwrap();
-    let elapsed = started.elapsed();
-    assert_eq!(store.stats().chunks, chunks as u64);
-    (elapsed, store.open_stats())
+    let mut slowest: Option<(Duration, tensor_blob_host::store::OpenStats)> = None;
+    for point in 0..if close { 1 } else { CRASH_POINTS } {
+        let started = Instant::now();
+        let store = Store::open(open_dir(dir.path()), options.clone()).unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(store.stats().chunks, (artifacts * PER_ARTIFACT) as u64);
+        if slowest.as_ref().is_none_or(|(worst, _)| elapsed > *worst) {
+            slowest = Some((elapsed, store.open_stats()));
+        }
+        if point + 1 < CRASH_POINTS && !close {
+            put_artifact(&store, artifacts);
+            artifacts += 1;
+            std::mem::forget(store);
+        }
+    }
+    slowest.unwrap()
 }
 
 fn open_dir(path: &Path) -> cap_std::fs::Dir {
