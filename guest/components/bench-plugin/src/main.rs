@@ -4,7 +4,9 @@
 //! streaming get (1 MiB reads, every chunk verified by the host), and
 //! checks the bytes read back against what was written.
 //!
-//! Prints one line: `put_seconds=<f64> get_seconds=<f64> bytes=<u64> id=<id>`.
+//! Prints one line: `put_seconds=<f64> get_seconds=<f64>
+//! compare_seconds=<f64> bytes=<u64> id=<id>` (the get's time includes the
+//! plugin's compare of what it read, also given alone).
 //!
 //! `bench-plugin meta CALLS` times metadata calls instead (see [`meta`]).
 
@@ -62,6 +64,9 @@ fn main() {
     let reader = blobs::open_reader(&id, 0).unwrap_or_else(|e| fail("open-reader", e));
     let mut total = 0usize;
     let mut same = true;
+    // The compare is the plugin's own work, not the get's: timed apart,
+    // so the get can be read with and without it.
+    let mut compare_seconds = 0.0;
     loop {
         let piece = reader
             .read(PIECE_BYTES as u32)
@@ -69,9 +74,11 @@ fn main() {
         if piece.is_empty() {
             break;
         }
+        let compared = Instant::now();
         same &= data
             .get(total..total + piece.len())
             .is_some_and(|written| equal(written, &piece));
+        compare_seconds += compared.elapsed().as_secs_f64();
         total += piece.len();
     }
     let get_seconds = started.elapsed().as_secs_f64();
@@ -79,7 +86,9 @@ fn main() {
         eprintln!("bench-plugin: read back {total} bytes that do not match what was written");
         std::process::exit(1);
     }
-    println!("put_seconds={put_seconds} get_seconds={get_seconds} bytes={bytes} id={id}");
+    println!(
+        "put_seconds={put_seconds} get_seconds={get_seconds} compare_seconds={compare_seconds} bytes={bytes} id={id}"
+    );
 }
 
 /// Whether `a` and `b` hold the same bytes: words compared without an
