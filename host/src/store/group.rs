@@ -17,12 +17,16 @@
 //! back before the chunks it names and a crash would leave a manifest
 //! pointing at missing chunks.
 //!
-//! Mutex and condition variable only: no sleeps, no timers. The group lock
-//! is never held while another lock is taken or an fsync runs. Never used
+//! Mutex and condition variables only: no sleeps, no timers. Each waiter
+//! sleeps on a condition variable of its own, woken when its result is in
+//! or when it is the oldest waiter and the leader is done (it leads the
+//! next batch): a batch wakes its own committers and one more, not every
+//! thread queued. The group lock is never held while another lock is
+//! taken or an fsync runs. Never used
 //! for deletes and updates, which run as under `Durability::Sync`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::format::{self, MetaRecord};
 use super::{apply, check_links, lock, ArtifactId, Durability, Store, StoreError};
@@ -31,8 +35,6 @@ use super::{apply, check_links, lock, ArtifactId, Durability, Store, StoreError}
 #[derive(Default)]
 pub struct Group {
     state: Mutex<GroupState>,
-    /// Signalled when a batch's results are in.
-    done: Condvar,
 }
 
 #[derive(Default)]
@@ -43,6 +45,18 @@ struct GroupState {
     results: HashMap<u64, Result<ArtifactId, StoreError>>,
     /// Whether a leader is running a batch.
     leading: bool,
+    /// The condition variable each committer waits on, by ticket, from
+    /// its queueing to its return.
+    waiters: HashMap<u64, Arc<Condvar>>,
+}
+
+impl GroupState {
+    /// Wakes the committer of `ticket`, if it is still waiting.
+    fn wake(&self, ticket: u64) {
+        if let Some(waiter) = self.waiters.get(&ticket) {
+            waiter.notify_one();
+        }
+    }
 }
 
 struct Queued {
@@ -68,8 +82,11 @@ pub fn commit(
         record,
         links,
     });
+    let waiter = Arc::new(Condvar::new());
+    state.waiters.insert(ticket, Arc::clone(&waiter));
     loop {
         if let Some(result) = state.results.remove(&ticket) {
+            state.waiters.remove(&ticket);
             return result;
         }
         if !state.leading {
@@ -91,8 +108,7 @@ pub fn commit(
             state = lock(&group.state);
             continue;
         }
-        state = group
-            .done
+        state = waiter
             .wait(state)
             .unwrap_or_else(|poisoned| poisoned.into_inner());
     }
@@ -128,7 +144,15 @@ impl Drop for Leader<'_> {
             }
         }
         state.leading = false;
-        group.done.notify_all();
+        // The batch's committers (the leader's own finds nobody waiting:
+        // it is running this), and the oldest queued one, which leads the
+        // next batch.
+        for &ticket in &self.tickets {
+            state.wake(ticket);
+        }
+        if let Some(next) = state.queue.first() {
+            state.wake(next.ticket);
+        }
     }
 }
 

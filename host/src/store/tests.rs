@@ -1335,26 +1335,7 @@ fn batch_mode_shares_fsyncs_between_concurrent_commits() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir, with_durability(Durability::Batch));
     let before = store.fsync_count();
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(THREADS as usize));
-    let handles: Vec<_> = (0..THREADS)
-        .map(|thread| {
-            let store = store.clone();
-            let barrier = barrier.clone();
-            std::thread::spawn(move || {
-                barrier.wait();
-                (0..COMMITS_PER_THREAD)
-                    .map(|i| {
-                        let bytes = data(4096, 1000 + thread * 100 + i);
-                        (put(&store, &bytes, 1024), bytes)
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let committed: Vec<(ArtifactId, Vec<u8>)> = handles
-        .into_iter()
-        .flat_map(|handle| handle.join().unwrap())
-        .collect();
+    let committed = concurrent_puts(&store, THREADS, COMMITS_PER_THREAD, 1000);
     let commits = THREADS * COMMITS_PER_THREAD;
     let fsyncs = store.fsync_count() - before;
     assert!(
@@ -1370,6 +1351,56 @@ fn batch_mode_shares_fsyncs_between_concurrent_commits() {
     }
     // Listing order after reopening is the order commits were published.
     assert_eq!(store.list(None, usize::MAX).unwrap().len() as u64, commits);
+}
+
+/// `threads` threads, started together, each putting `per_thread`
+/// distinct 4 KiB artifacts; what each committed.
+fn concurrent_puts(
+    store: &Store,
+    threads: u64,
+    per_thread: u64,
+    seed: u64,
+) -> Vec<(ArtifactId, Vec<u8>)> {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads as usize));
+    let handles: Vec<_> = (0..threads)
+        .map(|thread| {
+            let store = store.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                (0..per_thread)
+                    .map(|i| {
+                        let bytes = data(4096, seed + thread * 100 + i);
+                        (put(&store, &bytes, 1024), bytes)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|handle| handle.join().unwrap())
+        .collect()
+}
+
+/// Under `Durability::Sync` commits go through the same queue one at a
+/// time, each leading its own batch of one: with many threads, every
+/// waiter is still woken to lead in turn (none waits forever) and every
+/// commit gets fsyncs of its own.
+#[test]
+fn sync_mode_commits_from_many_threads_each_lead_in_turn() {
+    const THREADS: u64 = 8;
+    const COMMITS_PER_THREAD: u64 = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, with_durability(Durability::Sync));
+    let before = store.fsync_count();
+    let committed = concurrent_puts(&store, THREADS, COMMITS_PER_THREAD, 5000);
+    let commits = THREADS * COMMITS_PER_THREAD;
+    assert!(store.fsync_count() - before >= commits);
+    assert_eq!(store.stats().artifacts, commits);
+    for (id, bytes) in &committed {
+        assert_eq!(&get(&store, id).unwrap(), bytes);
+    }
 }
 
 /// A lone commit in batch mode is its own leader and is durable when it
