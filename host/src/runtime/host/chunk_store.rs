@@ -20,8 +20,8 @@ use crate::store::{self, CHUNK_BYTES_MAX, MANIFEST_PAGE_MAX, MISSING_BATCH_MAX};
 /// An upload in progress, owned by the chunker's resource table. Dropping it
 /// releases the chunks it pinned.
 ///
-/// The first chunk is stored inline. From the second on, the upload moves to
-/// a worker thread and `put-chunk` only queues the bytes (at most
+/// The first [`INLINE_CHUNKS`] chunks are stored inline. From the next on,
+/// the upload moves to a worker thread and `put-chunk` only queues the bytes (at most
 /// [`PIPELINE_CHUNKS_MAX`] waiting), so the host's re-hash and append of one
 /// chunk overlap the guest's chunking and hashing of the next, on the other
 /// core. A failure of a queued chunk is reported by the next call on the
@@ -39,6 +39,12 @@ enum UploadState {
     Piped(Pipeline),
     Closed,
 }
+
+/// Chunks an upload stores inline before it moves to a worker thread: a
+/// small put (a 64 KiB artifact is one to four chunks) pays no thread
+/// start, hand-offs and join, and a large one loses the overlap only for
+/// its first few chunks.
+pub const INLINE_CHUNKS: u64 = 4;
 
 /// Chunks queued to an upload's worker at most; with [`CHUNK_BYTES_MAX`]
 /// this bounds the bytes one upload holds in flight. All the uploads of one
@@ -361,8 +367,10 @@ impl chunk_store::HostUpload for ChunkerState {
         let entry = self.table.get_mut(&handle)?;
         entry.chunks_put += 1;
         match std::mem::replace(&mut entry.state, UploadState::Closed) {
-            UploadState::Inline(mut upload) if entry.chunks_put == 1 || entry.inline_only => {
-                // The first chunk inline: a small put needs no thread.
+            UploadState::Inline(mut upload)
+                if entry.chunks_put <= INLINE_CHUNKS || entry.inline_only =>
+            {
+                // The first chunks inline: a small put needs no thread.
                 let result = upload.put_chunk(&digest, &bytes);
                 entry.state = UploadState::Inline(upload);
                 Ok(result?)
@@ -598,7 +606,7 @@ mod tests {
         HostUpload::drop(&mut state, handle).unwrap();
     }
 
-    /// Regression: from an upload's second chunk on, `put-chunk` queued the
+    /// Regression: past an upload's inline chunks, `put-chunk` queued the
     /// bytes to the worker before their length was checked, so a hostile
     /// chunker could park oversized chunks in host memory and only heard
     /// of it at its next call. Now they are refused at once.
@@ -606,15 +614,20 @@ mod tests {
     fn a_chunk_of_a_bad_length_is_refused_before_it_is_queued() {
         let (_dir, mut state) = state();
         let handle = state.begin_upload().unwrap();
-        let chunks: Vec<_> = (0..3).map(|i| chunk(i, 4096)).collect();
+        // The inline ones, one queued to the worker, and one after the
+        // refusals.
+        let n = INLINE_CHUNKS as usize + 2;
+        let chunks: Vec<_> = (0..n as u8).map(|i| chunk(i, 4096)).collect();
         let digests = chunks.iter().map(|(d, _)| d.clone()).collect();
-        assert_eq!(state.missing(borrow(&handle), digests).unwrap(), [true; 3]);
-        state
-            .put_chunk(borrow(&handle), chunks[0].0.clone(), chunks[0].1.clone())
-            .unwrap();
-        state
-            .put_chunk(borrow(&handle), chunks[1].0.clone(), chunks[1].1.clone())
-            .unwrap();
+        assert_eq!(
+            state.missing(borrow(&handle), digests).unwrap(),
+            vec![true; n]
+        );
+        for (digest, bytes) in &chunks[..n - 1] {
+            state
+                .put_chunk(borrow(&handle), digest.clone(), bytes.clone())
+                .unwrap();
+        }
         assert!(matches!(
             state.table.get(&handle).unwrap().state,
             UploadState::Piped(_)
@@ -632,11 +645,12 @@ mod tests {
                 other => panic!("{len} bytes: {other:?}"),
             }
         }
-        // Only the second chunk was ever queued.
+        // Only the chunk past the inline ones was ever queued.
         assert!(*state.budget.queued.lock().unwrap() <= 4096);
         // The refusals did not fail the upload.
+        let (digest, bytes) = &chunks[n - 1];
         state
-            .put_chunk(borrow(&handle), chunks[2].0.clone(), chunks[2].1.clone())
+            .put_chunk(borrow(&handle), digest.clone(), bytes.clone())
             .unwrap();
         let mut whole = blake3::Hasher::new();
         let refs = chunks
@@ -653,7 +667,7 @@ mod tests {
             .commit(
                 borrow(&handle),
                 refs,
-                3 * 4096,
+                n as u64 * 4096,
                 Some(whole.finalize().as_bytes().to_vec()),
                 PutOptions::default(),
             )
