@@ -64,9 +64,10 @@ pub struct MetaDb {
     /// Chunks indexed since the last checkpoint (or open): what an open
     /// after a crash finds in the segments and indexes again.
     indexed_since_checkpoint: u64,
-    /// Artifacts inserted with a chunk no segment held, while an open
-    /// replays the log (`None` once the open took them): what it checks,
-    /// instead of every chunk of every artifact.
+    /// Artifacts inserted with a chunk no segment held, while the log is
+    /// replayed into new tables (`None` once `build_state` took them at
+    /// the end of it): what an open checks, instead of every chunk of
+    /// every artifact.
     incomplete: Option<Vec<ArtifactId>>,
 }
 

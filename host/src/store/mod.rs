@@ -414,9 +414,9 @@ impl Store {
             }
         };
         let (
-            mut db,
+            db,
             checkpoint_log_len,
-            (segments, scanned, mut meta_log, mut replayed, replay_problems),
+            (segments, scanned, mut meta_log, mut replayed, replay_problems, incomplete),
         ) = built;
         let from_checkpoint = checkpoint_log_len.is_some();
         let mut recovery = RecoveryReport {
@@ -467,7 +467,6 @@ impl Store {
         // and their segments are there (checked above); of the rest, those
         // the replay found a chunk of missing for (the segments were
         // scanned first) are reported if they are still live.
-        let incomplete = db.take_incomplete();
         let mut check = |artifact: &meta::Artifact| -> Result<(), StoreError> {
             let id = artifact.meta.id;
             let mut lost = None;
@@ -501,8 +500,9 @@ impl Store {
         let tables_upgraded = db.upgraded();
         // What a replay past a checkpoint added is bounded (by
         // CHECKPOINT_LOG_BYTES and CHECKPOINT_CHUNKS, which count it
-        // towards the next checkpoint): the next commit takes one, not the
-        // open. A rebuild or an upgrade is checkpointed at once.
+        // towards the next checkpoint): the commit that fills an interval
+        // takes one (or the clean close), not the open. A rebuild or an
+        // upgrade is checkpointed at once.
         let defer_checkpoint = from_checkpoint && !upgraded && !tables_upgraded;
         let store = Store {
             inner: Arc::new(Inner {
@@ -1280,11 +1280,14 @@ type Built = (
     MetaLog,
     meta::ReplayOutcome,
     Vec<Problem>,
+    Vec<ArtifactId>,
 );
 
 /// Opens the segments and `meta.log` into `db`: segments a checkpoint
 /// covers (`covered`) and the log before `from` are not read again. Also
-/// returns the problems of records that did not apply.
+/// returns the problems of records that did not apply, and the artifacts
+/// whose replayed commit named a chunk no segment holds
+/// ([`MetaDb::take_incomplete`]).
 #[allow(clippy::too_many_arguments)]
 fn build_state(
     dir: &Arc<dyn Backend>,
@@ -1377,7 +1380,15 @@ fn build_state(
     if let Some(error) = db_error {
         return Err(error);
     }
-    Ok((segments, scanned, meta_log, replayed, replay_problems))
+    let incomplete = db.take_incomplete();
+    Ok((
+        segments,
+        scanned,
+        meta_log,
+        replayed,
+        replay_problems,
+        incomplete,
+    ))
 }
 
 /// Whether the space reserve is there whole: its full length, allocated.
