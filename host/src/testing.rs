@@ -45,8 +45,9 @@ pub struct TempStore {
     dir: tempfile::TempDir,
 }
 
-/// The chunker compiled once per process, for every [`TempStore`].
-fn shared_chunker() -> wasmtime::Result<ChunkerComponent> {
+/// The chunker compiled once per process, for every [`TempStore`] (and
+/// for tests that build a [`Runtime`] of their own).
+pub fn shared_chunker() -> wasmtime::Result<ChunkerComponent> {
     static SHARED: OnceLock<ChunkerComponent> = OnceLock::new();
     if let Some(chunker) = SHARED.get() {
         return Ok(chunker.clone());
@@ -105,5 +106,178 @@ impl TempStore {
     /// that share one `TempStore` but want a tenant of their own.
     pub fn fresh_tenant(&self) -> String {
         format!("test-{}", TENANT_COUNTER.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// A real S3-compatible server (`s3s-fs`, from the crates registry: `.ci/run`
+/// installs it) on a free port of 127.0.0.1, serving a temporary
+/// directory; killed and removed on drop. `TBLOB_S3S_FS` names the binary
+/// if it is not on `PATH`.
+pub struct S3Server {
+    child: std::process::Child,
+    port: u16,
+    root: tempfile::TempDir,
+}
+
+/// The bucket every [`S3Server`] starts with.
+pub const S3_BUCKET: &str = "tblob-test";
+const S3_KEY: &str = "tblob-test-key";
+const S3_SECRET: &str = "tblob-test-secret";
+
+impl S3Server {
+    /// Starts a server and waits until it answers on its port.
+    pub fn start() -> std::io::Result<S3Server> {
+        let root = tempfile::tempdir()?;
+        std::fs::create_dir(root.path().join(S3_BUCKET))?;
+        S3Server::start_in(root)
+    }
+
+    fn start_in(root: tempfile::TempDir) -> std::io::Result<S3Server> {
+        // A port the kernel says is free; another process could take it
+        // before the server binds it, which the wait below then reports.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = S3Server::spawn(root.path(), port)?;
+        let mut server = S3Server { child, port, root };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    fn spawn(root: &Path, port: u16) -> std::io::Result<std::process::Child> {
+        let binary = s3s_fs_binary()?;
+        std::process::Command::new(&binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3_KEY, "--secret-key", S3_SECRET])
+            .arg(root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "starting {} (install it: cargo install s3s-fs --version 0.14.1 --features binary): {e}",
+                        binary.to_string_lossy()
+                    ),
+                )
+            })
+    }
+
+    /// Polls the port until the server accepts a connection (it has no
+    /// other way to say it is up), for at most 30 s.
+    fn wait_ready(&mut self) -> std::io::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(std::io::Error::other(format!(
+                    "s3s-fs exited at start: {status}"
+                )));
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(std::io::Error::other("s3s-fs did not listen within 30 s"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server and starts it again on the same data and port (a
+    /// server restart: what it had stored is still there).
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = S3Server::spawn(self.root.path(), self.port)?;
+        self.wait_ready()
+    }
+
+    /// The server's URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The environment variables that give a client (a `tblob` process)
+    /// this server's credentials.
+    pub fn credentials_env(&self) -> [(&'static str, &'static str); 2] {
+        [
+            ("AWS_ACCESS_KEY_ID", S3_KEY),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET),
+        ]
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The directory it keeps objects in (`<bucket>/<key>` files).
+    pub fn data_dir(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// A config for `prefix` in the test bucket on this server, with
+    /// quick retries (tests inject faults and should not wait long).
+    pub fn config(&self, prefix: &str) -> crate::store::backend::object::ObjectConfig {
+        let mut config = crate::store::backend::object::ObjectConfig::from_url(&format!(
+            "s3://{S3_BUCKET}/{prefix}"
+        ))
+        .expect("an s3 URL");
+        config.endpoint = Some(self.endpoint());
+        config.credentials = Some((S3_KEY.into(), S3_SECRET.into()));
+        config.retry_timeout = std::time::Duration::from_secs(10);
+        config
+    }
+}
+
+/// The `s3s-fs` to run: `TBLOB_S3S_FS`, else one on `PATH`, else one this
+/// function installs from the crates registry (once, under the target
+/// directory, `tools/`; concurrent test processes wait for the first).
+fn s3s_fs_binary() -> std::io::Result<std::ffi::OsString> {
+    if let Some(binary) = std::env::var_os("TBLOB_S3S_FS") {
+        return Ok(binary);
+    }
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("s3s-fs").is_file()));
+    if on_path {
+        return Ok("s3s-fs".into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let tools = target.join("tools");
+    let binary = tools.join("bin/s3s-fs");
+    std::fs::create_dir_all(&tools)?;
+    let lock = std::fs::File::create(tools.join("install.lock"))?;
+    lock.lock()?;
+    if !binary.is_file() {
+        let status =
+            std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                .args([
+                    "install",
+                    "--quiet",
+                    "--locked",
+                    "s3s-fs",
+                    "--version",
+                    "0.14.1",
+                ])
+                .args(["--features", "binary", "--root"])
+                .arg(&tools)
+                .env("CARGO_TARGET_DIR", tools.join("build"))
+                .status()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!(
+                "cargo install s3s-fs 0.14.1 failed: {status}"
+            )));
+        }
+    }
+    Ok(binary.into_os_string())
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

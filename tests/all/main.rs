@@ -12,6 +12,7 @@ mod fixtures;
 mod gc;
 mod hostile_guest;
 mod hostile_plugin;
+mod object_store;
 mod pipeline;
 mod plugin;
 mod plugin_queries;

@@ -16,6 +16,7 @@
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -23,6 +24,8 @@ use tensor_blob_host::runtime::plugin::{LimitExceeded, Plugin, PluginOptions, Ti
 use tensor_blob_host::runtime::{
     self, Chunking, CompileCache, EngineOptions, KeyValue, PutOptions, Runtime, RuntimeOptions,
 };
+use tensor_blob_host::store::backend::object::{LeaseOptions, ObjectBackend, ObjectConfig};
+use tensor_blob_host::store::backend::Backend;
 use tensor_blob_host::store::{
     ArtifactId, Condition, Durability, GcPolicy, Metadata, MetadataUpdate, Order, Query, Stats,
     Store, StoreError, StoreOptions, TimeRange, QUERY_PAGE_MAX,
@@ -54,9 +57,15 @@ only warnings, and for `find --limit` when more matches remain, a last line
     after_help = EXIT_CODES
 )]
 struct Cli {
-    /// Store directory (default: $TBLOB_STORE, else ./.tblob).
+    /// Store directory, or `s3://BUCKET/PREFIX` for a store in an
+    /// S3-compatible bucket (credentials and region from the usual AWS_*
+    /// variables) (default: $TBLOB_STORE, else ./.tblob).
     #[arg(long, global = true, env = "TBLOB_STORE", default_value = ".tblob")]
     store: PathBuf,
+    /// With an `s3://` store: the URL of an S3-compatible server (default:
+    /// $AWS_ENDPOINT_URL, else AWS itself).
+    #[arg(long, global = true, value_name = "URL")]
+    endpoint: Option<String>,
     /// Tenant whose blobs to act on.
     #[arg(long, global = true, default_value = "default")]
     tenant: String,
@@ -1283,8 +1292,38 @@ fn open_root(cli: &Cli) -> Result<cap_std::fs::Dir> {
         .with_context(|| format!("opening store directory {}", path.display()))
 }
 
+/// The store's bucket if `--store` is an `s3://` URL.
+fn object_config(cli: &Cli) -> Option<ObjectConfig> {
+    let mut config = ObjectConfig::from_url(cli.store.to_str()?)?;
+    config.endpoint = cli.endpoint.clone();
+    Some(config)
+}
+
+/// An `s3://` store root. Reading commands on a prefix that holds no
+/// store fail as on a path.
+fn open_object_root(cli: &Cli, config: &ObjectConfig) -> Result<Arc<ObjectBackend>> {
+    let backend = ObjectBackend::open(config, LeaseOptions::default())
+        .with_context(|| format!("opening store {}", cli.store.display()))?;
+    if reads_only(&cli.command) {
+        let tenant = backend
+            .dir("tenants", false)
+            .and_then(|(tenants, _)| tenants.dir(&cli.tenant, false));
+        if let Err(e) = tenant {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                bail!("no tenant {} in store {}", cli.tenant, cli.store.display());
+            }
+            return Err(e).with_context(|| format!("opening store {}", cli.store.display()));
+        }
+    }
+    Ok(Arc::new(backend))
+}
+
 fn open_runtime(cli: &Cli) -> Result<Runtime> {
-    let root = open_root(cli)?;
+    let object = object_config(cli);
+    let root = match &object {
+        Some(config) => Root::Object(open_object_root(cli, config)?),
+        None => Root::Dir(open_root(cli)?),
+    };
     let cache = if cli.no_cache {
         CompileCache::Off
     } else {
@@ -1323,10 +1362,26 @@ fn open_runtime(cli: &Cli) -> Result<Runtime> {
             // A one-shot reader: quick to open at any scale; a writer
             // starting meanwhile waits `--wait` for it.
             reads_in_place: true,
-            lock_wait: cli.wait.unwrap_or(LOCK_WAIT_DEFAULT),
+            // In a bucket, a writer that crashed holds its lease until its
+            // term ends: waited for by default.
+            lock_wait: cli.wait.unwrap_or(match &root {
+                Root::Object(backend) => {
+                    backend.lease_options().takeover_wait() + std::time::Duration::from_secs(1)
+                }
+                Root::Dir(_) => LOCK_WAIT_DEFAULT,
+            }),
         },
     };
-    Ok(Runtime::new(&engine, root, options)?)
+    Ok(match root {
+        Root::Dir(dir) => Runtime::new(&engine, dir, options)?,
+        Root::Object(backend) => Runtime::new_on(&engine, backend, options)?,
+    })
+}
+
+/// Where the store is: a directory, or a bucket.
+enum Root {
+    Dir(cap_std::fs::Dir),
+    Object(Arc<ObjectBackend>),
 }
 
 /// `tblob run`'s own limits; a tenant's policy may be tighter.

@@ -127,17 +127,26 @@ impl Runtime {
         root: cap_std::fs::Dir,
         options: RuntimeOptions,
     ) -> wasmtime::Result<Self> {
+        Runtime::new_on(
+            engine,
+            Arc::new(crate::store::backend::cap::CapDir::new(root)),
+            options,
+        )
+    }
+
+    /// [`Runtime::new`] on a store root of any backend (for example an
+    /// [`ObjectBackend`](crate::store::backend::object::ObjectBackend)).
+    pub fn new_on(
+        engine: &Engine,
+        root: Arc<dyn crate::store::backend::Backend>,
+        options: RuntimeOptions,
+    ) -> wasmtime::Result<Self> {
         let wasm = options
             .chunker_wasm
             .as_deref()
             .unwrap_or(tensor_blob_artifacts::CHUNKER_WASM);
         let chunker = ChunkerComponent::new(engine, wasm)?;
-        Ok(Runtime::assemble(
-            engine.clone(),
-            chunker,
-            Tenants::new(root, options.store).with_access(options.access),
-            options.gc,
-        ))
+        Ok(Runtime::with_chunker_on(chunker, root, options))
     }
 
     /// Puts a runtime together and starts its background GC, if any.
@@ -170,6 +179,23 @@ impl Runtime {
             chunker,
             Tenants::new(root, store),
             Some(GcPolicy::default()),
+        )
+    }
+
+    /// [`Runtime::with_chunker`] on a store root of any backend (for
+    /// example an [`ObjectBackend`](crate::store::backend::object::ObjectBackend)),
+    /// with `options`' store options, access and background GC (its
+    /// `chunker_wasm` is not used: `chunker` is).
+    pub fn with_chunker_on(
+        chunker: ChunkerComponent,
+        root: Arc<dyn crate::store::backend::Backend>,
+        options: RuntimeOptions,
+    ) -> Self {
+        Runtime::assemble(
+            chunker.engine().clone(),
+            chunker,
+            Tenants::with_backend(root, options.store).with_access(options.access),
+            options.gc,
         )
     }
 

@@ -50,6 +50,7 @@
 //!   with `ErrorKind::WouldBlock` if someone holds it.
 
 pub mod cap;
+pub mod object;
 pub mod sim;
 
 use std::any::Any;

@@ -1,0 +1,493 @@
+//! Goal: the store keeps its bytes in an S3-compatible bucket through the
+//! same seam as a disk, and a host that has never seen a tenant opens it
+//! from the bucket alone.
+//! Method: a real server (`s3s-fs`, started per test on 127.0.0.1), the
+//! object backend under the seam's contract (files against a byte model,
+//! directory entries, rename, removal, leases), then the whole store
+//! through the real chunker: round trips, dedup and sharing, delete, GC
+//! and verify, each checked again from a fresh backend instance.
+
+use std::io::{ErrorKind, Read};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tensor_blob_host::runtime::{Runtime, RuntimeOptions};
+use tensor_blob_host::store::backend::object::{LeaseOptions, ObjectBackend};
+use tensor_blob_host::store::backend::{Backend, OpenMode};
+use tensor_blob_host::store::{ArtifactId, Durability, StoreOptions};
+use tensor_blob_host::tenant::Access;
+use tensor_blob_host::testing::{S3Server, S3_BUCKET};
+
+use crate::common::{self, data, fixed, options, PseudoRandom};
+
+fn server() -> S3Server {
+    S3Server::start().expect("s3s-fs starts (installed by .ci/run)")
+}
+
+fn backend(server: &S3Server, prefix: &str) -> ObjectBackend {
+    ObjectBackend::open(&server.config(prefix), LeaseOptions::default()).expect("backend opens")
+}
+
+fn read_all(file: &dyn tensor_blob_host::store::backend::BackendFile) -> Vec<u8> {
+    let mut bytes = vec![0u8; file.len().unwrap() as usize];
+    file.read_exact_at(&mut bytes, 0).unwrap();
+    bytes
+}
+
+/// Files under `prefix` in the server's data directory (each object is a
+/// file there), leaving out the server's own bookkeeping.
+fn objects(server: &S3Server, prefix: &str) -> Vec<String> {
+    let root = server.data_dir().join(S3_BUCKET);
+    let mut found = Vec::new();
+    let mut stack = vec![root.join(prefix)];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let name = path
+                    .strip_prefix(&root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string();
+                if !name.contains(".s3s") && !name.ends_with(".json") {
+                    found.push(name);
+                }
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn synced_files_and_entries_are_what_a_fresh_host_finds() {
+    let server = server();
+    let a = backend(&server, "p");
+    let (dir, created) = a.dir("d", true).unwrap();
+    assert!(created);
+    let f = dir.open("f", OpenMode::CreateNew).unwrap();
+    f.write_all_at(b"hello ", 0).unwrap();
+    f.write_all_at(b"world", 6).unwrap();
+    f.sync_data().unwrap();
+    dir.sync().unwrap();
+    let g = dir.open("g", OpenMode::CreateNew).unwrap();
+    g.write_all_at(b"unsynced entry", 0).unwrap();
+    g.sync_data().unwrap();
+    assert_eq!(
+        dir.open("f", OpenMode::CreateNew).err().map(|e| e.kind()),
+        Some(ErrorKind::AlreadyExists)
+    );
+
+    let b = backend(&server, "p");
+    let (dir_b, created) = b.dir("d", false).unwrap();
+    assert!(!created);
+    assert_eq!(
+        read_all(&*dir_b.open("f", OpenMode::Read).unwrap()),
+        b"hello world"
+    );
+    assert_eq!(
+        dir_b.open("g", OpenMode::Read).err().map(|e| e.kind()),
+        Some(ErrorKind::NotFound),
+        "an entry is durable only after its directory's sync"
+    );
+    assert_eq!(
+        b.dir("missing", false).err().map(|e| e.kind()),
+        Some(ErrorKind::NotFound)
+    );
+
+    // Rename replaces the target whole; the old name is gone.
+    dir.rename("g", "f").unwrap();
+    dir.sync().unwrap();
+    let c = backend(&server, "p");
+    let (dir_c, _) = c.dir("d", false).unwrap();
+    assert_eq!(
+        read_all(&*dir_c.open("f", OpenMode::Read).unwrap()),
+        b"unsynced entry"
+    );
+    assert!(dir_c.open("g", OpenMode::Read).is_err());
+    let names: Vec<String> = dir_c.list().unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, vec!["f".to_string()]);
+    // A prefix is a separate root.
+    let other = backend(&server, "q");
+    assert!(other.dir("d", false).is_err());
+}
+
+#[test]
+fn removed_and_replaced_files_leave_no_objects_behind() {
+    let server = server();
+    let a = backend(&server, "gone");
+    let (dir, _) = a.dir("d", true).unwrap();
+    for name in ["x", "y"] {
+        let f = dir.open(name, OpenMode::CreateNew).unwrap();
+        f.write_all_at(&data(100_000, 1), 0).unwrap();
+        f.sync_data().unwrap();
+    }
+    dir.sync().unwrap();
+    let before = objects(&server, "gone");
+    assert!(
+        before.iter().filter(|k| k.contains("/~f/")).count() >= 2,
+        "{before:?}"
+    );
+    // An open handle keeps a removed file readable until it is dropped.
+    let held = dir.open("y", OpenMode::Read).unwrap();
+    dir.remove("x").unwrap();
+    dir.remove("y").unwrap();
+    dir.sync().unwrap();
+    assert_eq!(read_all(&*held), data(100_000, 1));
+    drop(held);
+    let after = objects(&server, "gone");
+    assert!(
+        after.iter().all(|k| !k.contains("/~f/")),
+        "parts of removed files are deleted: {after:?}"
+    );
+    // Manifests: the newest and the one before it are kept, no more.
+    for round in 0..4 {
+        let f = dir.open("z", OpenMode::Truncate).unwrap();
+        f.write_all_at(&[round], 0).unwrap();
+        f.sync_data().unwrap();
+        dir.sync().unwrap();
+    }
+    let left = objects(&server, "gone/d");
+    assert_eq!(
+        left.iter().filter(|k| k.contains("/~d/")).count(),
+        2,
+        "{left:?}"
+    );
+    assert_eq!(
+        left.iter().filter(|k| k.contains("/~f/")).count(),
+        1,
+        "{left:?}"
+    );
+}
+
+/// Random writes, length changes, syncs and reads of one file, against a
+/// byte model; after each sync a fresh backend reads what was synced.
+#[test]
+fn a_file_matches_a_byte_model_through_writes_truncations_and_syncs() {
+    let server = server();
+    let a = backend(&server, "model");
+    let (dir, _) = a.dir("d", true).unwrap();
+    let file = dir.open("f", OpenMode::CreateNew).unwrap();
+    dir.sync().unwrap();
+    let mut rng = fastrand::Rng::with_seed(17);
+    let mut model: Vec<u8> = Vec::new();
+    for step in 0..300 {
+        match rng.u32(0..10) {
+            0..=4 => {
+                let len = if rng.u32(0..20) == 0 {
+                    rng.usize(1..(9 << 20))
+                } else {
+                    rng.usize(1..5000)
+                };
+                let at = rng.usize(0..=model.len() + 100);
+                let bytes: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+                file.write_all_at(&bytes, at as u64).unwrap();
+                if model.len() < at + len {
+                    model.resize(at + len, 0);
+                }
+                model[at..at + len].copy_from_slice(&bytes);
+            }
+            5 => {
+                let len = rng.usize(0..=model.len() + 1000);
+                file.set_len(len as u64).unwrap();
+                model.resize(len, 0);
+            }
+            6 | 7 => {
+                file.sync_data().unwrap();
+                let fresh = backend(&server, "model");
+                let (fresh_dir, _) = fresh.dir("d", false).unwrap();
+                let synced = read_all(&*fresh_dir.open("f", OpenMode::Read).unwrap());
+                assert!(
+                    synced == model,
+                    "step {step}: a fresh host reads what was synced"
+                );
+            }
+            _ => {
+                assert_eq!(file.len().unwrap(), model.len() as u64, "step {step}");
+                if !model.is_empty() {
+                    let from = rng.usize(0..model.len());
+                    let to = rng.usize(from..=model.len());
+                    let mut buf = vec![0u8; to - from];
+                    file.read_exact_at(&mut buf, from as u64).unwrap();
+                    assert!(buf == model[from..to], "step {step}: read {from}..{to}");
+                }
+                let mut past = [0u8; 1];
+                assert_eq!(
+                    file.read_exact_at(&mut past, model.len() as u64)
+                        .err()
+                        .map(|e| e.kind()),
+                    Some(ErrorKind::UnexpectedEof)
+                );
+            }
+        }
+    }
+    assert!(read_all(&*file) == model);
+}
+
+/// The catalog database's pattern: pages rewritten in place, a few per
+/// sync. Parts whose bytes were all written again are deleted, and a file
+/// of many small parts is consolidated, so the objects stay bounded.
+#[test]
+fn scattered_page_writes_keep_the_objects_bounded() {
+    let server = server();
+    let a = backend(&server, "pages");
+    let (dir, _) = a.dir("d", true).unwrap();
+    let file = dir.open("db", OpenMode::CreateNew).unwrap();
+    dir.sync().unwrap();
+    let page = 4096usize;
+    let pages = 256usize;
+    let mut model = vec![0u8; page * pages];
+    file.set_len(model.len() as u64).unwrap();
+    let mut rng = fastrand::Rng::with_seed(3);
+    let mut most = 0;
+    for round in 0..150 {
+        for _ in 0..3 {
+            // Page 0 (the header) in every commit, others at random.
+            for p in [0, rng.usize(1..pages)] {
+                let bytes: Vec<u8> = (0..page).map(|_| rng.u8(..)).collect();
+                file.write_all_at(&bytes, (p * page) as u64).unwrap();
+                model[p * page..(p + 1) * page].copy_from_slice(&bytes);
+            }
+        }
+        file.sync_data().unwrap();
+        let count = objects(&server, "pages").len();
+        most = most.max(count);
+        if round % 50 == 49 {
+            let fresh = backend(&server, "pages");
+            let (fresh_dir, _) = fresh.dir("d", false).unwrap();
+            assert!(
+                read_all(&*fresh_dir.open("db", OpenMode::Read).unwrap()) == model,
+                "round {round}"
+            );
+        }
+    }
+    assert!(read_all(&*file) == model);
+    // 900 page writes in 150 syncs; without deleting and consolidating,
+    // about 450 objects (page 0 in each sync, the rest mostly distinct).
+    assert!(most <= 100, "up to {most} objects");
+}
+
+#[test]
+fn a_lease_is_exclusive_across_hosts_and_released_on_drop() {
+    let server = server();
+    let a = backend(&server, "lease");
+    let b = backend(&server, "lease");
+    let (dir_a, _) = a.dir("t", true).unwrap();
+    let (dir_b, _) = b.dir("t", true).unwrap();
+    let guard = dir_a.lock("lock").unwrap();
+    assert_eq!(
+        dir_b.lock("lock").err().map(|e| e.kind()),
+        Some(ErrorKind::WouldBlock)
+    );
+    assert!(dir_b.list().unwrap().iter().any(|e| e.name == "lock"));
+    drop(guard);
+    let _b_holds = dir_b.lock("lock").unwrap();
+    assert_eq!(
+        dir_a.lock("lock").err().map(|e| e.kind()),
+        Some(ErrorKind::WouldBlock)
+    );
+}
+
+fn s3_runtime(server: &S3Server, prefix: &str, durability: Durability) -> Runtime {
+    s3_runtime_with(
+        server,
+        prefix,
+        StoreOptions {
+            durability,
+            segment_bytes_max: 1 << 20,
+            ..StoreOptions::default()
+        },
+    )
+}
+
+fn s3_runtime_with(server: &S3Server, prefix: &str, store: StoreOptions) -> Runtime {
+    let backend = Arc::new(backend(server, prefix));
+    let access = Access {
+        lock_wait: backend.lease_options().takeover_wait() + Duration::from_secs(1),
+        ..Access::default()
+    };
+    Runtime::with_chunker_on(
+        common::chunker_component().clone(),
+        backend,
+        RuntimeOptions {
+            store,
+            gc: None,
+            access,
+            ..RuntimeOptions::default()
+        },
+    )
+}
+
+#[test]
+fn artifacts_round_trip_share_chunks_and_survive_a_fresh_host() {
+    let server = server();
+    let runtime = s3_runtime(&server, "store", Durability::Batch);
+    let mut chunker = runtime.chunker("alpha").unwrap();
+    let sizes = [0usize, 1, 4095, 1 << 20, 20 << 20];
+    let mut ids = Vec::new();
+    for (i, &len) in sizes.iter().enumerate() {
+        let bytes = data(len, i as u64);
+        let id = chunker.put(&bytes, &options()).unwrap();
+        assert_eq!(chunker.get(&id).unwrap(), bytes, "{len} bytes");
+        ids.push((id, bytes));
+    }
+    // Two artifacts sharing all but their last chunk; deleting one keeps
+    // the other whole.
+    let shared = data(64 << 10, 99);
+    let mut first = shared.clone();
+    first.extend_from_slice(b"first");
+    let mut second = shared.clone();
+    second.extend_from_slice(b"second");
+    let first_id = chunker.put(&first, &fixed(16 << 10)).unwrap();
+    let chunks_before = chunker.store().stats().chunks;
+    let second_id = chunker.put(&second, &fixed(16 << 10)).unwrap();
+    assert_eq!(
+        chunker.store().stats().chunks,
+        chunks_before + 1,
+        "the shared chunks are stored once"
+    );
+    // A 3 MiB artifact in segments of its own, then deleted with the
+    // first: GC removes their chunks and the compacted segments' objects.
+    let doomed = data(3 << 20, 7);
+    let doomed_id = chunker.put(&doomed, &fixed(64 << 10)).unwrap();
+    let keep = data(1 << 20, 8);
+    let keep_id = chunker.put(&keep, &fixed(64 << 10)).unwrap();
+    ids.push((keep_id, keep));
+    for id in [&first_id, &doomed_id] {
+        chunker
+            .store()
+            .delete(&id.parse::<ArtifactId>().unwrap())
+            .unwrap();
+    }
+    let segment_bytes = || -> u64 {
+        objects(&server, "store/tenants/alpha/segments/~f")
+            .iter()
+            .map(|key| {
+                std::fs::metadata(server.data_dir().join(S3_BUCKET).join(key))
+                    .unwrap()
+                    .len()
+            })
+            .sum()
+    };
+    let before = segment_bytes();
+    let report = chunker.store().gc().unwrap();
+    // (Its last chunks share a segment with `keep`: not worth compacting.)
+    assert!(report.chunks_removed >= 40, "{report:?}");
+    assert!(report.segments_removed >= 2, "{report:?}");
+    let after = segment_bytes();
+    assert!(
+        before - after >= 2 << 20,
+        "segment objects: {before} -> {after} bytes"
+    );
+    assert_eq!(chunker.get(&second_id).unwrap(), second);
+    drop(chunker);
+    drop(runtime);
+
+    // Another host: nothing but the bucket.
+    let fresh = s3_runtime(&server, "store", Durability::Batch);
+    let mut chunker = fresh.chunker("alpha").unwrap();
+    for (id, bytes) in &ids {
+        assert!(chunker.get(id).unwrap() == *bytes);
+    }
+    assert_eq!(chunker.get(&second_id).unwrap(), second);
+    assert!(
+        chunker.get(&first_id).is_err(),
+        "a deleted artifact stays deleted"
+    );
+    let verify = chunker.store().verify_all();
+    assert!(
+        verify.damaged.is_empty() && verify.log_problems.is_empty(),
+        "{verify:?}"
+    );
+    assert_eq!(verify.artifacts_checked, ids.len() as u64 + 1);
+    assert_eq!(fresh.tenants().unwrap(), vec!["alpha".to_string()]);
+}
+
+#[test]
+fn a_large_put_streams_through_in_bounded_parts() {
+    let server = server();
+    let runtime = s3_runtime(&server, "big", Durability::Batch);
+    let mut chunker = runtime.chunker("t").unwrap();
+    let len = 64u64 << 20;
+    let id = chunker
+        .put_from(&mut PseudoRandom::new(5, len), &options(), &mut |_| {})
+        .unwrap();
+    let mut sink = common::HashSink::default();
+    chunker.get_into(&id, &mut sink, &mut |_| {}).unwrap();
+    let mut expected = blake3::Hasher::new();
+    let mut source = PseudoRandom::new(5, len);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = source.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        expected.update(&buf[..n]);
+    }
+    assert_eq!(sink.len, len);
+    assert_eq!(sink.hasher.finalize(), expected.finalize());
+    // No part is larger than the flush bound (plus one write's worth).
+    for key in objects(&server, "big") {
+        let size = std::fs::metadata(server.data_dir().join(S3_BUCKET).join(&key))
+            .unwrap()
+            .len();
+        assert!(size <= (9 << 20), "{key}: {size} bytes");
+    }
+}
+
+/// `tblob --store s3://... --endpoint ...`, each command a fresh process:
+/// the example plugin's demo, put, ls, get, stat, verify, delete and gc.
+#[test]
+fn the_cli_runs_on_a_bucket() {
+    let server = server();
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("notes.txt");
+    let bytes = data(300_000, 61);
+    std::fs::write(&file, &bytes).unwrap();
+    let store = format!("s3://{S3_BUCKET}/cli");
+    let endpoint = server.endpoint();
+    let tblob = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tblob"))
+            .current_dir(work.path())
+            .args(["--store", &store, "--endpoint", &endpoint])
+            .args(args)
+            .envs(server.credentials_env())
+            .env_remove("TBLOB_STORE")
+            .output()
+            .expect("tblob runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    let ok = |args: &[&str]| {
+        let (code, stdout, stderr) = tblob(args);
+        assert_eq!(code, Some(0), "tblob {args:?}: {stderr}");
+        stdout
+    };
+    let (code, _, stderr) = tblob(&["ls"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("no tenant default"), "{stderr}");
+    ok(&["demo", "notes.txt"]);
+    let id = ok(&["put", file.to_str().unwrap(), "--tag", "a:b"])
+        .trim()
+        .to_string();
+    assert!(ok(&["ls"]).contains(&id));
+    let out = work.path().join("back");
+    ok(&["get", &id, "-o", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == bytes);
+    let stat: serde_json::Value = serde_json::from_str(&ok(&["stat", &id, "--json"])).unwrap();
+    assert_eq!(stat["size"], 300_000);
+    assert_eq!(stat["tags"][0], "a:b");
+    ok(&["verify"]);
+    ok(&["rm", &id]);
+    ok(&["gc"]);
+    assert!(!ok(&["ls"]).contains(&id));
+    ok(&["verify"]);
+}
