@@ -281,3 +281,150 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// What a [`FaultProxy`] does to the connections it is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward to the server.
+    Pass,
+    /// Read the next `n` requests and close their connections unanswered
+    /// (a connection reset), then pass.
+    Reset(u32),
+    /// Answer the next `n` requests `503 SlowDown` (S3's throttling), then
+    /// pass.
+    SlowDown(u32),
+    /// Close every connection unanswered until told otherwise (a network
+    /// partition between the client and the bucket).
+    Down,
+}
+
+/// A TCP proxy on 127.0.0.1 in front of an [`S3Server`] that injects
+/// [`Fault`]s, one decision per connection: give its client a config with
+/// `reuse_connections: false`, so each request is a connection of its own.
+pub struct FaultProxy {
+    port: u16,
+    fault: std::sync::Arc<std::sync::Mutex<(Fault, u64)>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FaultProxy {
+    /// A proxy to `server`, passing everything until told otherwise.
+    pub fn start(server: &S3Server) -> std::io::Result<FaultProxy> {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let upstream = server.port();
+        let fault = Arc::new(Mutex::new((Fault::Pass, 0u64)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (fault_in, stop_in) = (Arc::clone(&fault), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            for connection in listener.incoming() {
+                if stop_in.load(Ordering::Acquire) {
+                    return;
+                }
+                let Ok(client) = connection else { continue };
+                let action = {
+                    let mut state = fault_in.lock().unwrap_or_else(|p| p.into_inner());
+                    let action = state.0;
+                    state.0 = match state.0 {
+                        Fault::Reset(n) if n > 1 => Fault::Reset(n - 1),
+                        Fault::SlowDown(n) if n > 1 => Fault::SlowDown(n - 1),
+                        Fault::Reset(_) | Fault::SlowDown(_) => Fault::Pass,
+                        other => other,
+                    };
+                    if action != Fault::Pass {
+                        state.1 += 1;
+                    }
+                    action
+                };
+                std::thread::spawn(move || {
+                    let _ = proxy_connection(client, upstream, action);
+                });
+            }
+        });
+        Ok(FaultProxy { port, fault, stop })
+    }
+
+    /// Sets what the next connections meet.
+    pub fn set(&self, fault: Fault) {
+        self.fault.lock().unwrap_or_else(|p| p.into_inner()).0 = fault;
+    }
+
+    /// How many connections met a fault so far.
+    pub fn injected(&self) -> u64 {
+        self.fault.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
+
+    /// The proxy's URL, for a config's endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Wakes the accept loop so it sees the stop.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Reads one HTTP request's head and body from `stream`.
+fn read_request(stream: &mut std::net::TcpStream) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte)? == 0 {
+            return Ok(());
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length: u64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    std::io::copy(&mut stream.take(length), &mut std::io::sink())?;
+    Ok(())
+}
+
+fn proxy_connection(
+    mut client: std::net::TcpStream,
+    upstream: u16,
+    action: Fault,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    match action {
+        Fault::Pass => {
+            let server = std::net::TcpStream::connect(("127.0.0.1", upstream))?;
+            let (mut from_client, mut to_server) = (client.try_clone()?, server.try_clone()?);
+            let up = std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from_client, &mut to_server);
+                let _ = to_server.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut from_server, mut to_client) = (server, client);
+            let _ = std::io::copy(&mut from_server, &mut to_client);
+            let _ = to_client.shutdown(std::net::Shutdown::Both);
+            let _ = up.join();
+        }
+        Fault::Reset(_) | Fault::Down => {
+            read_request(&mut client)?;
+            client.shutdown(std::net::Shutdown::Both)?;
+        }
+        Fault::SlowDown(_) => {
+            read_request(&mut client)?;
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+            write!(
+                client,
+                "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )?;
+            client.flush()?;
+            client.shutdown(std::net::Shutdown::Both)?;
+        }
+    }
+    Ok(())
+}

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tensor_blob_host::runtime::{Runtime, RuntimeOptions};
-use tensor_blob_host::store::backend::object::{LeaseOptions, ObjectBackend};
+use tensor_blob_host::store::backend::object::{LeaseOptions, ObjectBackend, ObjectConfig};
 use tensor_blob_host::store::backend::{Backend, OpenMode};
 use tensor_blob_host::store::{ArtifactId, Durability, StoreOptions};
 use tensor_blob_host::tenant::Access;
-use tensor_blob_host::testing::{S3Server, S3_BUCKET};
+use tensor_blob_host::testing::{Fault, FaultProxy, S3Server, S3_BUCKET};
 
 use crate::common::{self, data, fixed, options, PseudoRandom};
 
@@ -490,4 +490,159 @@ fn the_cli_runs_on_a_bucket() {
     ok(&["gc"]);
     assert!(!ok(&["ls"]).contains(&id));
     ok(&["verify"]);
+}
+
+/// A runtime over `config` with leases of `lease`, durable commits, no GC.
+fn runtime_on(config: &ObjectConfig, lease: LeaseOptions) -> Runtime {
+    let backend = Arc::new(ObjectBackend::open(config, lease).expect("backend opens"));
+    Runtime::with_chunker_on(
+        common::chunker_component().clone(),
+        backend,
+        RuntimeOptions {
+            store: StoreOptions {
+                durability: Durability::Sync,
+                segment_bytes_max: 1 << 20,
+                ..StoreOptions::default()
+            },
+            gc: None,
+            access: Access {
+                lock_wait: lease.takeover_wait() + Duration::from_secs(2),
+                ..Access::default()
+            },
+            ..RuntimeOptions::default()
+        },
+    )
+}
+
+/// A config that reaches `server` through `proxy`, one connection per
+/// request, with quick bounded retries.
+fn through(server: &S3Server, proxy: &FaultProxy, prefix: &str) -> ObjectConfig {
+    let mut config = server.config(prefix);
+    config.endpoint = Some(proxy.endpoint());
+    config.reuse_connections = false;
+    config.retry_timeout = Duration::from_secs(3);
+    config
+}
+
+fn short_lease() -> LeaseOptions {
+    LeaseOptions {
+        term: Duration::from_secs(2),
+        skew: Duration::from_millis(500),
+    }
+}
+
+fn check_from_fresh_host(server: &S3Server, prefix: &str, acked: &[(String, Vec<u8>)]) {
+    let fresh = runtime_on(&server.config(prefix), LeaseOptions::default());
+    let mut chunker = fresh.chunker("t").unwrap();
+    for (id, bytes) in acked {
+        assert!(chunker.get(id).unwrap() == *bytes, "{id} reads back");
+    }
+    let listed = tensor_blob_host::runtime::metadata::list(chunker.store(), None, 1000).unwrap();
+    assert_eq!(
+        listed.len(),
+        acked.len(),
+        "nothing unacknowledged is visible"
+    );
+    let verify = chunker.store().verify_all();
+    assert!(
+        verify.damaged.is_empty() && verify.log_problems.is_empty(),
+        "{verify:?}"
+    );
+}
+
+/// Throttling (503 SlowDown) and connection resets are retried and every
+/// put is acknowledged; a partition from the bucket fails the put with a
+/// typed error within the retry bound, and nothing acknowledged is lost.
+#[test]
+fn throttling_and_resets_are_retried_and_a_partition_fails_cleanly() {
+    let server = server();
+    let proxy = FaultProxy::start(&server).unwrap();
+    let config = through(&server, &proxy, "faults");
+    let runtime = runtime_on(&config, LeaseOptions::default());
+    let mut chunker = runtime.chunker("t").unwrap();
+    let mut acked = Vec::new();
+    for i in 0..12u64 {
+        proxy.set(if i % 2 == 0 {
+            Fault::SlowDown(2)
+        } else {
+            Fault::Reset(1)
+        });
+        let bytes = data(150_000 + i as usize * 1000, 200 + i);
+        let id = chunker
+            .put(&bytes, &options())
+            .unwrap_or_else(|e| panic!("put {i} is retried through the fault: {e}"));
+        acked.push((id, bytes));
+    }
+    assert!(proxy.injected() >= 12, "{} faults met", proxy.injected());
+
+    proxy.set(Fault::Down);
+    let started = std::time::Instant::now();
+    let error = chunker
+        .put(&data(100_000, 300), &options())
+        .expect_err("no bucket, no acknowledgement");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "retries are bounded: {:?}",
+        started.elapsed()
+    );
+    let message = error.to_string();
+    assert!(message.contains("object store"), "{message}");
+    proxy.set(Fault::Pass);
+    drop(chunker);
+    drop(runtime);
+    check_from_fresh_host(&server, "faults", &acked);
+}
+
+/// A host cut off from the bucket loses its lease; a second host takes the
+/// tenant over once the term is over and finds every acknowledged
+/// artifact; the first host, reconnected, acknowledges nothing more.
+#[test]
+fn a_second_host_takes_over_when_the_first_ones_lease_lapses() {
+    let server = server();
+    let proxy = FaultProxy::start(&server).unwrap();
+    let first = runtime_on(&through(&server, &proxy, "takeover"), short_lease());
+    let mut first_chunker = first.chunker("t").unwrap();
+    let mut acked = Vec::new();
+    for i in 0..3u64 {
+        let bytes = data(120_000, 400 + i);
+        acked.push((first_chunker.put(&bytes, &options()).unwrap(), bytes));
+    }
+    // Another host cannot open it for writing while the lease is renewed.
+    let rival = runtime_on(
+        &server.config("takeover"),
+        LeaseOptions {
+            term: Duration::from_secs(2),
+            skew: Duration::from_millis(500),
+        },
+    );
+    let refused = rival.tenant_store("t");
+    assert!(refused.is_err(), "the lease is held");
+    drop(rival);
+
+    proxy.set(Fault::Down);
+    let second = runtime_on(&server.config("takeover"), short_lease());
+    let started = std::time::Instant::now();
+    let mut second_chunker = second.chunker("t").expect("taken over after the term");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    for (id, bytes) in &acked {
+        assert!(second_chunker.get(id).unwrap() == *bytes);
+    }
+    let later = data(90_000, 500);
+    acked.push((second_chunker.put(&later, &options()).unwrap(), later));
+
+    // The first host is back on the network but no longer holds the lease.
+    proxy.set(Fault::Pass);
+    let error = first_chunker
+        .put(&data(80_000, 501), &options())
+        .expect_err("a host whose lease lapsed acknowledges nothing");
+    assert!(!error.to_string().is_empty());
+    drop(first_chunker);
+    drop(first);
+    drop(second_chunker);
+    drop(second);
+    check_from_fresh_host(&server, "takeover", &acked);
 }

@@ -81,9 +81,15 @@ const LIVE_ARTIFACTS_TARGET: usize = 24;
     about = "Crash-harness child: random store operations with an ack log"
 )]
 struct Args {
-    /// Store root (as `tblob --store`).
+    /// Store root (as `tblob --store`: a directory or `s3://BUCKET/PREFIX`).
     #[arg(long)]
     store: PathBuf,
+    /// With an `s3://` store: the S3-compatible server's URL.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// With an `s3://` store: the tenant lease's term in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    lease_ms: u64,
     /// Seed of every random choice (the timing between threads is not seeded).
     #[arg(long)]
     seed: u64,
@@ -150,7 +156,7 @@ fn run(args: &Args) -> Result<()> {
         DurabilityArg::Sync => Durability::Sync,
         DurabilityArg::Batch => Durability::Batch,
     };
-    let runtime = open_runtime(&args.store, durability)?;
+    let runtime = open_runtime(args, durability)?;
     let store = runtime.tenant_store(TENANT)?;
     let live: Vec<String> = store.ids().map(|id| id.to_string()).collect();
     drop(store);
@@ -185,12 +191,27 @@ fn run(args: &Args) -> Result<()> {
 /// Like `tblob`'s `open_runtime`: default store options but `durability`,
 /// and the compiled chunker in the per-user compile cache, so each new
 /// worker process does not compile it again.
-fn open_runtime(store: &std::path::Path, durability: Durability) -> Result<Runtime> {
-    let root = tensor_blob_host::store::backend::cap::create_ambient_dir(
-        store,
-        cap_std::ambient_authority(),
-    )
-    .with_context(|| format!("opening store directory {}", store.display()))?;
+fn open_runtime(args: &Args, durability: Durability) -> Result<Runtime> {
+    use tensor_blob_host::store::backend::object::{LeaseOptions, ObjectBackend, ObjectConfig};
+    let store = &args.store;
+    let root: std::sync::Arc<dyn tensor_blob_host::store::backend::Backend> =
+        match store.to_str().and_then(ObjectConfig::from_url) {
+            Some(mut config) => {
+                config.endpoint = args.endpoint.clone();
+                let lease = LeaseOptions {
+                    term: std::time::Duration::from_millis(args.lease_ms),
+                    skew: std::time::Duration::from_millis(200),
+                };
+                std::sync::Arc::new(ObjectBackend::open(&config, lease)?)
+            }
+            None => std::sync::Arc::new(tensor_blob_host::store::backend::cap::CapDir::new(
+                tensor_blob_host::store::backend::cap::create_ambient_dir(
+                    store,
+                    cap_std::ambient_authority(),
+                )
+                .with_context(|| format!("opening store directory {}", store.display()))?,
+            )),
+        };
     let engine = runtime::new_engine(&runtime::EngineOptions::default())?;
     for warning in &engine.warnings {
         eprintln!("tblob-crash-worker: warning: {warning}");
@@ -204,9 +225,13 @@ fn open_runtime(store: &std::path::Path, durability: Durability) -> Result<Runti
         },
         chunker_wasm: None,
         gc: Some(budgeted_gc()),
-        ..RuntimeOptions::default()
+        access: tensor_blob_host::tenant::Access {
+            // A killed worker's lease lasts out its term.
+            lock_wait: std::time::Duration::from_millis(args.lease_ms + 2_000),
+            ..Default::default()
+        },
     };
-    Ok(Runtime::new(&engine, root, options)?)
+    Ok(Runtime::new_on(&engine, root, options)?)
 }
 
 /// The policy of the background task and of the budgeted logged passes.

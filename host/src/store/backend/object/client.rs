@@ -43,6 +43,9 @@ pub struct ObjectConfig {
     pub retry_timeout: Duration,
     /// The longest one request may take.
     pub request_timeout: Duration,
+    /// Keep idle connections for later requests (`false`: one connection
+    /// per request, which a test's fault-injecting proxy relies on).
+    pub reuse_connections: bool,
 }
 
 impl ObjectConfig {
@@ -62,6 +65,7 @@ impl ObjectConfig {
             retries: 5,
             retry_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
+            reuse_connections: true,
         })
     }
 }
@@ -72,6 +76,25 @@ pub(super) struct Client {
     runtime: tokio::runtime::Runtime,
     /// The bucket and prefix, for messages.
     name: String,
+    /// How often a conditional put is tried again (see [`Client::put_if`]).
+    retries: usize,
+    /// Requests made, by kind (retries inside the client not counted).
+    pub(super) counts: RequestCounts,
+}
+
+/// Requests a backend has made, by kind.
+#[derive(Debug, Default)]
+pub struct RequestCounts {
+    pub puts: std::sync::atomic::AtomicU64,
+    pub gets: std::sync::atomic::AtomicU64,
+    pub lists: std::sync::atomic::AtomicU64,
+    pub deletes: std::sync::atomic::AtomicU64,
+    /// Bytes sent in puts.
+    pub bytes_put: std::sync::atomic::AtomicU64,
+}
+
+fn count(counter: &std::sync::atomic::AtomicU64, n: u64) {
+    counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// What a conditional put met.
@@ -96,12 +119,17 @@ impl Client {
                 max_retries: config.retries,
                 retry_timeout: config.retry_timeout,
             })
-            .with_client_options(
-                ClientOptions::new()
+            .with_client_options({
+                let options = ClientOptions::new()
                     .with_timeout(config.request_timeout)
                     .with_connect_timeout(Duration::from_secs(5))
-                    .with_allow_http(true),
-            );
+                    .with_allow_http(true);
+                if config.reuse_connections {
+                    options
+                } else {
+                    options.with_pool_max_idle_per_host(0)
+                }
+            });
         if let Some(endpoint) = &config.endpoint {
             builder = builder.with_endpoint(endpoint);
         }
@@ -127,6 +155,8 @@ impl Client {
             store: Arc::new(store),
             runtime,
             name: format!("s3://{}/{}", config.bucket, config.prefix),
+            retries: config.retries,
+            counts: RequestCounts::default(),
         })
     }
 
@@ -145,6 +175,8 @@ impl Client {
 
     /// Puts `data` at `key` unconditionally.
     pub(super) fn put(&self, key: &str, data: Bytes) -> io::Result<()> {
+        count(&self.counts.puts, 1);
+        count(&self.counts.bytes_put, data.len() as u64);
         let store = Arc::clone(&self.store);
         let path = path(key)?;
         self.run(async move { store.put(&path, PutPayload::from(data)).await })?
@@ -158,6 +190,11 @@ impl Client {
             let (key, data) = parts.into_iter().next().expect("one part");
             return self.put(&key, data);
         }
+        count(&self.counts.puts, parts.len() as u64);
+        count(
+            &self.counts.bytes_put,
+            parts.iter().map(|p| p.1.len() as u64).sum(),
+        );
         let store = Arc::clone(&self.store);
         let requests = parts
             .into_iter()
@@ -197,23 +234,41 @@ impl Client {
                 version: None,
             }),
         };
-        let result = self.run(async move {
-            store
-                .put_opts(&path, PutPayload::from(data), PutOptions::from(mode))
-                .await
-        })?;
-        match result {
-            Ok(put) => Ok(PutOutcome::Put(put.e_tag)),
-            Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. },
-            ) => Ok(PutOutcome::Conflict),
-            Err(e) => Err(to_io("conditional PUT", key, e)),
+        // The client does not retry a conditional put whose connection
+        // broke after it was sent (it may have landed): tried again here,
+        // so such a put that had landed comes back as `Conflict`, which
+        // every caller tells from a rival's write by reading the object.
+        let mut tries = 0;
+        loop {
+            count(&self.counts.puts, 1);
+            let (store, path, data, mode) =
+                (Arc::clone(&store), path.clone(), data.clone(), mode.clone());
+            let result = self.run(async move {
+                store
+                    .put_opts(&path, PutPayload::from(data), PutOptions::from(mode))
+                    .await
+            })?;
+            match result {
+                Ok(put) => return Ok(PutOutcome::Put(put.e_tag)),
+                Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ) => return Ok(PutOutcome::Conflict),
+                Err(e @ object_store::Error::NotImplemented { .. }) => {
+                    return Err(to_io("conditional PUT", key, e))
+                }
+                Err(e) if tries >= self.retries => return Err(to_io("conditional PUT", key, e)),
+                Err(_) => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50 << tries.min(6)));
+                }
+            }
         }
     }
 
     /// The whole object at `key` and its entity tag.
     pub(super) fn get(&self, key: &str) -> io::Result<(Bytes, Option<String>)> {
+        count(&self.counts.gets, 1);
         let store = Arc::clone(&self.store);
         let path = path(key)?;
         let result = self.run(async move {
@@ -227,6 +282,7 @@ impl Client {
     /// Bytes `range` of the object at `key`; `UnexpectedEof` if it is
     /// shorter.
     pub(super) fn get_range(&self, key: &str, range: Range<u64>) -> io::Result<Bytes> {
+        count(&self.counts.gets, 1);
         let store = Arc::clone(&self.store);
         let path = path(key)?;
         let want = range.end - range.start;
@@ -249,6 +305,7 @@ impl Client {
 
     /// Every object whose key starts with `prefix/`, in key order.
     pub(super) fn list(&self, prefix: &str) -> io::Result<Vec<ObjectMeta>> {
+        count(&self.counts.lists, 1);
         let store = Arc::clone(&self.store);
         let path = path(prefix)?;
         let mut objects = self
@@ -260,6 +317,7 @@ impl Client {
 
     /// The names of the "subdirectories" right under `prefix/`.
     pub(super) fn list_prefixes(&self, prefix: &str) -> io::Result<Vec<String>> {
+        count(&self.counts.lists, 1);
         let store = Arc::clone(&self.store);
         let path = path(prefix)?;
         let listed = self
@@ -274,6 +332,7 @@ impl Client {
 
     /// Deletes the object at `key` (no error if there is none).
     pub(super) fn delete(&self, key: &str) -> io::Result<()> {
+        count(&self.counts.deletes, 1);
         let store = Arc::clone(&self.store);
         let path = path(key)?;
         match self.run(async move { store.delete(&path).await })? {
@@ -284,6 +343,7 @@ impl Client {
 
     /// Deletes every key in `keys`, up to 8 requests at a time.
     pub(super) fn delete_all(&self, keys: Vec<String>) -> io::Result<()> {
+        count(&self.counts.deletes, keys.len() as u64);
         let store = Arc::clone(&self.store);
         let paths = keys
             .iter()

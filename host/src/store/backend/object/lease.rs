@@ -113,6 +113,14 @@ impl Lease {
         self.options.term * 3 / 4
     }
 
+    /// The lease object's version if it says we hold it (our own write
+    /// whose answer was lost), else `None`.
+    fn ours(&self) -> Option<Option<String>> {
+        let (bytes, etag) = self.client.get(&self.key).ok()?;
+        let body: Body = serde_json::from_slice(&bytes).ok()?;
+        (body.holder == self.holder).then_some(etag)
+    }
+
     /// Renews until told to stop or the lease is lost.
     fn renew_loop(self: Arc<Lease>) {
         let period = self.options.term / 3;
@@ -146,10 +154,19 @@ impl Lease {
                     held.valid_until = sent + self.safe_term();
                     wait = period;
                 }
-                Ok(PutOutcome::Conflict) => {
-                    self.lost.store(true, Ordering::Release);
-                    return;
-                }
+                Ok(PutOutcome::Conflict) => match self.ours() {
+                    // An earlier try of this renewal had landed.
+                    Some(etag) => {
+                        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+                        held.etag = etag;
+                        held.valid_until = sent + self.safe_term();
+                        wait = period;
+                    }
+                    None => {
+                        self.lost.store(true, Ordering::Release);
+                        return;
+                    }
+                },
                 // Tried again soon, until the term runs out.
                 Err(_) => wait = (period / 4).max(Duration::from_millis(50)),
             }
@@ -218,9 +235,14 @@ pub(super) fn take(
                 }
                 Err(e) => return Err(e),
             };
+            let body = serde_json::from_slice::<Body>(&bytes).ok();
+            if body.as_ref().is_some_and(|b| b.holder == lease.holder) {
+                // Our own create, tried again after its answer was lost.
+                return start(lease, found, sent);
+            }
             // A lease we cannot read says nothing about a live holder:
             // treated as over.
-            let expires = serde_json::from_slice::<Body>(&bytes).map_or(0, |b| b.expires_ms);
+            let expires = body.map_or(0, |b| b.expires_ms);
             if expires.saturating_add(options.skew.as_millis() as u64) >= now_ms() {
                 return Err(held_by_another(&lease.key));
             }

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use client::ObjectConfig;
+pub use client::{ObjectConfig, RequestCounts};
 pub use lease::LeaseOptions;
 
 use super::{check_name, Backend, BackendFile, Entry, EntryKind, LockGuard, OpenMode};
@@ -358,6 +358,11 @@ impl ObjectBackend {
         Ok(ObjectBackend { shared, dir })
     }
 
+    /// The requests this backend (every directory of it) has made so far.
+    pub fn requests(&self) -> &RequestCounts {
+        &self.shared.client.counts
+    }
+
     /// The lease settings this backend takes locks with.
     pub fn lease_options(&self) -> LeaseOptions {
         self.shared.lease
@@ -622,7 +627,9 @@ impl Backend for ObjectBackend {
         let guard = lease::take(
             &self.shared.client,
             join(&self.dir.key, &format!("~l/{name}")),
-            self.shared.nonce.clone(),
+            // Unique per take: a second take in this process is refused
+            // like anyone else's.
+            self.shared.new_file_id(),
             self.shared.lease,
         )?;
         *lock(&self.dir.fence.lease) = Some(Arc::clone(guard.lease()));
