@@ -296,6 +296,10 @@ pub enum Fault {
     /// Close every connection unanswered until told otherwise (a network
     /// partition between the client and the bucket).
     Down,
+    /// Forward the next `n` requests to the server, which carries them
+    /// out, and close their connections before the answer (the client
+    /// cannot know whether they landed), then pass.
+    LoseAnswer(u32),
 }
 
 /// A TCP proxy on 127.0.0.1 in front of an [`S3Server`] that injects
@@ -330,7 +334,8 @@ impl FaultProxy {
                     state.0 = match state.0 {
                         Fault::Reset(n) if n > 1 => Fault::Reset(n - 1),
                         Fault::SlowDown(n) if n > 1 => Fault::SlowDown(n - 1),
-                        Fault::Reset(_) | Fault::SlowDown(_) => Fault::Pass,
+                        Fault::LoseAnswer(n) if n > 1 => Fault::LoseAnswer(n - 1),
+                        Fault::Reset(_) | Fault::SlowDown(_) | Fault::LoseAnswer(_) => Fault::Pass,
                         other => other,
                     };
                     if action != Fault::Pass {
@@ -370,25 +375,26 @@ impl Drop for FaultProxy {
     }
 }
 
-/// Reads one HTTP request's head and body from `stream`.
-fn read_request(stream: &mut std::net::TcpStream) -> std::io::Result<()> {
+/// Reads one HTTP message (head, and a body of its `Content-Length`)
+/// from `stream`, as it came.
+fn read_message(stream: &mut std::net::TcpStream) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut head = Vec::new();
+    let mut message = Vec::new();
     let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
+    while !message.ends_with(b"\r\n\r\n") {
         if stream.read(&mut byte)? == 0 {
-            return Ok(());
+            return Ok(message);
         }
-        head.push(byte[0]);
+        message.push(byte[0]);
     }
-    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let text = String::from_utf8_lossy(&message).to_ascii_lowercase();
     let length: u64 = text
         .lines()
         .find_map(|line| line.strip_prefix("content-length:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    std::io::copy(&mut stream.take(length), &mut std::io::sink())?;
-    Ok(())
+    stream.take(length).read_to_end(&mut message)?;
+    Ok(message)
 }
 
 fn proxy_connection(
@@ -411,11 +417,19 @@ fn proxy_connection(
             let _ = up.join();
         }
         Fault::Reset(_) | Fault::Down => {
-            read_request(&mut client)?;
+            read_message(&mut client)?;
+            client.shutdown(std::net::Shutdown::Both)?;
+        }
+        Fault::LoseAnswer(_) => {
+            let request = read_message(&mut client)?;
+            let mut server = std::net::TcpStream::connect(("127.0.0.1", upstream))?;
+            server.write_all(&request)?;
+            // The server has answered, so it has done the request.
+            read_message(&mut server)?;
             client.shutdown(std::net::Shutdown::Both)?;
         }
         Fault::SlowDown(_) => {
-            read_request(&mut client)?;
+            read_message(&mut client)?;
             let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
             write!(
                 client,

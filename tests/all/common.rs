@@ -4,8 +4,10 @@
 use std::io::Read;
 use std::sync::OnceLock;
 
-use tensor_blob_host::runtime::{self, ChunkerComponent, PutOptions, Runtime};
+use tensor_blob_host::runtime::{self, ChunkerComponent, PutOptions, Runtime, RuntimeOptions};
+use tensor_blob_host::store::backend::object::{LeaseOptions, ObjectBackend, ObjectConfig};
 use tensor_blob_host::store::{Durability, StoreOptions};
+use tensor_blob_host::tenant::Access;
 
 pub fn engine() -> &'static wasmtime::Engine {
     static ENGINE: OnceLock<wasmtime::Engine> = OnceLock::new();
@@ -68,6 +70,25 @@ pub fn open_runtime(path: &std::path::Path, options: StoreOptions) -> Runtime {
     let root =
         cap_std::fs::Dir::open_ambient_dir(path, cap_std::ambient_authority()).expect("root");
     Runtime::with_chunker(chunker_component().clone(), root, options)
+}
+
+/// A runtime on a store in a bucket: no background GC, and a lock wait
+/// that outlasts a crashed holder's lease.
+pub fn bucket_runtime(config: &ObjectConfig, lease: LeaseOptions, store: StoreOptions) -> Runtime {
+    let backend = ObjectBackend::open(config, lease).expect("the bucket opens");
+    Runtime::with_chunker_on(
+        chunker_component().clone(),
+        std::sync::Arc::new(backend),
+        RuntimeOptions {
+            store,
+            gc: None,
+            access: Access {
+                lock_wait: lease.takeover_wait() + std::time::Duration::from_secs(2),
+                ..Access::default()
+            },
+            ..RuntimeOptions::default()
+        },
+    )
 }
 
 pub fn options() -> PutOptions {

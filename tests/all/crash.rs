@@ -15,12 +15,11 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::Duration;
 use tensor_blob_host::runtime::metadata;
-use tensor_blob_host::runtime::{Runtime, RuntimeOptions};
-use tensor_blob_host::store::backend::object::{LeaseOptions, ObjectBackend};
-use tensor_blob_host::tenant::Access;
+use tensor_blob_host::runtime::Runtime;
+use tensor_blob_host::store::backend::object::LeaseOptions;
 use tensor_blob_host::testing::S3Server;
 
 use fastrand::Rng;
@@ -276,21 +275,7 @@ impl Target<'_> {
         match self {
             Target::Dir(dir) => common::open_runtime(dir, StoreOptions::default()),
             Target::Bucket(server, prefix, lease) => {
-                let backend =
-                    ObjectBackend::open(&server.config(prefix), *lease).expect("the bucket opens");
-                Runtime::with_chunker_on(
-                    common::chunker_component().clone(),
-                    Arc::new(backend),
-                    RuntimeOptions {
-                        gc: None,
-                        access: Access {
-                            // The killed worker's lease lasts out its term.
-                            lock_wait: lease.takeover_wait() + Duration::from_secs(2),
-                            ..Access::default()
-                        },
-                        ..RuntimeOptions::default()
-                    },
-                )
+                common::bucket_runtime(&server.config(prefix), *lease, StoreOptions::default())
             }
         }
     }

@@ -11,11 +11,10 @@ use std::io::{ErrorKind, Read};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tensor_blob_host::runtime::{Runtime, RuntimeOptions};
+use tensor_blob_host::runtime::Runtime;
 use tensor_blob_host::store::backend::object::{LeaseOptions, ObjectBackend, ObjectConfig};
 use tensor_blob_host::store::backend::{Backend, OpenMode};
 use tensor_blob_host::store::{ArtifactId, Durability, StoreOptions};
-use tensor_blob_host::tenant::Access;
 use tensor_blob_host::testing::{Fault, FaultProxy, S3Server, S3_BUCKET};
 
 use crate::common::{self, data, fixed, options, PseudoRandom};
@@ -32,6 +31,28 @@ fn read_all(file: &dyn tensor_blob_host::store::backend::BackendFile) -> Vec<u8>
     let mut bytes = vec![0u8; file.len().unwrap() as usize];
     file.read_exact_at(&mut bytes, 0).unwrap();
     bytes
+}
+
+/// What a fresh host (a new backend on `prefix`) reads of file `d/<name>`.
+fn read_fresh(server: &S3Server, prefix: &str, name: &str) -> Vec<u8> {
+    let (dir, _) = backend(server, prefix).dir("d", false).unwrap();
+    read_all(&*dir.open(name, OpenMode::Read).unwrap())
+}
+
+/// A new backend on `prefix`, its directory `d` (created and synced) and a
+/// new file `name` in it.
+fn new_file(
+    server: &S3Server,
+    prefix: &str,
+    name: &str,
+) -> (
+    Arc<dyn Backend>,
+    Arc<dyn tensor_blob_host::store::backend::BackendFile>,
+) {
+    let (dir, _) = backend(server, prefix).dir("d", true).unwrap();
+    let file = dir.open(name, OpenMode::CreateNew).unwrap();
+    dir.sync().unwrap();
+    (dir, file)
 }
 
 /// Files under `prefix` in the server's data directory (each object is a
@@ -103,12 +124,9 @@ fn synced_files_and_entries_are_what_a_fresh_host_finds() {
     // Rename replaces the target whole; the old name is gone.
     dir.rename("g", "f").unwrap();
     dir.sync().unwrap();
+    assert_eq!(read_fresh(&server, "p", "f"), b"unsynced entry");
     let c = backend(&server, "p");
     let (dir_c, _) = c.dir("d", false).unwrap();
-    assert_eq!(
-        read_all(&*dir_c.open("f", OpenMode::Read).unwrap()),
-        b"unsynced entry"
-    );
     assert!(dir_c.open("g", OpenMode::Read).is_err());
     let names: Vec<String> = dir_c.list().unwrap().into_iter().map(|e| e.name).collect();
     assert_eq!(names, vec!["f".to_string()]);
@@ -170,10 +188,7 @@ fn removed_and_replaced_files_leave_no_objects_behind() {
 #[test]
 fn a_file_matches_a_byte_model_through_writes_truncations_and_syncs() {
     let server = server();
-    let a = backend(&server, "model");
-    let (dir, _) = a.dir("d", true).unwrap();
-    let file = dir.open("f", OpenMode::CreateNew).unwrap();
-    dir.sync().unwrap();
+    let (_dir, file) = new_file(&server, "model", "f");
     let mut rng = fastrand::Rng::with_seed(17);
     let mut model: Vec<u8> = Vec::new();
     for step in 0..300 {
@@ -199,9 +214,7 @@ fn a_file_matches_a_byte_model_through_writes_truncations_and_syncs() {
             }
             6 | 7 => {
                 file.sync_data().unwrap();
-                let fresh = backend(&server, "model");
-                let (fresh_dir, _) = fresh.dir("d", false).unwrap();
-                let synced = read_all(&*fresh_dir.open("f", OpenMode::Read).unwrap());
+                let synced = read_fresh(&server, "model", "f");
                 assert!(
                     synced == model,
                     "step {step}: a fresh host reads what was synced"
@@ -235,10 +248,7 @@ fn a_file_matches_a_byte_model_through_writes_truncations_and_syncs() {
 #[test]
 fn scattered_page_writes_keep_the_objects_bounded() {
     let server = server();
-    let a = backend(&server, "pages");
-    let (dir, _) = a.dir("d", true).unwrap();
-    let file = dir.open("db", OpenMode::CreateNew).unwrap();
-    dir.sync().unwrap();
+    let (_dir, file) = new_file(&server, "pages", "db");
     let page = 4096usize;
     let pages = 256usize;
     let mut model = vec![0u8; page * pages];
@@ -258,12 +268,7 @@ fn scattered_page_writes_keep_the_objects_bounded() {
         let count = objects(&server, "pages").len();
         most = most.max(count);
         if round % 50 == 49 {
-            let fresh = backend(&server, "pages");
-            let (fresh_dir, _) = fresh.dir("d", false).unwrap();
-            assert!(
-                read_all(&*fresh_dir.open("db", OpenMode::Read).unwrap()) == model,
-                "round {round}"
-            );
+            assert!(read_fresh(&server, "pages", "db") == model, "round {round}");
         }
     }
     assert!(read_all(&*file) == model);
@@ -293,34 +298,83 @@ fn a_lease_is_exclusive_across_hosts_and_released_on_drop() {
     );
 }
 
+/// Parts a crash left under file ids no manifest names (uploaded, but the
+/// directory never synced) are deleted by the next writer of the
+/// directory; named files keep theirs.
+#[test]
+fn a_writer_sweeps_parts_that_no_manifest_names() {
+    let server = server();
+    let (dir, kept) = new_file(&server, "sweep", "kept");
+    kept.write_all_at(&data(50_000, 1), 0).unwrap();
+    kept.sync_data().unwrap();
+    let orphan = dir.open("orphan", OpenMode::CreateNew).unwrap();
+    orphan.write_all_at(&data(70_000, 2), 0).unwrap();
+    orphan.sync_data().unwrap();
+    let parts = |server: &S3Server| {
+        objects(server, "sweep/d/~f")
+            .iter()
+            .filter_map(|k| k.split('/').nth(3).map(str::to_string))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(
+        parts(&server).len(),
+        2,
+        "both files' parts are in the bucket"
+    );
+    // The host dies here: no directory sync, no cleanup.
+    drop((orphan, kept, dir));
+
+    let (fresh, _) = backend(&server, "sweep").dir("d", false).unwrap();
+    assert_eq!(parts(&server).len(), 2, "a reader sweeps nothing");
+    let _lease = fresh.lock("lock").unwrap();
+    assert_eq!(parts(&server).len(), 1, "the writer swept the orphan");
+    assert_eq!(read_fresh(&server, "sweep", "kept"), data(50_000, 1));
+    assert!(fresh.open("orphan", OpenMode::Read).is_err());
+}
+
+/// A conditional put the server carried out but whose answer was lost is
+/// tried again and recognised as the backend's own write: a manifest
+/// write and a lease take both succeed, and the lease is really held.
+#[test]
+fn a_conditional_put_whose_answer_was_lost_is_recognised_as_ours() {
+    let server = server();
+    let proxy = FaultProxy::start(&server).unwrap();
+    let config = through(&server, &proxy, "answers");
+    let backend_through = ObjectBackend::open(&config, LeaseOptions::default()).unwrap();
+    let (dir, _) = backend_through.dir("d", true).unwrap();
+    let file = dir.open("f", OpenMode::CreateNew).unwrap();
+    file.write_all_at(b"landed", 0).unwrap();
+    file.sync_data().unwrap();
+    proxy.set(Fault::LoseAnswer(1));
+    dir.sync().expect("the manifest put landed and is ours");
+    assert_eq!(proxy.injected(), 1);
+    assert_eq!(read_fresh(&server, "answers", "f"), b"landed");
+
+    proxy.set(Fault::LoseAnswer(1));
+    let _held = dir.lock("lock").expect("the lease put landed and is ours");
+    assert_eq!(proxy.injected(), 2);
+    let (rival, _) = backend(&server, "answers").dir("d", false).unwrap();
+    assert_eq!(
+        rival.lock("lock").err().map(|e| e.kind()),
+        Some(ErrorKind::WouldBlock)
+    );
+}
+
+/// A runtime on `prefix` of the test bucket, 1 MiB segments.
 fn s3_runtime(server: &S3Server, prefix: &str, durability: Durability) -> Runtime {
-    s3_runtime_with(
-        server,
-        prefix,
-        StoreOptions {
-            durability,
-            segment_bytes_max: 1 << 20,
-            ..StoreOptions::default()
-        },
+    common::bucket_runtime(
+        &server.config(prefix),
+        LeaseOptions::default(),
+        small_segments(durability),
     )
 }
 
-fn s3_runtime_with(server: &S3Server, prefix: &str, store: StoreOptions) -> Runtime {
-    let backend = Arc::new(backend(server, prefix));
-    let access = Access {
-        lock_wait: backend.lease_options().takeover_wait() + Duration::from_secs(1),
-        ..Access::default()
-    };
-    Runtime::with_chunker_on(
-        common::chunker_component().clone(),
-        backend,
-        RuntimeOptions {
-            store,
-            gc: None,
-            access,
-            ..RuntimeOptions::default()
-        },
-    )
+fn small_segments(durability: Durability) -> StoreOptions {
+    StoreOptions {
+        durability,
+        segment_bytes_max: 1 << 20,
+        ..StoreOptions::default()
+    }
 }
 
 #[test]
@@ -492,26 +546,9 @@ fn the_cli_runs_on_a_bucket() {
     ok(&["verify"]);
 }
 
-/// A runtime over `config` with leases of `lease`, durable commits, no GC.
+/// A runtime over `config` with leases of `lease`, durable commits.
 fn runtime_on(config: &ObjectConfig, lease: LeaseOptions) -> Runtime {
-    let backend = Arc::new(ObjectBackend::open(config, lease).expect("backend opens"));
-    Runtime::with_chunker_on(
-        common::chunker_component().clone(),
-        backend,
-        RuntimeOptions {
-            store: StoreOptions {
-                durability: Durability::Sync,
-                segment_bytes_max: 1 << 20,
-                ..StoreOptions::default()
-            },
-            gc: None,
-            access: Access {
-                lock_wait: lease.takeover_wait() + Duration::from_secs(2),
-                ..Access::default()
-            },
-            ..RuntimeOptions::default()
-        },
-    )
+    common::bucket_runtime(config, lease, small_segments(Durability::Sync))
 }
 
 /// A config that reaches `server` through `proxy`, one connection per

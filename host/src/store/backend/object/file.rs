@@ -371,10 +371,11 @@ impl ObjectFile {
                     && state.parts.len() as u64 > state.uploaded_len / CONSOLIDATE_BYTES_PER_PART;
                 drop(state);
                 self.fence.check()?;
-                // Best effort: a part left behind is only read past.
+                // Housekeeping, best effort: the sync is done, and a part
+                // left behind is only read past (or consolidated later).
                 let _ = self.shared.client.delete_all(shadowed);
                 if consolidate {
-                    self.consolidate()?;
+                    let _ = self.consolidate();
                 }
                 Ok(())
             }

@@ -220,39 +220,41 @@ pub(super) fn take(
         lost: AtomicBool::new(false),
         stop: (Mutex::new(false), Condvar::new()),
     });
-    let sent = Instant::now();
-    let etag = match client.put_if(&lease.key, lease.body(), None)? {
-        PutOutcome::Put(etag) => etag,
-        PutOutcome::Conflict => {
-            let (bytes, found) = match client.get(&lease.key) {
-                Ok(got) => got,
-                // Released between our put and our get: try once more.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return match client.put_if(&lease.key, lease.body(), None)? {
-                        PutOutcome::Put(etag) => start(lease, etag, sent),
-                        PutOutcome::Conflict => Err(held_by_another(&lease.key)),
-                    };
-                }
+    // Create the lease, or overwrite the version read if it has expired;
+    // a conflict is read back: our own put whose answer was lost (the
+    // client tries a conditional put again), a live holder, or a lease
+    // released or taken over meanwhile (tried again, a few times).
+    let mut expected = None;
+    for _ in 0..3 {
+        // Before the put and its retries: the term is counted from the
+        // earliest moment it could have started.
+        let sent = Instant::now();
+        let found = match client.put_if(&lease.key, lease.body(), expected.take())? {
+            PutOutcome::Put(etag) => return start(lease, etag, sent),
+            PutOutcome::Conflict => match client.get(&lease.key) {
+                Ok(found) => found,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
-            };
-            let body = serde_json::from_slice::<Body>(&bytes).ok();
-            if body.as_ref().is_some_and(|b| b.holder == lease.holder) {
-                // Our own create, tried again after its answer was lost.
-                return start(lease, found, sent);
-            }
-            // A lease we cannot read says nothing about a live holder:
-            // treated as over.
-            let expires = body.map_or(0, |b| b.expires_ms);
-            if expires.saturating_add(options.skew.as_millis() as u64) >= now_ms() {
-                return Err(held_by_another(&lease.key));
-            }
-            match client.put_if(&lease.key, lease.body(), found)? {
-                PutOutcome::Put(etag) => etag,
-                PutOutcome::Conflict => return Err(held_by_another(&lease.key)),
-            }
+            },
+        };
+        let (bytes, etag) = found;
+        let body = serde_json::from_slice::<Body>(&bytes).ok();
+        if body.as_ref().is_some_and(|b| b.holder == lease.holder) {
+            return start(lease, etag, sent);
         }
-    };
-    start(lease, etag, sent)
+        // A lease we cannot read says nothing about a live holder: treated
+        // as over.
+        let expires = body.map_or(0, |b| b.expires_ms);
+        if expires.saturating_add(options.skew.as_millis() as u64) >= now_ms() {
+            break;
+        }
+        match etag {
+            Some(etag) => expected = Some(etag),
+            // No version to make the overwrite conditional on.
+            None => break,
+        }
+    }
+    Err(held_by_another(&lease.key))
 }
 
 fn start(lease: Arc<Lease>, etag: Option<String>, sent: Instant) -> io::Result<LeaseGuard> {

@@ -390,6 +390,14 @@ impl ObjectBackend {
         Ok(file)
     }
 
+    /// `NotFound` for file `name` of this directory.
+    fn no_file(&self, name: &str) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("object store: no file {}", join(&self.dir.key, name)),
+        )
+    }
+
     /// A new empty file named `name` (replacing any entry of that name).
     fn create(&self, inner: &mut DirInner, name: &str) -> Arc<ObjectFile> {
         let id = self.shared.new_file_id();
@@ -495,12 +503,7 @@ impl Backend for ObjectBackend {
             (OpenMode::Read | OpenMode::Write | OpenMode::CreateOrOpen, Some(id)) => {
                 self.file(&mut inner, &id)?
             }
-            (OpenMode::Read | OpenMode::Write, None) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("object store: no file {}", join(&self.dir.key, name)),
-                ))
-            }
+            (OpenMode::Read | OpenMode::Write, None) => return Err(self.no_file(name)),
             (OpenMode::CreateNew, Some(_)) => {
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,
@@ -517,12 +520,10 @@ impl Backend for ObjectBackend {
     fn remove(&self, name: &str) -> io::Result<()> {
         check(name)?;
         let mut inner = lock(&self.dir.inner);
-        let id = inner.entries.remove(name).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("object store: no file {}", join(&self.dir.key, name)),
-            )
-        })?;
+        let id = inner
+            .entries
+            .remove(name)
+            .ok_or_else(|| self.no_file(name))?;
         inner.removed.push(id);
         inner.changes += 1;
         Ok(())
@@ -532,12 +533,10 @@ impl Backend for ObjectBackend {
         check(from)?;
         check(to)?;
         let mut inner = lock(&self.dir.inner);
-        let id = inner.entries.remove(from).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("object store: no file {}", join(&self.dir.key, from)),
-            )
-        })?;
+        let id = inner
+            .entries
+            .remove(from)
+            .ok_or_else(|| self.no_file(from))?;
         if let Some(old) = inner.entries.insert(to.to_string(), id) {
             inner.removed.push(old);
         }
