@@ -76,9 +76,36 @@ fn requests(counts: &RequestCounts) -> u64 {
         + counts.deletes.load(Ordering::Relaxed)
 }
 
+/// Resets this process's peak RSS (Linux: `clear_refs` 5) and returns the
+/// RSS now, KiB.
+fn reset_peak_rss() -> u64 {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    status_kib("VmRSS:")
+}
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Peak RSS since `reset_peak_rss` returned `base`, above it, MiB.
+fn extra_peak_mib(base: u64) -> f64 {
+    status_kib("VmHWM:").saturating_sub(base) as f64 / 1024.0
+}
+
 fn measure(runtime: &Runtime, counts: Option<&RequestCounts>) -> Figures {
     let mut chunker = runtime.chunker("bench").expect("chunker");
+    // Warm: the first put instantiates the chunker.
+    chunker.put(b"warm", &Default::default()).expect("put");
     let before = counts.map(requests);
+    let base = reset_peak_rss();
     let started = Instant::now();
     let id = chunker
         .put_from(
@@ -88,6 +115,10 @@ fn measure(runtime: &Runtime, counts: Option<&RequestCounts>) -> Figures {
         )
         .expect("put");
     let put_s = started.elapsed().as_secs_f64();
+    println!(
+        "  256 MiB put: extra peak RSS {:.1} MiB",
+        extra_peak_mib(base)
+    );
     if let (Some(counts), Some(before)) = (counts, before) {
         let made = requests(counts) - before;
         println!(
@@ -96,10 +127,19 @@ fn measure(runtime: &Runtime, counts: Option<&RequestCounts>) -> Figures {
             counts.bytes_put.load(Ordering::Relaxed) as f64 / (1 << 20) as f64
         );
     }
+    let before = counts.map(requests);
+    let base = reset_peak_rss();
     let started = Instant::now();
     let mut sink = Sink(0);
     chunker.get_into(&id, &mut sink, &mut |_| {}).expect("get");
     let get_s = started.elapsed().as_secs_f64();
+    println!(
+        "  256 MiB get: extra peak RSS {:.1} MiB",
+        extra_peak_mib(base)
+    );
+    if let (Some(counts), Some(before)) = (counts, before) {
+        println!("  256 MiB get: {} requests", requests(counts) - before);
+    }
     assert_eq!(sink.0, LARGE);
     let mut rng = fastrand::Rng::with_seed(2);
     let mut small = vec![0u8; SMALL];

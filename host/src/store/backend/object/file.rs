@@ -15,7 +15,7 @@ use crate::store::backend::BackendFile;
 
 /// Dirty bytes of one file that a write uploads at once, sync or not, so
 /// memory stays bounded whatever the caller writes between syncs.
-pub(super) const FLUSH_BYTES: usize = 8 << 20;
+pub(super) const FLUSH_BYTES: usize = 4 << 20;
 
 /// The least a ranged GET asks for: the rest of the block is kept in the
 /// backend's read cache, for the many small sequential reads of a scan.

@@ -38,7 +38,7 @@ use file::{Handle, ObjectFile};
 const MANIFEST_FORMAT: u32 = 1;
 
 /// Blocks the read cache keeps (each at most `file::READ_AHEAD` bytes).
-const CACHE_BLOCKS: usize = 8;
+const CACHE_BLOCKS: usize = 2;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
