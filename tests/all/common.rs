@@ -76,9 +76,16 @@ pub fn open_runtime(path: &std::path::Path, options: StoreOptions) -> Runtime {
 /// that outlasts a crashed holder's lease.
 pub fn bucket_runtime(config: &ObjectConfig, lease: LeaseOptions, store: StoreOptions) -> Runtime {
     let backend = ObjectBackend::open(config, lease).expect("the bucket opens");
+    bucket_runtime_on(std::sync::Arc::new(backend), store)
+}
+
+/// As [`bucket_runtime`], on a backend the caller keeps (to count its
+/// requests).
+pub fn bucket_runtime_on(backend: std::sync::Arc<ObjectBackend>, store: StoreOptions) -> Runtime {
+    let lease = backend.lease_options();
     Runtime::with_chunker_on(
         chunker_component().clone(),
-        std::sync::Arc::new(backend),
+        backend,
         RuntimeOptions {
             store,
             gc: None,

@@ -278,6 +278,55 @@ fn scattered_page_writes_keep_the_objects_bounded() {
 }
 
 #[test]
+fn a_sequential_reader_has_each_block_fetched_once_and_ahead() {
+    let server = server();
+    let (_dir, file) = new_file(&server, "scan", "seg");
+    let len = 24usize << 20;
+    let bytes = data(len, 11);
+    for piece in bytes.chunks(3 << 20) {
+        let at = piece.as_ptr() as usize - bytes.as_ptr() as usize;
+        file.write_all_at(piece, at as u64).unwrap();
+    }
+    file.sync_data().unwrap();
+    let gets = |b: &ObjectBackend| b.requests().gets.load(std::sync::atomic::Ordering::Relaxed);
+
+    // A scan in reads of uneven sizes, as a get reads chunk records.
+    let fresh = backend(&server, "scan");
+    let (dir, _) = fresh.dir("d", false).unwrap();
+    let seg = dir.open("seg", OpenMode::Read).unwrap();
+    let before = gets(&fresh);
+    let mut rng = fastrand::Rng::with_seed(5);
+    let mut at = 0usize;
+    while at < len {
+        let n = rng.usize(1..300 << 10).min(len - at);
+        let mut buf = vec![0u8; n];
+        seg.read_exact_at(&mut buf, at as u64).unwrap();
+        assert!(buf == bytes[at..at + n], "bytes at {at}");
+        at += n;
+    }
+    let scan = gets(&fresh) - before;
+    // 24 blocks of 1 MiB; none fetched twice.
+    assert!(
+        (24..=25).contains(&scan),
+        "{scan} GETs for a scan of 24 MiB"
+    );
+
+    // Scattered small reads fetch their own blocks and nothing ahead.
+    let fresh = backend(&server, "scan");
+    let (dir, _) = fresh.dir("d", false).unwrap();
+    let seg = dir.open("seg", OpenMode::Read).unwrap();
+    let before = gets(&fresh);
+    for i in 0..12u64 {
+        let at = (i * 7 % 24) << 20 | 4096;
+        let mut buf = vec![0u8; 4096];
+        seg.read_exact_at(&mut buf, at).unwrap();
+        assert!(buf == bytes[at as usize..at as usize + 4096]);
+    }
+    let scattered = gets(&fresh) - before;
+    assert!(scattered <= 12, "{scattered} GETs for 12 scattered reads");
+}
+
+#[test]
 fn a_lease_is_exclusive_across_hosts_and_released_on_drop() {
     let server = server();
     let a = backend(&server, "lease");
@@ -465,14 +514,25 @@ fn artifacts_round_trip_share_chunks_and_survive_a_fresh_host() {
 #[test]
 fn a_large_put_streams_through_in_bounded_parts() {
     let server = server();
-    let runtime = s3_runtime(&server, "big", Durability::Batch);
+    let backend = Arc::new(backend(&server, "big"));
+    let runtime = common::bucket_runtime_on(Arc::clone(&backend), StoreOptions::default());
     let mut chunker = runtime.chunker("t").unwrap();
     let len = 64u64 << 20;
     let id = chunker
         .put_from(&mut PseudoRandom::new(5, len), &options(), &mut |_| {})
         .unwrap();
+    let gets = || {
+        backend
+            .requests()
+            .gets
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = gets();
     let mut sink = common::HashSink::default();
     chunker.get_into(&id, &mut sink, &mut |_| {}).unwrap();
+    // Each block of 1 MiB (or less, at a part's end) fetched once.
+    let got = gets() - before;
+    assert!(got <= 64 + 64 / 4 + 4, "{got} GETs to read 64 MiB");
     let mut expected = blake3::Hasher::new();
     let mut source = PseudoRandom::new(5, len);
     let mut buf = vec![0u8; 1 << 20];

@@ -279,28 +279,41 @@ impl Client {
         result.map_err(|e| to_io("GET", key, e))
     }
 
-    /// Bytes `range` of the object at `key`; `UnexpectedEof` if it is
-    /// shorter.
-    pub(super) fn get_range(&self, key: &str, range: Range<u64>) -> io::Result<Bytes> {
+    /// Starts a GET of bytes `range` of the object at `key` and returns at
+    /// once; `then` gets the bytes (`UnexpectedEof` if the object is
+    /// shorter) or the error, on a thread of the client's runtime.
+    pub(super) fn get_range_then(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        then: impl FnOnce(io::Result<Bytes>) + Send + 'static,
+    ) {
         count(&self.counts.gets, 1);
+        let path = match path(key) {
+            Ok(path) => path,
+            Err(e) => return then(Err(e)),
+        };
         let store = Arc::clone(&self.store);
-        let path = path(key)?;
+        let (name, key) = (self.name.clone(), key.to_string());
         let want = range.end - range.start;
         let options = GetOptions::default().with_range(Some(GetRange::Bounded(range)));
-        let bytes = self
-            .run(async move { store.get_opts(&path, options).await?.bytes().await })?
-            .map_err(|e| to_io("ranged GET", key, e))?;
-        if bytes.len() as u64 != want {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{}: ranged GET {key}: {} bytes, {want} asked for",
-                    self.name,
-                    bytes.len()
-                ),
-            ));
-        }
-        Ok(bytes)
+        self.runtime.spawn(async move {
+            let result = match store.get_opts(&path, options).await {
+                Ok(got) => got.bytes().await,
+                Err(e) => Err(e),
+            };
+            then(match result {
+                Err(e) => Err(to_io("ranged GET", &key, e)),
+                Ok(bytes) if bytes.len() as u64 != want => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{name}: ranged GET {key}: {} bytes, {want} asked for",
+                        bytes.len()
+                    ),
+                )),
+                Ok(bytes) => Ok(bytes),
+            })
+        });
     }
 
     /// Every object whose key starts with `prefix/`, in key order.

@@ -17,9 +17,13 @@ use crate::store::backend::BackendFile;
 /// memory stays bounded whatever the caller writes between syncs.
 pub(super) const FLUSH_BYTES: usize = 4 << 20;
 
-/// The least a ranged GET asks for: the rest of the block is kept in the
-/// backend's read cache, for the many small sequential reads of a scan.
-pub(super) const READ_AHEAD: u64 = 1 << 20;
+/// How far ahead of a sequential reader its bytes are fetched.
+const READ_AHEAD_BYTES: u64 = super::cache::AHEAD_BLOCKS as u64 * super::cache::BLOCK_BYTES;
+
+/// Reads in a row, each starting at or just past where the one before
+/// ended, that make a reader sequential (one such read is any first read:
+/// the header of a file opened to check it).
+const SEQUENTIAL_READS: u32 = 2;
 
 /// One range of the file's content, held by a part.
 #[derive(Clone, Debug)]
@@ -72,6 +76,9 @@ pub(super) struct ObjectFile {
     /// Set when the file's removal is durable: its parts go when the last
     /// handle does.
     pub(super) delete_on_drop: AtomicBool,
+    /// Where the last read ended, and how many reads in a row started
+    /// there or just past it.
+    reads: Mutex<(u64, u32)>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -247,6 +254,7 @@ impl ObjectFile {
             }),
             sync_lock: Mutex::new(()),
             delete_on_drop: AtomicBool::new(false),
+            reads: Mutex::new((0, 0)),
         }
     }
 
@@ -573,7 +581,18 @@ impl Handle {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "read past 2^64"))?;
         // Under the lock: which parts to fetch, and copies of the newer
         // bytes (in flight, then dirty) to lay over them.
-        let (fetches, overlays) = {
+        let sequential = {
+            let mut reads = lock(&self.file.reads);
+            let (last_end, streak) = *reads;
+            let streak = if offset >= last_end && offset - last_end <= super::cache::BLOCK_BYTES {
+                streak + 1
+            } else {
+                1
+            };
+            *reads = (end, streak);
+            streak >= SEQUENTIAL_READS
+        };
+        let (fetches, overlays, ahead) = {
             let state = lock(&self.file.state);
             if end > state.len {
                 return Err(io::Error::new(
@@ -612,7 +631,31 @@ impl Handle {
                     fetches.push((from, to, extent.clone()));
                 }
             }
-            (fetches, overlays)
+            // The uploaded parts past this read, for a sequential reader.
+            let mut ahead = Vec::new();
+            if sequential {
+                let ahead_end = end.saturating_add(READ_AHEAD_BYTES).min(state.uploaded_len);
+                let first = state
+                    .extents
+                    .range(..=end)
+                    .next_back()
+                    .filter(|(_, e)| e.end > end)
+                    .map(|(&s, _)| s);
+                let from = first.unwrap_or(end).min(ahead_end);
+                for (&s, extent) in state.extents.range(from..ahead_end) {
+                    let from = s.max(end);
+                    let to = extent.end.min(ahead_end);
+                    if from < to {
+                        ahead.push((
+                            Arc::clone(&extent.part),
+                            from - extent.base,
+                            to - extent.base,
+                            extent.part_len,
+                        ));
+                    }
+                }
+            }
+            (fetches, overlays, ahead)
         };
         buf.fill(0);
         for (from, to, extent) in fetches {
@@ -628,6 +671,9 @@ impl Handle {
         for (from, bytes) in overlays {
             let at = (from - offset) as usize;
             buf[at..at + bytes.len()].copy_from_slice(&bytes);
+        }
+        if !ahead.is_empty() {
+            self.file.shared.read_ahead(&ahead);
         }
         Ok(())
     }

@@ -15,11 +15,12 @@
 //! Names starting with `~` are refused, so no entry of the store can
 //! collide with these.
 
+mod cache;
 mod client;
 mod file;
 mod lease;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -37,9 +38,6 @@ use file::{Handle, ObjectFile};
 /// The manifest format this code writes and reads.
 const MANIFEST_FORMAT: u32 = 1;
 
-/// Blocks the read cache keeps (each at most `file::READ_AHEAD` bytes).
-const CACHE_BLOCKS: usize = 2;
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -54,8 +52,8 @@ struct Shared {
     nonce: String,
     counter: AtomicU64,
     lease: LeaseOptions,
-    /// Recently read blocks of parts: (part key, offset in the part, bytes).
-    cache: Mutex<VecDeque<(Arc<str>, u64, Bytes)>>,
+    /// Blocks of parts read recently or about to be.
+    cache: cache::Cache,
 }
 
 impl Shared {
@@ -74,31 +72,13 @@ impl Shared {
         part_len: u64,
         buf: &mut [u8],
     ) -> io::Result<()> {
-        let want = buf.len() as u64;
-        {
-            let cache = lock(&self.cache);
-            for (part, start, bytes) in cache.iter() {
-                if part == key && *start <= within && within + want <= start + bytes.len() as u64 {
-                    let at = (within - start) as usize;
-                    buf.copy_from_slice(&bytes[at..at + buf.len()]);
-                    return Ok(());
-                }
-            }
-        }
-        if want >= file::READ_AHEAD {
-            let bytes = self.client.get_range(key, within..within + want)?;
-            buf.copy_from_slice(&bytes);
-            return Ok(());
-        }
-        let end = (within + file::READ_AHEAD).min(part_len).max(within + want);
-        let bytes = self.client.get_range(key, within..end)?;
-        buf.copy_from_slice(&bytes[..buf.len()]);
-        let mut cache = lock(&self.cache);
-        if cache.len() == CACHE_BLOCKS {
-            cache.pop_front();
-        }
-        cache.push_back((Arc::clone(key), within, bytes));
-        Ok(())
+        self.cache.read(&self.client, key, within, part_len, buf)
+    }
+
+    /// Starts fetching `ranges` of parts into the read cache, in order, as
+    /// far as its bounds allow (see [`cache::Cache::read_ahead`]).
+    fn read_ahead(&self, ranges: &[cache::Ahead]) {
+        self.cache.read_ahead(&self.client, ranges);
     }
 }
 
@@ -349,7 +329,7 @@ impl ObjectBackend {
             nonce,
             counter: AtomicU64::new(0),
             lease,
-            cache: Mutex::new(VecDeque::new()),
+            cache: cache::Cache::default(),
         });
         let key = config.prefix.clone();
         let (state, _) = DirState::load(&shared, key.clone(), Fence::new(None), true)?;
