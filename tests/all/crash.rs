@@ -15,11 +15,11 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 use tensor_blob_host::runtime::metadata;
 use tensor_blob_host::runtime::Runtime;
-use tensor_blob_host::store::backend::object::LeaseOptions;
+use tensor_blob_host::store::backend::object::{LeaseOptions, ObjectBackend};
 use tensor_blob_host::testing::S3Server;
 
 use fastrand::Rng;
@@ -270,15 +270,30 @@ enum Target<'a> {
 }
 
 impl Target<'_> {
-    /// A runtime on the store, in this process.
-    fn open(&self) -> Runtime {
+    /// A runtime on the store, in this process, and the bucket's backend
+    /// if it is in one (to count its requests).
+    fn open(&self) -> (Runtime, Option<Arc<ObjectBackend>>) {
         match self {
-            Target::Dir(dir) => common::open_runtime(dir, StoreOptions::default()),
+            Target::Dir(dir) => (common::open_runtime(dir, StoreOptions::default()), None),
             Target::Bucket(server, prefix, lease) => {
-                common::bucket_runtime(&server.config(prefix), *lease, StoreOptions::default())
+                let backend = Arc::new(
+                    ObjectBackend::open(&server.config(prefix), *lease).expect("the bucket opens"),
+                );
+                let runtime =
+                    common::bucket_runtime_on(Arc::clone(&backend), StoreOptions::default());
+                (runtime, Some(backend))
             }
         }
     }
+}
+
+/// Bytes a bucket's backend has put so far.
+fn bytes_put(backend: &Option<Arc<ObjectBackend>>) -> u64 {
+    backend.as_ref().map_or(0, |b| {
+        b.requests()
+            .bytes_put
+            .load(std::sync::atomic::Ordering::Relaxed)
+    })
 }
 
 fn check_after_kill(store: &Target, acks: Vec<Ack>, model: &mut Model) -> Result<(), String> {
@@ -325,10 +340,19 @@ fn check_after_kill(store: &Target, acks: Vec<Ack>, model: &mut Model) -> Result
         }
     }
 
-    let runtime = store.open();
+    let (runtime, backend) = store.open();
+    let before = bytes_put(&backend);
     let store = runtime
         .tenant_store("default")
         .map_err(|e| format!("reopening the store: {e}"))?;
+    // A bucket's reads are durable: the open writes back none of what the
+    // killed host left past its known-synced bytes (a disk's open writes
+    // those again, see `fsync::rewrite`), only a lease, manifests, cut
+    // tails.
+    let opened = bytes_put(&backend) - before;
+    if opened > 64 << 10 {
+        return Err(format!("the open put {opened} bytes in the bucket"));
+    }
     let recovery = store.recovery_report();
     for problem in &recovery.problems {
         // What a kill can leave behind (an unfinished write the store cut

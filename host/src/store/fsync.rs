@@ -22,7 +22,8 @@ const REWRITE_BLOCK_BYTES: u64 = 1 << 20;
 /// succeeds without writing them, even from another process. So bytes an
 /// open finds past the part known synced are not made durable by syncing
 /// them: they are written again first, then synced. In place, so it needs
-/// no free space.
+/// no free space. Callers skip it where the backend's reads are durable
+/// ([`Backend::reads_are_durable`]: a bucket).
 pub fn rewrite(file: &dyn BackendFile, start: u64, end: u64) -> std::io::Result<()> {
     let mut buf = vec![0u8; REWRITE_BLOCK_BYTES.min(end.saturating_sub(start)) as usize];
     let mut at = start;

@@ -345,9 +345,11 @@ impl MetaLog {
             // may have left it readable but never to be written (see
             // `fsync::rewrite`).
             let start = replayed.checkpoint_end.min(len);
-            super::fsync::rewrite(&*file, start, len).map_err(io(|| {
-                format!("rewriting bytes {start}..{len} of {META_LOG_NAME} before syncing them")
-            }))?;
+            if !dir.reads_are_durable() {
+                super::fsync::rewrite(&*file, start, len).map_err(io(|| {
+                    format!("rewriting bytes {start}..{len} of {META_LOG_NAME} before syncing them")
+                }))?;
+            }
             fsyncs
                 .data(&*file)
                 .map_err(io(|| format!("syncing {META_LOG_NAME}")))?;

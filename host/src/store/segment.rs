@@ -556,7 +556,9 @@ impl Segments {
             for id in ids {
                 if let Some(plan) = store.sync_plan(id) {
                     if let Some(ranges) = rewrites.get(&id) {
-                        store.rewrite(id, &plan.file, ranges)?;
+                        if !store.dir.reads_are_durable() {
+                            store.rewrite(id, &plan.file, ranges)?;
+                        }
                     }
                     store
                         .fsyncs

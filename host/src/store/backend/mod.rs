@@ -123,6 +123,15 @@ pub trait Backend: Send + Sync {
     /// backend shared between processes writes the taker's process id
     /// (decimal) into the lock file, for messages about who holds it.
     fn lock(&self, name: &str) -> io::Result<LockGuard>;
+    /// Whether what a file of this directory reads back is durable
+    /// already: no cache between reads and storage that a failed sync could
+    /// leave ahead of it (a bucket: a part is readable only once its PUT
+    /// landed, and then it is durable). Then bytes an open finds past the
+    /// part known synced need not be written again before they are synced
+    /// (see `fsync::rewrite`). Defaults to `false`, as for a disk.
+    fn reads_are_durable(&self) -> bool {
+        false
+    }
 }
 
 /// An open file of a backend. All offsets are absolute; nothing keeps a

@@ -409,6 +409,10 @@ fn check(name: &str) -> io::Result<()> {
 }
 
 impl Backend for ObjectBackend {
+    fn reads_are_durable(&self) -> bool {
+        true
+    }
+
     fn dir(&self, name: &str, create: bool) -> io::Result<(Arc<dyn Backend>, bool)> {
         check(name)?;
         let key = join(&self.dir.key, name);
