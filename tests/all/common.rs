@@ -34,10 +34,49 @@ pub fn rogue_component() -> &'static ChunkerComponent {
     })
 }
 
-/// A temporary store root and a runtime over it.
+/// Where a test's store keeps its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backing {
+    /// A temporary directory on the local disk.
+    Disk,
+    /// A prefix of the bucket of a real s3s-fs on 127.0.0.1, started for
+    /// the test.
+    Bucket,
+}
+
+/// Defines a test run once on each [`Backing`]: a module `$name` with
+/// tests `disk` and `bucket`, each calling the body with its backing.
+macro_rules! on_each_backing {
+    ($(#[doc = $doc:literal])* fn $name:ident($backing:ident) $body:block) => {
+        $(#[doc = $doc])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run($backing: $crate::common::Backing) $body
+
+            #[test]
+            fn disk() {
+                run($crate::common::Backing::Disk)
+            }
+
+            #[test]
+            fn bucket() {
+                run($crate::common::Backing::Bucket)
+            }
+        }
+    };
+}
+pub(crate) use on_each_backing;
+
+/// A temporary store root (a directory, or a bucket's prefix) and a
+/// runtime over it.
 pub struct TestStore {
     pub dir: tempfile::TempDir,
+    // Dropped before the server: closing the store writes to it.
     pub runtime: Runtime,
+    options: StoreOptions,
+    server: Option<tensor_blob_host::testing::S3Server>,
 }
 
 impl TestStore {
@@ -47,22 +86,57 @@ impl TestStore {
     }
 
     pub fn with_options(options: StoreOptions) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let runtime = open_runtime(dir.path(), options);
-        TestStore { dir, runtime }
+        Self::on(Backing::Disk, options)
     }
 
     /// Fast store for bulk tests where durability is not the point.
     pub fn unsynced() -> Self {
-        Self::with_options(StoreOptions {
-            durability: Durability::None,
-            ..StoreOptions::default()
-        })
+        Self::on(Backing::Disk, unsynced_options())
     }
 
+    /// A store on `backing` with `options`.
+    pub fn on(backing: Backing, options: StoreOptions) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = (backing == Backing::Bucket).then(|| {
+            tensor_blob_host::testing::S3Server::start()
+                .expect("s3s-fs starts (installed by .ci/run)")
+        });
+        let runtime = Self::open(dir.path(), server.as_ref(), options.clone());
+        TestStore {
+            dir,
+            runtime,
+            options,
+            server,
+        }
+    }
+
+    fn open(
+        dir: &std::path::Path,
+        server: Option<&tensor_blob_host::testing::S3Server>,
+        options: StoreOptions,
+    ) -> Runtime {
+        match server {
+            None => open_runtime(dir, options),
+            Some(server) => {
+                bucket_runtime(&server.config("store"), LeaseOptions::default(), options)
+            }
+        }
+    }
+
+    /// Closes the runtime and opens the same store again, as a new
+    /// process (or, on a bucket, a fresh host) would.
     pub fn reopen(&mut self) {
-        // Drop the old runtime first: it holds the tenant lock.
-        self.runtime = open_runtime(self.dir.path(), StoreOptions::default());
+        // Opening is lazy: the old runtime (which holds the tenant lock)
+        // is dropped by the assignment before the tenant is opened again.
+        self.runtime = Self::open(self.dir.path(), self.server.as_ref(), self.options.clone());
+    }
+}
+
+/// Durability `None`: for bulk tests where durability is not the point.
+pub fn unsynced_options() -> StoreOptions {
+    StoreOptions {
+        durability: Durability::None,
+        ..StoreOptions::default()
     }
 }
 
