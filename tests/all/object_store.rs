@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tensor_blob_host::runtime::Runtime;
+use tensor_blob_host::runtime::{BlobError, WitError};
 use tensor_blob_host::store::backend::object::{LeaseOptions, ObjectBackend, ObjectConfig};
 use tensor_blob_host::store::backend::{Backend, OpenMode};
-use tensor_blob_host::store::{ArtifactId, Durability, StoreOptions};
+use tensor_blob_host::store::{ArtifactId, ChunkRef, Durability, Hash, NewMetadata, StoreOptions};
 use tensor_blob_host::testing::{Fault, FaultProxy, S3Server, S3_BUCKET};
 
 use crate::common::{self, data, fixed, options, PseudoRandom};
@@ -509,6 +510,113 @@ fn artifacts_round_trip_share_chunks_and_survive_a_fresh_host() {
     );
     assert_eq!(verify.artifacts_checked, ids.len() as u64 + 1);
     assert_eq!(fresh.tenants().unwrap(), vec!["alpha".to_string()]);
+}
+
+#[test]
+fn verify_finds_a_damaged_object_and_a_get_returns_none_of_its_bytes() {
+    let server = server();
+    let runtime = s3_runtime(&server, "damage", Durability::Batch);
+    let mut chunker = runtime.chunker("t").unwrap();
+    // 1 MiB segments: each artifact in segments of its own.
+    let first = data(2 << 20, 1);
+    let second = data(2 << 20, 2);
+    let first_id = chunker.put(&first, &fixed(64 << 10)).unwrap();
+    let second_id = chunker.put(&second, &fixed(64 << 10)).unwrap();
+    drop(chunker);
+    drop(runtime);
+
+    // The first segment's largest part (file ids sort in creation order),
+    // one byte flipped in the middle, in the server's own file of it.
+    let segments = "damage/tenants/t/segments/~f";
+    let keys = objects(&server, segments);
+    let first_file = keys[0].split('/').nth(5).unwrap().to_string();
+    let path = |key: &String| server.data_dir().join(S3_BUCKET).join(key);
+    let part = keys
+        .iter()
+        .filter(|k| k.split('/').nth(5) == Some(&first_file))
+        .max_by_key(|k| std::fs::metadata(path(k)).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(path(part)).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(path(part), &bytes).unwrap();
+
+    let fresh = s3_runtime(&server, "damage", Durability::Batch);
+    let store = fresh.tenant_store("t").unwrap();
+    let report = store.verify_all();
+    let damaged: Vec<String> = report
+        .damaged
+        .iter()
+        .map(|(id, _)| id.to_string())
+        .collect();
+    assert_eq!(damaged, vec![first_id.clone()], "{report:?}");
+    let mut chunker = fresh.chunker("t").unwrap();
+    match chunker.get(&first_id) {
+        Err(BlobError::Blob(WitError::Corrupted(_))) => {}
+        other => panic!("a get of damaged bytes gave {:?}", other.map(|b| b.len())),
+    }
+    assert!(
+        chunker.get(&second_id).unwrap() == second,
+        "the other artifact reads whole"
+    );
+}
+
+#[test]
+fn gc_on_a_bucket_keeps_the_chunks_of_an_upload_in_progress() {
+    let server = server();
+    let runtime = s3_runtime(&server, "pins", Durability::Batch);
+    let store = runtime.tenant_store("t").unwrap();
+    let refs = |bytes: &[u8]| -> Vec<ChunkRef> {
+        bytes
+            .chunks(1000)
+            .map(|c| ChunkRef {
+                digest: Hash::of(c),
+                len: c.len() as u32,
+            })
+            .collect()
+    };
+    let old = data(30_000, 13);
+    let mut upload = store.begin_upload();
+    for chunk in old.chunks(1000) {
+        upload.put_chunk(&Hash::of(chunk), chunk).unwrap();
+    }
+    let old_id = upload
+        .commit(&refs(&old), old.len() as u64, None, NewMetadata::default())
+        .unwrap();
+    // A second upload pins the old artifact's chunks (told present), then
+    // the artifact is deleted: only the pin keeps them.
+    let new = data(30_000, 14);
+    let mut upload = store.begin_upload();
+    let old_digests: Vec<Hash> = refs(&old).iter().map(|c| c.digest).collect();
+    assert_eq!(upload.missing(&old_digests).unwrap(), vec![false; 30]);
+    store.delete(&old_id).unwrap();
+    for chunk in new.chunks(1000) {
+        upload.put_chunk(&Hash::of(chunk), chunk).unwrap();
+    }
+    let report = store.gc().unwrap();
+    assert_eq!(report.chunks_removed, 0, "{report:?}");
+    let mut all = old.clone();
+    all.extend_from_slice(&new);
+    let id = upload
+        .commit(&refs(&all), all.len() as u64, None, NewMetadata::default())
+        .unwrap();
+    drop(upload);
+    drop(store);
+    drop(runtime);
+    let fresh = s3_runtime(&server, "pins", Durability::Batch);
+    let mut chunker = fresh.chunker("t").unwrap();
+    assert!(chunker.get(&id.to_string()).unwrap() == all);
+    // Once nothing references the old artifact alone, GC may take only
+    // what no artifact or upload holds: nothing here.
+    assert_eq!(
+        fresh
+            .tenant_store("t")
+            .unwrap()
+            .gc()
+            .unwrap()
+            .chunks_removed,
+        0
+    );
 }
 
 #[test]
