@@ -1,6 +1,6 @@
 //! Object-store benchmark (issue 12): prints, in one run on this machine,
 //! put and get MB/s of a 256 MiB artifact and the rate of 1,000 small
-//! (64 KiB) puts through the guest chunker, on the local backend and on a
+//! (64 KiB) puts and gets through the guest chunker, on the local backend and on a
 //! real S3-compatible server on 127.0.0.1 (`s3s-fs`, file-backed), with
 //! the ratios bucket / local; requests per small put and per GiB stored;
 //! and the time a fresh host takes to open the tenant from the bucket
@@ -67,6 +67,7 @@ struct Figures {
     put_mbs: f64,
     get_mbs: f64,
     small_per_s: f64,
+    small_get_per_s: f64,
 }
 
 fn requests(counts: &RequestCounts) -> u64 {
@@ -78,6 +79,24 @@ fn requests(counts: &RequestCounts) -> u64 {
 
 /// Resets this process's peak RSS (Linux: `clear_refs` 5) and returns the
 /// RSS now, KiB.
+/// The requests made so far, by kind: PUT, GET, LIST, DELETE.
+fn by_kind(counts: &RequestCounts) -> [u64; 4] {
+    [&counts.puts, &counts.gets, &counts.lists, &counts.deletes].map(|c| c.load(Ordering::Relaxed))
+}
+
+/// Requests per operation, by kind, since `before`.
+fn per_op(counts: &RequestCounts, before: [u64; 4], ops: usize) -> String {
+    let now = by_kind(counts);
+    let per = |i: usize| (now[i] - before[i]) as f64 / ops as f64;
+    format!(
+        "{:.2} PUT, {:.2} GET, {:.2} LIST, {:.2} DELETE",
+        per(0),
+        per(1),
+        per(2),
+        per(3)
+    )
+}
+
 fn reset_peak_rss() -> u64 {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     status_kib("VmRSS:")
@@ -144,16 +163,33 @@ fn measure(runtime: &Runtime, counts: Option<&RequestCounts>) -> Figures {
     let mut rng = fastrand::Rng::with_seed(2);
     let mut small = vec![0u8; SMALL];
     let before = counts.map(requests);
+    let kinds = counts.map(by_kind);
     let started = Instant::now();
+    let mut ids = Vec::with_capacity(SMALL_COUNT);
     for _ in 0..SMALL_COUNT {
         rng.fill(&mut small);
-        chunker.put(&small, &Default::default()).expect("small put");
+        ids.push(chunker.put(&small, &Default::default()).expect("small put"));
     }
     let small_s = started.elapsed().as_secs_f64();
     if let (Some(counts), Some(before)) = (counts, before) {
         println!(
-            "  64 KiB puts: {:.1} requests per put",
-            (requests(counts) - before) as f64 / SMALL_COUNT as f64
+            "  64 KiB puts: {:.1} requests per put ({})",
+            (requests(counts) - before) as f64 / SMALL_COUNT as f64,
+            per_op(counts, kinds.expect("counted"), SMALL_COUNT)
+        );
+    }
+    let before = counts.map(requests);
+    let kinds = counts.map(by_kind);
+    let started = Instant::now();
+    for id in &ids {
+        assert_eq!(chunker.get(id).expect("small get").len(), SMALL);
+    }
+    let small_get_s = started.elapsed().as_secs_f64();
+    if let (Some(counts), Some(before)) = (counts, before) {
+        println!(
+            "  64 KiB gets: {:.2} requests per get ({})",
+            (requests(counts) - before) as f64 / SMALL_COUNT as f64,
+            per_op(counts, kinds.expect("counted"), SMALL_COUNT)
         );
     }
     let mb = LARGE as f64 / 1e6;
@@ -161,6 +197,7 @@ fn measure(runtime: &Runtime, counts: Option<&RequestCounts>) -> Figures {
         put_mbs: mb / put_s,
         get_mbs: mb / get_s,
         small_per_s: SMALL_COUNT as f64 / small_s,
+        small_get_per_s: SMALL_COUNT as f64 / small_get_s,
     }
 }
 
@@ -184,6 +221,11 @@ fn main() {
         ("256 MiB put, MB/s", local.put_mbs, bucket.put_mbs),
         ("256 MiB get, MB/s", local.get_mbs, bucket.get_mbs),
         ("64 KiB puts/s", local.small_per_s, bucket.small_per_s),
+        (
+            "64 KiB gets/s",
+            local.small_get_per_s,
+            bucket.small_get_per_s,
+        ),
     ] {
         println!(
             "{what:20} local {l:8.1}  bucket {b:8.1}  ratio {:.2}",

@@ -32,6 +32,16 @@ const CAPACITY: usize = AHEAD_BLOCKS + 3;
 /// Bytes of a part to fetch ahead: (part key, from, to, the part's size).
 pub(super) type Ahead = (Arc<str>, u64, u64, u64);
 
+/// Bytes of a part a read wants: `len` bytes from byte `within` of `part`
+/// (of `part_len` bytes), into the read's buffer at `at`.
+pub(super) struct Piece {
+    pub(super) part: Arc<str>,
+    pub(super) within: u64,
+    pub(super) part_len: u64,
+    pub(super) at: usize,
+    pub(super) len: usize,
+}
+
 /// What a block's GET gave: an error is kept as its kind and message, so
 /// every reader waiting on it gets one.
 type Outcome = Result<Bytes, (io::ErrorKind, String)>;
@@ -155,35 +165,43 @@ impl Cache {
         Some(block)
     }
 
-    /// Fills `buf` from byte `within` of `part` (of `part_len` bytes),
-    /// block by block, with up to `AHEAD_BLOCKS` of the read in flight.
-    pub(super) fn read(
-        &self,
-        client: &Client,
-        part: &Arc<str>,
-        within: u64,
-        part_len: u64,
-        buf: &mut [u8],
-    ) -> io::Result<()> {
-        let end = within + buf.len() as u64;
-        let mut next = within;
+    /// Fills `buf` with `pieces` (in the order given), block by block,
+    /// with up to `AHEAD_BLOCKS` of the read in flight beyond the one
+    /// waited for: a read over many small parts costs a few round trips,
+    /// not one per part.
+    pub(super) fn read(&self, client: &Client, pieces: &[Piece], buf: &mut [u8]) -> io::Result<()> {
+        let blocks: Vec<(&Piece, (u64, u64))> = pieces
+            .iter()
+            .flat_map(|piece| {
+                let end = piece.within + piece.len as u64;
+                let mut next = piece.within;
+                std::iter::from_fn(move || {
+                    (next < end).then(|| {
+                        let range = block_of(next, piece.part_len);
+                        next = range.1;
+                        (piece, range)
+                    })
+                })
+            })
+            .collect();
         let mut started: VecDeque<Arc<Block>> = VecDeque::new();
-        let mut at = 0;
-        while at < buf.len() {
-            while next < end && started.len() <= AHEAD_BLOCKS {
-                let range = block_of(next, part_len);
-                started.push_back(self.block(client, part, range, false).expect("not ahead"));
-                next = range.1;
+        for (k, &(piece, (start, end))) in blocks.iter().enumerate() {
+            while started.len() <= AHEAD_BLOCKS && k + started.len() < blocks.len() {
+                let (piece, range) = blocks[k + started.len()];
+                started.push_back(
+                    self.block(client, &piece.part, range, false)
+                        .expect("not ahead"),
+                );
             }
             let block = started.pop_front().expect("a block is started");
             let bytes = block.wait()?;
             let tick = self.reads.fetch_add(1, Ordering::Relaxed) + 1;
             block.read.store(tick, Ordering::Relaxed);
-            let pos = within + at as u64;
-            let from = (pos - block.start) as usize;
-            let n = (bytes.len() - from).min(buf.len() - at);
-            buf[at..at + n].copy_from_slice(&bytes[from..from + n]);
-            at += n;
+            let from = piece.within.max(start);
+            let to = (piece.within + piece.len as u64).min(end);
+            let at = piece.at + (from - piece.within) as usize;
+            buf[at..at + (to - from) as usize]
+                .copy_from_slice(&bytes[(from - start) as usize..(to - start) as usize]);
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
+use super::cache::Piece;
 use super::{Fence, Shared};
 use crate::store::backend::BackendFile;
 
@@ -100,6 +101,23 @@ fn parse_part_name(name: &str) -> Option<(u64, u64, u64)> {
     };
     let parsed = (next()?, next()?, next()?);
     fields.next().is_none().then_some(parsed)
+}
+
+/// What reading file ranges `fetches` (each in one extent) into a buffer
+/// for file offset `offset` asks of the parts, in file order.
+fn pieces(fetches: Vec<(u64, u64, Extent)>, offset: u64) -> Vec<Piece> {
+    let mut pieces: Vec<Piece> = fetches
+        .into_iter()
+        .map(|(from, to, extent)| Piece {
+            within: from - extent.base,
+            part: extent.part,
+            part_len: extent.part_len,
+            at: (from - offset) as usize,
+            len: (to - from) as usize,
+        })
+        .collect();
+    pieces.sort_unstable_by_key(|p| p.at);
+    pieces
 }
 
 /// A file is consolidated (see [`ObjectFile::consolidate`]) once it has
@@ -467,16 +485,7 @@ impl ObjectFile {
                 .collect()
         };
         buf.fill(0);
-        for (from, to, extent) in fetches {
-            let at = (from - offset) as usize;
-            self.shared.read_part(
-                &extent.part,
-                from - extent.base,
-                extent.part_len,
-                &mut buf[at..at + (to - from) as usize],
-            )?;
-        }
-        Ok(())
+        self.shared.read_parts(&pieces(fetches, offset), buf)
     }
 }
 
@@ -658,16 +667,7 @@ impl Handle {
             (fetches, overlays, ahead)
         };
         buf.fill(0);
-        for (from, to, extent) in fetches {
-            let at = (from - offset) as usize;
-            let within = from - extent.base;
-            self.file.shared.read_part(
-                &extent.part,
-                within,
-                extent.part_len,
-                &mut buf[at..at + (to - from) as usize],
-            )?;
-        }
+        self.file.shared.read_parts(&pieces(fetches, offset), buf)?;
         for (from, bytes) in overlays {
             let at = (from - offset) as usize;
             buf[at..at + bytes.len()].copy_from_slice(&bytes);

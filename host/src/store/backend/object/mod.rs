@@ -63,16 +63,9 @@ impl Shared {
         format!("{}{n:08x}", self.nonce)
     }
 
-    /// Fills `buf` from byte `within` of the part at `key` (of `part_len`
-    /// bytes), through the read cache.
-    fn read_part(
-        &self,
-        key: &Arc<str>,
-        within: u64,
-        part_len: u64,
-        buf: &mut [u8],
-    ) -> io::Result<()> {
-        self.cache.read(&self.client, key, within, part_len, buf)
+    /// Fills `buf` with `pieces` of parts, through the read cache.
+    fn read_parts(&self, pieces: &[cache::Piece], buf: &mut [u8]) -> io::Result<()> {
+        self.cache.read(&self.client, pieces, buf)
     }
 
     /// Starts fetching `ranges` of parts into the read cache, in order, as
