@@ -172,6 +172,25 @@ pub fn bucket_runtime_on(backend: std::sync::Arc<ObjectBackend>, store: StoreOpt
     )
 }
 
+/// A runtime that opens the tenants of a bucket read-only (a reader host
+/// beside a writer).
+pub fn bucket_reader_runtime(config: &ObjectConfig, store: StoreOptions) -> Runtime {
+    let backend = ObjectBackend::open(config, LeaseOptions::default()).expect("the bucket opens");
+    Runtime::with_chunker_on(
+        chunker_component().clone(),
+        std::sync::Arc::new(backend),
+        RuntimeOptions {
+            store,
+            gc: None,
+            access: Access {
+                read_only: true,
+                ..Access::default()
+            },
+            ..RuntimeOptions::default()
+        },
+    )
+}
+
 pub fn options() -> PutOptions {
     PutOptions::default()
 }

@@ -24,6 +24,14 @@ fn server() -> S3Server {
     S3Server::start().expect("s3s-fs starts (installed by .ci/run)")
 }
 
+/// The test bucket at `prefix`, deleting removed files' parts at once.
+fn no_grace(server: &S3Server, prefix: &str) -> ObjectConfig {
+    ObjectConfig {
+        removal_grace: Duration::ZERO,
+        ..server.config(prefix)
+    }
+}
+
 fn backend(server: &S3Server, prefix: &str) -> ObjectBackend {
     ObjectBackend::open(&server.config(prefix), LeaseOptions::default()).expect("backend opens")
 }
@@ -152,13 +160,30 @@ fn removed_and_replaced_files_leave_no_objects_behind() {
         before.iter().filter(|k| k.contains("/~f/")).count() >= 2,
         "{before:?}"
     );
-    // An open handle keeps a removed file readable until it is dropped.
+    // An open handle keeps a removed file readable until it is dropped;
+    // so does one on another host, within the removal grace.
     let held = dir.open("y", OpenMode::Read).unwrap();
+    let (elsewhere, _) = backend(&server, "gone").dir("d", false).unwrap();
+    let held_elsewhere = elsewhere.open("x", OpenMode::Read).unwrap();
     dir.remove("x").unwrap();
     dir.remove("y").unwrap();
     dir.sync().unwrap();
     assert_eq!(read_all(&*held), data(100_000, 1));
     drop(held);
+    assert_eq!(read_all(&*held_elsewhere), data(100_000, 1));
+    let kept = objects(&server, "gone");
+    assert_eq!(
+        kept.iter().filter(|k| k.contains("/~f/")).count(),
+        2,
+        "parts of removed files stay for the grace: {kept:?}"
+    );
+    drop((held_elsewhere, elsewhere, dir, a));
+    // A writer past the grace (zero here) deletes them at its next sync.
+    let z = ObjectBackend::open(&no_grace(&server, "gone"), LeaseOptions::default()).unwrap();
+    let (dir, _) = z.dir("d", false).unwrap();
+    let f = dir.open("z", OpenMode::CreateNew).unwrap();
+    f.sync_data().unwrap();
+    dir.sync().unwrap();
     let after = objects(&server, "gone");
     assert!(
         after.iter().all(|k| !k.contains("/~f/")),
@@ -430,7 +455,12 @@ fn small_segments(durability: Durability) -> StoreOptions {
 #[test]
 fn artifacts_round_trip_share_chunks_and_survive_a_fresh_host() {
     let server = server();
-    let runtime = s3_runtime(&server, "store", Durability::Batch);
+    // Removed files' parts deleted at once: the GC below checks the bytes.
+    let runtime = common::bucket_runtime(
+        &no_grace(&server, "store"),
+        LeaseOptions::default(),
+        small_segments(Durability::Batch),
+    );
     let mut chunker = runtime.chunker("alpha").unwrap();
     let sizes = [0usize, 1, 4095, 1 << 20, 20 << 20];
     let mut ids = Vec::new();
@@ -617,6 +647,48 @@ fn gc_on_a_bucket_keeps_the_chunks_of_an_upload_in_progress() {
             .chunks_removed,
         0
     );
+}
+
+/// A host reading a tenant beside its writer, while the writer deletes an
+/// artifact and GC compacts its segments away: with the removal grace the
+/// reader reads on (what it opened, deleted or not); without, its read
+/// of a compacted segment fails.
+#[test]
+fn a_reader_on_another_host_reads_on_through_gc_within_the_removal_grace() {
+    let server = server();
+    for (prefix, config) in [
+        ("grace", server.config("grace")),
+        ("nograce", no_grace(&server, "nograce")),
+    ] {
+        let writer = common::bucket_runtime(
+            &config,
+            LeaseOptions::default(),
+            small_segments(Durability::Batch),
+        );
+        let mut w = writer.chunker("t").unwrap();
+        let doomed = data(3 << 20, 7);
+        let keep = data(1 << 20, 8);
+        let doomed_id = w.put(&doomed, &fixed(64 << 10)).unwrap();
+        let keep_id = w.put(&keep, &fixed(64 << 10)).unwrap();
+        let reader = common::bucket_reader_runtime(
+            &server.config(prefix),
+            small_segments(Durability::Batch),
+        );
+        let mut r = reader.chunker("t").unwrap();
+        assert!(r.get(&keep_id).unwrap() == keep, "{prefix}");
+        w.store()
+            .delete(&doomed_id.parse::<ArtifactId>().unwrap())
+            .unwrap();
+        let report = w.store().gc().unwrap();
+        assert!(report.segments_removed >= 2, "{prefix}: {report:?}");
+        let read = r.get(&doomed_id);
+        if prefix == "grace" {
+            assert!(read.unwrap() == doomed, "the reader reads on");
+        } else {
+            assert!(read.is_err(), "no grace: a compacted segment is gone");
+        }
+        assert!(w.get(&keep_id).unwrap() == keep);
+    }
 }
 
 #[test]

@@ -46,6 +46,11 @@ pub struct ObjectConfig {
     /// Keep idle connections for later requests (`false`: one connection
     /// per request, which a test's fault-injecting proxy relies on).
     pub reuse_connections: bool,
+    /// How long a removed file's parts stay in the bucket after the
+    /// manifest that removes it (for readers on other hosts that opened
+    /// it before: a segment GC compacted away, say); zero deletes them at
+    /// once. Judged by the writer's clock at its later syncs.
+    pub removal_grace: Duration,
 }
 
 impl ObjectConfig {
@@ -66,6 +71,7 @@ impl ObjectConfig {
             retry_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
             reuse_connections: true,
+            removal_grace: Duration::from_secs(600),
         })
     }
 }

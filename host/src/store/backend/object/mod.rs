@@ -52,6 +52,8 @@ struct Shared {
     nonce: String,
     counter: AtomicU64,
     lease: LeaseOptions,
+    /// See [`ObjectConfig::removal_grace`].
+    removal_grace: std::time::Duration,
     /// Blocks of parts read recently or about to be.
     cache: cache::Cache,
 }
@@ -119,6 +121,10 @@ struct Manifest {
     /// a retried conditional create finds it).
     writer: String,
     files: BTreeMap<String, String>,
+    /// File ids removed and when (ms since the Unix epoch, the writer's
+    /// clock): their parts stay for the removal grace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    removed: BTreeMap<String, u64>,
 }
 
 struct DirInner {
@@ -133,6 +139,9 @@ struct DirInner {
     changes: u64,
     /// File ids dropped from `entries` since the last manifest write.
     removed: Vec<String>,
+    /// File ids removed in a manifest whose parts stay until the removal
+    /// grace is over, with when (as in [`Manifest::removed`]).
+    graveyard: BTreeMap<String, u64>,
     /// Files with open handles, by file id.
     open: HashMap<String, Weak<ObjectFile>>,
 }
@@ -152,6 +161,13 @@ fn join(key: &str, name: &str) -> String {
     } else {
         format!("{key}/{name}")
     }
+}
+
+/// Now, in ms since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn invalid_data(message: String) -> io::Error {
@@ -222,6 +238,7 @@ impl DirState {
                         format: MANIFEST_FORMAT,
                         writer: shared.nonce.clone(),
                         files: BTreeMap::new(),
+                        removed: BTreeMap::new(),
                     };
                     let bytes = serde_json::to_vec(&empty).expect("a manifest serialises");
                     let first = join(&key, &format!("~d/{:016x}", 0));
@@ -246,6 +263,7 @@ impl DirState {
             fence,
             inner: Mutex::new(DirInner {
                 entries: manifest.files,
+                graveyard: manifest.removed,
                 version: newest,
                 old_versions: versions[..versions.len() - 1].to_vec(),
                 changes: 0,
@@ -275,6 +293,7 @@ impl DirState {
                     !named.contains(id)
                         && !inner.open.contains_key(id)
                         && !inner.removed.contains(id)
+                        && !inner.graveyard.contains_key(id)
                 })
                 .collect()
         };
@@ -322,6 +341,7 @@ impl ObjectBackend {
             nonce,
             counter: AtomicU64::new(0),
             lease,
+            removal_grace: config.removal_grace,
             cache: cache::Cache::default(),
         });
         let key = config.prefix.clone();
@@ -523,21 +543,39 @@ impl Backend for ObjectBackend {
 
     fn sync(&self) -> io::Result<()> {
         let _one = lock(&self.dir.sync_lock);
-        let (manifest, version, changes, removed, old) = {
+        let (manifest, version, changes, removed, expired, old) = {
             let inner = lock(&self.dir.inner);
             if inner.changes == 0 {
                 return Ok(());
+            }
+            // Files removed now join the graveyard; those whose grace is
+            // over leave it, and their parts go once it is written.
+            let now = unix_ms();
+            let grace = u64::try_from(self.shared.removal_grace.as_millis()).unwrap_or(u64::MAX);
+            let mut graveyard = inner.graveyard.clone();
+            for id in &inner.removed {
+                graveyard.insert(id.clone(), now);
+            }
+            let expired: Vec<String> = graveyard
+                .iter()
+                .filter(|(_, &at)| now.saturating_sub(at) >= grace)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &expired {
+                graveyard.remove(id);
             }
             let manifest = Manifest {
                 format: MANIFEST_FORMAT,
                 writer: self.shared.nonce.clone(),
                 files: inner.entries.clone(),
+                removed: graveyard,
             };
             (
                 manifest,
                 inner.version + 1,
                 inner.changes,
                 inner.removed.clone(),
+                expired,
                 inner.old_versions.clone(),
             )
         };
@@ -566,7 +604,8 @@ impl Backend for ObjectBackend {
             inner.version = version;
             inner.changes -= changes;
             inner.removed.retain(|id| !removed.contains(id));
-            doomed = removed
+            inner.graveyard = manifest.removed.clone();
+            doomed = expired
                 .iter()
                 .filter_map(|id| match inner.open.get(id).and_then(Weak::upgrade) {
                     Some(file) => Some(file),
