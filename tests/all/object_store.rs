@@ -352,6 +352,33 @@ fn a_sequential_reader_has_each_block_fetched_once_and_ahead() {
     assert!(scattered <= 12, "{scattered} GETs for 12 scattered reads");
 }
 
+/// A host reading a file its writer elsewhere consolidates (many small
+/// appends, as `meta.log` or a segment of small commits gets): the parts
+/// it listed are deleted, and it reads the same bytes from the new ones.
+#[test]
+fn a_reader_elsewhere_reads_a_file_consolidated_under_it() {
+    let server = server();
+    let (dir, file) = new_file(&server, "merge", "log");
+    let model: Vec<u8> = (0..80).flat_map(|i| data(100, i)).collect();
+    let append = |i: usize| {
+        file.write_all_at(&model[i * 100..(i + 1) * 100], (i * 100) as u64)
+            .unwrap();
+        file.sync_data().unwrap();
+    };
+    (0..50).for_each(append);
+    dir.sync().unwrap();
+    let (elsewhere, _) = backend(&server, "merge").dir("d", false).unwrap();
+    let reader = elsewhere.open("log", OpenMode::Read).unwrap();
+    let listed = model[..5000].to_vec();
+    (50..80).for_each(append);
+    let parts = objects(&server, "merge/d/~f").len();
+    assert!(parts < 50, "consolidated: {parts} parts");
+    let mut bytes = vec![0u8; listed.len()];
+    reader.read_exact_at(&mut bytes, 0).unwrap();
+    assert!(bytes == listed, "the bytes this host listed");
+    assert!(read_all(&*file) == model);
+}
+
 #[test]
 fn a_lease_is_exclusive_across_hosts_and_released_on_drop() {
     let server = server();

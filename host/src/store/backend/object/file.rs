@@ -311,6 +311,27 @@ impl ObjectFile {
         Ok(file)
     }
 
+    /// Lists the file's parts again and reads by that layout from now on,
+    /// on a host that does not write the file (no lease on its directory,
+    /// nothing written through it): the writer elsewhere may have deleted
+    /// parts this host listed (rewritten by later parts, or consolidated),
+    /// whose bytes the newer parts hold. A writer's own layout is current.
+    fn relist(&self) -> io::Result<()> {
+        if self.fence.held() {
+            return Ok(());
+        }
+        let fresh = ObjectFile::load(
+            Arc::clone(&self.shared),
+            self.key.clone(),
+            Arc::clone(&self.fence),
+        )?;
+        let mut state = lock(&self.state);
+        if state.dirty.is_empty() && state.inflight.is_empty() {
+            *state = std::mem::take(&mut *lock(&fresh.state));
+        }
+        Ok(())
+    }
+
     /// The keys of every part this file has uploaded or that a listing
     /// shows (for deleting them).
     pub(super) fn part_keys(&self) -> io::Result<Vec<String>> {
@@ -527,11 +548,17 @@ impl BackendFile for Handle {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         // A part this read was about to fetch may be deleted meanwhile (its
         // bytes rewritten by a later part, or consolidated): read again
-        // from the newer layout.
+        // from the newer layout, this process's or, written elsewhere, the
+        // bucket's.
         let mut tries = 0;
         loop {
             match self.read_once(buf, offset) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 => tries += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 => {
+                    tries += 1;
+                    if tries >= 2 {
+                        self.file.relist()?;
+                    }
+                }
                 result => return result,
             }
         }
