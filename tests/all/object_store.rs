@@ -718,6 +718,74 @@ fn a_reader_on_another_host_reads_on_through_gc_within_the_removal_grace() {
     }
 }
 
+/// Multipart uploads left unfinished under the store's prefix (by another
+/// client, or a tool that crashed; the store itself writes none): at keys
+/// of a part and of a newer manifest. Unfinished, they are invisible to
+/// LIST and GET, so a fresh host opens, reads, writes, collects and
+/// verifies as if they were not there.
+#[test]
+fn multipart_uploads_left_unfinished_under_the_prefix_change_nothing() {
+    use object_store::{ObjectStoreExt, PutPayload};
+    let server = server();
+    let runtime = s3_runtime(&server, "mpu", Durability::Batch);
+    let mut chunker = runtime.chunker("t").unwrap();
+    let first = data(1 << 20, 21);
+    let first_id = chunker.put(&first, &fixed(64 << 10)).unwrap();
+    drop(chunker);
+    drop(runtime);
+
+    let config = server.config("mpu");
+    let (key, secret) = config.credentials.clone().unwrap();
+    let bucket = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(S3_BUCKET)
+        .with_endpoint(config.endpoint.clone().unwrap())
+        .with_access_key_id(key)
+        .with_secret_access_key(secret)
+        .with_region("us-east-1")
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    let some_part = objects(&server, "mpu/tenants/t/segments/~f")[0].clone();
+    let file_dir = some_part.rsplit_once('/').unwrap().0.to_string();
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    for key in [
+        format!("{file_dir}/00000000000000ff-0000000000000000-0000000000500000"),
+        "mpu/tenants/t/~d/00000000000000ff".to_string(),
+    ] {
+        tokio.block_on(async {
+            let path = object_store::path::Path::parse(&key).unwrap();
+            let mut upload = bucket.put_multipart(&path).await.unwrap();
+            upload
+                .put_part(PutPayload::from(vec![0xAAu8; 5 << 20]))
+                .await
+                .unwrap();
+            // Neither completed nor aborted.
+        });
+    }
+
+    let fresh = s3_runtime(&server, "mpu", Durability::Batch);
+    let mut chunker = fresh.chunker("t").unwrap();
+    assert!(chunker.get(&first_id).unwrap() == first);
+    let second = data(2 << 20, 22);
+    let second_id = chunker.put(&second, &fixed(64 << 10)).unwrap();
+    chunker
+        .store()
+        .delete(&first_id.parse::<ArtifactId>().unwrap())
+        .unwrap();
+    chunker.store().gc().unwrap();
+    drop(chunker);
+    drop(fresh);
+    let again = s3_runtime(&server, "mpu", Durability::Batch);
+    let mut chunker = again.chunker("t").unwrap();
+    assert!(chunker.get(&second_id).unwrap() == second);
+    assert!(chunker.get(&first_id).is_err());
+    let verify = chunker.store().verify_all();
+    assert!(
+        verify.damaged.is_empty() && verify.log_problems.is_empty(),
+        "{verify:?}"
+    );
+}
+
 #[test]
 fn a_large_put_streams_through_in_bounded_parts() {
     let server = server();
