@@ -94,6 +94,18 @@ fn objects(server: &S3Server, prefix: &str) -> Vec<String> {
     found
 }
 
+/// Bytes of the objects under `prefix`, as the server's files hold them.
+fn object_bytes(server: &S3Server, prefix: &str) -> u64 {
+    objects(server, prefix)
+        .iter()
+        .map(|key| {
+            std::fs::metadata(server.data_dir().join(S3_BUCKET).join(key))
+                .unwrap()
+                .len()
+        })
+        .sum()
+}
+
 #[test]
 fn synced_files_and_entries_are_what_a_fresh_host_finds() {
     let server = server();
@@ -525,16 +537,7 @@ fn artifacts_round_trip_share_chunks_and_survive_a_fresh_host() {
             .delete(&id.parse::<ArtifactId>().unwrap())
             .unwrap();
     }
-    let segment_bytes = || -> u64 {
-        objects(&server, "store/tenants/alpha/segments/~f")
-            .iter()
-            .map(|key| {
-                std::fs::metadata(server.data_dir().join(S3_BUCKET).join(key))
-                    .unwrap()
-                    .len()
-            })
-            .sum()
-    };
+    let segment_bytes = || object_bytes(&server, "store/tenants/alpha/segments/~f");
     let before = segment_bytes();
     let report = chunker.store().gc().unwrap();
     // (Its last chunks share a segment with `keep`: not worth compacting.)
@@ -716,6 +719,21 @@ fn a_reader_on_another_host_reads_on_through_gc_within_the_removal_grace() {
         }
         assert!(w.get(&keep_id).unwrap() == keep);
     }
+    // Past the grace (zero for this writer), a writer's open deletes what
+    // was kept for it, without changing anything else.
+    let bytes = || object_bytes(&server, "grace/tenants/t/segments/~f");
+    let kept = bytes();
+    let writer = common::bucket_runtime(
+        &no_grace(&server, "grace"),
+        LeaseOptions::default(),
+        small_segments(Durability::Batch),
+    );
+    writer.tenant_store("t").unwrap();
+    let left = bytes();
+    assert!(
+        kept - left >= 2 << 20,
+        "segment objects: {kept} -> {left} bytes"
+    );
 }
 
 /// Multipart uploads left unfinished under the store's prefix (by another
@@ -864,6 +882,9 @@ fn the_cli_runs_on_a_bucket() {
     assert_ne!(code, Some(0));
     assert!(stderr.contains("no tenant default"), "{stderr}");
     ok(&["demo", "notes.txt"]);
+    // Bytes of its own (the demo's artifact stays and would share them).
+    let bytes = data(300_000, 62);
+    std::fs::write(&file, &bytes).unwrap();
     let id = ok(&["put", file.to_str().unwrap(), "--tag", "a:b"])
         .trim()
         .to_string();
@@ -876,8 +897,23 @@ fn the_cli_runs_on_a_bucket() {
     assert_eq!(stat["tags"][0], "a:b");
     ok(&["verify"]);
     ok(&["rm", &id]);
-    ok(&["gc"]);
+    let segments = || object_bytes(&server, "cli/tenants/default/segments/~f");
+    let before = segments();
+    let gc = ok(&["gc"]);
+    assert!(gc.contains("removal grace (600 s"), "{gc}");
     assert!(!ok(&["ls"]).contains(&id));
+    ok(&["verify"]);
+    // The compacted segments are kept for the grace (beside the one GC
+    // copied the demo's live records into); a writer with no grace
+    // deletes them at its open.
+    let kept = segments();
+    assert!(kept >= before, "segment objects: {before} -> {kept} bytes");
+    ok(&["--removal-grace", "0", "gc"]);
+    let after = segments();
+    assert!(
+        kept - after >= 500_000,
+        "segment objects: {kept} -> {after} bytes"
+    );
     ok(&["verify"]);
 }
 

@@ -66,6 +66,11 @@ struct Cli {
     /// $AWS_ENDPOINT_URL, else AWS itself).
     #[arg(long, global = true, value_name = "URL")]
     endpoint: Option<String>,
+    /// With an `s3://` store: how long removed files' objects stay in the
+    /// bucket for readers on other hosts before a writer deletes them
+    /// (default: 600).
+    #[arg(long, global = true, value_name = "SECONDS", value_parser = parse_grace)]
+    removal_grace: Option<std::time::Duration>,
     /// Tenant whose blobs to act on.
     #[arg(long, global = true, default_value = "default")]
     tenant: String,
@@ -899,6 +904,12 @@ fn run(cli: Cli) -> Result<u8> {
                 "pending: {} garbage chunks ({} bytes) in segments not worth compacting; {} dead bytes on disk",
                 stats.garbage_chunks, stats.garbage_bytes, stats.dead_bytes
             );
+            if let Some(config) = object_config(&cli) {
+                println!(
+                    "bucket: objects of removed files stay for the removal grace ({} s, for readers on other hosts) and go at a later write or writer's open",
+                    config.removal_grace.as_secs()
+                );
+            }
             Ok(0)
         }
         Command::Run {
@@ -1296,6 +1307,9 @@ fn open_root(cli: &Cli) -> Result<cap_std::fs::Dir> {
 fn object_config(cli: &Cli) -> Option<ObjectConfig> {
     let mut config = ObjectConfig::from_url(cli.store.to_str()?)?;
     config.endpoint = cli.endpoint.clone();
+    if let Some(grace) = cli.removal_grace {
+        config.removal_grace = grace;
+    }
     Some(config)
 }
 
@@ -1460,6 +1474,14 @@ fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
         return Err(format!("{text} is not a positive number of seconds"));
     }
     Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+/// As [`parse_seconds`], zero allowed (delete at once).
+fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
+    match text.parse::<f64>() {
+        Ok(0.0) => Ok(std::time::Duration::ZERO),
+        _ => parse_seconds(text),
+    }
 }
 
 fn partial_path(path: &Path) -> PathBuf {

@@ -421,6 +421,29 @@ fn check(name: &str) -> io::Result<()> {
     Ok(())
 }
 
+impl ObjectBackend {
+    /// Writes the manifest again if files it lists as removed are past
+    /// the removal grace, which deletes their parts (see
+    /// [`Backend::sync`]): so a writer's open collects them even if it
+    /// changes nothing here.
+    fn purge_expired(&self) -> io::Result<()> {
+        let grace = u64::try_from(self.shared.removal_grace.as_millis()).unwrap_or(u64::MAX);
+        let now = unix_ms();
+        {
+            let mut inner = lock(&self.dir.inner);
+            if !inner
+                .graveyard
+                .values()
+                .any(|&at| now.saturating_sub(at) >= grace)
+            {
+                return Ok(());
+            }
+            inner.changes += 1;
+        }
+        self.sync()
+    }
+}
+
 impl Backend for ObjectBackend {
     fn reads_are_durable(&self) -> bool {
         true
@@ -451,17 +474,17 @@ impl Backend for ObjectBackend {
             create,
         )?;
         let dir = Arc::new(state);
-        if dir.fence.held() {
-            dir.sweep(&self.shared)?;
-        }
         dirs.insert(key, Arc::clone(&dir));
-        Ok((
-            Arc::new(ObjectBackend {
-                shared: Arc::clone(&self.shared),
-                dir,
-            }),
-            created,
-        ))
+        drop(dirs);
+        let backend = ObjectBackend {
+            shared: Arc::clone(&self.shared),
+            dir,
+        };
+        if backend.dir.fence.held() {
+            backend.dir.sweep(&self.shared)?;
+            backend.purge_expired()?;
+        }
+        Ok((Arc::new(backend), created))
     }
 
     fn list(&self) -> io::Result<Vec<Entry>> {
@@ -649,6 +672,7 @@ impl Backend for ObjectBackend {
         )?;
         *lock(&self.dir.fence.lease) = Some(Arc::clone(guard.lease()));
         self.dir.sweep(&self.shared)?;
+        self.purge_expired()?;
         Ok(Box::new(guard))
     }
 }
