@@ -303,12 +303,15 @@ impl Client {
         let (name, key) = (self.name.clone(), key.to_string());
         let want = range.end - range.start;
         let options = GetOptions::default().with_range(Some(GetRange::Bounded(range)));
+        // Called exactly once: with the outcome, or (the task dropped
+        // unfinished, as at the runtime's shutdown) with an error.
+        let mut then = Once(Some(Box::new(then)), self.name.clone());
         self.runtime.spawn(async move {
             let result = match store.get_opts(&path, options).await {
                 Ok(got) => got.bytes().await,
                 Err(e) => Err(e),
             };
-            then(match result {
+            then.call(match result {
                 Err(e) => Err(to_io("ranged GET", &key, e)),
                 Ok(bytes) if bytes.len() as u64 != want => Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -383,6 +386,25 @@ impl Client {
                 .try_for_each(|_| async { Ok(()) })
                 .await
         })?
+    }
+}
+
+/// A request's continuation, called once; if never called, it is called
+/// with an error when dropped.
+struct Once(Option<Box<dyn FnOnce(io::Result<Bytes>) + Send>>, String);
+
+impl Once {
+    fn call(&mut self, result: io::Result<Bytes>) {
+        if let Some(then) = self.0.take() {
+            then(result);
+        }
+    }
+}
+
+impl Drop for Once {
+    fn drop(&mut self) {
+        let abandoned = io::Error::other(format!("{}: request abandoned", self.1));
+        self.call(Err(abandoned));
     }
 }
 

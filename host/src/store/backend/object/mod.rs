@@ -482,7 +482,8 @@ impl Backend for ObjectBackend {
         };
         if backend.dir.fence.held() {
             backend.dir.sweep(&self.shared)?;
-            backend.purge_expired()?;
+            // Housekeeping: a failure leaves them for the next sync.
+            let _ = backend.purge_expired();
         }
         Ok((Arc::new(backend), created))
     }
@@ -672,7 +673,8 @@ impl Backend for ObjectBackend {
         )?;
         *lock(&self.dir.fence.lease) = Some(Arc::clone(guard.lease()));
         self.dir.sweep(&self.shared)?;
-        self.purge_expired()?;
+        // Housekeeping: a failure leaves them for the next sync.
+        let _ = self.purge_expired();
         Ok(Box::new(guard))
     }
 }
