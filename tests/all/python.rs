@@ -4,6 +4,7 @@
 //! it stored reads back byte for byte through the CLI. Also: every world in
 //! `wit/` resolves offline with a non-Rust toolchain (the Rust guests already
 //! prove it for wit-bindgen).
+//! The plugin also runs on a store in a bucket (a real s3s-fs).
 //! Method: componentize-py from PATH, or installed by pip into the target
 //! directory when PATH has none (`.ci/run` installs it).
 
@@ -82,6 +83,15 @@ fn python_plugin() -> &'static Path {
     })
 }
 
+/// The id of the artifact the plugin streamed, from its `id ...` line.
+fn printed_id(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("id "))
+        .expect("the plugin prints the id")
+        .to_string()
+}
+
 fn worlds() -> Vec<String> {
     let source = std::fs::read_to_string(repo().join("wit/tensor-blob.wit")).unwrap();
     source
@@ -145,11 +155,7 @@ fn the_python_plugin_stores_streams_and_range_reads_through_tblob_run() {
     );
     assert!(stdout.contains(": equal"), "{stdout}");
     assert!(stdout.contains("the link went with it"), "{stdout}");
-    let id = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("id "))
-        .expect("the plugin prints the id")
-        .to_string();
+    let id = printed_id(&stdout);
 
     // What the plugin stored, read by another process, is the file.
     let got = data_dir.path().join("got.bin");
@@ -200,4 +206,38 @@ fn the_python_plugin_stores_streams_and_range_reads_through_tblob_run() {
         .filter(|meta| meta["filename"] == "/data/weights.bin")
         .count();
     assert_eq!(streamed, 1, "{listing:?}");
+}
+
+/// The same plugin on a store in a bucket (a real s3s-fs on 127.0.0.1):
+/// what it streamed, range-read and compared reads back byte for byte
+/// from another process.
+#[test]
+fn the_python_plugin_runs_on_a_store_in_a_bucket() {
+    let server = tensor_blob_host::testing::S3Server::start().expect("s3s-fs starts");
+    let data_dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let content = crate::common::data(6 * 1024 * 1024 + 17, 78);
+    std::fs::write(data_dir.path().join("weights.bin"), &content).unwrap();
+    let store = format!("s3://{}/py", tensor_blob_host::testing::S3_BUCKET);
+    let endpoint = server.endpoint();
+    let cache_dir = cache.path().to_str().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tblob"))
+            .args(["--store", &store, "--endpoint", &endpoint])
+            .args(["--cache-dir", cache_dir])
+            .args(args)
+            .envs(server.credentials_env())
+            .env_remove("TBLOB_STORE")
+            .output()
+            .expect("tblob runs")
+    };
+    let wasm = python_plugin().to_str().unwrap();
+    let grant = format!("{}::/data", data_dir.path().display());
+    let stdout = ok(&run(&["run", wasm, "--dir", &grant, "/data/weights.bin"]));
+    assert!(stdout.contains(": equal"), "{stdout}");
+    let id = printed_id(&stdout);
+    let got = data_dir.path().join("got.bin");
+    ok(&run(&["get", &id, "-o", got.to_str().unwrap()]));
+    assert!(std::fs::read(&got).unwrap() == content);
+    ok(&run(&["verify"]));
 }

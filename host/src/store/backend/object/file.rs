@@ -326,7 +326,7 @@ impl ObjectFile {
             Arc::clone(&self.fence),
         )?;
         let mut state = lock(&self.state);
-        if state.dirty.is_empty() && state.inflight.is_empty() {
+        if state.dirty.is_empty() && state.inflight.is_empty() && state.shrink_to.is_none() {
             *state = std::mem::take(&mut *lock(&fresh.state));
         }
         Ok(())
