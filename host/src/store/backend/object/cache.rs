@@ -29,11 +29,9 @@ pub(super) const AHEAD_BLOCKS: usize = 8;
 /// one it read.
 const CAPACITY: usize = AHEAD_BLOCKS + 3;
 
-/// Bytes of a part to fetch ahead: (part key, from, to, the part's size).
-pub(super) type Ahead = (Arc<str>, u64, u64, u64);
-
 /// Bytes of a part a read wants: `len` bytes from byte `within` of `part`
-/// (of `part_len` bytes), into the read's buffer at `at`.
+/// (of `part_len` bytes), into the read's buffer at `at` (unused by a
+/// read-ahead).
 pub(super) struct Piece {
     pub(super) part: Arc<str>,
     pub(super) within: u64,
@@ -94,6 +92,21 @@ pub(super) struct Cache {
 fn block_of(within: u64, part_len: u64) -> (u64, u64) {
     let start = within / BLOCK_BYTES * BLOCK_BYTES;
     (start, (start + BLOCK_BYTES).min(part_len))
+}
+
+/// The blocks holding `pieces`, in order: (piece, block range).
+fn blocks_of(pieces: &[Piece]) -> impl Iterator<Item = (&Piece, (u64, u64))> {
+    pieces.iter().flat_map(|piece| {
+        let end = piece.within + piece.len as u64;
+        let mut next = piece.within;
+        std::iter::from_fn(move || {
+            (next < end).then(|| {
+                let range = block_of(next, piece.part_len);
+                next = range.1;
+                (piece, range)
+            })
+        })
+    })
 }
 
 impl Cache {
@@ -170,20 +183,7 @@ impl Cache {
     /// waited for: a read over many small parts costs a few round trips,
     /// not one per part.
     pub(super) fn read(&self, client: &Client, pieces: &[Piece], buf: &mut [u8]) -> io::Result<()> {
-        let blocks: Vec<(&Piece, (u64, u64))> = pieces
-            .iter()
-            .flat_map(|piece| {
-                let end = piece.within + piece.len as u64;
-                let mut next = piece.within;
-                std::iter::from_fn(move || {
-                    (next < end).then(|| {
-                        let range = block_of(next, piece.part_len);
-                        next = range.1;
-                        (piece, range)
-                    })
-                })
-            })
-            .collect();
+        let blocks: Vec<(&Piece, (u64, u64))> = blocks_of(pieces).collect();
         let mut started: VecDeque<Arc<Block>> = VecDeque::new();
         for (k, &(piece, (start, end))) in blocks.iter().enumerate() {
             while started.len() <= AHEAD_BLOCKS && k + started.len() < blocks.len() {
@@ -206,23 +206,13 @@ impl Cache {
         Ok(())
     }
 
-    /// Starts the GETs of the blocks holding `ranges` that are not cached,
+    /// Starts the GETs of the blocks holding `pieces` that are not cached,
     /// in order, up to `AHEAD_BLOCKS` blocks (cached or not) and as far as
     /// the bounds on GETs in flight and on room allow.
-    pub(super) fn read_ahead(&self, client: &Client, ranges: &[Ahead]) {
-        let mut budget = AHEAD_BLOCKS;
-        for (part, within, end, part_len) in ranges {
-            let mut next = *within;
-            while next < (*end).min(*part_len) {
-                if budget == 0 {
-                    return;
-                }
-                budget -= 1;
-                let range = block_of(next, *part_len);
-                if self.block(client, part, range, true).is_none() {
-                    return;
-                }
-                next = range.1;
+    pub(super) fn read_ahead(&self, client: &Client, pieces: &[Piece]) {
+        for (piece, range) in blocks_of(pieces).take(AHEAD_BLOCKS) {
+            if self.block(client, &piece.part, range, true).is_none() {
+                return;
             }
         }
     }

@@ -103,29 +103,35 @@ fn parse_part_name(name: &str) -> Option<(u64, u64, u64)> {
     fields.next().is_none().then_some(parsed)
 }
 
-/// What reading file ranges `fetches` (each in one extent) into a buffer
-/// for file offset `offset` asks of the parts, in file order.
-fn pieces(fetches: Vec<(u64, u64, Extent)>, offset: u64) -> Vec<Piece> {
-    let mut pieces: Vec<Piece> = fetches
-        .into_iter()
-        .map(|(from, to, extent)| Piece {
-            within: from - extent.base,
-            part: extent.part,
-            part_len: extent.part_len,
-            at: (from - offset) as usize,
-            len: (to - from) as usize,
-        })
-        .collect();
-    pieces.sort_unstable_by_key(|p| p.at);
-    pieces
-}
-
 /// A file is consolidated (see [`ObjectFile::consolidate`]) once it has
 /// more parts than this, and more than one per this many bytes of it.
 const CONSOLIDATE_PARTS_MIN: usize = 64;
 const CONSOLIDATE_BYTES_PER_PART: u64 = 64 << 10;
 
 impl FileState {
+    /// What the uploaded parts hold of file bytes `offset..end`, in file
+    /// order, as pieces of a buffer that starts at file offset `offset`.
+    fn pieces(&self, offset: u64, end: u64) -> Vec<Piece> {
+        let mut pieces: Vec<Piece> = self
+            .extents
+            .range(..end)
+            .rev()
+            .take_while(|(_, e)| e.end > offset)
+            .map(|(&s, extent)| {
+                let (from, to) = (s.max(offset), extent.end.min(end));
+                Piece {
+                    part: Arc::clone(&extent.part),
+                    within: from - extent.base,
+                    part_len: extent.part_len,
+                    at: (from - offset) as usize,
+                    len: (to - from) as usize,
+                }
+            })
+            .collect();
+        pieces.reverse();
+        pieces
+    }
+
     /// Forgets the data parts no extent refers to any more (every byte of
     /// theirs written again by a later part, or cut off), returning their
     /// keys to delete. Safe once the later parts are uploaded: replaying the
@@ -494,19 +500,9 @@ impl ObjectFile {
 
     /// Fills `buf` from the uploaded parts only (not the dirty ranges).
     fn read_uploaded(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let end = offset + buf.len() as u64;
-        let fetches: Vec<(u64, u64, Extent)> = {
-            let state = lock(&self.state);
-            state
-                .extents
-                .range(..end)
-                .rev()
-                .take_while(|(_, e)| e.end > offset)
-                .map(|(&s, e)| (s.max(offset), e.end.min(end), e.clone()))
-                .collect()
-        };
+        let pieces = lock(&self.state).pieces(offset, offset + buf.len() as u64);
         buf.fill(0);
-        self.shared.read_parts(&pieces(fetches, offset), buf)
+        self.shared.read_parts(&pieces, buf)
     }
 }
 
@@ -656,45 +652,21 @@ impl Handle {
             let covered = overlays
                 .iter()
                 .any(|(s, b)| *s == offset && b.len() == buf.len());
-            let mut fetches = Vec::new();
-            if !covered {
-                for (&s, extent) in state.extents.range(..end).rev() {
-                    if extent.end <= offset {
-                        break;
-                    }
-                    let from = s.max(offset);
-                    let to = extent.end.min(end);
-                    fetches.push((from, to, extent.clone()));
-                }
-            }
+            let fetches = if covered {
+                Vec::new()
+            } else {
+                state.pieces(offset, end)
+            };
             // The uploaded parts past this read, for a sequential reader.
-            let mut ahead = Vec::new();
-            if sequential {
-                let ahead_end = end.saturating_add(READ_AHEAD_BYTES).min(state.uploaded_len);
-                let first = state
-                    .extents
-                    .range(..=end)
-                    .next_back()
-                    .filter(|(_, e)| e.end > end)
-                    .map(|(&s, _)| s);
-                let from = first.unwrap_or(end).min(ahead_end);
-                for (&s, extent) in state.extents.range(from..ahead_end) {
-                    let from = s.max(end);
-                    let to = extent.end.min(ahead_end);
-                    if from < to {
-                        ahead.push((
-                            Arc::clone(&extent.part),
-                            from - extent.base,
-                            to - extent.base,
-                            extent.part_len,
-                        ));
-                    }
-                }
-            }
+            let ahead = if sequential {
+                state.pieces(end, end.saturating_add(READ_AHEAD_BYTES))
+            } else {
+                Vec::new()
+            };
             (fetches, overlays, ahead)
         };
         buf.fill(0);
-        self.file.shared.read_parts(&pieces(fetches, offset), buf)?;
+        self.file.shared.read_parts(&fetches, buf)?;
         for (from, bytes) in overlays {
             let at = (from - offset) as usize;
             buf[at..at + bytes.len()].copy_from_slice(&bytes);

@@ -70,10 +70,10 @@ impl Shared {
         self.cache.read(&self.client, pieces, buf)
     }
 
-    /// Starts fetching `ranges` of parts into the read cache, in order, as
+    /// Starts fetching `pieces` of parts into the read cache, in order, as
     /// far as its bounds allow (see [`cache::Cache::read_ahead`]).
-    fn read_ahead(&self, ranges: &[cache::Ahead]) {
-        self.cache.read_ahead(&self.client, ranges);
+    fn read_ahead(&self, pieces: &[cache::Piece]) {
+        self.cache.read_ahead(&self.client, pieces);
     }
 }
 
