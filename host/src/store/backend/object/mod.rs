@@ -65,6 +65,13 @@ impl Shared {
         format!("{}{n:08x}", self.nonce)
     }
 
+    /// Whether a file removed at `at` (ms since the Unix epoch) is past
+    /// the removal grace at `now`.
+    fn past_grace(&self, at: u64, now: u64) -> bool {
+        let grace = u64::try_from(self.removal_grace.as_millis()).unwrap_or(u64::MAX);
+        now.saturating_sub(at) >= grace
+    }
+
     /// Fills `buf` with `pieces` of parts, through the read cache.
     fn read_parts(&self, pieces: &[cache::Piece], buf: &mut [u8]) -> io::Result<()> {
         self.cache.read(&self.client, pieces, buf)
@@ -383,6 +390,26 @@ impl ObjectBackend {
         Ok(file)
     }
 
+    /// Writes the manifest again if files it lists as removed are past
+    /// the removal grace, which deletes their parts (see
+    /// [`Backend::sync`]): so a writer's open collects them even if it
+    /// changes nothing here.
+    fn purge_expired(&self) -> io::Result<()> {
+        let now = unix_ms();
+        {
+            let mut inner = lock(&self.dir.inner);
+            if !inner
+                .graveyard
+                .values()
+                .any(|&at| self.shared.past_grace(at, now))
+            {
+                return Ok(());
+            }
+            inner.changes += 1;
+        }
+        self.sync()
+    }
+
     /// `NotFound` for file `name` of this directory.
     fn no_file(&self, name: &str) -> io::Error {
         io::Error::new(
@@ -419,29 +446,6 @@ fn check(name: &str) -> io::Result<()> {
         ));
     }
     Ok(())
-}
-
-impl ObjectBackend {
-    /// Writes the manifest again if files it lists as removed are past
-    /// the removal grace, which deletes their parts (see
-    /// [`Backend::sync`]): so a writer's open collects them even if it
-    /// changes nothing here.
-    fn purge_expired(&self) -> io::Result<()> {
-        let grace = u64::try_from(self.shared.removal_grace.as_millis()).unwrap_or(u64::MAX);
-        let now = unix_ms();
-        {
-            let mut inner = lock(&self.dir.inner);
-            if !inner
-                .graveyard
-                .values()
-                .any(|&at| now.saturating_sub(at) >= grace)
-            {
-                return Ok(());
-            }
-            inner.changes += 1;
-        }
-        self.sync()
-    }
 }
 
 impl Backend for ObjectBackend {
@@ -575,19 +579,14 @@ impl Backend for ObjectBackend {
             // Files removed now join the graveyard; those whose grace is
             // over leave it, and their parts go once it is written.
             let now = unix_ms();
-            let grace = u64::try_from(self.shared.removal_grace.as_millis()).unwrap_or(u64::MAX);
             let mut graveyard = inner.graveyard.clone();
             for id in &inner.removed {
                 graveyard.insert(id.clone(), now);
             }
             let expired: Vec<String> = graveyard
-                .iter()
-                .filter(|(_, &at)| now.saturating_sub(at) >= grace)
-                .map(|(id, _)| id.clone())
+                .extract_if(.., |_, &mut at| self.shared.past_grace(at, now))
+                .map(|(id, _)| id)
                 .collect();
-            for id in &expired {
-                graveyard.remove(id);
-            }
             let manifest = Manifest {
                 format: MANIFEST_FORMAT,
                 writer: self.shared.nonce.clone(),
