@@ -29,6 +29,11 @@ pub(super) const AHEAD_BLOCKS: usize = 8;
 /// one it read.
 const CAPACITY: usize = AHEAD_BLOCKS + 3;
 
+/// Blocks read from the cache after which a block fetched ahead and never
+/// read is given up (a get dropped halfway leaves its read-ahead behind):
+/// a few readers' worth of read-ahead.
+const STALE_READS: u64 = 4 * CAPACITY as u64;
+
 /// Bytes of a part a read wants: `len` bytes from byte `within` of `part`
 /// (of `part_len` bytes), into the read's buffer at `at` (unused by a
 /// read-ahead).
@@ -50,9 +55,12 @@ struct Block {
     start: u64,
     outcome: Mutex<Option<Outcome>>,
     filled: Condvar,
-    /// When a reader last copied from it (a tick of `Cache::reads`; 0: not
-    /// yet). A block fetched ahead and not read yet is the last to go.
+    /// When a reader first copied from it (a tick of `Cache::reads`; 0:
+    /// not yet). A block fetched ahead and not read yet is the last to go.
     read: AtomicU64,
+    /// `Cache::reads` when it was added: a block not read within
+    /// `STALE_READS` of that (its reader stopped) may go.
+    born: u64,
 }
 
 impl Block {
@@ -83,7 +91,8 @@ type Blocks = Mutex<VecDeque<Arc<Block>>>;
 #[derive(Default)]
 pub(super) struct Cache {
     blocks: Arc<Blocks>,
-    /// Counts reads from blocks, to order them by when they were read.
+    /// Counts blocks read (the first read of each), to order them by when
+    /// they were read.
     reads: AtomicU64,
 }
 
@@ -133,25 +142,33 @@ impl Cache {
         if ahead && blocks.iter().filter(|b| !b.is_filled()).count() >= AHEAD_BLOCKS {
             return None;
         }
-        if blocks.len() >= CAPACITY {
+        while blocks.len() >= CAPACITY {
             // Room from the block read longest ago, but not the one read
-            // last (its reader is likely not done with it); a read-ahead
-            // takes no other. (A reader waiting on an evicted block still
+            // last (its reader is likely not done with it), or from one
+            // fetched ahead and left unread too long. Without one, a
+            // read-ahead starts nothing and a read's own block is added
+            // beyond the capacity: evicting a block fetched ahead and not
+            // read yet would have another reader fetch it again. The excess
+            // is at most the blocks the reads in progress started, each
+            // read soon after. (A reader waiting on an evicted block still
             // holds it.)
+            let now = self.reads.load(Ordering::Relaxed);
             let newest = blocks.iter().map(|b| b.read.load(Ordering::Relaxed)).max();
             let victim = blocks
                 .iter()
                 .enumerate()
-                .filter(|(_, b)| {
+                .filter_map(|(at, b)| {
                     let read = b.read.load(Ordering::Relaxed);
-                    read != 0 && Some(read) != newest && b.is_filled()
+                    let done = read != 0 && Some(read) != newest;
+                    let stale = read == 0 && now.saturating_sub(b.born) > STALE_READS;
+                    ((done || stale) && b.is_filled()).then_some((at, read.max(b.born)))
                 })
-                .min_by_key(|(_, b)| b.read.load(Ordering::Relaxed))
-                .map(|(at, _)| at)
-                .or_else(|| (!ahead).then_some(0));
+                .min_by_key(|&(_, when)| when)
+                .map(|(at, _)| at);
             match victim {
                 Some(at) => drop(blocks.remove(at)),
-                None => return None,
+                None if ahead => return None,
+                None => break,
             }
         }
         let block = Arc::new(Block {
@@ -160,6 +177,7 @@ impl Cache {
             outcome: Mutex::new(None),
             filled: Condvar::new(),
             read: AtomicU64::new(0),
+            born: self.reads.load(Ordering::Relaxed),
         });
         blocks.push_back(Arc::clone(&block));
         drop(blocks);
@@ -195,8 +213,10 @@ impl Cache {
             }
             let block = started.pop_front().expect("a block is started");
             let bytes = block.wait()?;
-            let tick = self.reads.fetch_add(1, Ordering::Relaxed) + 1;
-            block.read.store(tick, Ordering::Relaxed);
+            if block.read.load(Ordering::Relaxed) == 0 {
+                let tick = self.reads.fetch_add(1, Ordering::Relaxed) + 1;
+                block.read.store(tick, Ordering::Relaxed);
+            }
             let from = piece.within.max(start);
             let to = (piece.within + piece.len as u64).min(end);
             let at = piece.at + (from - piece.within) as usize;
@@ -233,5 +253,54 @@ mod tests {
             block_of(2 * BLOCK_BYTES, 2 * BLOCK_BYTES + 7),
             (2 * BLOCK_BYTES, 2 * BLOCK_BYTES + 7)
         );
+    }
+
+    /// `len` bytes from block `block` of `part`, a part of 64 blocks.
+    fn piece(part: &Arc<str>, block: u64, len: usize) -> Piece {
+        Piece {
+            part: Arc::clone(part),
+            within: block * BLOCK_BYTES,
+            part_len: 64 * BLOCK_BYTES,
+            at: 0,
+            len,
+        }
+    }
+
+    /// A get dropped halfway leaves its read-ahead unread in the cache: it
+    /// must not keep later readers' read-ahead out for good.
+    #[test]
+    fn blocks_fetched_ahead_and_never_read_give_way() {
+        let server = crate::testing::S3Server::start().expect("s3s-fs starts");
+        let client = Client::new(&server.config("stale")).unwrap();
+        let (left, scanned): (Arc<str>, Arc<str>) =
+            (Arc::from("stale/left"), Arc::from("stale/scanned"));
+        for key in [&left, &scanned] {
+            client.put(key, Bytes::from(vec![7u8; 64 << 20])).unwrap();
+        }
+        let cache = Cache::default();
+        // Eight blocks fetched ahead of a reader that then went away.
+        let abandoned: Vec<Piece> = (0..8).map(|b| piece(&left, b, 1)).collect();
+        cache.read_ahead(&client, &abandoned);
+        for p in &abandoned {
+            let block = cache.block(&client, &left, block_of(p.within, p.part_len), false);
+            block.expect("cached").wait().unwrap();
+        }
+        // Another reader reads on, block by block, then fetches the next
+        // eight ahead.
+        let mut buf = vec![0u8; 4096];
+        let read = STALE_READS + 1;
+        for b in 0..read {
+            cache
+                .read(&client, &[piece(&scanned, b, 4096)], &mut buf)
+                .unwrap();
+            assert_eq!(buf, vec![7u8; 4096]);
+        }
+        let next: Vec<Piece> = (read..read + 8).map(|b| piece(&scanned, b, 1)).collect();
+        cache.read_ahead(&client, &next);
+        let ahead = lock(&cache.blocks)
+            .iter()
+            .filter(|b| b.part == scanned && b.start >= read * BLOCK_BYTES)
+            .count();
+        assert_eq!(ahead, AHEAD_BLOCKS, "the read-ahead was let in");
     }
 }
