@@ -156,17 +156,25 @@ pub fn bucket_runtime(config: &ObjectConfig, lease: LeaseOptions, store: StoreOp
 /// As [`bucket_runtime`], on a backend the caller keeps (to count its
 /// requests).
 pub fn bucket_runtime_on(backend: std::sync::Arc<ObjectBackend>, store: StoreOptions) -> Runtime {
-    let lease = backend.lease_options();
+    let access = Access {
+        lock_wait: backend.lease_options().takeover_wait() + std::time::Duration::from_secs(2),
+        ..Access::default()
+    };
+    bucket_runtime_with(backend, store, access)
+}
+
+fn bucket_runtime_with(
+    backend: std::sync::Arc<ObjectBackend>,
+    store: StoreOptions,
+    access: Access,
+) -> Runtime {
     Runtime::with_chunker_on(
         chunker_component().clone(),
         backend,
         RuntimeOptions {
             store,
             gc: None,
-            access: Access {
-                lock_wait: lease.takeover_wait() + std::time::Duration::from_secs(2),
-                ..Access::default()
-            },
+            access,
             ..RuntimeOptions::default()
         },
     )
@@ -176,19 +184,11 @@ pub fn bucket_runtime_on(backend: std::sync::Arc<ObjectBackend>, store: StoreOpt
 /// beside a writer).
 pub fn bucket_reader_runtime(config: &ObjectConfig, store: StoreOptions) -> Runtime {
     let backend = ObjectBackend::open(config, LeaseOptions::default()).expect("the bucket opens");
-    Runtime::with_chunker_on(
-        chunker_component().clone(),
-        std::sync::Arc::new(backend),
-        RuntimeOptions {
-            store,
-            gc: None,
-            access: Access {
-                read_only: true,
-                ..Access::default()
-            },
-            ..RuntimeOptions::default()
-        },
-    )
+    let access = Access {
+        read_only: true,
+        ..Access::default()
+    };
+    bucket_runtime_with(std::sync::Arc::new(backend), store, access)
 }
 
 pub fn options() -> PutOptions {

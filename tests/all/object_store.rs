@@ -94,6 +94,19 @@ fn objects(server: &S3Server, prefix: &str) -> Vec<String> {
     found
 }
 
+/// `verify_all` finds no damaged artifact and no problem in the logs;
+/// its report.
+fn assert_verifies_clean(
+    store: &tensor_blob_host::store::Store,
+) -> tensor_blob_host::store::VerifyReport {
+    let verify = store.verify_all();
+    assert!(
+        verify.damaged.is_empty() && verify.log_problems.is_empty(),
+        "{verify:?}"
+    );
+    verify
+}
+
 /// Bytes of the objects under `prefix`, as the server's files hold them.
 fn object_bytes(server: &S3Server, prefix: &str) -> u64 {
     objects(server, prefix)
@@ -563,11 +576,7 @@ fn artifacts_round_trip_share_chunks_and_survive_a_fresh_host() {
         chunker.get(&first_id).is_err(),
         "a deleted artifact stays deleted"
     );
-    let verify = chunker.store().verify_all();
-    assert!(
-        verify.damaged.is_empty() && verify.log_problems.is_empty(),
-        "{verify:?}"
-    );
+    let verify = assert_verifies_clean(chunker.store());
     assert_eq!(verify.artifacts_checked, ids.len() as u64 + 1);
     assert_eq!(fresh.tenants().unwrap(), vec!["alpha".to_string()]);
 }
@@ -797,11 +806,7 @@ fn multipart_uploads_left_unfinished_under_the_prefix_change_nothing() {
     let mut chunker = again.chunker("t").unwrap();
     assert!(chunker.get(&second_id).unwrap() == second);
     assert!(chunker.get(&first_id).is_err());
-    let verify = chunker.store().verify_all();
-    assert!(
-        verify.damaged.is_empty() && verify.log_problems.is_empty(),
-        "{verify:?}"
-    );
+    assert_verifies_clean(chunker.store());
 }
 
 #[test]
@@ -951,11 +956,7 @@ fn check_from_fresh_host(server: &S3Server, prefix: &str, acked: &[(String, Vec<
         acked.len(),
         "nothing unacknowledged is visible"
     );
-    let verify = chunker.store().verify_all();
-    assert!(
-        verify.damaged.is_empty() && verify.log_problems.is_empty(),
-        "{verify:?}"
-    );
+    assert_verifies_clean(chunker.store());
 }
 
 /// Throttling (503 SlowDown) and connection resets are retried and every

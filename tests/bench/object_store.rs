@@ -71,10 +71,7 @@ struct Figures {
 }
 
 fn requests(counts: &RequestCounts) -> u64 {
-    counts.puts.load(Ordering::Relaxed)
-        + counts.gets.load(Ordering::Relaxed)
-        + counts.lists.load(Ordering::Relaxed)
-        + counts.deletes.load(Ordering::Relaxed)
+    by_kind(counts).iter().sum()
 }
 
 /// Resets this process's peak RSS (Linux: `clear_refs` 5) and returns the
@@ -84,12 +81,13 @@ fn by_kind(counts: &RequestCounts) -> [u64; 4] {
     [&counts.puts, &counts.gets, &counts.lists, &counts.deletes].map(|c| c.load(Ordering::Relaxed))
 }
 
-/// Requests per operation, by kind, since `before`.
+/// Requests per operation since `before`: in all, and by kind.
 fn per_op(counts: &RequestCounts, before: [u64; 4], ops: usize) -> String {
     let now = by_kind(counts);
     let per = |i: usize| (now[i] - before[i]) as f64 / ops as f64;
     format!(
-        "{:.2} PUT, {:.2} GET, {:.2} LIST, {:.2} DELETE",
+        "{:.2} requests ({:.2} PUT, {:.2} GET, {:.2} LIST, {:.2} DELETE)",
+        (0..4).map(per).sum::<f64>(),
         per(0),
         per(1),
         per(2),
@@ -162,7 +160,6 @@ fn measure(runtime: &Runtime, counts: Option<&RequestCounts>) -> Figures {
     assert_eq!(sink.0, LARGE);
     let mut rng = fastrand::Rng::with_seed(2);
     let mut small = vec![0u8; SMALL];
-    let before = counts.map(requests);
     let kinds = counts.map(by_kind);
     let started = Instant::now();
     let mut ids = Vec::with_capacity(SMALL_COUNT);
@@ -171,25 +168,22 @@ fn measure(runtime: &Runtime, counts: Option<&RequestCounts>) -> Figures {
         ids.push(chunker.put(&small, &Default::default()).expect("small put"));
     }
     let small_s = started.elapsed().as_secs_f64();
-    if let (Some(counts), Some(before)) = (counts, before) {
+    if let (Some(counts), Some(kinds)) = (counts, kinds) {
         println!(
-            "  64 KiB puts: {:.1} requests per put ({})",
-            (requests(counts) - before) as f64 / SMALL_COUNT as f64,
-            per_op(counts, kinds.expect("counted"), SMALL_COUNT)
+            "  64 KiB puts: per put {}",
+            per_op(counts, kinds, SMALL_COUNT)
         );
     }
-    let before = counts.map(requests);
     let kinds = counts.map(by_kind);
     let started = Instant::now();
     for id in &ids {
         assert_eq!(chunker.get(id).expect("small get").len(), SMALL);
     }
     let small_get_s = started.elapsed().as_secs_f64();
-    if let (Some(counts), Some(before)) = (counts, before) {
+    if let (Some(counts), Some(kinds)) = (counts, kinds) {
         println!(
-            "  64 KiB gets: {:.2} requests per get ({})",
-            (requests(counts) - before) as f64 / SMALL_COUNT as f64,
-            per_op(counts, kinds.expect("counted"), SMALL_COUNT)
+            "  64 KiB gets: per get {}",
+            per_op(counts, kinds, SMALL_COUNT)
         );
     }
     let mb = LARGE as f64 / 1e6;
