@@ -427,3 +427,31 @@ fn to_io(request: &str, key: &str, error: object_store::Error) -> io::Error {
     };
     io::Error::new(kind, format!("object store: {request} {key}: {error}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GET still unanswered when the client (and its runtime) goes is
+    /// answered with an error, not dropped unanswered: a reader waiting on
+    /// it would wait for ever.
+    #[test]
+    fn a_get_abandoned_at_shutdown_is_answered_with_an_error() {
+        // A server that takes connections and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut config = ObjectConfig::from_url("s3://bucket/prefix").unwrap();
+        config.endpoint = Some(format!("http://{}", silent.local_addr().unwrap()));
+        config.credentials = Some(("key".into(), "secret".into()));
+        let client = Client::new(&config).unwrap();
+        let (done, answer) = std::sync::mpsc::channel();
+        client.get_range_then("prefix/part", 0..10, move |result| {
+            let _ = done.send(result.map(|_| ()).map_err(|e| e.to_string()));
+        });
+        drop(client);
+        let answer = answer.recv().expect("the GET was answered");
+        assert!(
+            answer.as_ref().is_err_and(|e| e.contains("abandoned")),
+            "{answer:?}"
+        );
+    }
+}
